@@ -1,0 +1,74 @@
+// Moving activations between ranks. One small interface (send, recv, barrier, abort) with two CPU
+// implementations in this folder: MPI (under mpirun / srun --mpi=pmix) and TCP (torchrun-style
+// RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, and the single-node mode that spawns its own workers).
+// The NCCL transport for GPU activations sits behind the same interface.
+//
+// Contract:
+//  - send() returns at once; the transport keeps the message's tensors alive until they are on the
+//    wire. Messages between one pair of ranks arrive in the order they were sent.
+//  - recv() blocks until the next message from `src` arrives. If none arrives within the comm
+//    timeout, or the peer died or aborted, it throws PeerLostError naming the peer's rank and host.
+//  - abort() never throws; it tells every reachable peer to stop and makes their pending and future
+//    recv() throw PeerLostError naming this rank.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace pipeswap::comm {
+
+enum class MessageKind : uint16_t {
+  kActivation = 1,  // stage k -> stage k+1
+  kOutput = 2,      // last stage -> rank 0
+  kControl = 3,     // plan agreement, host names, small bookkeeping
+};
+
+struct Message {
+  MessageKind kind = MessageKind::kActivation;
+  int32_t micro_batch = 0;
+  int32_t step = 0;                   // denoising step (0 for single-pass jobs)
+  std::vector<torch::Tensor> tensors;  // CPU, contiguous on the wire; received as CPU tensors
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  // Host name of every rank, gathered at start-up (error messages name the peer's host).
+  virtual const std::vector<std::string>& hosts() const = 0;
+  virtual void send(int dst, Message msg) = 0;
+  virtual Message recv(int src) = 0;
+  // Waits for every rank, bounded by the comm timeout (throws PeerLostError naming a missing rank
+  // where the implementation can tell which).
+  virtual void barrier() = 0;
+  // Waits until every queued send has left this process.
+  virtual void flush() = 0;
+  virtual void abort(const std::string& reason) noexcept = 0;
+  virtual const char* name() const = 0;
+};
+
+struct TransportOptions {
+  std::chrono::milliseconds timeout{60000};  // --comm-timeout
+};
+
+// MPI_COMM_WORLD (MPI must already be initialised by the launcher).
+std::unique_ptr<Transport> make_mpi_transport(const TransportOptions& opts);
+
+// TCP rendezvous at master_addr:master_port (rank 0 listens there; every rank connects to every
+// other one). Throws CommError naming the address when it cannot connect within the timeout.
+std::unique_ptr<Transport> make_tcp_transport(int rank, int world_size, const std::string& master_addr, int master_port,
+                                              const TransportOptions& opts);
+
+// A world of one: send/recv to self are errors, barrier is a no-op.
+std::unique_ptr<Transport> make_self_transport();
+
+// Every rank's string, in rank order, built from send/recv through rank 0.
+std::vector<std::string> allgather_strings(Transport& t, const std::string& mine);
+
+}  // namespace pipeswap::comm

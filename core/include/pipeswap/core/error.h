@@ -1,0 +1,77 @@
+// Typed errors and the one check-macro family for CUDA / NCCL / MPI / LibTorch / our own checks.
+//
+// Library code throws; only the launcher catches (once), logs with the rank prefix and aborts the
+// job so that peers fail fast. Destructors never throw: they use the *_WARN variants.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace pipeswap {
+
+// Base of every error pipeswap throws on purpose. what() already holds "where" (host, rank, device)
+// and file:line, so the launcher can print it as is.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& what) : std::runtime_error(what) {}
+};
+
+// Bad user input: flags, config files, device chains, input files. The message says how to fix it.
+class ConfigError : public Error {
+  using Error::Error;
+};
+// A checkpoint or weight file that is missing, malformed or disagrees with config.json.
+class CheckpointError : public Error {
+  using Error::Error;
+};
+// Input/output files other than checkpoints (the job's input, the output path).
+class IoError : public Error {
+  using Error::Error;
+};
+// Moving data between ranks failed (transport error, protocol mismatch).
+class CommError : public Error {
+  using Error::Error;
+};
+// A peer rank died, hung past the timeout, or aborted the job.
+class PeerLostError : public CommError {
+  using CommError::CommError;
+};
+// A device-side failure (CUDA, NCCL, allocation).
+class DeviceError : public Error {
+  using Error::Error;
+};
+
+namespace detail {
+// "where" part of every message: "[host r3 cuda:1]" once the rank is known, "" before.
+std::string where_prefix();
+std::string with_location(const std::string& msg, const char* file, int line);
+}  // namespace detail
+
+}  // namespace pipeswap
+
+// PS_THROW(ConfigError, "bad {} value", x): throws with rank prefix and file:line.
+#define PS_THROW(Type, ...) \
+  throw ::pipeswap::Type(::pipeswap::detail::with_location(fmt::format(__VA_ARGS__), __FILE__, __LINE__))
+
+// PS_CHECK(cond, Type, fmt, args...): the message is only formatted when the check fails.
+#define PS_CHECK(cond, Type, ...) \
+  do {                            \
+    if (!(cond)) {                \
+      PS_THROW(Type, __VA_ARGS__); \
+    }                             \
+  } while (0)
+
+// MPI calls: the error string comes from MPI_Error_string, only when the call failed.
+#define PS_CHECK_MPI(expr)                                                                   \
+  do {                                                                                       \
+    int ps_mpi_rc_ = (expr);                                                                 \
+    if (ps_mpi_rc_ != 0) {                                                                   \
+      PS_THROW(CommError, "{} failed: {}", #expr, ::pipeswap::detail::mpi_error_string(ps_mpi_rc_)); \
+    }                                                                                        \
+  } while (0)
+
+namespace pipeswap::detail {
+std::string mpi_error_string(int rc);
+}
