@@ -1,1 +1,204 @@
-// placeholder
+// Device chain parsing and its errors, block partition properties, plan arithmetic.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "pipeswap/core/error.h"
+#include "pipeswap/pipeline/device_chain.h"
+#include "pipeswap/pipeline/forward_job.h"
+#include "pipeswap/pipeline/plan.h"
+
+using namespace pipeswap;
+using namespace pipeswap::pipeline;
+using ::testing::HasSubstr;
+
+namespace {
+
+std::string chain_error(const std::string& text) {
+  try {
+    parse_device_chain(text);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(DeviceChain, ParsesWeightedEntries) {
+  auto c = parse_device_chain("cuda:0=60, cuda:1=40");
+  ASSERT_EQ(c.entries.size(), 2u);
+  EXPECT_EQ(c.entries[0].device.str(), "cuda:0");
+  EXPECT_EQ(c.entries[1].device.index, 1);
+  EXPECT_DOUBLE_EQ(c.entries[0].weight, 60);
+  EXPECT_DOUBLE_EQ(c.entries[1].weight, 40);
+  EXPECT_EQ(c.str(), "cuda:0=60,cuda:1=40");
+
+  auto d = parse_device_chain("cpu=3,cpu=1,cpu,cuda");
+  ASSERT_EQ(d.entries.size(), 4u);
+  EXPECT_DOUBLE_EQ(d.entries[2].weight, 1.0);  // no weight: 1
+  EXPECT_TRUE(d.entries[3].device.is_cuda());
+  EXPECT_EQ(d.entries[3].device.index, -1);  // the rank's local GPU
+  EXPECT_TRUE(parse_device_chain("auto").automatic);
+  EXPECT_DOUBLE_EQ(parse_device_chain("cpu=0.5,cpu=1e1").entries[1].weight, 10);
+}
+
+TEST(DeviceChain, EveryErrorNamesTheProblemAndTheFix) {
+  EXPECT_THAT(chain_error("tpu:0=1"), HasSubstr("Invalid device: tpu:0"));
+  EXPECT_THAT(chain_error("cuda:x=1"), HasSubstr("Invalid device: cuda:x"));
+  EXPECT_THAT(chain_error("cuda:=1"), HasSubstr("Invalid device: cuda:"));
+  EXPECT_THAT(chain_error("cpu=1,,cpu=1"), HasSubstr("Invalid device: <empty>"));
+  EXPECT_THAT(chain_error("cpu=0,cpu=0"), HasSubstr("Total percentage is zero or negative"));
+  EXPECT_THAT(chain_error(""), HasSubstr("Model is None or device_chain is empty"));
+  EXPECT_THAT(chain_error("   "), HasSubstr("Model is None or device_chain is empty"));
+  EXPECT_THAT(chain_error("cpu=-1,cpu=2"), HasSubstr("cannot be negative"));
+  EXPECT_THAT(chain_error("cpu=nan"), HasSubstr("finite"));
+  EXPECT_THAT(chain_error("cpu=inf"), HasSubstr("finite"));
+  EXPECT_THAT(chain_error("cpu=abc"), HasSubstr("Invalid weight 'abc'"));
+  EXPECT_THAT(chain_error("cpu=12x"), HasSubstr("Invalid weight '12x'"));
+  EXPECT_THAT(chain_error("cpu="), HasSubstr("Invalid weight ''"));
+  // Each message says how to fix it.
+  for (const char* bad : {"tpu=1", "cpu=0", "", "cpu=-1", "cpu=abc"}) {
+    const std::string msg = chain_error(bad);
+    EXPECT_TRUE(msg.find("e.g.") != std::string::npos || msg.find("use ") != std::string::npos) << msg;
+  }
+}
+
+TEST(Partition, MoreRanksThanBlocksIsAnError) {
+  try {
+    partition_blocks(3, {1, 1, 1, 1});
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("only 3 blocks"));
+    EXPECT_THAT(e.what(), HasSubstr("at most 3 ranks"));
+  }
+}
+
+TEST(Partition, KnownSplits) {
+  EXPECT_EQ(partition_blocks(40, {60, 40}), (std::vector<int>{24, 16}));
+  EXPECT_EQ(partition_blocks(12, {3, 1}), (std::vector<int>{9, 3}));
+  EXPECT_EQ(partition_blocks(10, {1, 1, 1}), (std::vector<int>{4, 3, 3}));  // tie to the earlier entry
+  EXPECT_EQ(partition_blocks(4, {1, 1000, 1}), (std::vector<int>{1, 2, 1}));
+  EXPECT_EQ(partition_blocks(5, {0, 1}), (std::vector<int>{1, 4}));  // zero weight still gets one block
+}
+
+// Property test over random weights and block counts: complete, at least one each, and within one
+// block of the proportional share whenever every share is at least one block.
+TEST(Partition, PropertiesOverRandomChains) {
+  std::mt19937 rng(12345);
+  for (int trial = 0; trial < 20000; ++trial) {
+    const int blocks = 1 + static_cast<int>(rng() % 96);
+    const int p = 1 + static_cast<int>(rng() % std::min(blocks, 9));
+    std::vector<double> w(p);
+    for (auto& x : w) x = (rng() % 5 == 0) ? static_cast<double>(rng() % 3) : std::uniform_real_distribution<>(0, 100)(rng);
+    if (std::accumulate(w.begin(), w.end(), 0.0) <= 0) w[0] = 1;
+    const auto counts = partition_blocks(blocks, w);
+    ASSERT_EQ(static_cast<int>(counts.size()), p);
+    EXPECT_EQ(std::accumulate(counts.begin(), counts.end(), 0), blocks);
+    const double total = std::accumulate(w.begin(), w.end(), 0.0);
+    bool all_at_least_one = true;
+    for (int i = 0; i < p; ++i) {
+      ASSERT_GE(counts[i], 1) << "trial " << trial;
+      all_at_least_one = all_at_least_one && blocks * w[i] / total >= 1.0;
+    }
+    if (all_at_least_one) {
+      for (int i = 0; i < p; ++i) {
+        EXPECT_LT(std::abs(counts[i] - blocks * w[i] / total), 1.0 + 1e-9)
+            << "trial " << trial << " rank " << i << " of " << p << " with " << blocks << " blocks";
+      }
+    }
+    // Deterministic: every rank computes the same answer.
+    ASSERT_EQ(partition_blocks(blocks, w), counts);
+  }
+}
+
+TEST(MicroBatches, SizesDifferByAtMostOne) {
+  EXPECT_EQ(micro_batch_sizes(8, 3), (std::vector<int64_t>{3, 3, 2}));
+  EXPECT_EQ(micro_batch_sizes(4, 4), (std::vector<int64_t>{1, 1, 1, 1}));
+  EXPECT_THROW(micro_batch_sizes(2, 3), ConfigError);
+  EXPECT_THROW(micro_batch_sizes(2, 0), ConfigError);
+}
+
+// A model of n identical blocks: two phases of one [4, 4] tensor each, a [10, 4] embedding and a
+// [10, 4] head; enough for plan arithmetic.
+class FakeArch : public models::Architecture {
+ public:
+  explicit FakeArch(int n, bool tied) : n_(n), tied_(tied) {}
+  std::string family() const override { return "fake"; }
+  int num_blocks() const override { return n_; }
+  int64_t hidden_size() const override { return 4; }
+  int64_t vocab_size() const override { return 10; }
+  std::vector<std::string> phase_names() const override { return {"a", "b"}; }
+  std::vector<models::TensorRef> phase_tensors(int block, int phase) const override {
+    return {{"w", "blocks." + std::to_string(block) + "." + std::to_string(phase), {4, 4}}};
+  }
+  std::vector<models::PartSpec> prologue_parts() const override { return {{"embed", {{"w", "embed", {10, 4}}}}}; }
+  std::vector<models::PartSpec> epilogue_parts() const override {
+    return {{"head", {{"w", tied_ ? "embed" : "head", {10, 4}}}}};
+  }
+  models::Activation prologue(const models::WeightView&, const models::Activation&,
+                              const torch::TensorOptions&) const override {
+    return {};
+  }
+  void phase_forward(int, int, const models::WeightView&, models::Activation&) const override {}
+  torch::Tensor epilogue(const models::WeightView&, const models::Activation&) const override { return {}; }
+  int64_t activation_bytes(int64_t b, int64_t s, c10::ScalarType t) const override {
+    return b * s * 4 * static_cast<int64_t>(c10::elementSize(t));
+  }
+
+ private:
+  int n_;
+  bool tied_;
+};
+
+PlanInputs inputs_for(const std::string& chain) {
+  PlanInputs in;
+  in.model_dir = "fake";
+  in.chain = parse_device_chain(chain).entries;
+  return in;
+}
+
+TEST(Plan, RangesComponentsAndBytes) {
+  FakeArch arch(10, /*tied=*/false);
+  Plan plan = make_plan(arch, inputs_for("cpu=3,cpu=1,cpu=1"));
+  ASSERT_EQ(plan.ranks.size(), 3u);
+  EXPECT_EQ(plan.ranks[0].first_block, 0);
+  EXPECT_EQ(plan.ranks[0].end_block, 6);
+  EXPECT_EQ(plan.ranks[1].first_block, 6);
+  EXPECT_EQ(plan.ranks[2].end_block, 10);
+  EXPECT_TRUE(plan.ranks[0].prologue);
+  EXPECT_FALSE(plan.ranks[0].epilogue);
+  EXPECT_TRUE(plan.ranks[2].epilogue);
+  // 6 blocks x 2 phases x 16 floats + embedding 40 floats.
+  EXPECT_EQ(plan.ranks[0].weight_bytes, (6 * 2 * 16 + 40) * 4);
+  EXPECT_EQ(plan.ranks[2].weight_bytes, (2 * 2 * 16 + 40) * 4);
+  EXPECT_EQ(plan.stages(), (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(plan.prev_stage(0), -1);
+  EXPECT_EQ(plan.next_stage(1), 2);
+  auto j = plan.to_json();
+  EXPECT_EQ(j["ranks"][1]["blocks"][0], 6);
+  EXPECT_EQ(j["ranks"][1]["device"], "cpu");
+  EXPECT_THAT(plan.to_text(), HasSubstr("6..9"));
+}
+
+TEST(Plan, TiedEmbeddingsCountOnceOnOneRank) {
+  FakeArch arch(4, /*tied=*/true);
+  Plan plan = make_plan(arch, inputs_for("cpu"));
+  EXPECT_EQ(plan.ranks[0].weight_bytes, (4 * 2 * 16 + 40) * 4);
+  Plan two = make_plan(arch, inputs_for("cpu,cpu"));
+  EXPECT_EQ(two.ranks[1].weight_bytes, (2 * 2 * 16 + 40) * 4);  // the last rank reads the tied embedding too
+}
+
+TEST(Plan, WorkloadSplitFalsePutsEverythingOnTheFirstEntry) {
+  FakeArch arch(4, false);
+  PlanInputs in = inputs_for("cpu=1,cpu=1");
+  in.workload_split = false;
+  Plan plan = make_plan(arch, in);
+  EXPECT_EQ(plan.ranks[0].num_blocks(), 4);
+  EXPECT_TRUE(plan.ranks[0].prologue && plan.ranks[0].epilogue);
+  EXPECT_TRUE(plan.ranks[1].idle());
+  EXPECT_EQ(plan.stages(), std::vector<int>{0});
+}
+
+}  // namespace

@@ -1,1 +1,165 @@
-// placeholder
+#include "pipeswap/core/checkpoint.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/log.h"
+
+namespace pipeswap {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kSingleFile = "model.safetensors";
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+constexpr const char* kConfigFile = "config.json";
+
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string join_path(const std::string& dir, const std::string& name) {
+  return !dir.empty() && dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+// Parses a small JSON file (config.json, the index); `what` says what the file is for in messages.
+json read_json_file(const std::string& path, const char* what) {
+  PS_CHECK(is_regular_file(path), CheckpointError,
+           "{} '{}' is missing: a Hugging Face checkpoint directory needs config.json and model.safetensors (or "
+           "model.safetensors.index.json with its shards)",
+           what, path);
+  std::ifstream in(path, std::ios::binary);
+  PS_CHECK(in.good(), CheckpointError, "cannot read {} '{}': check its permissions", what, path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  try {
+    return json::parse(text.str());
+  } catch (const json::exception& e) {
+    PS_THROW(CheckpointError, "{} '{}' is not valid JSON ({}): re-download the checkpoint or fix the file", what, path,
+             e.what());
+  }
+}
+
+// A shard name from the index must stay inside the checkpoint directory.
+bool is_plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
+}  // namespace
+
+std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
+  struct stat st {};
+  PS_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), CheckpointError,
+           "model directory '{}' does not exist: pass --model DIR with a Hugging Face checkpoint (config.json + "
+           "model.safetensors)",
+           dir);
+  // The constructor is private, so make_shared cannot reach it; the pointer is owned at once.
+  std::shared_ptr<Checkpoint> ck(new Checkpoint());
+  ck->dir_ = dir;
+
+  const std::string config_path = join_path(dir, kConfigFile);
+  ck->config_ = read_json_file(config_path, "model config");
+  PS_CHECK(ck->config_.is_object(), CheckpointError,
+           "model config '{}' is JSON but not an object (it is {}): re-download the checkpoint or fix the file",
+           config_path, ck->config_.type_name());
+
+  const std::string index_path = join_path(dir, kIndexFile);
+  const std::string single_path = join_path(dir, kSingleFile);
+  if (is_regular_file(index_path)) {
+    const json index = read_json_file(index_path, "checkpoint index");
+    auto wm = index.is_object() ? index.find("weight_map") : index.end();
+    PS_CHECK(index.is_object() && wm != index.end() && wm->is_object(), CheckpointError,
+             "checkpoint index '{}' has no \"weight_map\" object (tensor name -> shard file): re-download the "
+             "checkpoint",
+             index_path);
+    std::set<std::string> files;
+    for (const auto& [tensor, file] : wm->items()) {
+      PS_CHECK(file.is_string(), CheckpointError,
+               "checkpoint index '{}': weight_map entry for tensor '{}' is {}, not a shard file name: re-download the "
+               "checkpoint",
+               index_path, tensor, file.type_name());
+      const std::string name = file.get<std::string>();
+      PS_CHECK(is_plain_file_name(name), CheckpointError,
+               "checkpoint index '{}': tensor '{}' points to shard '{}', which is not a plain file name in the model "
+               "directory: shard names must not contain '/' or be '..'; fix or re-download the index",
+               index_path, tensor, name);
+      ck->weight_map_[tensor] = name;
+      files.insert(name);
+    }
+    // Check every shard is present now, so a partial download fails at start-up and not mid-run.
+    for (const std::string& name : files) {
+      PS_CHECK(is_regular_file(join_path(dir, name)), CheckpointError,
+               "checkpoint shard '{}' listed in '{}' is missing from '{}' ({} shards listed): the download is "
+               "incomplete; re-download the checkpoint",
+               name, index_path, dir, files.size());
+    }
+    log().debug("checkpoint '{}': {} tensors in {} shards", dir, ck->weight_map_.size(), files.size());
+  } else if (is_regular_file(single_path)) {
+    auto file = SafetensorsFile::open(single_path);
+    for (const TensorInfo& t : file->tensors()) ck->weight_map_[t.name] = kSingleFile;
+    ck->shards_[kSingleFile] = std::move(file);
+    log().debug("checkpoint '{}': {} tensors in one file", dir, ck->weight_map_.size());
+  } else {
+    PS_THROW(CheckpointError,
+             "model directory '{}' has neither {} nor {}: pass --model DIR with a Hugging Face checkpoint "
+             "(config.json + model.safetensors)",
+             dir, kSingleFile, kIndexFile);
+  }
+  return ck;
+}
+
+bool Checkpoint::has(const std::string& tensor) const { return weight_map_.count(tensor) != 0; }
+
+std::shared_ptr<const SafetensorsFile> Checkpoint::shard(const std::string& file) const {
+  // Held while opening, so two threads asking for the same shard open it once.
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto it = shards_.find(file);
+  if (it != shards_.end()) return it->second;
+  auto opened = SafetensorsFile::open(join_path(dir_, file));
+  shards_.emplace(file, opened);
+  return opened;
+}
+
+TensorLocation Checkpoint::locate(const std::string& tensor) const {
+  auto it = weight_map_.find(tensor);
+  PS_CHECK(it != weight_map_.end(), CheckpointError,
+           "tensor '{}' is not in the checkpoint '{}' ({} tensors): does --model point at the right model?", tensor,
+           dir_, weight_map_.size());
+  TensorLocation loc;
+  loc.file = shard(it->second);
+  loc.info = loc.file->find(tensor);
+  PS_CHECK(loc.info != nullptr, CheckpointError,
+           "checkpoint index in '{}' puts tensor '{}' in shard '{}', but that shard's header does not list it: the "
+           "index and shards disagree; re-download the checkpoint",
+           dir_, tensor, it->second);
+  return loc;
+}
+
+std::vector<std::string> Checkpoint::tensor_names() const {
+  std::vector<std::string> names;
+  names.reserve(weight_map_.size());
+  for (const auto& [name, file] : weight_map_) names.push_back(name);
+  return names;
+}
+
+std::vector<std::string> Checkpoint::opened_files() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<std::string> files;
+  for (const auto& [name, file] : shards_) files.push_back(name);
+  return files;
+}
+
+uint64_t Checkpoint::bytes_read() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  uint64_t total = 0;
+  for (const auto& [name, file] : shards_) total += file->bytes_read();
+  return total;
+}
+
+}  // namespace pipeswap

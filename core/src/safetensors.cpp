@@ -1,1 +1,398 @@
-// placeholder
+#include "pipeswap/core/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <system_error>
+
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/log.h"
+
+namespace pipeswap {
+namespace {
+
+using nlohmann::json;
+
+// One pread/write call moves at most this much: Linux caps a single call near 2 GiB anyway, and
+// smaller calls keep partial-transfer handling exercised the same way for every size.
+constexpr size_t kMaxIoChunk = size_t{1} << 30;
+
+constexpr const char* kCheckpointFix = "re-download or re-save the checkpoint";
+
+std::string errno_text(int err) { return std::generic_category().message(err); }
+
+// Closes the descriptor it owns; never throws (used on error paths).
+class UniqueFd {
+ public:
+  explicit UniqueFd(int fd = -1) : fd_(fd) {}
+  ~UniqueFd() { reset(); }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  int get() const { return fd_; }
+  int release() { return std::exchange(fd_, -1); }
+  void reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+// Reads up to n bytes at offset, retrying on EINTR and partial reads. Returns the bytes read (less
+// than n only at end of file), or -errno.
+int64_t pread_full(int fd, void* dst, uint64_t n, uint64_t offset) {
+  auto* out = static_cast<char*>(dst);
+  uint64_t done = 0;
+  while (done < n) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(n - done, kMaxIoChunk));
+    const ssize_t got = ::pread(fd, out + done, want, static_cast<off_t>(offset + done));
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (got == 0) break;
+    done += static_cast<uint64_t>(got);
+  }
+  return static_cast<int64_t>(done);
+}
+
+// Writes all n bytes, retrying on EINTR and partial writes. Returns 0 or errno.
+int write_full(int fd, const void* src, uint64_t n) {
+  const auto* in = static_cast<const char*>(src);
+  uint64_t done = 0;
+  while (done < n) {
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(n - done, kMaxIoChunk));
+    const ssize_t put = ::write(fd, in + done, want);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    // write() returning 0 for a non-zero request means no progress is possible: treat as a full disk.
+    if (put == 0) return ENOSPC;
+    done += static_cast<uint64_t>(put);
+  }
+  return 0;
+}
+
+// The format fixes the length prefix as little-endian, whatever the host is.
+uint64_t decode_le64(const unsigned char* b) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | b[i];
+  return v;
+}
+void encode_le64(uint64_t v, unsigned char* b) {
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
+std::string known_dtypes() {
+  std::string out;
+  for (int d = static_cast<int>(DType::F64); d <= static_cast<int>(DType::BOOL); ++d) {
+    if (!out.empty()) out += ", ";
+    out += dtype_name(static_cast<DType>(d));
+  }
+  return out;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+// A JSON value that is an integer >= 0 and fits in uint64 (negative ones parse as number_integer).
+bool as_uint(const json& v, uint64_t* out) {
+  if (v.is_number_unsigned()) {
+    *out = v.get<uint64_t>();
+    return true;
+  }
+  if (v.is_number_integer() && v.get<int64_t>() >= 0) {
+    *out = static_cast<uint64_t>(v.get<int64_t>());
+    return true;
+  }
+  return false;
+}
+
+TensorInfo parse_entry(const std::string& path, const std::string& name, const json& e) {
+  PS_CHECK(e.is_object(), CheckpointError,
+           "safetensors file '{}': header entry for tensor '{}' is not an object ({}): {}", path, name,
+           e.dump(), kCheckpointFix);
+  TensorInfo info;
+  info.name = name;
+
+  auto dt = e.find("dtype");
+  PS_CHECK(dt != e.end() && dt->is_string(), CheckpointError,
+           "safetensors file '{}': tensor '{}' has no \"dtype\" string in its header entry {}: {}", path, name,
+           e.dump(), kCheckpointFix);
+  const std::string dtype_word = dt->get<std::string>();
+  auto dtype = dtype_from_safetensors(dtype_word);
+  PS_CHECK(dtype.has_value(), CheckpointError,
+           "safetensors file '{}': tensor '{}' has unknown dtype '{}' (known: {}): convert the checkpoint to one "
+           "of the known dtypes",
+           path, name, dtype_word, known_dtypes());
+  info.dtype = *dtype;
+
+  auto sh = e.find("shape");
+  PS_CHECK(sh != e.end() && sh->is_array(), CheckpointError,
+           "safetensors file '{}': tensor '{}' has no \"shape\" array in its header entry {}: {}", path, name,
+           e.dump(), kCheckpointFix);
+  for (const json& d : *sh) {
+    uint64_t dim = 0;
+    PS_CHECK(as_uint(d, &dim) && dim <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), CheckpointError,
+             "safetensors file '{}': tensor '{}' has shape {} with an entry that is not a non-negative integer: {}",
+             path, name, sh->dump(), kCheckpointFix);
+    info.shape.push_back(static_cast<int64_t>(dim));
+  }
+
+  auto off = e.find("data_offsets");
+  uint64_t begin = 0, end = 0;
+  PS_CHECK(off != e.end() && off->is_array() && off->size() == 2 && as_uint((*off)[0], &begin) &&
+               as_uint((*off)[1], &end),
+           CheckpointError,
+           "safetensors file '{}': tensor '{}' needs \"data_offsets\" as [begin, end] of two non-negative integers, "
+           "got {}: {}",
+           path, name, off == e.end() ? std::string("nothing") : off->dump(), kCheckpointFix);
+  PS_CHECK(begin <= end, CheckpointError,
+           "safetensors file '{}': tensor '{}' has data_offsets [{}, {}] with begin after end: {}", path, name, begin,
+           end, kCheckpointFix);
+  info.begin = begin;
+  info.end = end;
+
+  // numel * element size must equal the byte range. A zero dimension makes the product zero whatever
+  // the others are; otherwise multiply with overflow checks, since the shape comes from the file.
+  const bool any_zero = std::any_of(info.shape.begin(), info.shape.end(), [](int64_t d) { return d == 0; });
+  uint64_t bytes = dtype_size(info.dtype);
+  bool overflow = false;
+  if (any_zero) {
+    bytes = 0;
+  } else {
+    for (int64_t d : info.shape) overflow = overflow || __builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes);
+  }
+  PS_CHECK(!overflow && bytes == end - begin, CheckpointError,
+           "safetensors file '{}': shape/bytes mismatch for tensor '{}': shape {} of {} needs {} bytes, but "
+           "data_offsets [{}, {}] hold {}: {}",
+           path, name, shape_text(info.shape), dtype_name(info.dtype),
+           overflow ? std::string("more than 2^64") : std::to_string(bytes), begin, end, end - begin, kCheckpointFix);
+  return info;
+}
+
+}  // namespace
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;  // validated against the byte range when the header was read
+  return n;
+}
+
+std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+  // The constructor is private, so make_shared cannot reach it; the pointer is owned at once. The fd
+  // lives in the object from the start so that every failed check below closes it.
+  std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->path_ = path;
+  f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (f->fd_ < 0) {
+    const int err = errno;
+    PS_THROW(CheckpointError, "cannot open safetensors file '{}': {}: check the path and its permissions", path,
+             errno_text(err));
+  }
+  struct stat st {};
+  if (::fstat(f->fd_, &st) != 0) {
+    const int err = errno;
+    PS_THROW(CheckpointError, "cannot stat safetensors file '{}': {}", path, errno_text(err));
+  }
+  PS_CHECK(S_ISREG(st.st_mode), CheckpointError, "safetensors file '{}' is not a regular file", path);
+  f->file_size_ = static_cast<uint64_t>(st.st_size);
+
+  PS_CHECK(f->file_size_ >= 8, CheckpointError,
+           "safetensors file '{}' is {} bytes, shorter than the 8-byte header length: {}", path, f->file_size_,
+           kCheckpointFix);
+  unsigned char len_bytes[8];
+  const int64_t got = pread_full(f->fd_, len_bytes, 8, 0);
+  PS_CHECK(got == 8, CheckpointError, "cannot read the header length of safetensors file '{}': {}", path,
+           got < 0 ? errno_text(static_cast<int>(-got)) : std::string("short read"));
+  const uint64_t header_len = decode_le64(len_bytes);
+
+  // Bound the length before allocating anything: a corrupt prefix may claim terabytes.
+  PS_CHECK(header_len <= kMaxSafetensorsHeader, CheckpointError,
+           "safetensors file '{}' claims a {}-byte JSON header, more than the {}-byte limit: the file is corrupt or "
+           "not safetensors; {}",
+           path, header_len, kMaxSafetensorsHeader, kCheckpointFix);
+  PS_CHECK(header_len <= f->file_size_ - 8, CheckpointError,
+           "safetensors file '{}': header longer than the file ({} header bytes, but the file is {} bytes): the file "
+           "is truncated; {}",
+           path, header_len, f->file_size_, kCheckpointFix);
+  f->data_offset_ = 8 + header_len;
+
+  std::string text(static_cast<size_t>(header_len), '\0');
+  const int64_t hgot = pread_full(f->fd_, text.data(), header_len, 8);
+  PS_CHECK(hgot == static_cast<int64_t>(header_len), CheckpointError,
+           "cannot read the {}-byte header of safetensors file '{}': {}", header_len, path,
+           hgot < 0 ? errno_text(static_cast<int>(-hgot)) : std::string("short read"));
+
+  json header;
+  try {
+    header = json::parse(text);
+  } catch (const json::exception& e) {
+    PS_THROW(CheckpointError, "safetensors file '{}': the header is not valid JSON ({}): {}", path, e.what(),
+             kCheckpointFix);
+  }
+  PS_CHECK(header.is_object(), CheckpointError,
+           "safetensors file '{}': the header is JSON but not an object (it is {}): {}", path, header.type_name(),
+           kCheckpointFix);
+
+  const uint64_t data_size = f->file_size_ - f->data_offset_;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      PS_CHECK(entry.is_object(), CheckpointError,
+               "safetensors file '{}': \"__metadata__\" must be an object of strings, got {}: {}", path,
+               entry.type_name(), kCheckpointFix);
+      for (const auto& [key, value] : entry.items()) {
+        PS_CHECK(value.is_string(), CheckpointError,
+                 "safetensors file '{}': \"__metadata__\" entry '{}' is {}, not a string: {}", path, key,
+                 value.type_name(), kCheckpointFix);
+        f->metadata_[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    TensorInfo info = parse_entry(path, name, entry);
+    PS_CHECK(info.end <= data_size, CheckpointError,
+             "safetensors file '{}' is truncated: tensor '{}' needs data bytes [{}, {}) but the data section holds "
+             "only {} bytes: {}",
+             path, name, info.begin, info.end, data_size, kCheckpointFix);
+    f->tensors_.push_back(std::move(info));
+  }
+
+  // Sorted by offset (empty tensors first at a tie), overlaps show up between neighbours.
+  std::sort(f->tensors_.begin(), f->tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  for (size_t i = 1; i < f->tensors_.size(); ++i) {
+    const TensorInfo& prev = f->tensors_[i - 1];
+    const TensorInfo& cur = f->tensors_[i];
+    PS_CHECK(prev.end <= cur.begin, CheckpointError,
+             "safetensors file '{}': tensors '{}' [{}, {}) and '{}' [{}, {}) have overlapping data_offsets: {}", path,
+             prev.name, prev.begin, prev.end, cur.name, cur.begin, cur.end, kCheckpointFix);
+  }
+  for (size_t i = 0; i < f->tensors_.size(); ++i) f->by_name_[f->tensors_[i].name] = i;
+
+  log().debug("opened safetensors '{}': {} tensors, {} header bytes, {} bytes", path, f->tensors_.size(), header_len,
+              f->file_size_);
+  return f;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+const TensorInfo* SafetensorsFile::find(const std::string& name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
+}
+
+const TensorInfo& SafetensorsFile::at(const std::string& name) const {
+  const TensorInfo* info = find(name);
+  PS_CHECK(info != nullptr, CheckpointError, "tensor '{}' is not in safetensors file '{}' ({} tensors)", name, path_,
+           tensors_.size());
+  return *info;
+}
+
+void SafetensorsFile::read_into(const TensorInfo& info, void* dst) const {
+  const uint64_t n = info.nbytes();
+  if (n == 0) return;
+  const int64_t got = pread_full(fd_, dst, n, data_offset_ + info.begin);
+  if (got == static_cast<int64_t>(n)) {
+    bytes_read_.fetch_add(n, std::memory_order_relaxed);
+    return;
+  }
+  if (got < 0) {
+    PS_THROW(CheckpointError, "reading tensor '{}' from safetensors file '{}' failed: {}: was the file removed or "
+             "is the disk failing? {}", info.name, path_, errno_text(static_cast<int>(-got)), kCheckpointFix);
+  }
+  // A short read means the file shrank since open: say how long it is now.
+  struct stat st {};
+  const std::string now = ::fstat(fd_, &st) == 0 ? fmt::format("{} bytes", st.st_size) : std::string("unknown size");
+  PS_THROW(CheckpointError,
+           "safetensors file '{}' was truncated after it was opened: tensor '{}' needs file bytes [{}, {}), but the "
+           "file is now {} (was {}): do not modify checkpoints while a job runs; {}",
+           path_, info.name, data_offset_ + info.begin, data_offset_ + info.end, now, file_size_, kCheckpointFix);
+}
+
+torch::Tensor SafetensorsFile::read(const std::string& name) const {
+  const TensorInfo& info = at(name);
+  torch::Tensor t = torch::empty(info.shape, torch::TensorOptions().dtype(to_scalar_type(info.dtype)));
+  read_into(info, t.data_ptr());
+  return t;
+}
+
+uint64_t SafetensorsFile::bytes_read() const { return bytes_read_.load(std::memory_order_relaxed); }
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  // Gather contiguous CPU copies first, so nothing touches the disk when an argument is bad.
+  std::vector<torch::Tensor> data;
+  data.reserve(tensors.size());
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::set<std::string> seen;
+  uint64_t offset = 0;
+  for (const auto& [name, tensor] : tensors) {
+    PS_CHECK(name != "__metadata__" && seen.insert(name).second, IoError,
+             "cannot write safetensors file '{}': tensor name '{}' is reserved or given twice", path, name);
+    PS_CHECK(tensor.defined(), IoError, "cannot write safetensors file '{}': tensor '{}' is undefined", path, name);
+    torch::Tensor t = tensor.to(torch::kCPU).contiguous();
+    const DType dtype = from_scalar_type(t.scalar_type());
+    const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * dtype_size(dtype);
+    header[name] = {
+        {"dtype", dtype_name(dtype)}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + nbytes}}};
+    offset += nbytes;
+    data.push_back(std::move(t));
+  }
+
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception& e) {
+    PS_THROW(IoError, "cannot write safetensors file '{}': tensor names and metadata must be valid UTF-8 ({})", path,
+             e.what());
+  }
+  // Padding keeps the data section 8-byte aligned (the length prefix is 8 bytes), as the format suggests.
+  text.append((8 - text.size() % 8) % 8, ' ');
+  unsigned char len_bytes[8];
+  encode_le64(text.size(), len_bytes);
+
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  const char* hint = "check that the directory exists, is writable and has free space";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (fd.get() < 0) {
+    const int err = errno;
+    PS_THROW(IoError, "cannot write safetensors file '{}': creating '{}' failed: {}: {}", path, tmp, errno_text(err),
+             hint);
+  }
+  // From here on a failure must not leave the partial temp file behind.
+  auto fail = [&](const std::string& what, int err) {
+    fd.reset();
+    ::unlink(tmp.c_str());
+    PS_THROW(IoError, "cannot write safetensors file '{}': {} failed: {}: {}", path, what, errno_text(err), hint);
+  };
+  int err = write_full(fd.get(), len_bytes, sizeof(len_bytes));
+  if (err == 0) err = write_full(fd.get(), text.data(), text.size());
+  for (size_t i = 0; err == 0 && i < data.size(); ++i) {
+    err = write_full(fd.get(), data[i].data_ptr(), static_cast<uint64_t>(data[i].numel()) * data[i].element_size());
+  }
+  if (err != 0) fail(fmt::format("writing '{}'", tmp), err);
+  // errno is read right after the call: building the message allocates and may clobber it.
+  if (::fsync(fd.get()) != 0) err = errno;
+  if (err != 0) fail(fmt::format("fsync of '{}'", tmp), err);
+  // close() can report a deferred write error (e.g. on network file systems), so check it.
+  if (::close(fd.release()) != 0) err = errno;
+  if (err != 0) fail(fmt::format("closing '{}'", tmp), err);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) fail(fmt::format("renaming '{}' to it", tmp), err);
+  log().debug("wrote safetensors '{}': {} tensors, {} data bytes", path, tensors.size(), offset);
+}
+
+}  // namespace pipeswap

@@ -12,7 +12,7 @@
 //    recv() throw PeerLostError naming this rank.
 #pragma once
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <chrono>
 #include <cstdint>

@@ -5,7 +5,7 @@
 // bounds and non-overlapping. Tensor bytes are read with pread, only when asked for.
 #pragma once
 
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <atomic>
 #include <cstdint>

@@ -1,7 +1,7 @@
 // The one place that knows LibTorch versions apart (1.13 in CI, 2.x on the GPU machine).
 #pragma once
 
-#include <torch/torch.h>
+#include <torch/types.h>
 #include <torch/version.h>
 
 #define PIPESWAP_TORCH_AT_LEAST(major, minor) \

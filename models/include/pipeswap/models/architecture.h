@@ -4,7 +4,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <memory>
 #include <string>
@@ -17,6 +17,8 @@ namespace pipeswap::models {
 struct TensorRef {
   std::string local;       // "q_proj.weight"
   std::string checkpoint;  // "model.layers.3.self_attn.q_proj.weight"
+  std::vector<int64_t> shape;  // as config.json implies it: the plan sizes memory from it, the loader
+                               // checks the checkpoint against it
 };
 
 // A unit of weights kept in one slab: one phase of a block, or one non-block component.

@@ -1,0 +1,127 @@
+#include "cli.h"
+
+#include <CLI/CLI.hpp>
+
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/torch_compat.h"
+
+namespace pipeswap::launcher {
+namespace {
+
+void add_common(CLI::App* cmd, Options& o) {
+  cmd->add_option("--model", o.model, "Hugging Face checkpoint directory (config.json + *.safetensors); "
+                                      "default: the built-in demo model");
+  cmd->add_option("--device-chain", o.device_chain,
+                  "one entry per rank, device=weight: cpu=3,cpu=1 or cuda:0=60,cuda:1=40; 'auto' weighs by free "
+                  "memory (default: every rank on cpu, equal weights)");
+  cmd->add_option("--workload-split", o.workload_split, "false: every block on the first device")
+      ->default_str("true");
+  cmd->add_option("--auto-vram-balance", o.auto_vram_balance,
+                  "weigh the chain's devices by their free memory instead of the given weights")
+      ->default_str("false");
+  cmd->add_option("--dtype", o.dtype, "compute dtype: auto (the checkpoint's), fp32, bf16, fp16")->default_str("auto");
+  cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")->default_str("1");
+  cmd->add_option("--input", o.input, "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T]");
+  cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")->default_str("60");
+  cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")->default_str("0");
+  cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->default_str("info");
+}
+
+std::string config_value(const nlohmann::json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
+  if (v.is_array()) {  // device_chain as a list of "device=weight" entries
+    std::string s;
+    for (const auto& e : v) s += (s.empty() ? "" : ",") + config_value(e);
+    return s;
+  }
+  return v.dump();
+}
+
+// Turns a JSON config file into flags: {"blocks_to_swap": 4} -> --blocks-to-swap 4.
+std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
+  std::ifstream in(path);
+  PS_CHECK(in.good(), ConfigError, "cannot read config file {} (--config)", path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    PS_THROW(ConfigError, "config file {} is not valid JSON: {}", path, e.what());
+  }
+  PS_CHECK(j.is_object(), ConfigError, "config file {} must hold a JSON object of snake_case keys", path);
+  std::vector<std::string> args;
+  for (const auto& [key, value] : j.items()) {
+    std::string flag = "--" + key;
+    for (char& c : flag) c = (c == '_') ? '-' : c;
+    PS_CHECK(key != "config" && cmd->get_option_no_throw(flag) != nullptr, ConfigError,
+             "config file {}: unknown key '{}' for '{}' (see pipeswap {} --help; keys are the flags in snake_case)",
+             path, key, cmd->get_name(), cmd->get_name());
+    args.push_back(flag);
+    args.push_back(config_value(value));
+  }
+  return args;
+}
+
+}  // namespace
+
+std::optional<Options> parse_command_line(int argc, char** argv) {
+  Options o;
+  CLI::App app{"pipeswap: run transformer models too big for one device, split across ranks and swapped"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("pipeswap 0.1.0 (LibTorch ") + compat::torch_version() + ")");
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  CLI::App* run = app.add_subcommand("run", "run the forward job and write logits (safetensors)");
+  CLI::App* plan = app.add_subcommand("plan", "print the plan (ranks, devices, blocks, memory) without loading");
+  std::string config_path;
+  for (CLI::App* cmd : {run, plan}) {
+    add_common(cmd, o);
+    cmd->add_option("--config", config_path, "JSON file of options with snake_case keys (flags win)");
+  }
+  run->add_option("--output", o.output, "safetensors file for the logits (written atomically)")
+      ->default_str("logits.safetensors");
+  plan->add_option("--json", o.json, "also write the plan as JSON to this file");
+
+  std::vector<std::string> args(argv + 1, argv + argc);
+  // First pass only to learn the subcommand and --config; then the config's flags go first so that
+  // the command line wins (TakeLast).
+  try {
+    app.parse(std::vector<std::string>(args.rbegin(), args.rend()));
+  } catch (const CLI::CallForHelp& e) {
+    app.exit(e);
+    return std::nullopt;
+  } catch (const CLI::CallForAllHelp& e) {
+    app.exit(e);
+    return std::nullopt;
+  } catch (const CLI::CallForVersion& e) {
+    app.exit(e);
+    return std::nullopt;
+  } catch (const CLI::ParseError& e) {
+    PS_THROW(ConfigError, "{} (see pipeswap --help)", e.what());
+  }
+  CLI::App* cmd = run->parsed() ? run : plan;
+  o.command = cmd->get_name();
+  if (!config_path.empty()) {
+    std::vector<std::string> merged{o.command};
+    for (auto& a : config_args(config_path, cmd)) merged.push_back(a);
+    for (size_t i = 1; i < args.size(); ++i) merged.push_back(args[i]);
+    Options fresh;
+    o = fresh;
+    app.clear();
+    try {
+      app.parse(std::vector<std::string>(merged.rbegin(), merged.rend()));
+    } catch (const CLI::ParseError& e) {
+      PS_THROW(ConfigError, "{} (from config file {} or the command line)", e.what(), config_path);
+    }
+    o.command = cmd->get_name();
+  }
+  PS_CHECK(o.micro_batches >= 1, ConfigError, "--micro-batches must be at least 1 (got {})", o.micro_batches);
+  PS_CHECK(o.comm_timeout > 0, ConfigError, "--comm-timeout must be positive seconds (got {})", o.comm_timeout);
+  PS_CHECK(o.threads >= 0, ConfigError, "--threads must be 0 (automatic) or positive (got {})", o.threads);
+  return o;
+}
+
+}  // namespace pipeswap::launcher

@@ -1,0 +1,230 @@
+#include "commands.h"
+
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include <ATen/Parallel.h>
+
+#include "demo_model.h"
+#include "pipeswap/core/checkpoint.h"
+#include "pipeswap/core/dtype.h"
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/identity.h"
+#include "pipeswap/core/log.h"
+#include "pipeswap/core/safetensors.h"
+#include "pipeswap/models/architecture.h"
+#include "pipeswap/offload/block_weights.h"
+#include "pipeswap/pipeline/forward_job.h"
+#include "pipeswap/pipeline/inputs.h"
+#include "pipeswap/pipeline/plan.h"
+
+namespace pipeswap::launcher {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Free memory of this rank's device (auto_vram_balance). CPU: MemAvailable / ranks on this node.
+int64_t free_bytes(const pipeline::DeviceSpec& dev, const World& world) {
+  if (dev.is_cuda()) {
+    PS_THROW(ConfigError, "auto_vram_balance on {} needs a CUDA build with a GPU; use explicit weights", dev.str());
+  }
+  struct sysinfo si {};
+  if (sysinfo(&si) != 0) return 1;
+  return static_cast<int64_t>(si.freeram + si.bufferram) * si.mem_unit / std::max(1, world.local_size);
+}
+
+// Turns --device-chain into one entry per rank, agreed by every rank.
+std::vector<pipeline::ChainEntry> resolve_chain(const Options& o, const World& world, comm::Transport& t,
+                                                bool plan_only) {
+  pipeline::DeviceChain chain;
+  if (o.device_chain.empty()) {
+    chain.entries.assign(world.size, pipeline::ChainEntry{});  // every rank on cpu, equal weights
+  } else {
+    chain = pipeline::parse_device_chain(o.device_chain);
+  }
+  if (chain.automatic) chain.entries.assign(world.size, pipeline::ChainEntry{});
+  const int n = static_cast<int>(chain.entries.size());
+  if (!(plan_only && world.size == 1)) {
+    PS_CHECK(n == world.size, ConfigError,
+             "--device-chain has {} entr{} but {} rank(s) are running: give one entry per rank, or start {} rank(s) "
+             "(e.g. mpirun -np {} pipeswap ...)",
+             n, n == 1 ? "y" : "ies", world.size, n, n);
+  }
+  for (const auto& e : chain.entries) {
+    PS_CHECK(!e.device.is_cuda(), ConfigError,
+             "Invalid device: {} (this pipeswap runs CPU ranks only so far: use cpu entries, e.g. cpu=1,cpu=1)",
+             e.device.str());
+  }
+  if (chain.automatic || o.auto_vram_balance) {
+    // Every rank's free memory, gathered so that all ranks build the same plan.
+    const auto& mine = chain.entries.at(std::min(world.rank, n - 1)).device;
+    auto all = comm::allgather_strings(t, std::to_string(free_bytes(mine, world)));
+    for (int r = 0; r < n && r < static_cast<int>(all.size()); ++r) chain.entries[r].weight = std::stod(all[r]);
+  }
+  return chain.entries;
+}
+
+c10::ScalarType resolve_dtype(const Options& o, const nlohmann::json& config, bool on_cpu) {
+  if (o.dtype != "auto") {
+    auto t = parse_float_dtype(o.dtype);
+    PS_CHECK(t.has_value(), ConfigError, "unknown --dtype '{}': use auto, fp32, bf16 or fp16", o.dtype);
+    PS_CHECK(!(on_cpu && *t == c10::ScalarType::Half), ConfigError,
+             "--dtype fp16 is not supported on CPU ranks (LibTorch has no fp16 matmul there): use fp32 or bf16");
+    return *t;
+  }
+  std::string name = config.value("torch_dtype", config.value("dtype", std::string("float32")));
+  auto t = parse_float_dtype(name);
+  c10::ScalarType st = t.value_or(c10::ScalarType::Float);
+  if (on_cpu && st == c10::ScalarType::Half) {
+    log().info("checkpoint is float16; CPU ranks compute in float32");
+    st = c10::ScalarType::Float;
+  }
+  return st;
+}
+
+void set_threads(const Options& o, const World& world) {
+  int n = o.threads;
+  if (n == 0) n = std::max(1u, std::thread::hardware_concurrency() / std::max(1, world.local_size));
+  at::set_num_threads(n);
+}
+
+struct Job {
+  std::string model_dir;
+  std::shared_ptr<Checkpoint> ckpt;
+  std::unique_ptr<models::Architecture> arch;
+  torch::Tensor input_ids;  // rank 0 only
+  pipeline::Plan plan;
+};
+
+Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_only) {
+  Job job;
+  auto chain = resolve_chain(o, world, t, plan_only);
+  job.model_dir = o.model.empty() ? ensure_demo_model() : o.model;
+  job.ckpt = Checkpoint::open(job.model_dir);
+  job.arch = models::make_architecture(job.ckpt->config());
+
+  // Rank 0 reads the input; everyone learns its shape so that all ranks build the same plan.
+  std::string shape = "0 0";
+  if (world.rank == 0 && (!plan_only || !o.input.empty())) {
+    if (!o.input.empty()) {
+      job.input_ids = pipeline::read_token_input(o.input);
+    } else {
+      PS_CHECK(o.model.empty(), ConfigError, "--input is required with --model (token ids, JSON or safetensors)");
+      job.input_ids = demo_input_ids();
+    }
+    const int64_t vocab = job.arch->vocab_size();
+    const int64_t max_id = job.input_ids.max().item<int64_t>();
+    PS_CHECK(max_id < vocab, ConfigError, "input token id {} is out of range: the model's vocabulary has {} tokens",
+             max_id, vocab);
+    pipeline::micro_batch_sizes(job.input_ids.size(0), o.micro_batches);  // validates --micro-batches
+    shape = fmt::format("{} {}", job.input_ids.size(0), job.input_ids.size(1));
+  }
+  if (!plan_only && world.size > 1) shape = comm::allgather_strings(t, shape).at(0);
+  int64_t batch = 0, seq = 0;
+  std::sscanf(shape.c_str(), "%ld %ld", &batch, &seq);
+
+  pipeline::PlanInputs in;
+  in.model_dir = job.model_dir;
+  in.chain = chain;
+  in.workload_split = o.workload_split;
+  in.dtype = resolve_dtype(o, job.ckpt->config(), true);
+  in.micro_batches = o.micro_batches;
+  in.batch = batch > 0 ? (batch + o.micro_batches - 1) / o.micro_batches : 0;
+  in.seq = seq;
+  job.plan = pipeline::make_plan(*job.arch, in);
+  return job;
+}
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
+  {
+    std::ofstream out(tmp);
+    out << text;
+    out.flush();
+    PS_CHECK(out.good(), IoError, "cannot write {} (is the directory writable, is the disk full?)", path);
+  }
+  PS_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "cannot rename {} to {}", tmp, path);
+}
+
+int cmd_plan(const Options& o, const World& world, comm::Transport& t) {
+  Job job = prepare(o, world, t, /*plan_only=*/true);
+  if (world.rank == 0) {
+    std::cout << job.plan.to_text() << std::flush;
+    if (!o.json.empty()) write_text_atomically(o.json, job.plan.to_json().dump(2) + "\n");
+  }
+  return 0;
+}
+
+int cmd_run(const Options& o, const World& world, comm::Transport& t) {
+  const auto t_start = Clock::now();
+  if (world.rank == 0) pipeline::check_output_path(o.output);
+  set_threads(o, world);
+  Job job = prepare(o, world, t, /*plan_only=*/false);
+  const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
+  RankIdentity id = rank_identity();
+  id.device = me.device.str();
+  set_rank_identity(id);
+  refresh_log_prefix();
+  if (world.rank == 0) log().info("\n{}", job.plan.to_text());
+
+  const torch::Device device(torch::kCPU);
+  const auto t_load = Clock::now();
+  offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
+  std::unique_ptr<offload::BlockWeights> weights;
+  weights = offload::make_resident_weights(*job.arch, job.ckpt, owned, job.plan.dtype, device);
+  log().info("loaded {} of weights ({} read from {}) in {:.2f} s",
+             pipeline::format_bytes(weights ? weights->device_bytes() : 0),
+             pipeline::format_bytes(static_cast<int64_t>(job.ckpt->bytes_read())), job.model_dir, since(t_load));
+  t.barrier();
+
+  auto result = pipeline::run_forward(job.plan, world.rank, *job.arch, *weights, t, job.input_ids, device);
+  if (world.rank == 0) {
+    write_safetensors(o.output, {{"logits", result.logits}},
+                      {{"producer", "pipeswap"}});
+  }
+  t.barrier();
+  if (world.rank == 0) {
+    const int64_t tokens = job.input_ids.numel();
+    std::string s = fmt::format("pipeswap run: {} ({}), {} blocks on {} rank(s), {} micro-batch(es)\n",
+                                job.model_dir, job.plan.family, job.plan.num_blocks, world.size, o.micro_batches);
+    for (const auto& r : job.plan.ranks) {
+      s += fmt::format("  rank {} {:<6} {}\n", r.rank, r.device.str(),
+                       r.idle() ? std::string("idle")
+                                : fmt::format("blocks {}..{} ({}){}{}", r.first_block, r.end_block - 1, r.num_blocks(),
+                                              r.prologue ? " +prologue" : "", r.epilogue ? " +epilogue" : ""));
+    }
+    s += fmt::format("  tokens {} ({} x {}), forward {:.3f} s ({:.0f} tokens/s), total {:.2f} s\n", tokens,
+                     job.input_ids.size(0), job.input_ids.size(1), result.seconds, tokens / result.seconds,
+                     since(t_start));
+    s += fmt::format("  logits {} float32 -> {}\n", fmt::join(result.logits.sizes(), "x"), o.output);
+    std::cout << s << std::flush;
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::unique_ptr<comm::Transport> make_transport(const World& world, const Options& opts) {
+  comm::TransportOptions to;
+  to.timeout = std::chrono::milliseconds(static_cast<int64_t>(opts.comm_timeout * 1000));
+  switch (world.launcher) {
+    case World::Launcher::kMpi: return comm::make_mpi_transport(to);
+    case World::Launcher::kTorchrun:
+    case World::Launcher::kSlurm:
+      return comm::make_tcp_transport(world.rank, world.size, world.master_addr, world.master_port, to);
+    default: return comm::make_self_transport();
+  }
+}
+
+int run_command(const Options& opts, const World& world, comm::Transport& transport) {
+  log().debug("{} rank {} of {} via {}", opts.command, world.rank, world.size, world.launcher_name());
+  return opts.command == "plan" ? cmd_plan(opts, world, transport) : cmd_run(opts, world, transport);
+}
+
+}  // namespace pipeswap::launcher

@@ -1,0 +1,17 @@
+// The subcommands: run and plan.
+#pragma once
+
+#include <memory>
+
+#include "options.h"
+#include "pipeswap/comm/transport.h"
+#include "world.h"
+
+namespace pipeswap::launcher {
+
+std::unique_ptr<comm::Transport> make_transport(const World& world, const Options& opts);
+
+// Returns the process exit code; throws on error.
+int run_command(const Options& opts, const World& world, comm::Transport& transport);
+
+}  // namespace pipeswap::launcher

@@ -1,0 +1,40 @@
+// How a stage gets the weights of its blocks. The stage asks for each (block, phase) right before
+// computing it and releases it right after; what happens in between (resident slabs, or a prefetched
+// slot) is the implementation's business. Non-block components are resident on the stage's device.
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+#include <vector>
+
+#include "pipeswap/core/checkpoint.h"
+#include "pipeswap/models/architecture.h"
+
+namespace pipeswap::offload {
+
+class BlockWeights {
+ public:
+  virtual ~BlockWeights() = default;
+  // Weights of one phase of one block, valid until release(block, phase).
+  virtual const models::WeightView& acquire(int block, int phase) = 0;
+  virtual void release(int block, int phase) = 0;
+  virtual const models::WeightView& prologue() const = 0;
+  virtual const models::WeightView& epilogue() const = 0;
+  // Bytes this rank holds on its device for weights (slabs, slots, components).
+  virtual int64_t device_bytes() const = 0;
+};
+
+struct OwnedParts {
+  int first_block = 0;
+  int end_block = 0;
+  bool prologue = false;
+  bool epilogue = false;
+};
+
+// Every owned part loaded once into its own slab on `device` and kept there.
+std::unique_ptr<BlockWeights> make_resident_weights(const models::Architecture& arch,
+                                                    std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
+                                                    c10::ScalarType dtype, torch::Device device);
+
+}  // namespace pipeswap::offload

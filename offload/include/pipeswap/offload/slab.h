@@ -1,0 +1,42 @@
+// A part's weights as one slab: one contiguous byte range with every tensor at a fixed, aligned
+// offset. Host cache entries and device slots are slabs too, so moving a part is one copy and model
+// code gets tensor views that never change address.
+#pragma once
+
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+#include "pipeswap/core/checkpoint.h"
+#include "pipeswap/models/architecture.h"
+
+namespace pipeswap::offload {
+
+constexpr int64_t kSlabAlignment = 256;  // keeps every view aligned for vectorised kernels
+
+struct SlabLayout {
+  struct Entry {
+    std::string local;
+    std::string checkpoint;
+    std::vector<int64_t> shape;
+    int64_t offset = 0;
+    int64_t nbytes = 0;
+  };
+  std::string part;
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  std::vector<Entry> entries;
+  int64_t bytes = 0;
+};
+
+SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype);
+
+// Adds a view of every tensor in `slab` (a uint8 tensor of layout.bytes, any device) to `view`.
+void add_views(const SlabLayout& layout, const torch::Tensor& slab, models::WeightView& view);
+
+// Fills a CPU slab from the checkpoint: reads each tensor once (straight into the slab when the
+// dtypes agree, else through a converted temporary). Checks every tensor's shape against the
+// layout: a mismatch is a CheckpointError naming the tensor, both shapes and config.json.
+void read_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Tensor& host_slab);
+
+}  // namespace pipeswap::offload

@@ -1,0 +1,70 @@
+// The plan is data: which rank runs which blocks on which device, and the memory that implies.
+// `pipeswap plan` prints it (and writes it as JSON) before anything loads; `run` uses the same
+// object. Built identically on every rank from config.json and the resolved device chain; it reads
+// no weights.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "pipeswap/models/architecture.h"
+#include "pipeswap/pipeline/device_chain.h"
+
+namespace pipeswap::pipeline {
+
+struct RankPlan {
+  int rank = 0;
+  DeviceSpec device;
+  double weight = 0;
+  int first_block = 0;  // [first_block, end_block); empty for idle ranks
+  int end_block = 0;
+  bool prologue = false;  // first stage: embeddings
+  bool epilogue = false;  // last stage: final norm + head
+  int64_t weight_bytes = 0;      // every part this rank owns, in the compute dtype
+  int64_t activation_bytes = 0;  // one micro-batch's activation (in + out), when the input shape is known
+  bool idle() const { return end_block <= first_block; }
+  int num_blocks() const { return end_block - first_block; }
+};
+
+struct PlanInputs {
+  std::string model_dir;
+  std::vector<ChainEntry> chain;  // resolved: one entry per rank
+  bool workload_split = true;     // false: every block on the first entry
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  int micro_batches = 1;
+  int64_t batch = 0;  // sequences per micro-batch (0 when unknown: plan without --input)
+  int64_t seq = 0;
+};
+
+struct Plan {
+  std::string model_dir;
+  std::string family;
+  int num_blocks = 0;
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  int micro_batches = 1;
+  std::vector<RankPlan> ranks;
+
+  // Ranks that hold blocks, in pipeline order (rank 0 first).
+  std::vector<int> stages() const;
+  int first_stage() const { return stages().front(); }
+  int last_stage() const { return stages().back(); }
+  // Previous / next stage of a rank, -1 at the ends.
+  int prev_stage(int rank) const;
+  int next_stage(int rank) const;
+
+  nlohmann::json to_json() const;
+  std::string to_text() const;
+};
+
+// Throws ConfigError when the chain does not fit the model (more ranks than blocks, empty chain).
+Plan make_plan(const models::Architecture& arch, const PlanInputs& in);
+
+// Bytes of one part in `dtype`, from its declared shapes.
+int64_t part_bytes(const models::PartSpec& part, c10::ScalarType dtype);
+
+std::string format_bytes(int64_t bytes);
+
+}  // namespace pipeswap::pipeline
