@@ -179,7 +179,7 @@ TEST(Plan, RangesComponentsAndBytes) {
   auto j = plan.to_json();
   EXPECT_EQ(j["ranks"][1]["blocks"][0], 6);
   EXPECT_EQ(j["ranks"][1]["device"], "cpu");
-  EXPECT_THAT(plan.to_text(), HasSubstr("6..9"));
+  EXPECT_THAT(plan.to_text(), HasSubstr("8..9 (2)"));
 }
 
 TEST(Plan, TiedEmbeddingsCountOnceOnOneRank) {
