@@ -29,6 +29,35 @@ void add_common(CLI::App* cmd, Options& o) {
   cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")->default_str("60");
   cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")->default_str("0");
   cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->default_str("info");
+
+  auto* off = "Offload";
+  cmd->add_option("--blocks-to-swap", o.blocks_to_swap, "how many of each rank's blocks live off the device")
+      ->group(off);
+  cmd->add_option("--offload-ratio", o.offload_ratio, "fraction of each rank's blocks that swap (instead of a count)")
+      ->group(off);
+  cmd->add_option("--resident-policy", o.resident_policy,
+                  "which blocks stay: suffix (the last swap), prefix (the first swap), interleaved")
+      ->default_str("suffix")
+      ->group(off);
+  cmd->add_option("--offload-granularity", o.offload_granularity, "block, or phase (each phase swaps on its own)")
+      ->default_str("block")
+      ->group(off);
+  cmd->add_option("--prefetch-depth", o.prefetch_depth, "copies in flight ahead of compute (the lookahead buffer)")
+      ->default_str("1")
+      ->group(off);
+  cmd->add_flag("--use-non-blocking", o.use_non_blocking,
+                "asynchronous copies from pinned memory with prefetch (--use-non-blocking=false: synchronous)")
+      ->default_str("true")
+      ->group(off);
+  cmd->add_flag("--lazy-load", o.lazy_load, "read swapped blocks from the safetensors files when needed")->group(off);
+  cmd->add_option("--num-disk-workers", o.num_disk_workers, "threads reading from disk with --lazy-load")
+      ->default_str("2")
+      ->group(off);
+  cmd->add_option("--max-memory", o.max_memory, "host memory budget for swapped blocks, e.g. 24GB")->group(off);
+  cmd->add_option("--vram-budget", o.vram_budget,
+                  "automatic VRAM mode: each rank's device budget (bytes, e.g. 20GB, or auto); the plan picks the "
+                  "swapped blocks")
+      ->group(off);
 }
 
 std::string config_value(const nlohmann::json& v) {
@@ -60,8 +89,7 @@ std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
     PS_CHECK(key != "config" && cmd->get_option_no_throw(flag) != nullptr, ConfigError,
              "config file {}: unknown key '{}' for '{}' (see pipeswap {} --help; keys are the flags in snake_case)",
              path, key, cmd->get_name(), cmd->get_name());
-    args.push_back(flag);
-    args.push_back(config_value(value));
+    args.push_back(flag + "=" + config_value(value));  // "=" so that flags take values too
   }
   return args;
 }

@@ -19,6 +19,8 @@
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/models/architecture.h"
 #include "pipeswap/offload/block_weights.h"
+#include "pipeswap/offload/residency.h"
+#include "pipeswap/offload/swapped_weights.h"
 #include "pipeswap/pipeline/forward_job.h"
 #include "pipeswap/pipeline/inputs.h"
 #include "pipeswap/pipeline/plan.h"
@@ -94,6 +96,45 @@ void set_threads(const Options& o, const World& world) {
   at::set_num_threads(n);
 }
 
+offload::OffloadOptions offload_options(const Options& o) {
+  offload::OffloadOptions off;
+  if (o.blocks_to_swap >= 0) off.blocks_to_swap = o.blocks_to_swap;
+  if (o.offload_ratio >= 0) off.offload_ratio = o.offload_ratio;
+  PS_CHECK(o.blocks_to_swap >= -1, ConfigError, "--blocks-to-swap {} is negative: give how many blocks swap",
+           o.blocks_to_swap);
+  PS_CHECK(!(o.blocks_to_swap >= 0 && o.offload_ratio >= 0), ConfigError,
+           "--blocks-to-swap and --offload-ratio both given: use one of them");
+  off.policy = offload::parse_resident_policy(o.resident_policy);
+  off.granularity = offload::parse_granularity(o.offload_granularity);
+  off.prefetch_depth = o.prefetch_depth;
+  off.use_non_blocking = o.use_non_blocking;
+  off.lazy_load = o.lazy_load;
+  off.num_disk_workers = o.num_disk_workers;
+  PS_CHECK(o.prefetch_depth >= 1, ConfigError, "--prefetch-depth must be at least 1 (got {})", o.prefetch_depth);
+  PS_CHECK(o.num_disk_workers >= 1, ConfigError, "--num-disk-workers must be at least 1 (got {})", o.num_disk_workers);
+  if (!o.max_memory.empty()) off.max_memory = offload::parse_bytes(o.max_memory, "--max-memory");
+  return off;
+}
+
+// Automatic VRAM mode: every rank's budget, agreed by all ranks. "auto": the device's free memory.
+std::vector<int64_t> vram_budgets(const Options& o, const World& world, comm::Transport& t,
+                                  const std::vector<pipeline::ChainEntry>& chain) {
+  if (o.vram_budget.empty()) return {};
+  if (o.blocks_to_swap >= 0 || o.offload_ratio >= 0)
+    log().warn("blocks_to_swap ignored: automatic VRAM mode decides residency");
+  if (o.vram_budget != "auto") {
+    return std::vector<int64_t>(chain.size(), offload::parse_bytes(o.vram_budget, "--vram-budget"));
+  }
+  const auto& mine = chain.at(std::min<size_t>(world.rank, chain.size() - 1)).device;
+  std::vector<int64_t> out;
+  if (world.size == 1) {
+    out.assign(chain.size(), free_bytes(mine, world));
+  } else {
+    for (const auto& s : comm::allgather_strings(t, std::to_string(free_bytes(mine, world)))) out.push_back(std::stoll(s));
+  }
+  return out;
+}
+
 struct Job {
   std::string model_dir;
   std::shared_ptr<Checkpoint> ckpt;
@@ -137,6 +178,8 @@ Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_
   in.micro_batches = o.micro_batches;
   in.batch = batch > 0 ? (batch + o.micro_batches - 1) / o.micro_batches : 0;
   in.seq = seq;
+  in.offload = offload_options(o);
+  in.vram_budget = vram_budgets(o, world, t, chain);
   job.plan = pipeline::make_plan(*job.arch, in);
   return job;
 }
@@ -177,13 +220,27 @@ int cmd_run(const Options& o, const World& world, comm::Transport& t) {
   const auto t_load = Clock::now();
   offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
   std::unique_ptr<offload::BlockWeights> weights;
-  weights = offload::make_resident_weights(*job.arch, job.ckpt, owned, job.plan.dtype, device);
+  if (me.swapped_blocks.empty()) {
+    weights = offload::make_resident_weights(*job.arch, job.ckpt, owned, job.plan.dtype, device);
+  } else {
+    offload::OffloadOptions off = job.plan.offload;
+    off.blocks_to_swap = static_cast<int>(me.swapped_blocks.size());  // the plan decided (maybe from a budget)
+    off.offload_ratio.reset();
+    weights = offload::make_swapped_weights(*job.arch, job.ckpt, owned, job.plan.dtype, device, off);
+  }
   log().info("loaded {} of weights ({} read from {}) in {:.2f} s",
              pipeline::format_bytes(weights ? weights->device_bytes() : 0),
              pipeline::format_bytes(static_cast<int64_t>(job.ckpt->bytes_read())), job.model_dir, since(t_load));
   t.barrier();
 
   auto result = pipeline::run_forward(job.plan, world.rank, *job.arch, *weights, t, job.input_ids, device);
+  const offload::OffloadStats st = weights->stats();
+  log().info("memory: device weights {} (plan {} incl. {} activations), host {} (plan {}), read from disk during "
+             "the run {} (plan {}){}",
+             pipeline::format_bytes(st.device_bytes), pipeline::format_bytes(me.device_bytes),
+             pipeline::format_bytes(me.activation_bytes), pipeline::format_bytes(st.host_peak_bytes),
+             pipeline::format_bytes(me.host_bytes), pipeline::format_bytes(st.disk_bytes_read),
+             pipeline::format_bytes(me.disk_read_bytes), st.copies ? fmt::format(", {} slot fills", st.copies) : "");
   if (world.rank == 0) {
     write_safetensors(o.output, {{"logits", result.logits}},
                       {{"producer", "pipeswap"}});

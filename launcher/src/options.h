@@ -20,6 +20,18 @@ struct Options {
   int threads = 0;           // 0: cores of this node / ranks on it
   std::string log_level = "info";
   std::string json;  // plan --json FILE
+
+  // Offload (per rank), in the block-swap nodes' and LightX2V's words.
+  int blocks_to_swap = -1;     // -1: not given
+  double offload_ratio = -1;   // -1: not given
+  std::string resident_policy = "suffix";
+  std::string offload_granularity = "block";
+  int prefetch_depth = 1;
+  bool use_non_blocking = true;
+  bool lazy_load = false;
+  int num_disk_workers = 2;
+  std::string max_memory;   // host cache budget, e.g. 24GB (empty: unlimited)
+  std::string vram_budget;  // automatic VRAM mode: bytes or "auto" (empty: off)
 };
 
 }  // namespace pipeswap::launcher

@@ -43,6 +43,7 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
   at::NoGradGuard no_grad;
 
   std::vector<torch::Tensor> outputs(m);
+  weights.expect_sweeps(m);  // swapped blocks start streaming in while this stage waits for input
   if (!me.idle()) {
     std::vector<int64_t> sizes;
     if (me.prologue) sizes = micro_batch_sizes(input_ids.size(0), m);

@@ -2,9 +2,12 @@
 
 #include <c10/util/typeid.h>
 
+#include <algorithm>
 #include <set>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/offload/slab.h"
+#include "pipeswap/offload/swapped_weights.h"
 
 namespace pipeswap::pipeline {
 
@@ -50,6 +53,62 @@ int Plan::next_stage(int rank) const {
   return -1;
 }
 
+namespace {
+
+// Device bytes of the components a rank holds: one slab per part, shared tensors once.
+int64_t component_slab_bytes(const models::Architecture& arch, const RankPlan& rp, c10::ScalarType dtype) {
+  std::set<std::string> seen;
+  int64_t bytes = 0;
+  auto add = [&](const std::vector<models::PartSpec>& parts) {
+    for (const auto& part : parts) {
+      bool all_seen = true;
+      for (const auto& t : part.tensors) all_seen = seen.insert(t.checkpoint).second ? false : all_seen;
+      if (!all_seen) bytes += offload::make_layout(part, dtype).bytes;
+    }
+  };
+  if (rp.prologue) add(arch.prologue_parts());
+  if (rp.epilogue) add(arch.epilogue_parts());
+  return bytes;
+}
+
+// Resident and swapped blocks of one rank, and its predicted peaks.
+void plan_residency(const models::Architecture& arch, const PlanInputs& in, RankPlan& rp) {
+  if (rp.idle()) return;
+  const int64_t components = component_slab_bytes(arch, rp, in.dtype);
+  offload::OffloadOptions opts = in.offload;
+  offload::SwapLayout layout;
+  auto device_for = [&](const offload::SwapLayout& l) {
+    return components + l.resident_bytes + l.slot_bytes * l.num_slots + rp.activation_bytes;
+  };
+  const int64_t budget = rp.rank < static_cast<int>(in.vram_budget.size()) ? in.vram_budget[rp.rank] : 0;
+  if (budget > 0) {
+    // Automatic VRAM mode: the fewest swapped blocks whose peak fits the budget.
+    opts.offload_ratio.reset();
+    int swap = 0;
+    for (; swap <= rp.num_blocks(); ++swap) {
+      opts.blocks_to_swap = swap;
+      layout = offload::plan_swapping(arch, rp.first_block, rp.end_block, in.dtype, opts);
+      if (device_for(layout) <= budget) break;
+    }
+    PS_CHECK(swap <= rp.num_blocks(), ConfigError,
+             "--vram-budget {} is too small for rank {}: with every block swapped it needs at least {} ({} for "
+             "embeddings/head, {} slots of {}, {} for activations); raise the budget or use more ranks",
+             format_bytes(budget), rp.rank, format_bytes(device_for(layout)), format_bytes(components),
+             layout.num_slots, format_bytes(layout.slot_bytes), format_bytes(rp.activation_bytes));
+  } else {
+    layout = offload::plan_swapping(arch, rp.first_block, rp.end_block, in.dtype, opts);
+  }
+  for (int b = 0; b < rp.num_blocks(); ++b)
+    if (layout.swapped_blocks[static_cast<size_t>(b)]) rp.swapped_blocks.push_back(rp.first_block + b);
+  rp.swap_slots = layout.num_slots;
+  rp.slot_bytes = layout.slot_bytes;
+  rp.device_bytes = device_for(layout);
+  rp.host_bytes = layout.host_bytes;
+  rp.disk_read_bytes = opts.lazy_load ? layout.disk_bytes(in.micro_batches * in.sweeps) : 0;
+}
+
+}  // namespace
+
 Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
   PS_CHECK(!in.chain.empty(), ConfigError,
            "Model is None or device_chain is empty: give --model DIR and a --device-chain with one entry per rank");
@@ -59,6 +118,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
   plan.num_blocks = arch.num_blocks();
   plan.dtype = in.dtype;
   plan.micro_batches = in.micro_batches;
+  plan.offload = in.offload;
 
   const int p = static_cast<int>(in.chain.size());
   std::vector<int> counts(p, 0);
@@ -104,6 +164,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
       for (const auto& part : models::block_parts(arch, b)) rp.weight_bytes += part_bytes(part, in.dtype);
     if (rp.epilogue) rp.weight_bytes += component_bytes(arch.epilogue_parts(), seen);
     if (!rp.idle()) rp.activation_bytes = 2 * act;
+    plan_residency(arch, in, rp);
     plan.ranks.push_back(rp);
   }
   return plan;
@@ -116,6 +177,13 @@ nlohmann::json Plan::to_json() const {
   j["num_blocks"] = num_blocks;
   j["dtype"] = c10::toString(dtype);
   j["micro_batches"] = micro_batches;
+  j["offload"] = {{"granularity", offload::to_string(offload.granularity)},
+                  {"resident_policy", offload::to_string(offload.policy)},
+                  {"prefetch_depth", offload.prefetch_depth},
+                  {"use_non_blocking", offload.use_non_blocking},
+                  {"lazy_load", offload.lazy_load},
+                  {"num_disk_workers", offload.num_disk_workers},
+                  {"max_memory", offload.max_memory}};
   j["ranks"] = nlohmann::json::array();
   for (const auto& r : ranks) {
     nlohmann::json jr;
@@ -129,6 +197,16 @@ nlohmann::json Plan::to_json() const {
     jr["idle"] = r.idle();
     jr["weight_bytes"] = r.weight_bytes;
     jr["activation_bytes"] = r.activation_bytes;
+    jr["swapped_blocks"] = r.swapped_blocks;
+    jr["resident_blocks"] = nlohmann::json::array();
+    for (int b = r.first_block; b < r.end_block; ++b)
+      if (std::find(r.swapped_blocks.begin(), r.swapped_blocks.end(), b) == r.swapped_blocks.end())
+        jr["resident_blocks"].push_back(b);
+    jr["swap_slots"] = r.swap_slots;
+    jr["slot_bytes"] = r.slot_bytes;
+    jr["predicted_device_bytes"] = r.device_bytes;
+    jr["predicted_host_bytes"] = r.host_bytes;
+    jr["predicted_disk_read_bytes"] = r.disk_read_bytes;
     j["ranks"].push_back(jr);
   }
   return j;
@@ -137,16 +215,20 @@ nlohmann::json Plan::to_json() const {
 std::string Plan::to_text() const {
   std::string s = fmt::format("plan: {} ({}), {} blocks, {}, {} micro-batch(es), {} rank(s)\n", model_dir, family,
                               num_blocks, c10::toString(dtype), micro_batches, ranks.size());
-  s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<20} {:>10}\n", "rank", "device", "weight", "blocks", "components",
-                   "weights");
+  s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", "rank", "device",
+                   "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk read");
   for (const auto& r : ranks) {
     std::string comps;
     if (r.prologue) comps += "prologue";
     if (r.epilogue) comps += comps.empty() ? "epilogue" : "+epilogue";
     if (comps.empty()) comps = "-";
     std::string blocks = r.idle() ? "idle" : fmt::format("{}..{} ({})", r.first_block, r.end_block - 1, r.num_blocks());
-    s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<20} {:>10}\n", r.rank, r.device.str(), r.weight, blocks, comps,
-                     format_bytes(r.weight_bytes));
+    s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", r.rank,
+                     r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), r.swapped_blocks.size(),
+                     format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_bytes));
+    if (!r.swapped_blocks.empty())
+      s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(r.swapped_blocks, ","),
+                       r.swap_slots, format_bytes(r.slot_bytes));
   }
   return s;
 }

@@ -13,6 +13,14 @@
 
 namespace pipeswap::offload {
 
+struct OffloadStats {
+  int64_t device_bytes = 0;     // resident slabs + slots + components on the device
+  int64_t host_peak_bytes = 0;  // most host memory held for swapped units at once
+  int64_t disk_bytes_read = 0;  // tensor bytes read from the checkpoint after start-up
+  int64_t copies = 0;           // slot fills
+  bool pinned = false;          // host memory is page-locked
+};
+
 class BlockWeights {
  public:
   virtual ~BlockWeights() = default;
@@ -23,6 +31,10 @@ class BlockWeights {
   virtual const models::WeightView& epilogue() const = 0;
   // Bytes this rank holds on its device for weights (slabs, slots, components).
   virtual int64_t device_bytes() const = 0;
+  // Declares how many more sweeps (micro-batch passes through the rank's blocks) will run, so that
+  // prefetching starts early and nothing is fetched for a sweep that never comes.
+  virtual void expect_sweeps(int sweeps) {}
+  virtual OffloadStats stats() const { return OffloadStats{device_bytes()}; }
 };
 
 struct OwnedParts {

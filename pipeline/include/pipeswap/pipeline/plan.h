@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "pipeswap/models/architecture.h"
+#include "pipeswap/offload/residency.h"
 #include "pipeswap/pipeline/device_chain.h"
 
 namespace pipeswap::pipeline {
@@ -25,6 +26,14 @@ struct RankPlan {
   bool epilogue = false;  // last stage: final norm + head
   int64_t weight_bytes = 0;      // every part this rank owns, in the compute dtype
   int64_t activation_bytes = 0;  // one micro-batch's activation (in + out), when the input shape is known
+  std::vector<int> swapped_blocks;  // global block indices that stream in from host memory or disk
+  int swap_slots = 0;               // device slots for swapped units (K+1), 0 when nothing swaps
+  int64_t slot_bytes = 0;
+  // Predicted peaks: device (components + resident slabs + slots + activations), host memory held
+  // for swapped units, and bytes read from disk while the job runs (lazy_load).
+  int64_t device_bytes = 0;
+  int64_t host_bytes = 0;
+  int64_t disk_read_bytes = 0;
   bool idle() const { return end_block <= first_block; }
   int num_blocks() const { return end_block - first_block; }
 };
@@ -37,6 +46,11 @@ struct PlanInputs {
   int micro_batches = 1;
   int64_t batch = 0;  // sequences per micro-batch (0 when unknown: plan without --input)
   int64_t seq = 0;
+  offload::OffloadOptions offload;
+  // Automatic VRAM mode: per-rank device budget in bytes (0: off). The plan then picks each rank's
+  // swapped blocks, the fewest that fit, and ignores blocks_to_swap / offload_ratio.
+  std::vector<int64_t> vram_budget;
+  int sweeps = 1;  // passes of each micro-batch through the blocks (disk-read prediction)
 };
 
 struct Plan {
@@ -45,6 +59,7 @@ struct Plan {
   int num_blocks = 0;
   c10::ScalarType dtype = c10::ScalarType::Float;
   int micro_batches = 1;
+  offload::OffloadOptions offload;
   std::vector<RankPlan> ranks;
 
   // Ranks that hold blocks, in pipeline order (rank 0 first).

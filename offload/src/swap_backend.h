@@ -1,0 +1,34 @@
+// What differs between a CPU rank and a GPU rank in the swapping engine: where slots live and how a
+// slot is filled and fenced. See swapped_weights.h for the ordering contract.
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+
+namespace pipeswap::offload {
+
+class SwapBackend {
+ public:
+  virtual ~SwapBackend() = default;
+  // Device memory for a slab (resident block or slot).
+  virtual torch::Tensor device_slab(int64_t bytes) = 0;
+  // Host memory for swapped units; page-locked where possible (`pinned` says whether it is).
+  virtual torch::Tensor host_slab(int64_t bytes, bool& pinned) = 0;
+  // Copy thread: fill slot `slot` (already released by compute) from host memory.
+  virtual void fill_slot(int slot, torch::Tensor& slot_slab, const uint8_t* host, int64_t bytes) = 0;
+  // Copy thread, after fill_slot: returns once the host bytes may be overwritten.
+  virtual void wait_filled(int slot) = 0;
+  // Stage thread (acquire): compute issued from now on waits for the slot's fill.
+  virtual void compute_waits_for(int slot) = 0;
+  // Stage thread (release): the slot is free once the compute issued so far has finished.
+  virtual void compute_releases(int slot) = 0;
+  // use_non_blocking=false: a synchronous copy on the stage thread.
+  virtual void copy_sync(torch::Tensor& slot_slab, const uint8_t* host, int64_t bytes) = 0;
+};
+
+// CPU ranks: slots are host memory, a fill is a memcpy on the copy thread and is complete when
+// fill_slot returns, so the fences are no-ops.
+std::unique_ptr<SwapBackend> make_cpu_backend();
+
+}  // namespace pipeswap::offload

@@ -1,0 +1,274 @@
+// The swapping engine: every residency setting gives results bit-identical to the all-resident run,
+// the host cache stays inside its budget (measured), disk reads equal the plan's prediction, and a
+// weight file truncated mid-run fails with a named error.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "pipeswap/core/checkpoint.h"
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/safetensors.h"
+#include "pipeswap/offload/block_weights.h"
+#include "pipeswap/offload/residency.h"
+#include "pipeswap/offload/swapped_weights.h"
+
+using namespace pipeswap;
+using namespace pipeswap::offload;
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kDim = 32;
+// One block's slab: phase one w1 [d, d] + b1 [d] (4224 bytes, aligned to 4352), phase two w2 [d, d].
+constexpr int64_t kUnit = 4352 + kDim * kDim * 4;
+
+// A model of n blocks, each two phases (w1 [d, d] + b1 [d], then w2 [d, d]): enough arithmetic that a
+// wrong or stale weight changes the result.
+class TinyArch : public models::Architecture {
+ public:
+  explicit TinyArch(int n) : n_(n) {}
+  std::string family() const override { return "tiny"; }
+  int num_blocks() const override { return n_; }
+  int64_t hidden_size() const override { return kDim; }
+  int64_t vocab_size() const override { return kDim; }
+  std::vector<std::string> phase_names() const override { return {"one", "two"}; }
+  std::vector<models::TensorRef> phase_tensors(int b, int p) const override {
+    const std::string pre = "layers." + std::to_string(b) + ".";
+    if (p == 0) return {{"w", pre + "w1", {kDim, kDim}}, {"b", pre + "b1", {kDim}}};
+    return {{"w", pre + "w2", {kDim, kDim}}};
+  }
+  std::vector<models::PartSpec> prologue_parts() const override { return {{"embed", {{"e", "embed", {kDim}}}}}; }
+  std::vector<models::PartSpec> epilogue_parts() const override { return {{"head", {{"h", "head", {kDim}}}}}; }
+  models::Activation prologue(const models::WeightView& w, const models::Activation& in,
+                              const torch::TensorOptions&) const override {
+    return {in[0] + w["e"]};
+  }
+  void phase_forward(int, int p, const models::WeightView& w, models::Activation& act) const override {
+    if (p == 0) act[0] = torch::tanh(torch::matmul(act[0], w["w"]) + w["b"]);
+    else act[0] = act[0] + torch::matmul(act[0], w["w"]);
+  }
+  torch::Tensor epilogue(const models::WeightView& w, const models::Activation& act) const override {
+    return act[0] * w["h"];
+  }
+  int64_t activation_bytes(int64_t b, int64_t s, c10::ScalarType t) const override {
+    return b * s * kDim * static_cast<int64_t>(c10::elementSize(t));
+  }
+
+ private:
+  int n_;
+};
+
+class OffloadTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/pipeswap-offload-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    torch::manual_seed(7);
+    std::vector<std::pair<std::string, torch::Tensor>> t;
+    t.emplace_back("embed", torch::randn({kDim}));
+    t.emplace_back("head", torch::randn({kDim}));
+    for (int b = 0; b < kBlocks; ++b) {
+      const std::string pre = "layers." + std::to_string(b) + ".";
+      t.emplace_back(pre + "w1", torch::randn({kDim, kDim}) * 0.2);
+      t.emplace_back(pre + "b1", torch::randn({kDim}) * 0.1);
+      t.emplace_back(pre + "w2", torch::randn({kDim, kDim}) * 0.1);
+    }
+    write_safetensors(dir_ + "/model.safetensors", t);
+    std::ofstream(dir_ + "/config.json") << "{\"model_type\": \"tiny\"}";
+    input_ = torch::randn({3, 4, kDim});
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Runs `sweeps` sweeps over all blocks; returns every sweep's output.
+  std::vector<torch::Tensor> run(BlockWeights& w, int sweeps) {
+    std::vector<torch::Tensor> out;
+    w.expect_sweeps(sweeps);
+    for (int s = 0; s < sweeps; ++s) {
+      models::Activation act = arch_.prologue(w.prologue(), {input_ + s}, {});
+      for (int b = 0; b < kBlocks; ++b) {
+        for (int p = 0; p < 2; ++p) {
+          const auto& v = w.acquire(b, p);
+          arch_.phase_forward(b, p, v, act);
+          w.release(b, p);
+        }
+      }
+      out.push_back(arch_.epilogue(w.epilogue(), act));
+    }
+    return out;
+  }
+
+  std::unique_ptr<BlockWeights> resident() {
+    return make_resident_weights(arch_, Checkpoint::open(dir_), {0, kBlocks, true, true}, torch::kFloat32,
+                                 torch::kCPU);
+  }
+  std::unique_ptr<BlockWeights> swapped(const OffloadOptions& o, std::shared_ptr<Checkpoint> ckpt = nullptr) {
+    return make_swapped_weights(arch_, ckpt ? ckpt : Checkpoint::open(dir_), {0, kBlocks, true, true},
+                                torch::kFloat32, torch::kCPU, o);
+  }
+
+  static constexpr int kBlocks = 7;
+  static constexpr int kSweeps = 3;
+  TinyArch arch_{kBlocks};
+  std::string dir_;
+  torch::Tensor input_;
+};
+
+TEST(Residency, BlocksToSwapAndRatio) {
+  OffloadOptions o;
+  EXPECT_EQ(blocks_to_swap_for(o, 10), 0);
+  o.blocks_to_swap = 4;
+  EXPECT_EQ(blocks_to_swap_for(o, 10), 4);
+  o.blocks_to_swap = 11;
+  EXPECT_THROW(blocks_to_swap_for(o, 10), ConfigError);
+  o.blocks_to_swap = -1;
+  EXPECT_THROW(blocks_to_swap_for(o, 10), ConfigError);
+  o.blocks_to_swap.reset();
+  o.offload_ratio = 0.25;
+  EXPECT_EQ(blocks_to_swap_for(o, 10), 3);  // round(2.5) away from zero
+  o.offload_ratio = 1.5;
+  EXPECT_THROW(blocks_to_swap_for(o, 10), ConfigError);
+}
+
+TEST(Residency, Policies) {
+  auto str = [](const std::vector<bool>& v) {
+    std::string s;
+    for (bool b : v) s += b ? 'S' : 'r';
+    return s;
+  };
+  EXPECT_EQ(str(choose_swapped(6, 2, ResidentPolicy::kSuffix)), "rrrrSS");
+  EXPECT_EQ(str(choose_swapped(6, 2, ResidentPolicy::kPrefix)), "SSrrrr");
+  EXPECT_EQ(str(choose_swapped(6, 4, ResidentPolicy::kInterleaved)), "SrSSrS");
+  EXPECT_EQ(str(choose_swapped(8, 4, ResidentPolicy::kInterleaved)), "SrSrSrSr");
+  EXPECT_EQ(str(choose_swapped(5, 5, ResidentPolicy::kInterleaved)), "SSSSS");
+  EXPECT_EQ(str(choose_swapped(5, 0, ResidentPolicy::kInterleaved)), "rrrrr");
+  for (int n = 1; n < 20; ++n)
+    for (int s = 0; s <= n; ++s) {
+      auto v = choose_swapped(n, s, ResidentPolicy::kInterleaved);
+      EXPECT_EQ(std::count(v.begin(), v.end(), true), s) << n << " " << s;
+    }
+}
+
+TEST(Residency, ParseBytes) {
+  EXPECT_EQ(parse_bytes("1000", "--max-memory"), 1000);
+  EXPECT_EQ(parse_bytes("24GB", "--max-memory"), 24000000000LL);
+  EXPECT_EQ(parse_bytes("512MiB", "--max-memory"), 512LL << 20);
+  EXPECT_EQ(parse_bytes("1.5g", "--max-memory"), 1500000000LL);
+  for (const char* bad : {"", "abc", "-1GB", "12XB", "nan"}) {
+    try {
+      parse_bytes(bad, "--max-memory");
+      ADD_FAILURE() << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("--max-memory")) << bad;
+    }
+  }
+}
+
+TEST_F(OffloadTest, EverySettingIsBitIdenticalToAllResident) {
+  auto ref = run(*resident(), kSweeps);
+  int combos = 0;
+  for (auto policy : {ResidentPolicy::kSuffix, ResidentPolicy::kPrefix, ResidentPolicy::kInterleaved}) {
+    for (auto gran : {Granularity::kBlock, Granularity::kPhase}) {
+      for (int depth : {1, 2, 4}) {
+        for (bool lazy : {false, true}) {
+          for (bool non_blocking : {true, false}) {
+            if (!non_blocking && depth > 1) continue;  // depth means nothing for synchronous copies
+            for (int swap : {1, 4, kBlocks}) {
+              OffloadOptions o;
+              o.blocks_to_swap = swap;
+              o.policy = policy;
+              o.granularity = gran;
+              o.prefetch_depth = depth;
+              o.lazy_load = lazy;
+              o.use_non_blocking = non_blocking;
+              o.num_disk_workers = 2;
+              // A budget that holds some swapped blocks but not all, so units both stick and stream.
+              if (lazy && swap == kBlocks) o.max_memory = 6 * kUnit;
+              auto got = run(*swapped(o), kSweeps);
+              for (int s = 0; s < kSweeps; ++s) {
+                ASSERT_TRUE(torch::equal(got[s], ref[s]))
+                    << "policy " << to_string(policy) << " granularity " << to_string(gran) << " depth " << depth
+                    << " lazy " << lazy << " non_blocking " << non_blocking << " swap " << swap << " sweep " << s;
+              }
+              ++combos;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(combos, 60);
+}
+
+TEST_F(OffloadTest, HostCacheStaysInBudgetAndDiskReadsMatchThePlan) {
+  const int64_t unit = kUnit;
+  for (int64_t budget : {int64_t{0}, 3 * unit, 5 * unit, 7 * unit, 100 * unit}) {
+    OffloadOptions o;
+    o.blocks_to_swap = kBlocks;
+    o.lazy_load = true;
+    o.num_disk_workers = 2;
+    o.max_memory = budget;
+    SwapLayout plan = plan_swapping(arch_, 0, kBlocks, torch::kFloat32, o);
+    auto ckpt = Checkpoint::open(dir_);
+    auto w = swapped(o, ckpt);
+    run(*w, kSweeps);
+    OffloadStats st = w->stats();
+    if (budget > 0) {
+      EXPECT_LE(st.host_peak_bytes, budget) << "budget " << budget;
+    }
+    EXPECT_EQ(st.host_peak_bytes, plan.host_bytes) << "budget " << budget;
+    EXPECT_EQ(st.disk_bytes_read, plan.disk_bytes(kSweeps)) << "budget " << budget;
+    const int64_t all = kBlocks * (kDim * kDim * 4 * 2 + kDim * 4);
+    if (budget == 0 || budget >= kBlocks * unit) {
+      EXPECT_EQ(st.disk_bytes_read, all) << "everything fits: each block read once, never again";
+    } else {
+      EXPECT_GT(st.disk_bytes_read, all) << "streamed blocks are read again every sweep";
+    }
+    EXPECT_EQ(st.copies, kBlocks * kSweeps);
+  }
+}
+
+TEST_F(OffloadTest, BudgetTooSmallNamesTheMinimum) {
+  OffloadOptions o;
+  o.blocks_to_swap = 3;
+  o.lazy_load = true;
+  o.num_disk_workers = 2;
+  o.max_memory = 1000;
+  try {
+    plan_swapping(arch_, 0, kBlocks, torch::kFloat32, o);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("--max-memory 1000 is too small"));
+    EXPECT_THAT(e.what(), HasSubstr("at least " + std::to_string(3 * kUnit)));
+  }
+  o.lazy_load = false;
+  try {
+    plan_swapping(arch_, 0, kBlocks, torch::kFloat32, o);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("--lazy-load"));
+  }
+}
+
+TEST_F(OffloadTest, FileTruncatedMidRunIsANamedError) {
+  OffloadOptions o;
+  o.blocks_to_swap = kBlocks;
+  o.lazy_load = true;
+  o.max_memory = 3 * kUnit;  // streaming: blocks are read again every sweep
+  auto w = swapped(o);
+  run(*w, 1);
+  // Cut the file in the middle of the blocks' tensors.
+  fs::resize_file(dir_ + "/model.safetensors", fs::file_size(dir_ + "/model.safetensors") / 2);
+  try {
+    run(*w, 2);
+    FAIL() << "expected a CheckpointError";
+  } catch (const CheckpointError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("model.safetensors"));
+    EXPECT_THAT(e.what(), HasSubstr("layers."));
+  }
+}
+
+}  // namespace
