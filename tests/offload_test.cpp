@@ -88,7 +88,8 @@ class OffloadTest : public ::testing::Test {
     std::vector<torch::Tensor> out;
     w.expect_sweeps(sweeps);
     for (int s = 0; s < sweeps; ++s) {
-      models::Activation act = arch_.prologue(w.prologue(), {input_ + s}, {});
+      models::Activation act = arch_.prologue(w.acquire_prologue(), {input_ + s}, {});
+      w.release_prologue();
       for (int b = 0; b < kBlocks; ++b) {
         for (int p = 0; p < 2; ++p) {
           const auto& v = w.acquire(b, p);
@@ -96,7 +97,8 @@ class OffloadTest : public ::testing::Test {
           w.release(b, p);
         }
       }
-      out.push_back(arch_.epilogue(w.epilogue(), act));
+      out.push_back(arch_.epilogue(w.acquire_epilogue(), act));
+      w.release_epilogue();
     }
     return out;
   }
@@ -250,6 +252,35 @@ TEST_F(OffloadTest, BudgetTooSmallNamesTheMinimum) {
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_THAT(e.what(), HasSubstr("--lazy-load"));
+  }
+}
+
+TEST_F(OffloadTest, OffloadedAndOnDemandComponentsGiveTheSameResults) {
+  auto ref = run(*resident(), kSweeps);
+  OffloadOptions o;
+  o.offload_components = {"embed"};
+  o.on_demand_components = {"head"};
+  auto ckpt = Checkpoint::open(dir_);
+  auto w = make_resident_weights(arch_, ckpt, {0, kBlocks, true, true}, torch::kFloat32, torch::kCPU, o);
+  const uint64_t before = ckpt->bytes_read();
+  auto got = run(*w, kSweeps);
+  for (int s = 0; s < kSweeps; ++s) EXPECT_TRUE(torch::equal(got[s], ref[s]));
+  // The on-demand head is read from disk at every use; the host-kept embedding never again.
+  EXPECT_EQ(ckpt->bytes_read() - before, static_cast<uint64_t>(kSweeps * kDim * 4));
+  // Swapping and component offload compose.
+  o.blocks_to_swap = 3;
+  o.lazy_load = true;
+  got = run(*swapped(o), kSweeps);
+  for (int s = 0; s < kSweeps; ++s) EXPECT_TRUE(torch::equal(got[s], ref[s]));
+
+  OffloadOptions bad;
+  bad.offload_components = {"vae"};
+  try {
+    component_modes(arch_, bad);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("'vae'"));
+    EXPECT_THAT(e.what(), HasSubstr("embed, head"));
   }
 }
 

@@ -12,6 +12,7 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/offload/slab.h"
+#include "components.h"
 #include "swap_backend.h"
 
 namespace pipeswap::offload {
@@ -267,12 +268,15 @@ class SwappedWeightsImpl final : public BlockWeights {
   SwappedWeightsImpl(const models::Architecture& arch, std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
                      c10::ScalarType dtype, torch::Device device, const OffloadOptions& opts,
                      std::unique_ptr<SwapBackend> backend)
-      : backend_(std::move(backend)), ckpt_(ckpt), first_block_(owned.first_block), opts_(opts) {
+      : backend_(std::move(backend)),
+        ckpt_(ckpt),
+        first_block_(owned.first_block),
+        opts_(opts),
+        components_(arch, ckpt, owned, dtype, device, opts) {
     const int n = owned.end_block - owned.first_block;
     nphases_ = static_cast<int>(arch.phase_names().size());
     layout_ = plan_swapping(arch, owned.first_block, owned.end_block, dtype, opts);
-    resident_ = make_resident_weights(arch, ckpt, OwnedParts{0, 0, owned.prologue, owned.epilogue}, dtype, device);
-    device_bytes_ = resident_->device_bytes();
+    device_bytes_ = components_.device_bytes();
 
     // Units in compute order; resident ones get slabs of their own now.
     unit_of_phase_.assign(static_cast<size_t>(n * nphases_), -1);
@@ -366,8 +370,10 @@ class SwappedWeightsImpl final : public BlockWeights {
     cv_.notify_all();
   }
 
-  const models::WeightView& prologue() const override { return resident_->prologue(); }
-  const models::WeightView& epilogue() const override { return resident_->epilogue(); }
+  const models::WeightView& acquire_prologue() override { return components_.acquire(true); }
+  void release_prologue() override { components_.release(true); }
+  const models::WeightView& acquire_epilogue() override { return components_.acquire(false); }
+  void release_epilogue() override { components_.release(false); }
   int64_t device_bytes() const override { return device_bytes_; }
 
   void expect_sweeps(int sweeps) override {
@@ -451,7 +457,7 @@ class SwappedWeightsImpl final : public BlockWeights {
   OffloadOptions opts_;
   int nphases_ = 1;
   SwapLayout layout_;
-  std::unique_ptr<BlockWeights> resident_;  // components
+  Components components_;
   std::vector<torch::Tensor> resident_slabs_;
   std::vector<models::WeightView> views_;  // resident blocks, per (block, phase)
   std::vector<int> unit_of_phase_;         // (block, phase) -> swapped unit, -1 when resident

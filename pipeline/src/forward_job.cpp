@@ -53,13 +53,15 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
       if (me.prologue) {
         torch::Tensor ids = input_ids.narrow(0, row, sizes[j]);
         row += sizes[j];
-        act = arch.prologue(weights.prologue(), {ids}, options);
+        act = arch.prologue(weights.acquire_prologue(), {ids}, options);
+        weights.release_prologue();
       } else {
         act = to_device(expect(transport, prev, comm::MessageKind::kActivation, j).tensors, device);
       }
       run_blocks(arch, weights, me.first_block, me.end_block, act);
       if (me.epilogue) {
-        torch::Tensor logits = arch.epilogue(weights.epilogue(), act).to(torch::kCPU).contiguous();
+        torch::Tensor logits = arch.epilogue(weights.acquire_epilogue(), act).to(torch::kCPU).contiguous();
+        weights.release_epilogue();
         if (rank == 0) {
           outputs[j] = logits;
         } else {

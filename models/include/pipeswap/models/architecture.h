@@ -25,6 +25,9 @@ struct TensorRef {
 struct PartSpec {
   std::string name;  // "blocks.3.attn", "embed_tokens", "lm_head"
   std::vector<TensorRef> tensors;
+  // What a non-block component is, in the block-swap nodes' words: "txt_emb" (offload_txt_emb moves
+  // it), "img_emb" (offload_img_emb), or "" for anything else.
+  std::string role;
 };
 
 // Named tensor views (into one or more slabs). Lookups by local name.

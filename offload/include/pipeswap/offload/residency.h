@@ -29,6 +29,12 @@ struct OffloadOptions {
   bool lazy_load = false;          // swapped units come from the safetensors files when needed
   int num_disk_workers = 2;        // threads reading from disk (lazy_load)
   int64_t max_memory = 0;          // host cache budget in bytes (lazy_load); 0: unlimited
+  // Non-block components (embeddings, head): kept on the host and moved in when used
+  // (offload_txt_emb, offload_img_emb, or by name), or kept nowhere and read from disk when used.
+  bool offload_txt_emb = false;
+  bool offload_img_emb = false;
+  std::vector<std::string> offload_components;
+  std::vector<std::string> on_demand_components;
   bool any_swapping() const { return (blocks_to_swap && *blocks_to_swap > 0) || (offload_ratio && *offload_ratio > 0); }
 };
 
