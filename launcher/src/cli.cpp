@@ -58,6 +58,18 @@ void add_common(CLI::App* cmd, Options& o) {
                   "automatic VRAM mode: each rank's device budget (bytes, e.g. 20GB, or auto); the plan picks the "
                   "swapped blocks")
       ->group(off);
+  cmd->add_flag("--offload-txt-emb", o.offload_txt_emb, "keep the text embedding on the host, move it in when used")
+      ->group(off);
+  cmd->add_flag("--offload-img-emb", o.offload_img_emb, "keep the image embedding on the host, move it in when used")
+      ->group(off);
+  cmd->add_option("--offload-components", o.offload_components,
+                  "components kept on the host and moved in when used, e.g. embed_tokens,lm_head")
+      ->delimiter(',')
+      ->group(off);
+  cmd->add_option("--on-demand-components", o.on_demand_components,
+                  "components kept nowhere: read from disk into device memory when used, freed after")
+      ->delimiter(',')
+      ->group(off);
 }
 
 std::string config_value(const nlohmann::json& v) {

@@ -113,6 +113,10 @@ offload::OffloadOptions offload_options(const Options& o) {
   PS_CHECK(o.prefetch_depth >= 1, ConfigError, "--prefetch-depth must be at least 1 (got {})", o.prefetch_depth);
   PS_CHECK(o.num_disk_workers >= 1, ConfigError, "--num-disk-workers must be at least 1 (got {})", o.num_disk_workers);
   if (!o.max_memory.empty()) off.max_memory = offload::parse_bytes(o.max_memory, "--max-memory");
+  off.offload_txt_emb = o.offload_txt_emb;
+  off.offload_img_emb = o.offload_img_emb;
+  off.offload_components = o.offload_components;
+  off.on_demand_components = o.on_demand_components;
   return off;
 }
 
@@ -221,7 +225,7 @@ int cmd_run(const Options& o, const World& world, comm::Transport& t) {
   offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
   std::unique_ptr<offload::BlockWeights> weights;
   if (me.swapped_blocks.empty()) {
-    weights = offload::make_resident_weights(*job.arch, job.ckpt, owned, job.plan.dtype, device);
+    weights = offload::make_resident_weights(*job.arch, job.ckpt, owned, job.plan.dtype, device, job.plan.offload);
   } else {
     offload::OffloadOptions off = job.plan.offload;
     off.blocks_to_swap = static_cast<int>(me.swapped_blocks.size());  // the plan decided (maybe from a budget)

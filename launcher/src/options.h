@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace pipeswap::launcher {
 
@@ -32,6 +33,10 @@ struct Options {
   int num_disk_workers = 2;
   std::string max_memory;   // host cache budget, e.g. 24GB (empty: unlimited)
   std::string vram_budget;  // automatic VRAM mode: bytes or "auto" (empty: off)
+  bool offload_txt_emb = false;
+  bool offload_img_emb = false;
+  std::vector<std::string> offload_components;
+  std::vector<std::string> on_demand_components;
 };
 
 }  // namespace pipeswap::launcher

@@ -38,6 +38,12 @@ class ResidentWeights final : public BlockWeights {
   const models::WeightView& acquire_epilogue() override { return components_.acquire(false); }
   void release_epilogue() override { components_.release(false); }
   int64_t device_bytes() const override { return bytes_; }
+  OffloadStats stats() const override {
+    OffloadStats s;
+    s.device_bytes = bytes_;
+    s.host_peak_bytes = components_.host_bytes();
+    return s;
+  }
 
  private:
   int first_block_ = 0;

@@ -387,8 +387,9 @@ class SwappedWeightsImpl final : public BlockWeights {
   OffloadStats stats() const override {
     OffloadStats s = stats_;
     s.device_bytes = device_bytes_;
+    s.host_peak_bytes = components_.host_bytes();
     if (source_) {
-      s.host_peak_bytes = source_->peak_bytes();
+      s.host_peak_bytes += source_->peak_bytes();
       s.disk_bytes_read = static_cast<int64_t>(ckpt_->bytes_read()) - startup_read_;
     }
     std::lock_guard<std::mutex> lock(mu_);

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/slab.h"
 #include "pipeswap/offload/swapped_weights.h"
 
@@ -55,26 +56,44 @@ int Plan::next_stage(int rank) const {
 
 namespace {
 
-// Device bytes of the components a rank holds: one slab per part, shared tensors once.
-int64_t component_slab_bytes(const models::Architecture& arch, const RankPlan& rp, c10::ScalarType dtype) {
+// Component bytes a rank holds: resident ones on the device, host-kept ones on the host, and the
+// largest part that moves in for a use (host-kept or on demand) on the device while it is used.
+struct ComponentBytes {
+  int64_t device = 0;
+  int64_t host = 0;
+  int64_t transient = 0;
+};
+ComponentBytes component_bytes_of(const models::Architecture& arch, const RankPlan& rp, c10::ScalarType dtype,
+                                  const offload::OffloadOptions& opts) {
+  const auto modes = offload::component_modes(arch, opts);
   std::set<std::string> seen;
-  int64_t bytes = 0;
+  ComponentBytes out;
   auto add = [&](const std::vector<models::PartSpec>& parts) {
     for (const auto& part : parts) {
       bool all_seen = true;
       for (const auto& t : part.tensors) all_seen = seen.insert(t.checkpoint).second ? false : all_seen;
-      if (!all_seen) bytes += offload::make_layout(part, dtype).bytes;
+      if (all_seen) continue;  // tied to a part this rank already holds
+      const int64_t bytes = offload::make_layout(part, dtype).bytes;
+      switch (modes.at(part.name)) {
+        case offload::ComponentMode::kResident: out.device += bytes; break;
+        case offload::ComponentMode::kHost:
+          out.host += bytes;
+          out.transient = std::max(out.transient, bytes);
+          break;
+        case offload::ComponentMode::kOnDemand: out.transient = std::max(out.transient, bytes); break;
+      }
     }
   };
   if (rp.prologue) add(arch.prologue_parts());
   if (rp.epilogue) add(arch.epilogue_parts());
-  return bytes;
+  return out;
 }
 
 // Resident and swapped blocks of one rank, and its predicted peaks.
 void plan_residency(const models::Architecture& arch, const PlanInputs& in, RankPlan& rp) {
   if (rp.idle()) return;
-  const int64_t components = component_slab_bytes(arch, rp, in.dtype);
+  const ComponentBytes comp = component_bytes_of(arch, rp, in.dtype, in.offload);
+  const int64_t components = comp.device + comp.transient;
   offload::OffloadOptions opts = in.offload;
   offload::SwapLayout layout;
   auto device_for = [&](const offload::SwapLayout& l) {
@@ -103,7 +122,7 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, Rank
   rp.swap_slots = layout.num_slots;
   rp.slot_bytes = layout.slot_bytes;
   rp.device_bytes = device_for(layout);
-  rp.host_bytes = layout.host_bytes;
+  rp.host_bytes = layout.host_bytes + comp.host;
   rp.disk_read_bytes = opts.lazy_load ? layout.disk_bytes(in.micro_batches * in.sweeps) : 0;
 }
 
