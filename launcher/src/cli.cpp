@@ -29,6 +29,9 @@ void add_common(CLI::App* cmd, Options& o) {
   cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")->default_str("60");
   cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")->default_str("0");
   cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->default_str("info");
+  cmd->add_option("--transport", o.transport, "activations between GPU ranks: auto (NCCL) or host (via MPI/TCP)")
+      ->check(CLI::IsMember({"auto", "host"}))
+      ->default_str("auto");
 
   auto* off = "Offload";
   cmd->add_option("--blocks-to-swap", o.blocks_to_swap, "how many of each rank's blocks live off the device")

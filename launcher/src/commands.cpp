@@ -9,9 +9,15 @@
 #include <thread>
 
 #include <ATen/Parallel.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <map>
 
 #include "demo_model.h"
+#include <torch/cuda.h>
+
 #include "pipeswap/core/checkpoint.h"
+#include "pipeswap/core/cuda_info.h"
 #include "pipeswap/core/dtype.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/identity.h"
@@ -34,11 +40,31 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 // Free memory of this rank's device (auto_vram_balance). CPU: MemAvailable / ranks on this node.
 int64_t free_bytes(const pipeline::DeviceSpec& dev, const World& world) {
   if (dev.is_cuda()) {
-    PS_THROW(ConfigError, "auto_vram_balance on {} needs a CUDA build with a GPU; use explicit weights", dev.str());
+    auto info = cuda_mem_info(dev.index < 0 ? 0 : dev.index);
+    PS_CHECK(info.has_value(), ConfigError, "cannot read the free memory of {} for auto_vram_balance", dev.str());
+    return info->free_bytes;
   }
   struct sysinfo si {};
   if (sysinfo(&si) != 0) return 1;
   return static_cast<int64_t>(si.freeram + si.bufferram) * si.mem_unit / std::max(1, world.local_size);
+}
+
+// This rank's device: "cuda" is the GPU of its local rank (CUDA_VISIBLE_DEVICES and Slurm's
+// per-task GPU binding already narrowed what it sees); "cuda:N" must exist on this node.
+pipeline::DeviceSpec resolve_device(const pipeline::DeviceSpec& d, const World& world) {
+  if (!d.is_cuda()) return d;
+  const int n = cuda_device_count();
+  PS_CHECK(n > 0, ConfigError,
+           "Invalid device: {} (no CUDA GPU is visible on host {}: check nvidia-smi and CUDA_VISIBLE_DEVICES, or use "
+           "cpu)",
+           d.str(), rank_identity().host);
+  const int index = d.index < 0 ? world.local_rank % n : d.index;
+  PS_CHECK(index < n, ConfigError, "Invalid device: cuda:{} (this node has {})", index, n);
+  PS_CHECK(torch::cuda::is_available(), ConfigError,
+           "Invalid device: cuda:{} (this pipeswap was built against a CPU-only LibTorch: rebuild against PyTorch's "
+           "LibTorch, see README 'GPUs')",
+           index);
+  return pipeline::DeviceSpec{pipeline::DeviceSpec::Kind::kCuda, index};
 }
 
 // Turns --device-chain into one entry per rank, agreed by every rank.
@@ -58,14 +84,30 @@ std::vector<pipeline::ChainEntry> resolve_chain(const Options& o, const World& w
              "(e.g. mpirun -np {} pipeswap ...)",
              n, n == 1 ? "y" : "ies", world.size, n, n);
   }
-  for (const auto& e : chain.entries) {
-    PS_CHECK(!e.device.is_cuda(), ConfigError,
-             "Invalid device: {} (this pipeswap runs CPU ranks only so far: use cpu entries, e.g. cpu=1,cpu=1)",
-             e.device.str());
+  if (plan_only && world.size == 1) return chain.entries;  // a preview: devices as written
+  if (chain.automatic) {
+    for (auto& e : chain.entries) e.device = cuda_device_count() > 0 ? pipeline::parse_device("cuda") : e.device;
+  }
+  // Each rank resolves its own entry ("cuda" is its local GPU) and checks it; then all ranks learn
+  // every rank's device, and two ranks on one GPU of one host are an error naming both.
+  pipeline::DeviceSpec& mine = chain.entries.at(world.rank).device;
+  mine = resolve_device(mine, world);
+  if (world.size > 1) {
+    auto all = comm::allgather_strings(t, fmt::format("{} {}", rank_identity().host, mine.str()));
+    std::map<std::string, int> owner;
+    for (int r = 0; r < n; ++r) {
+      const std::string device = all[r].substr(all[r].find(' ') + 1);
+      chain.entries[r].device = pipeline::parse_device(device);
+      if (!chain.entries[r].device.is_cuda()) continue;
+      auto [it, fresh] = owner.emplace(all[r], r);
+      PS_CHECK(fresh, ConfigError,
+               "ranks {} and {} both use {} on host {}: give each rank its own GPU (e.g. --device-chain "
+               "cuda:0=1,cuda:1=1, or plain 'cuda' so each rank takes its local GPU)",
+               it->second, r, device, all[r].substr(0, all[r].find(' ')));
+    }
   }
   if (chain.automatic || o.auto_vram_balance) {
     // Every rank's free memory, gathered so that all ranks build the same plan.
-    const auto& mine = chain.entries.at(std::min(world.rank, n - 1)).device;
     auto all = comm::allgather_strings(t, std::to_string(free_bytes(mine, world)));
     for (int r = 0; r < n && r < static_cast<int>(all.size()); ++r) chain.entries[r].weight = std::stod(all[r]);
   }
@@ -178,7 +220,9 @@ Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_
   in.model_dir = job.model_dir;
   in.chain = chain;
   in.workload_split = o.workload_split;
-  in.dtype = resolve_dtype(o, job.ckpt->config(), true);
+  // One compute dtype for all ranks (activations cross between them): CPU limits apply if any rank is a CPU.
+  const bool any_cpu = std::any_of(chain.begin(), chain.end(), [](const auto& e) { return !e.device.is_cuda(); });
+  in.dtype = resolve_dtype(o, job.ckpt->config(), any_cpu);
   in.micro_batches = o.micro_batches;
   in.batch = batch > 0 ? (batch + o.micro_batches - 1) / o.micro_batches : 0;
   in.seq = seq;
@@ -208,19 +252,29 @@ int cmd_plan(const Options& o, const World& world, comm::Transport& t) {
   return 0;
 }
 
-int cmd_run(const Options& o, const World& world, comm::Transport& t) {
+int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport) {
   const auto t_start = Clock::now();
   if (world.rank == 0) pipeline::check_output_path(o.output);
   set_threads(o, world);
-  Job job = prepare(o, world, t, /*plan_only=*/false);
+  Job job = prepare(o, world, *transport, /*plan_only=*/false);
   const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
+  const bool all_gpus = std::all_of(job.plan.ranks.begin(), job.plan.ranks.end(),
+                                    [](const pipeline::RankPlan& r) { return r.device.is_cuda(); });
+  if (all_gpus && world.size > 1 && o.transport != "host") {
+    comm::TransportOptions to;
+    to.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.comm_timeout * 1000));
+    transport = comm::make_nccl_transport(std::move(transport), me.device.index, to);
+  }
+  comm::Transport& t = *transport;
   RankIdentity id = rank_identity();
   id.device = me.device.str();
   set_rank_identity(id);
   refresh_log_prefix();
   if (world.rank == 0) log().info("\n{}", job.plan.to_text());
 
-  const torch::Device device(torch::kCPU);
+  const torch::Device device = me.device.is_cuda() ? torch::Device(torch::kCUDA, static_cast<int8_t>(me.device.index))
+                                                   : torch::Device(torch::kCPU);
+  if (device.is_cuda()) c10::impl::getDeviceGuardImpl(device.type())->setDevice(device);
   const auto t_load = Clock::now();
   offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
   std::unique_ptr<offload::BlockWeights> weights;
@@ -283,9 +337,9 @@ std::unique_ptr<comm::Transport> make_transport(const World& world, const Option
   }
 }
 
-int run_command(const Options& opts, const World& world, comm::Transport& transport) {
+int run_command(const Options& opts, const World& world, std::unique_ptr<comm::Transport>& transport) {
   log().debug("{} rank {} of {} via {}", opts.command, world.rank, world.size, world.launcher_name());
-  return opts.command == "plan" ? cmd_plan(opts, world, transport) : cmd_run(opts, world, transport);
+  return opts.command == "plan" ? cmd_plan(opts, world, *transport) : cmd_run(opts, world, transport);
 }
 
 }  // namespace pipeswap::launcher

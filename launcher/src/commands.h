@@ -12,6 +12,7 @@ namespace pipeswap::launcher {
 std::unique_ptr<comm::Transport> make_transport(const World& world, const Options& opts);
 
 // Returns the process exit code; throws on error.
-int run_command(const Options& opts, const World& world, comm::Transport& transport);
+// `transport` may be replaced (wrapped by NCCL once every rank's device is known to be a GPU).
+int run_command(const Options& opts, const World& world, std::unique_ptr<comm::Transport>& transport);
 
 }  // namespace pipeswap::launcher

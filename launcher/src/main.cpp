@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
       g_mpi_initialised = true;
     }
     transport = launcher::make_transport(world, *opts);
-    const int rc = launcher::run_command(*opts, world, *transport);
+    const int rc = launcher::run_command(*opts, world, transport);
     transport.reset();  // joins sender threads, closes sockets
     if (g_mpi_initialised) MPI_Finalize();
     return rc;

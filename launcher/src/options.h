@@ -20,6 +20,7 @@ struct Options {
   double comm_timeout = 60;  // seconds
   int threads = 0;           // 0: cores of this node / ranks on it
   std::string log_level = "info";
+  std::string transport = "auto";  // activations between GPU ranks: auto (NCCL) or host (MPI/TCP)
   std::string json;  // plan --json FILE
 
   // Offload (per rank), in the block-swap nodes' and LightX2V's words.

@@ -12,14 +12,14 @@ class CpuBackend final : public SwapBackend {
     pinned = false;  // nothing to pin for: the "device" is host memory
     return torch::empty({bytes}, torch::kUInt8);
   }
-  void fill_slot(int, torch::Tensor& slot_slab, const uint8_t* host, int64_t bytes) override {
-    std::memcpy(slot_slab.data_ptr(), host, static_cast<size_t>(bytes));
+  void fill_slot(int, torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) override {
+    std::memcpy(slot_slab.data_ptr(), host.data_ptr(), static_cast<size_t>(bytes));
   }
   void wait_filled(int) override {}
   void compute_waits_for(int) override {}
   void compute_releases(int) override {}
-  void copy_sync(torch::Tensor& slot_slab, const uint8_t* host, int64_t bytes) override {
-    std::memcpy(slot_slab.data_ptr(), host, static_cast<size_t>(bytes));
+  void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) override {
+    std::memcpy(slot_slab.data_ptr(), host.data_ptr(), static_cast<size_t>(bytes));
   }
 };
 

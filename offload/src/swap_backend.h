@@ -16,7 +16,7 @@ class SwapBackend {
   // Host memory for swapped units; page-locked where possible (`pinned` says whether it is).
   virtual torch::Tensor host_slab(int64_t bytes, bool& pinned) = 0;
   // Copy thread: fill slot `slot` (already released by compute) from host memory.
-  virtual void fill_slot(int slot, torch::Tensor& slot_slab, const uint8_t* host, int64_t bytes) = 0;
+  virtual void fill_slot(int slot, torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) = 0;
   // Copy thread, after fill_slot: returns once the host bytes may be overwritten.
   virtual void wait_filled(int slot) = 0;
   // Stage thread (acquire): compute issued from now on waits for the slot's fill.
@@ -24,11 +24,16 @@ class SwapBackend {
   // Stage thread (release): the slot is free once the compute issued so far has finished.
   virtual void compute_releases(int slot) = 0;
   // use_non_blocking=false: a synchronous copy on the stage thread.
-  virtual void copy_sync(torch::Tensor& slot_slab, const uint8_t* host, int64_t bytes) = 0;
+  virtual void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) = 0;
 };
 
 // CPU ranks: slots are host memory, a fill is a memcpy on the copy thread and is complete when
 // fill_slot returns, so the fences are no-ops.
 std::unique_ptr<SwapBackend> make_cpu_backend();
+
+// GPU ranks (any LibTorch device with streams and events; CUDA in practice). Slots are device
+// memory; fills are asynchronous copies from page-locked host memory on a copy stream of their own,
+// fenced by one `ready` and one `free` event per slot; compute runs on the device's current stream.
+std::unique_ptr<SwapBackend> make_device_backend(torch::Device device, int num_slots);
 
 }  // namespace pipeswap::offload

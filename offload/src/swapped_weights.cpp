@@ -69,8 +69,8 @@ void read_unit(const Checkpoint& ckpt, const Unit& u, torch::Tensor host) {
 class HostSource {
  public:
   virtual ~HostSource() = default;
-  // Copy thread: blocks until the bytes of sequence position g are in host memory.
-  virtual const uint8_t* wait(int64_t g) = 0;
+  // Copy thread: blocks until the bytes of sequence position g are in host memory; returns them.
+  virtual torch::Tensor wait(int64_t g) = 0;
   // Copy thread: position g's bytes have been copied out; the buffer may be reused.
   virtual void done(int64_t g) = 0;
   // Positions [0, limit) will be asked for; nothing past it is read.
@@ -89,9 +89,7 @@ class PreloadedSource final : public HostSource {
       bytes_ += u->bytes;
     }
   }
-  const uint8_t* wait(int64_t g) override {
-    return static_cast<const uint8_t*>(slabs_[static_cast<size_t>(g % static_cast<int64_t>(slabs_.size()))].data_ptr());
-  }
+  torch::Tensor wait(int64_t g) override { return slabs_[static_cast<size_t>(g % static_cast<int64_t>(slabs_.size()))]; }
   void done(int64_t) override {}
   void set_limit(int64_t) override {}
   int64_t peak_bytes() const override { return bytes_; }
@@ -129,17 +127,17 @@ class LazySource final : public HostSource {
   }
   ~LazySource() override { stop(); }
 
-  const uint8_t* wait(int64_t g) override {
+  torch::Tensor wait(int64_t g) override {
     const size_t u = unit_of(g);
     std::unique_lock<std::mutex> lock(mu_);
     if (sticky_[u]) {
       cv_.wait(lock, [&] { return state_[u] == kLoaded || error_ || stopping_; });
       rethrow_locked();
-      return static_cast<const uint8_t*>(loaded_[u].data_ptr());
+      return loaded_[u];
     }
     cv_.wait(lock, [&] { return ready_.count(g) || error_ || stopping_; });
     rethrow_locked();
-    return static_cast<const uint8_t*>(staging_[static_cast<size_t>(ready_.at(g))].data_ptr());
+    return staging_[static_cast<size_t>(ready_.at(g))];
   }
 
   void done(int64_t g) override {
@@ -348,7 +346,7 @@ class SwappedWeightsImpl final : public BlockWeights {
         cv_.wait(lock, [&] { return filled_ > g || error_; });
         if (error_) std::rethrow_exception(error_);
       } else {
-        const uint8_t* host = source_->wait(g);
+        const torch::Tensor host = source_->wait(g);
         backend_->copy_sync(slots_[static_cast<size_t>(slot)], host, unit.bytes);
         source_->done(g);
         ++stats_.copies;
@@ -432,7 +430,7 @@ class SwappedWeightsImpl final : public BlockWeights {
       try {
         const int slot = static_cast<int>(g % nslots);
         const Unit& unit = units_[static_cast<size_t>(g % static_cast<int64_t>(units_.size()))];
-        const uint8_t* host = source_->wait(g);
+        const torch::Tensor host = source_->wait(g);
         backend_->fill_slot(slot, slots_[static_cast<size_t>(slot)], host, unit.bytes);
         {
           std::lock_guard<std::mutex> lock(mu_);
@@ -553,8 +551,14 @@ std::unique_ptr<BlockWeights> make_swapped_weights(const models::Architecture& a
                                                      std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
                                                      c10::ScalarType dtype, torch::Device device,
                                                      const OffloadOptions& opts) {
-  PS_CHECK(device.is_cpu(), ConfigError, "swapping on {} is not built yet: use cpu ranks", device.str());
-  return std::make_unique<SwappedWeightsImpl>(arch, std::move(ckpt), owned, dtype, device, opts, make_cpu_backend());
+  std::unique_ptr<SwapBackend> backend;
+  if (device.is_cpu()) {
+    backend = make_cpu_backend();
+  } else {
+    const int slots = opts.use_non_blocking ? opts.prefetch_depth + 1 : 1;
+    backend = make_device_backend(device, slots);
+  }
+  return std::make_unique<SwappedWeightsImpl>(arch, std::move(ckpt), owned, dtype, device, opts, std::move(backend));
 }
 
 }  // namespace pipeswap::offload

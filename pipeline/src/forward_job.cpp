@@ -68,7 +68,8 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
           transport.send(0, comm::Message{comm::MessageKind::kOutput, j, 0, {logits}});
         }
       } else {
-        transport.send(next, comm::Message{comm::MessageKind::kActivation, j, 0, to_host(act)});
+        transport.send(next, comm::Message{comm::MessageKind::kActivation, j, 0,
+                                           transport.device_native() ? act : to_host(act)});
       }
       log().debug("micro-batch {} done on blocks {}..{}", j, me.first_block, me.end_block - 1);
     }

@@ -51,6 +51,8 @@ class Transport {
   virtual void flush() = 0;
   virtual void abort(const std::string& reason) noexcept = 0;
   virtual const char* name() const = 0;
+  // True when send() takes and recv() returns device tensors (NCCL): stages then skip host copies.
+  virtual bool device_native() const { return false; }
 };
 
 struct TransportOptions {
@@ -64,6 +66,13 @@ std::unique_ptr<Transport> make_mpi_transport(const TransportOptions& opts);
 // other one). Throws CommError naming the address when it cannot connect within the timeout.
 std::unique_ptr<Transport> make_tcp_transport(int rank, int world_size, const std::string& master_addr, int master_port,
                                               const TransportOptions& opts);
+
+// NCCL for activations between GPU ranks, with `control` (MPI or TCP) for bootstrap (rank 0's
+// ncclUniqueId), message headers, outputs bound for the host and barriers. Activation tensors stay on
+// `device`: a send waits (device-side) for the compute stream, a recv makes the compute stream wait
+// for it, and the host never synchronises the device. Throws ConfigError when built without NCCL.
+std::unique_ptr<Transport> make_nccl_transport(std::unique_ptr<Transport> control, int cuda_device,
+                                               const TransportOptions& opts);
 
 // A world of one: send/recv to self are errors, barrier is a no-op.
 std::unique_ptr<Transport> make_self_transport();

@@ -1,0 +1,238 @@
+// NCCL transport for activations between GPU ranks. See transport.h for the contract.
+//
+// Streams and events:
+//  - compute: LibTorch's current stream on the rank's device (the model runs there).
+//  - comm: one stream of our own for ncclSend / ncclRecv, in the order the stage issues them.
+//  - send: an event recorded on compute makes comm wait until the activation is computed; a second
+//    event recorded on comm after ncclSend tells when the tensor may be freed (reaped later by
+//    polling, never by blocking the host).
+//  - recv: after ncclRecv an event recorded on comm makes compute wait before it reads the tensor.
+// Only activations travel over NCCL, stage k -> stage k+1, so the dependency graph of the streams is
+// a chain and cannot deadlock. Headers (shapes, micro-batch ids) and everything bound for the host
+// (the last stage's logits for rank 0) travel over the control transport.
+#include "pipeswap/comm/transport.h"
+#include "pipeswap/core/error.h"
+
+#ifdef PIPESWAP_HAVE_CUDA
+#include <c10/core/impl/VirtualGuardImpl.h>
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <deque>
+#include <thread>
+
+#include "pipeswap/core/log.h"
+#include "pipeswap/core/torch_compat.h"
+
+#define PS_CHECK_CUDA(expr)                                                                   \
+  do {                                                                                        \
+    cudaError_t ps_cuda_rc_ = (expr);                                                         \
+    if (ps_cuda_rc_ != cudaSuccess) {                                                         \
+      PS_THROW(DeviceError, "{} failed: {}", #expr, cudaGetErrorString(ps_cuda_rc_));         \
+    }                                                                                         \
+  } while (0)
+#define PS_CHECK_NCCL(expr)                                                                   \
+  do {                                                                                        \
+    ncclResult_t ps_nccl_rc_ = (expr);                                                        \
+    if (ps_nccl_rc_ != ncclSuccess && ps_nccl_rc_ != ncclInProgress) {                        \
+      PS_THROW(CommError, "{} failed: {} ({})", #expr, ncclGetErrorString(ps_nccl_rc_),       \
+               ncclGetLastError(nullptr));                                                    \
+    }                                                                                         \
+  } while (0)
+#endif
+
+namespace pipeswap::comm {
+
+#ifndef PIPESWAP_HAVE_CUDA
+std::unique_ptr<Transport> make_nccl_transport(std::unique_ptr<Transport>, int, const TransportOptions&) {
+  PS_THROW(ConfigError, "this pipeswap was built without CUDA and NCCL: rebuild where the CUDA toolkit is found");
+}
+#else
+namespace {
+
+struct EventDeleter {
+  void operator()(CUevent_st* e) const noexcept { cudaEventDestroy(e); }
+};
+using EventPtr = std::unique_ptr<CUevent_st, EventDeleter>;
+
+EventPtr make_event() {
+  cudaEvent_t e = nullptr;
+  PS_CHECK_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return EventPtr(e);
+}
+
+ncclDataType_t bytes_type() { return ncclUint8; }
+
+class NcclTransport final : public Transport {
+ public:
+  NcclTransport(std::unique_ptr<Transport> control, int device, const TransportOptions& opts)
+      : control_(std::move(control)), device_(device), opts_(opts) {
+    PS_CHECK_CUDA(cudaSetDevice(device_));
+    // Bootstrap: rank 0's unique id reaches every rank over the control transport.
+    ncclUniqueId id{};
+    if (control_->rank() == 0) PS_CHECK_NCCL(ncclGetUniqueId(&id));
+    auto ids = allgather_strings(*control_, control_->rank() == 0 ? std::string(id.internal, sizeof(id.internal))
+                                                                  : std::string());
+    std::copy(ids.at(0).begin(), ids.at(0).end(), id.internal);
+    PS_CHECK_NCCL(ncclCommInitRank(&comm_, control_->world_size(), id, control_->rank()));
+    PS_CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    log().info("NCCL {} communicator ready on cuda:{}", NCCL_VERSION_CODE, device_);
+  }
+
+  ~NcclTransport() override {
+    try {
+      flush();
+    } catch (const std::exception& e) {
+      log().warn("NCCL transport: pending sends not finished at shutdown: {}", e.what());
+    }
+    if (comm_) {
+      if (aborted_) ncclCommAbort(comm_);
+      else ncclCommDestroy(comm_);
+    }
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return control_->rank(); }
+  int world_size() const override { return control_->world_size(); }
+  const std::vector<std::string>& hosts() const override { return control_->hosts(); }
+  const char* name() const override { return "nccl"; }
+  bool device_native() const override { return true; }
+
+  void send(int dst, Message msg) override {
+    if (msg.kind != MessageKind::kActivation) {  // host-bound: over the control transport
+      for (auto& t : msg.tensors) t = t.to(torch::kCPU);
+      control_->send(dst, std::move(msg));
+      return;
+    }
+    reap();
+    // Header first: shapes and dtypes as empty tensors of the right type and shape... sent as a
+    // control message whose tensors hold the shapes (int64) and dtypes.
+    Message header{msg.kind, msg.micro_batch, msg.step, {}};
+    for (const auto& t : msg.tensors) {
+      auto meta = torch::empty({t.dim() + 1}, torch::kInt64);
+      meta[0] = static_cast<int64_t>(t.scalar_type());
+      for (int64_t d = 0; d < t.dim(); ++d) meta[d + 1] = t.size(d);
+      header.tensors.push_back(meta);
+    }
+    control_->send(dst, std::move(header));
+    cudaStream_t compute = compute_stream();
+    EventPtr computed = make_event();
+    PS_CHECK_CUDA(cudaEventRecord(computed.get(), compute));
+    PS_CHECK_CUDA(cudaStreamWaitEvent(stream_, computed.get(), 0));
+    Pending p;
+    for (auto& t : msg.tensors) {
+      torch::Tensor c = t.contiguous();
+      PS_CHECK_NCCL(ncclSend(c.data_ptr(), static_cast<size_t>(c.nbytes()), bytes_type(), dst, comm_, stream_));
+      p.tensors.push_back(c);
+    }
+    p.done = make_event();
+    PS_CHECK_CUDA(cudaEventRecord(p.done.get(), stream_));
+    p.since = std::chrono::steady_clock::now();
+    pending_.push_back(std::move(p));
+  }
+
+  Message recv(int src) override {
+    Message header = control_->recv(src);
+    if (header.kind != MessageKind::kActivation) return header;  // host-bound messages came whole
+    Message msg{header.kind, header.micro_batch, header.step, {}};
+    const auto options = torch::TensorOptions().device(torch::kCUDA, static_cast<int8_t>(device_));
+    cudaStream_t compute = compute_stream();
+    // The buffers come from LibTorch's allocator on the compute stream: comm waits for compute so
+    // that a buffer is not written while its previous use is still running.
+    EventPtr before = make_event();
+    PS_CHECK_CUDA(cudaEventRecord(before.get(), compute));
+    PS_CHECK_CUDA(cudaStreamWaitEvent(stream_, before.get(), 0));
+    for (const auto& meta : header.tensors) {
+      const auto* m = meta.data_ptr<int64_t>();
+      std::vector<int64_t> shape(m + 1, m + meta.numel());
+      torch::Tensor t = torch::empty(shape, options.dtype(static_cast<c10::ScalarType>(m[0])));
+      PS_CHECK_NCCL(ncclRecv(t.data_ptr(), static_cast<size_t>(t.nbytes()), bytes_type(), src, comm_, stream_));
+      msg.tensors.push_back(t);
+    }
+    EventPtr arrived = make_event();
+    PS_CHECK_CUDA(cudaEventRecord(arrived.get(), stream_));
+    PS_CHECK_CUDA(cudaStreamWaitEvent(compute, arrived.get(), 0));
+    check_async_error();
+    return msg;
+  }
+
+  void barrier() override { control_->barrier(); }
+
+  void flush() override {
+    const auto deadline = std::chrono::steady_clock::now() + opts_.timeout;
+    while (!pending_.empty()) {
+      reap();
+      check_async_error();
+      if (pending_.empty()) break;
+      if (std::chrono::steady_clock::now() > deadline) {
+        abort("NCCL send did not complete within --comm-timeout");
+        PS_THROW(PeerLostError, "an NCCL send did not complete within {} s: the receiving rank may have died",
+                 opts_.timeout.count() / 1000.0);
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    control_->flush();
+  }
+
+  void abort(const std::string& reason) noexcept override {
+    if (comm_ && !aborted_) {
+      aborted_ = true;
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+    }
+    control_->abort(reason);
+  }
+
+ private:
+  struct Pending {
+    std::vector<torch::Tensor> tensors;
+    EventPtr done;
+    std::chrono::steady_clock::time_point since;
+  };
+
+  cudaStream_t compute_stream() const {
+    c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
+    void* s = compat::native_stream(impl.getStream(c10::Device(c10::DeviceType::CUDA, static_cast<int8_t>(device_))));
+    PS_CHECK(s != nullptr, ConfigError, "the NCCL transport needs LibTorch 2.2 or later (this is {})",
+             compat::torch_version());
+    return static_cast<cudaStream_t>(s);
+  }
+
+  // Drops sends whose NCCL operation finished (their tensors may be freed now).
+  void reap() {
+    while (!pending_.empty()) {
+      cudaError_t q = cudaEventQuery(pending_.front().done.get());
+      if (q == cudaErrorNotReady) return;
+      PS_CHECK_CUDA(q);
+      pending_.pop_front();
+    }
+  }
+
+  void check_async_error() {
+    ncclResult_t async = ncclSuccess;
+    PS_CHECK_NCCL(ncclCommGetAsyncError(comm_, &async));
+    if (async != ncclSuccess && async != ncclInProgress) {
+      abort("NCCL asynchronous error");
+      PS_THROW(CommError, "NCCL reported an asynchronous error: {}", ncclGetErrorString(async));
+    }
+  }
+
+  std::unique_ptr<Transport> control_;
+  int device_;
+  TransportOptions opts_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  std::deque<Pending> pending_;
+  bool aborted_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Transport> make_nccl_transport(std::unique_ptr<Transport> control, int cuda_device,
+                                               const TransportOptions& opts) {
+  return std::make_unique<NcclTransport>(std::move(control), cuda_device, opts);
+}
+#endif
+
+}  // namespace pipeswap::comm
