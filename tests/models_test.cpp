@@ -1,1 +1,658 @@
-// placeholder
+// Unit tests for models: the Llama family (Llama, Qwen2, Mistral in Hugging Face layout).
+// Config parsing and part declarations are checked by name and shape; RoPE tables against values
+// computed by hand from HF's formulas; the forward pass for self-consistency (batching, causality,
+// sliding windows) on random in-memory weights, and against transformers itself through the reference
+// fixtures that tests/reference/make_fixtures.py writes.
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <initializer_list>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "pipeswap/core/checkpoint.h"
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/safetensors.h"
+#include "pipeswap/core/torch_compat.h"
+#include "pipeswap/models/architecture.h"
+// Internal to the models library (config and RoPE helpers): reached through the source tree.
+#include "../models/src/llama.h"
+
+namespace pipeswap::models {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// Runs f, expects an exception of type E whose message contains every needle.
+template <typename E>
+void expect_error(const std::function<void()>& f, std::initializer_list<std::string> needles) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception thrown; expected one containing '" << *needles.begin() << "'";
+  } catch (const E& e) {
+    for (const std::string& needle : needles) EXPECT_PRED_FORMAT2(testing::IsSubstring, needle, e.what());
+  }
+}
+#define EXPECT_ERROR(stmt, Type, ...)                 \
+  do {                                                \
+    SCOPED_TRACE(#stmt);                              \
+    expect_error<Type>([&] { stmt; }, {__VA_ARGS__}); \
+  } while (0)
+
+json tiny_config(const std::string& family) {
+  return json{{"model_type", family},        {"hidden_size", 32},        {"intermediate_size", 48},
+              {"num_hidden_layers", 2},      {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+              {"vocab_size", 50},            {"rms_norm_eps", 1e-5},     {"max_position_embeddings", 64},
+              {"tie_word_embeddings", false}};
+}
+
+std::vector<double> to_vector(const torch::Tensor& t) {
+  auto c = t.to(torch::kCPU, torch::kFloat64).contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+void expect_close(const std::vector<double>& got, const std::vector<double>& want, double rel) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], rel * std::fabs(want[i])) << "index " << i;
+}
+
+double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kCPU, torch::kFloat32) - b.to(torch::kCPU, torch::kFloat32)).abs().max().item<double>();
+}
+
+// ---- config parsing -------------------------------------------------------------------------------
+
+TEST(LlamaConfig, LlamaDefaults) {
+  json c = tiny_config("llama");
+  c.erase("num_key_value_heads");
+  c.erase("rms_norm_eps");
+  const LlamaConfig m = parse_llama_config(c);
+  EXPECT_EQ(m.family, "llama");
+  EXPECT_EQ(m.num_kv_heads, 4);  // defaults to the attention heads
+  EXPECT_EQ(m.head_dim, 8);      // hidden / heads
+  EXPECT_DOUBLE_EQ(m.rms_norm_eps, 1e-6);
+  EXPECT_FALSE(m.tie_word_embeddings);
+  EXPECT_FALSE(m.qkv_bias || m.o_bias || m.mlp_bias);
+  EXPECT_EQ(m.rope.type, "default");
+  EXPECT_DOUBLE_EQ(m.rope.theta, 10000.0);
+  EXPECT_EQ(m.sliding_window, std::vector<int64_t>(2, 0));
+
+  auto arch = make_architecture(tiny_config("llama"));
+  EXPECT_EQ(arch->family(), "llama");
+  EXPECT_EQ(arch->num_blocks(), 2);
+  EXPECT_EQ(arch->hidden_size(), 32);
+  EXPECT_EQ(arch->vocab_size(), 50);
+  EXPECT_EQ(arch->phase_names(), (std::vector<std::string>{"attn", "mlp"}));
+  EXPECT_EQ(arch->activation_bytes(2, 12, torch::kBFloat16), 2 * 12 * 32 * 2);
+  EXPECT_EQ(arch->activation_bytes(3, 5, torch::kFloat32), 3 * 5 * 32 * 4);
+}
+
+TEST(LlamaConfig, LlamaBiasFlags) {
+  json c = tiny_config("llama");
+  c["attention_bias"] = true;
+  c["mlp_bias"] = true;
+  const LlamaConfig m = parse_llama_config(c);
+  EXPECT_TRUE(m.qkv_bias);
+  EXPECT_TRUE(m.o_bias);
+  EXPECT_TRUE(m.mlp_bias);
+}
+
+TEST(LlamaConfig, Qwen2) {
+  json c = tiny_config("qwen2");
+  c["tie_word_embeddings"] = true;
+  c["attention_bias"] = false;  // not a Qwen2 key: q/k/v have biases regardless
+  c["rope_theta"] = 1000000.0;
+  const LlamaConfig m = parse_llama_config(c);
+  EXPECT_TRUE(m.qkv_bias);
+  EXPECT_FALSE(m.o_bias);
+  EXPECT_FALSE(m.mlp_bias);
+  EXPECT_TRUE(m.tie_word_embeddings);
+  EXPECT_DOUBLE_EQ(m.rope.theta, 1e6);
+  EXPECT_EQ(m.sliding_window, std::vector<int64_t>(2, 0));  // use_sliding_window defaults to false
+
+  // With use_sliding_window, layers from max_window_layers on use the window; layer_types overrides that.
+  c["use_sliding_window"] = true;
+  c["sliding_window"] = 16;
+  c["max_window_layers"] = 1;
+  EXPECT_EQ(parse_llama_config(c).sliding_window, (std::vector<int64_t>{0, 16}));
+  c["layer_types"] = {"sliding_attention", "full_attention"};
+  EXPECT_EQ(parse_llama_config(c).sliding_window, (std::vector<int64_t>{16, 0}));
+}
+
+TEST(LlamaConfig, MistralHeadDimAndWindow) {
+  json c = tiny_config("mistral");
+  c["head_dim"] = 16;  // not hidden / heads (8)
+  c["sliding_window"] = 4;
+  const LlamaConfig m = parse_llama_config(c);
+  EXPECT_EQ(m.head_dim, 16);
+  EXPECT_FALSE(m.qkv_bias || m.o_bias || m.mlp_bias);
+  EXPECT_EQ(m.sliding_window, std::vector<int64_t>(2, 4));
+  c["sliding_window"] = nullptr;  // Mistral v0.2+: no window
+  EXPECT_EQ(parse_llama_config(c).sliding_window, std::vector<int64_t>(2, 0));
+  c.erase("sliding_window");  // absent: MistralConfig's default
+  EXPECT_EQ(parse_llama_config(c).sliding_window, std::vector<int64_t>(2, 4096));
+  c["head_dim"] = nullptr;
+  EXPECT_EQ(parse_llama_config(c).head_dim, 8);
+}
+
+TEST(LlamaConfig, RopeBothSpellings) {
+  json v4_type = tiny_config("llama");
+  v4_type["rope_theta"] = 500000.0;
+  v4_type["rope_scaling"] = {{"type", "linear"}, {"factor", 4}};
+  json v4_rope_type = tiny_config("llama");
+  v4_rope_type["rope_theta"] = 500000;
+  v4_rope_type["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 4.0}};
+  json v5 = tiny_config("llama");
+  v5["rope_parameters"] = {{"rope_type", "linear"}, {"factor", 4.0}, {"rope_theta", 500000.0}};
+  json v5_nested = tiny_config("llama");
+  v5_nested["rope_parameters"] = {{"full_attention", v5["rope_parameters"]}};
+  for (const json& c : {v4_type, v4_rope_type, v5, v5_nested}) {
+    SCOPED_TRACE(c.dump());
+    const LlamaConfig m = parse_llama_config(c);
+    EXPECT_EQ(m.rope.type, "linear");
+    EXPECT_DOUBLE_EQ(m.rope.factor, 4.0);
+    EXPECT_DOUBLE_EQ(m.rope.theta, 500000.0);
+  }
+  // transformers 5 keeps rope_theta inside the dict; it wins over a stale top-level value.
+  json both = v5;
+  both["rope_theta"] = 10000.0;
+  EXPECT_DOUBLE_EQ(parse_llama_config(both).rope.theta, 500000.0);
+  // null rope_scaling and a "default" dict are plain RoPE.
+  json plain = tiny_config("llama");
+  plain["rope_scaling"] = nullptr;
+  EXPECT_EQ(parse_llama_config(plain).rope.type, "default");
+  plain["rope_scaling"] = {{"rope_type", "default"}};
+  EXPECT_EQ(parse_llama_config(plain).rope.type, "default");
+}
+
+TEST(LlamaConfig, BadConfigsNameTheKey) {
+  json c = tiny_config("llama");
+  c.erase("hidden_size");
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "'hidden_size' is missing");
+  EXPECT_ERROR(make_architecture(c), CheckpointError, "config.json", "hidden_size");
+
+  c = tiny_config("qwen2");
+  c["num_hidden_layers"] = "2";
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "'num_hidden_layers' must be an integer");
+
+  c = tiny_config("llama");
+  c["num_attention_heads"] = 5;
+  c["num_key_value_heads"] = 5;
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "hidden_size (32)",
+               "num_attention_heads (5)");
+  c["head_dim"] = 8;  // an explicit head_dim makes the split unnecessary
+  EXPECT_EQ(parse_llama_config(c).head_dim, 8);
+
+  c = tiny_config("mistral");
+  c["num_key_value_heads"] = 3;
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "num_key_value_heads (3)");
+
+  c = tiny_config("llama");
+  c["vocab_size"] = 0;
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "'vocab_size' must be a positive integer");
+
+  c = tiny_config("llama");
+  c["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 2.0}};
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "'longrope'",
+               "default, linear, dynamic, llama3, yarn");
+  c["rope_scaling"] = {{"type", "llama3"}, {"factor", 8.0}, {"high_freq_factor", 4.0}};
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "rope_scaling.low_freq_factor", "llama3");
+  c.erase("rope_scaling");
+  c["rope_parameters"] = {{"rope_type", "dynamic"}};
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "rope_parameters.factor");
+  c["rope_parameters"] = {{"rope_type", "default"}, {"partial_rotary_factor", 0.5}};
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "partial_rotary_factor");
+
+  c = tiny_config("llama");
+  c["hidden_act"] = "gelu";
+  EXPECT_ERROR(parse_llama_config(c), CheckpointError, "config.json", "hidden_act");
+
+  c = tiny_config("llama");
+  c["model_type"] = "bert";
+  EXPECT_ERROR(make_architecture(c), CheckpointError, "config.json", "'bert'", "llama, qwen2 and mistral");
+}
+
+// ---- parts ----------------------------------------------------------------------------------------
+
+std::vector<std::string> locals(const std::vector<TensorRef>& refs) {
+  std::vector<std::string> out;
+  for (const auto& r : refs) out.push_back(r.local);
+  return out;
+}
+
+TEST(LlamaParts, NamesAndShapes) {
+  json c = tiny_config("llama");
+  auto arch = make_architecture(c);
+
+  auto pro = arch->prologue_parts();
+  ASSERT_EQ(pro.size(), 1u);
+  EXPECT_EQ(pro[0].name, "embed_tokens");
+  ASSERT_EQ(pro[0].tensors.size(), 1u);
+  EXPECT_EQ(pro[0].tensors[0].local, "embed_tokens.weight");
+  EXPECT_EQ(pro[0].tensors[0].checkpoint, "model.embed_tokens.weight");
+  EXPECT_EQ(pro[0].tensors[0].shape, (std::vector<int64_t>{50, 32}));
+
+  auto attn = arch->phase_tensors(1, 0);
+  EXPECT_EQ(locals(attn), (std::vector<std::string>{"input_layernorm.weight", "q_proj.weight", "k_proj.weight",
+                                                    "v_proj.weight", "o_proj.weight"}));
+  EXPECT_EQ(attn[0].checkpoint, "model.layers.1.input_layernorm.weight");
+  EXPECT_EQ(attn[1].checkpoint, "model.layers.1.self_attn.q_proj.weight");
+  EXPECT_EQ(attn[1].shape, (std::vector<int64_t>{32, 32}));
+  EXPECT_EQ(attn[2].shape, (std::vector<int64_t>{16, 32}));  // 2 kv heads x 8
+  EXPECT_EQ(attn[4].checkpoint, "model.layers.1.self_attn.o_proj.weight");
+
+  auto mlp = arch->phase_tensors(0, 1);
+  EXPECT_EQ(locals(mlp), (std::vector<std::string>{"post_attention_layernorm.weight", "gate_proj.weight",
+                                                   "up_proj.weight", "down_proj.weight"}));
+  EXPECT_EQ(mlp[0].checkpoint, "model.layers.0.post_attention_layernorm.weight");
+  EXPECT_EQ(mlp[1].checkpoint, "model.layers.0.mlp.gate_proj.weight");
+  EXPECT_EQ(mlp[1].shape, (std::vector<int64_t>{48, 32}));
+  EXPECT_EQ(mlp[3].shape, (std::vector<int64_t>{32, 48}));
+
+  auto parts = block_parts(*arch, 1);
+  ASSERT_EQ(parts.size(), 2u);
+  EXPECT_EQ(parts[0].name, "blocks.1.attn");
+  EXPECT_EQ(parts[1].name, "blocks.1.mlp");
+
+  auto epi = arch->epilogue_parts();
+  ASSERT_EQ(epi.size(), 2u);
+  EXPECT_EQ(epi[0].name, "norm");
+  EXPECT_EQ(epi[0].tensors[0].local, "norm.weight");
+  EXPECT_EQ(epi[0].tensors[0].checkpoint, "model.norm.weight");
+  EXPECT_EQ(epi[1].name, "lm_head");
+  EXPECT_EQ(epi[1].tensors[0].local, "lm_head.weight");
+  EXPECT_EQ(epi[1].tensors[0].checkpoint, "lm_head.weight");
+  EXPECT_EQ(epi[1].tensors[0].shape, (std::vector<int64_t>{50, 32}));
+
+  EXPECT_ERROR(arch->phase_tensors(2, 0), Error, "blocks 0..1");
+  EXPECT_ERROR(arch->phase_tensors(0, 2), Error, "phases 0 (attn) and 1 (mlp)");
+}
+
+TEST(LlamaParts, TiedEmbeddingsAndBiases) {
+  json c = tiny_config("qwen2");
+  c["tie_word_embeddings"] = true;
+  auto arch = make_architecture(c);
+  auto epi = arch->epilogue_parts();
+  EXPECT_EQ(epi[1].tensors[0].local, "lm_head.weight");
+  EXPECT_EQ(epi[1].tensors[0].checkpoint, "model.embed_tokens.weight");
+  EXPECT_EQ(locals(arch->phase_tensors(0, 0)),
+            (std::vector<std::string>{"input_layernorm.weight", "q_proj.weight", "q_proj.bias", "k_proj.weight",
+                                      "k_proj.bias", "v_proj.weight", "v_proj.bias", "o_proj.weight"}));
+  EXPECT_EQ(arch->phase_tensors(0, 0)[4].shape, (std::vector<int64_t>{16}));
+
+  c = tiny_config("llama");
+  c["attention_bias"] = true;
+  c["mlp_bias"] = true;
+  arch = make_architecture(c);
+  auto attn = arch->phase_tensors(0, 0);
+  EXPECT_EQ(attn.back().local, "o_proj.bias");
+  EXPECT_EQ(attn.back().checkpoint, "model.layers.0.self_attn.o_proj.bias");
+  EXPECT_EQ(attn.back().shape, (std::vector<int64_t>{32}));
+  EXPECT_EQ(locals(arch->phase_tensors(0, 1)),
+            (std::vector<std::string>{"post_attention_layernorm.weight", "gate_proj.weight", "gate_proj.bias",
+                                      "up_proj.weight", "up_proj.bias", "down_proj.weight", "down_proj.bias"}));
+
+  c = tiny_config("mistral");
+  c["head_dim"] = 16;
+  arch = make_architecture(c);
+  attn = arch->phase_tensors(0, 0);
+  EXPECT_EQ(attn[1].shape, (std::vector<int64_t>{64, 32}));  // 4 heads x 16
+  EXPECT_EQ(attn[2].shape, (std::vector<int64_t>{32, 32}));  // 2 kv heads x 16
+  EXPECT_EQ(attn[4].shape, (std::vector<int64_t>{32, 64}));
+}
+
+// ---- RoPE tables (hand-computed from HF's formulas in double; fp32 tables agree to ~1e-7) ------------
+
+LlamaConfig rope_config(const json& rope, int64_t head_dim = 16, int64_t max_pos = 64) {
+  json c = tiny_config("llama");
+  c["hidden_size"] = 4 * head_dim;
+  c["max_position_embeddings"] = max_pos;
+  c["rope_scaling"] = rope;
+  return parse_llama_config(c);
+}
+
+const std::vector<double> kDefault16 = {1.0,   0.31622776601683794, 0.1,   0.03162277660168379,
+                                        0.01,  0.003162277660168379, 0.001, 0.00031622776601683794};
+
+TEST(LlamaRope, Default) {
+  auto [inv, scale] = rope_inv_freq(rope_config(nullptr), 12);
+  EXPECT_EQ(inv.scalar_type(), torch::kFloat32);
+  expect_close(to_vector(inv), kDefault16, 1e-6);
+  EXPECT_EQ(scale, 1.0);
+}
+
+TEST(LlamaRope, Linear) {
+  auto [inv, scale] = rope_inv_freq(rope_config({{"type", "linear"}, {"factor", 4}}), 12);
+  expect_close(to_vector(inv), {0.25, 0.07905694150420949, 0.025, 0.007905694150420948, 0.0025,
+                                0.0007905694150420947, 0.00025, 7.905694150420948e-05},
+               1e-6);
+  EXPECT_EQ(scale, 1.0);
+}
+
+TEST(LlamaRope, Llama3) {
+  // factor 8, low 1, high 4, pretraining length 256: wavelengths under 64 are kept, over 256 divided by 8,
+  // the one between (2*pi*10000^(3/8) = 198.7) interpolated.
+  auto [inv, scale] = rope_inv_freq(rope_config({{"rope_type", "llama3"},
+                                                 {"factor", 8.0},
+                                                 {"low_freq_factor", 1.0},
+                                                 {"high_freq_factor", 4.0},
+                                                 {"original_max_position_embeddings", 256}}),
+                                    12);
+  expect_close(to_vector(inv), {1.0, 0.31622776601683794, 0.1, 0.0066131063172475526, 0.00125,
+                                0.00039528470752104737, 0.000125, 3.952847075210474e-05},
+               1e-6);
+  EXPECT_EQ(scale, 1.0);
+}
+
+TEST(LlamaRope, DynamicNtk) {
+  const json rope = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  // Up to max_position_embeddings (8) the tables are the default ones.
+  expect_close(to_vector(rope_inv_freq(rope_config(rope, 16, 8), 8).first), kDefault16, 1e-6);
+  // Beyond, base = 10000 * (2 * 12 / 8 - 1) ^ (16 / 14) = 22081.79.
+  auto [inv, scale] = rope_inv_freq(rope_config(rope, 16, 8), 12);
+  expect_close(to_vector(inv), {1.0, 0.2864149709787598, 0.08203353560076379, 0.023495632718377818,
+                                0.006729500963161781, 0.0019274298230655173, 0.0005520447568369062,
+                                0.00015811388300841897},
+               2e-6);
+  EXPECT_EQ(scale, 1.0);
+}
+
+TEST(LlamaRope, Yarn) {
+  // factor 4, pretraining length 64, beta 32/1: correction range [floor(-0.99), ceil(2.02)] = [0, 3].
+  auto [inv, scale] =
+      rope_inv_freq(rope_config({{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 64}}),
+                    12);
+  expect_close(to_vector(inv), {1.0, 0.23717082451262847, 0.05, 0.007905694150420948, 0.0025,
+                                0.0007905694150420947, 0.00025, 7.905694150420948e-05},
+               1e-6);
+  EXPECT_NEAR(scale, 0.1 * std::log(4.0) + 1.0, 1e-12);
+  // An explicit attention_factor wins.
+  auto explicit_factor = rope_inv_freq(
+      rope_config({{"rope_type", "yarn"}, {"factor", 4.0}, {"attention_factor", 1.5}}), 12);
+  EXPECT_DOUBLE_EQ(explicit_factor.second, 1.5);
+}
+
+// ---- forward on random weights ---------------------------------------------------------------------
+
+// Weights of one model, split as the pipeline hands them out.
+struct Model {
+  std::unique_ptr<Architecture> arch;
+  WeightView prologue, epilogue;
+  std::vector<std::vector<WeightView>> blocks;
+};
+
+using TensorSource = std::function<torch::Tensor(const TensorRef&)>;
+
+// Tensors are fetched once per checkpoint name, so tied embeddings are one tensor, as in the loaders.
+Model build(const json& config, const TensorSource& source) {
+  Model m;
+  m.arch = make_architecture(config);
+  std::map<std::string, torch::Tensor> fetched;
+  auto get = [&](const TensorRef& ref) {
+    auto it = fetched.find(ref.checkpoint);
+    if (it == fetched.end()) it = fetched.emplace(ref.checkpoint, source(ref)).first;
+    EXPECT_EQ(it->second.sizes().vec(), ref.shape) << ref.checkpoint;
+    return it->second;
+  };
+  for (const auto& part : m.arch->prologue_parts())
+    for (const auto& t : part.tensors) m.prologue.add(t.local, get(t));
+  for (int b = 0; b < m.arch->num_blocks(); ++b) {
+    m.blocks.emplace_back();
+    for (const auto& part : block_parts(*m.arch, b)) {
+      m.blocks.back().emplace_back();
+      for (const auto& t : part.tensors) m.blocks.back().back().add(t.local, get(t));
+    }
+  }
+  for (const auto& part : m.arch->epilogue_parts())
+    for (const auto& t : part.tensors) m.epilogue.add(t.local, get(t));
+  return m;
+}
+
+// Random weights large enough that attention is far from uniform and every term matters.
+Model random_model(const json& config, uint64_t seed, c10::ScalarType dtype = torch::kFloat32) {
+  torch::manual_seed(seed);
+  return build(config, [&](const TensorRef& ref) {
+    const bool norm = ref.local.find("norm") != std::string::npos;
+    auto t = torch::randn(ref.shape);
+    t = norm ? 1 + 0.2 * t : 0.3 * t;
+    return t.to(dtype);
+  });
+}
+
+Model with_dtype(const json& config, const Model& src, c10::ScalarType dtype) {
+  std::map<std::string, torch::Tensor> by_name;
+  auto collect = [&](const std::vector<PartSpec>& parts, const WeightView& w) {
+    for (const auto& p : parts)
+      for (const auto& t : p.tensors) by_name[t.checkpoint] = w[t.local];
+  };
+  collect(src.arch->prologue_parts(), src.prologue);
+  collect(src.arch->epilogue_parts(), src.epilogue);
+  for (int b = 0; b < src.arch->num_blocks(); ++b) {
+    auto parts = block_parts(*src.arch, b);
+    for (size_t p = 0; p < parts.size(); ++p) collect({parts[p]}, src.blocks[b][p]);
+  }
+  return build(config, [&](const TensorRef& ref) { return by_name.at(ref.checkpoint).to(dtype); });
+}
+
+torch::Tensor forward(const Model& m, const torch::Tensor& ids, torch::Device device = torch::kCPU) {
+  torch::NoGradGuard no_grad;
+  Activation act = m.arch->prologue(m.prologue, {ids}, torch::TensorOptions().device(device));
+  for (int b = 0; b < m.arch->num_blocks(); ++b)
+    for (int p = 0; p < static_cast<int>(m.blocks[b].size()); ++p) m.arch->phase_forward(b, p, m.blocks[b][p], act);
+  return m.arch->epilogue(m.epilogue, act);
+}
+
+json forward_config() {
+  json c = tiny_config("llama");
+  c["attention_bias"] = true;
+  c["mlp_bias"] = true;
+  c["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 16}};
+  return c;
+}
+
+TEST(LlamaForward, BatchMatchesSingleSequences) {
+  for (const std::string family : {"llama", "qwen2", "mistral"}) {
+    SCOPED_TRACE(family);
+    json c = family == "llama" ? forward_config() : tiny_config(family);
+    if (family == "mistral") c["head_dim"] = 16;
+    Model m = random_model(c, 1);
+    torch::manual_seed(2);
+    auto ids = torch::randint(0, 50, {2, 9}, torch::TensorOptions().dtype(torch::kInt64));
+    auto both = forward(m, ids);
+    ASSERT_EQ(both.sizes().vec(), (std::vector<int64_t>{2, 9, 50}));
+    EXPECT_EQ(both.scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(torch::isfinite(both).all().item<bool>());
+    for (int64_t s = 0; s < 2; ++s) {
+      auto one = forward(m, ids.narrow(0, s, 1));
+      EXPECT_LE(max_abs_diff(one[0], both[s]), 1e-5) << "sequence " << s;
+    }
+    // int32 ids read the same rows.
+    EXPECT_LE(max_abs_diff(forward(m, ids.to(torch::kInt32)), both), 0.0);
+  }
+}
+
+TEST(LlamaForward, CausalMasking) {
+  json c = forward_config();
+  Model m = random_model(c, 3);
+  torch::manual_seed(4);
+  auto ids = torch::randint(0, 50, {2, 10}, torch::TensorOptions().dtype(torch::kInt64));
+  auto ref = forward(m, ids);
+  for (int64_t t : {0, 4, 8}) {
+    auto changed = ids.clone();
+    changed.narrow(1, t + 1, 10 - t - 1).copy_((changed.narrow(1, t + 1, 10 - t - 1) + 7).remainder(50));
+    auto out = forward(m, changed);
+    EXPECT_LE(max_abs_diff(out.narrow(1, 0, t + 1), ref.narrow(1, 0, t + 1)), 1e-5) << "t=" << t;
+    EXPECT_GT(max_abs_diff(out.narrow(1, t + 1, 10 - t - 1), ref.narrow(1, t + 1, 10 - t - 1)), 1e-3) << "t=" << t;
+  }
+}
+
+TEST(LlamaForward, SlidingWindowIsBanded) {
+  // One layer with a window of 3: position t sees tokens t-2..t only.
+  json c = tiny_config("mistral");
+  c["num_hidden_layers"] = 1;
+  c["sliding_window"] = 3;
+  Model m = random_model(c, 5);
+  torch::manual_seed(6);
+  auto ids = torch::randint(0, 50, {1, 10}, torch::TensorOptions().dtype(torch::kInt64));
+  auto ref = forward(m, ids);
+  const int64_t p = 3;
+  auto changed = ids.clone();
+  changed[0][p] = (ids[0][p].item<int64_t>() + 11) % 50;
+  auto out = forward(m, changed);
+  for (int64_t t = 0; t < 10; ++t) {
+    const double d = max_abs_diff(out.select(1, t), ref.select(1, t));
+    if (t < p || t >= p + 3) {
+      EXPECT_LE(d, 1e-5) << "t=" << t << " does not see position " << p;
+    } else {
+      EXPECT_GT(d, 1e-3) << "t=" << t << " sees position " << p;
+    }
+  }
+  // A window at least as long as the sequence changes nothing.
+  json wide = c;
+  wide["sliding_window"] = 10;
+  json none = c;
+  none["sliding_window"] = nullptr;
+  Model mw = with_dtype(wide, m, torch::kFloat32);
+  Model mn = with_dtype(none, m, torch::kFloat32);
+  EXPECT_LE(max_abs_diff(forward(mw, ids), forward(mn, ids)), 0.0);
+  EXPECT_GT(max_abs_diff(forward(mn, ids), ref), 1e-3);
+}
+
+TEST(LlamaForward, Bf16RunsOnCpu) {
+  json c = forward_config();
+  Model m = random_model(c, 7);
+  Model half = with_dtype(c, m, torch::kBFloat16);
+  torch::manual_seed(8);
+  auto ids = torch::randint(0, 50, {2, 6}, torch::TensorOptions().dtype(torch::kInt64));
+  auto ref = forward(m, ids);
+  torch::NoGradGuard no_grad;
+  Activation act = half.arch->prologue(half.prologue, {ids}, torch::TensorOptions().dtype(torch::kBFloat16));
+  EXPECT_EQ(act[0].scalar_type(), torch::kBFloat16);
+  auto out = forward(half, ids);
+  EXPECT_EQ(out.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
+  // bf16 keeps 8 bits of mantissa: a loose bound, relative to the logits' range.
+  EXPECT_LE(max_abs_diff(out, ref), 0.05 * ref.abs().max().item<double>());
+}
+
+TEST(LlamaForward, BadTokenIds) {
+  Model m = random_model(tiny_config("llama"), 9);
+  auto ids = torch::zeros({2, 4}, torch::TensorOptions().dtype(torch::kInt64));
+  ids[1][2] = 50;
+  EXPECT_ERROR(forward(m, ids), ConfigError, "token id 50", "sequence 1, position 2", "vocabulary of 50 tokens");
+  ids[1][2] = -3;
+  EXPECT_ERROR(forward(m, ids), ConfigError, "token id -3");
+  EXPECT_ERROR(forward(m, ids.to(torch::kFloat32)), ConfigError, "int64 or int32");
+  EXPECT_ERROR(forward(m, ids.view({8})), ConfigError, "[batch, tokens]");
+}
+
+// ---- attention ---------------------------------------------------------------------------------------
+
+// HF's eager attention, written out: the reference compat::attention must match on every LibTorch.
+torch::Tensor eager_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
+                              const torch::Tensor& blocked) {
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
+  scores = scores.masked_fill(blocked, -std::numeric_limits<float>::infinity());
+  return torch::matmul(torch::softmax(scores, -1), v);
+}
+
+TEST(CompatAttention, MatchesEagerMath) {
+  torch::manual_seed(10);
+  auto q = torch::randn({2, 3, 7, 8});
+  auto k = torch::randn({2, 3, 7, 8});
+  auto v = torch::randn({2, 3, 7, 8});
+  auto pos = torch::arange(7);
+  auto future = pos.unsqueeze(0) > pos.unsqueeze(1);
+  auto far = (pos.unsqueeze(1) - pos.unsqueeze(0)) >= 3;
+  const double scale = 0.35;
+  EXPECT_LE(max_abs_diff(compat::attention(q, k, v, true, scale), eager_attention(q, k, v, scale, future)), 1e-5);
+  EXPECT_LE(max_abs_diff(compat::attention(q, k, v, true, scale, far),
+                         eager_attention(q, k, v, scale, future.logical_or(far))),
+            1e-5);
+  EXPECT_LE(max_abs_diff(compat::attention(q, k, v, false, scale),
+                         eager_attention(q, k, v, scale, torch::zeros_like(future))),
+            1e-5);
+  // Fewer queries than keys: the queries are the last ones (bottom-right aligned causal mask).
+  auto q_last = q.narrow(2, 4, 3);
+  EXPECT_LE(max_abs_diff(compat::attention(q_last, k, v, true, scale),
+                         eager_attention(q, k, v, scale, future).narrow(2, 4, 3)),
+            1e-5);
+}
+
+// ---- reference fixtures from transformers ------------------------------------------------------------
+
+std::string source_dir() {
+  if (const char* env = std::getenv("PIPESWAP_SOURCE_DIR")) return env;
+  return fs::path(__FILE__).parent_path().parent_path().string();  // tests/models_test.cpp -> repository root
+}
+
+TEST(LlamaFixtures, MatchTransformers) {
+  const fs::path root = fs::path(source_dir()) / "tests" / "reference" / "fixtures";
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    if (entry.is_directory() && fs::exists(entry.path() / "config.json") &&
+        fs::exists(entry.path() / "expected.safetensors"))
+      dirs.push_back(entry.path());
+  }
+  if (dirs.empty()) {
+    GTEST_SKIP() << "no reference fixtures under " << root
+                 << ": run `python3 tests/reference/make_fixtures.py` on a machine with transformers and torch "
+                    "(see tests/reference/README.md)";
+  }
+  std::sort(dirs.begin(), dirs.end());
+  std::vector<torch::Device> devices = {torch::kCPU};
+  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA, 0);
+
+  for (const fs::path& dir : dirs) {
+    SCOPED_TRACE(dir.string());
+    auto ckpt = Checkpoint::open(dir.string());
+    auto expected = SafetensorsFile::open((dir / "expected.safetensors").string());
+    const torch::Tensor ids = expected->read("input_ids");
+    const torch::Tensor want = expected->read("logits");
+    for (const torch::Device& device : devices) {
+      SCOPED_TRACE(device.str());
+      Model m = build(ckpt->config(), [&](const TensorRef& ref) {
+        return ckpt->locate(ref.checkpoint).file->read(ref.checkpoint).to(device, torch::kFloat32);
+      });
+      const torch::Tensor got = forward(m, ids, device).to(torch::kCPU);
+      ASSERT_EQ(got.sizes(), want.sizes());
+      const double err = max_abs_diff(got, want);
+      std::cout << "[ fixture  ] " << dir.filename().string() << " on " << device.str() << ": max |error| " << err
+                << "\n";
+      EXPECT_LE(err, 1e-4) << m.arch->family() << " logits differ from transformers' (max |logit| "
+                           << want.abs().max().item<double>() << ")";
+    }
+    // Every tensor in the checkpoint is one the architecture declares: none is silently ignored.
+    std::set<std::string> declared;
+    auto arch = make_architecture(ckpt->config());
+    auto note = [&](const std::vector<PartSpec>& parts) {
+      for (const auto& p : parts)
+        for (const auto& t : p.tensors) declared.insert(t.checkpoint);
+    };
+    note(arch->prologue_parts());
+    note(arch->epilogue_parts());
+    for (int b = 0; b < arch->num_blocks(); ++b) note(block_parts(*arch, b));
+    for (const std::string& name : ckpt->tensor_names()) EXPECT_EQ(declared.count(name), 1u) << name;
+    if (fs::exists(dir / "model.safetensors.index.json")) {
+      EXPECT_GE(ckpt->opened_files().size(), 2u) << "a sharded fixture should spread its tensors over shards";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pipeswap::models

@@ -3,28 +3,73 @@
 
 #include <torch/types.h>
 #include <torch/version.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
+
+#include <thread>
+
+#include <limits>
+#include <string>
 
 #define PIPESWAP_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
 namespace pipeswap::compat {
 
-// softmax(q k^T * scale + causal mask) v for [B, H, T, D] inputs (k/v already expanded to H heads).
-// LibTorch >= 2.0 has a fused kernel; 1.13 gets the same math written out (softmax in fp32).
-inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               bool causal, double scale) {
+// softmax(q k^T * scale + mask) v for [B, H, T, D] inputs (k/v already expanded to H heads).
+// `causal`: query i (of tq, aligned to the end of the tk keys) sees keys j <= i + tk - tq.
+// `blocked` (optional): a bool tensor broadcastable to [tq, tk] (or [B, H, tq, tk]); true marks a key a query must
+// not see even where the causal rule allows it (sliding windows). Every query must keep at least one key.
+//
+// LibTorch >= 2.1 runs the fused kernel (scaled_dot_product_attention: no [T, T] scores in memory, softmax
+// accumulated in fp32); 1.13 gets the math written out as Hugging Face's eager attention does it: scores in the
+// input dtype, softmax in fp32, probabilities cast back. The two agree to float rounding (~1e-6 in fp32).
+inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, bool causal,
+                               double scale, const torch::Tensor& blocked = torch::Tensor()) {
   const int64_t tq = q.size(-2);
   const int64_t tk = k.size(-2);
-  auto scores = torch::matmul(q, k.transpose(-2, -1)).to(torch::kFloat32) * scale;
+  torch::Tensor mask = blocked.defined() ? blocked.to(q.device(), torch::kBool) : torch::Tensor();
+#if PIPESWAP_TORCH_AT_LEAST(2, 1)
+  // SDPA's own is_causal is aligned to the top-left corner: used only where that is the same thing.
+  if (causal && !mask.defined() && tq == tk) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, true, scale);
+#endif
   if (causal) {
-    auto mask = torch::ones({tq, tk}, torch::TensorOptions().dtype(torch::kBool).device(q.device()))
-                    .triu(tk - tq + 1);
-    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+    auto future =
+        torch::ones({tq, tk}, torch::TensorOptions().dtype(torch::kBool).device(q.device())).triu(tk - tq + 1);
+    mask = mask.defined() ? mask.logical_or(future) : future;
   }
-  auto probs = torch::softmax(scores, -1).to(q.scalar_type());
+#if PIPESWAP_TORCH_AT_LEAST(2, 1)
+  if (!mask.defined()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
+  return at::scaled_dot_product_attention(q, k, v, mask.logical_not(), 0.0, false, scale);
+#else
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) * scale;
+  if (mask.defined()) scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
   return torch::matmul(probs, v);
+#endif
 }
 
 inline std::string torch_version() { return TORCH_VERSION; }
+
+// The CUDA stream handle (cudaStream_t) behind a LibTorch stream, for libraries that take one
+// (NCCL). LibTorch 1.13 does not expose it through the device-generic API: nullptr there.
+inline void* native_stream(const c10::Stream& stream) {
+#if PIPESWAP_TORCH_AT_LEAST(2, 2)
+  return stream.native_handle();
+#else
+  (void)stream;
+  return nullptr;
+#endif
+}
+
+// Blocks the calling thread until the event's recorded work is done. LibTorch 1.13's c10::Event
+// has no synchronize(); polling query() is what it offers (used off the compute path only).
+inline void synchronize_event(const c10::Event& event) {
+#if PIPESWAP_TORCH_AT_LEAST(2, 1)
+  event.synchronize();
+#else
+  while (!event.query()) std::this_thread::yield();
+#endif
+}
 
 }  // namespace pipeswap::compat
