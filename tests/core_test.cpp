@@ -9,10 +9,13 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <initializer_list>
+#include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -531,6 +534,210 @@ TEST(Checkpoint, MissingDirectory) {
   EXPECT_ERROR(Checkpoint::open("/tmp/pipeswap_no_such_model_dir"), CheckpointError,
                "model directory '/tmp/pipeswap_no_such_model_dir' does not exist: pass --model DIR with a Hugging "
                "Face checkpoint (config.json + model.safetensors)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// read_many: merged, aligned O_DIRECT reads must give exactly read_into's bytes, wherever the file
+// lives and whether or not the filesystem takes O_DIRECT.
+
+// One uint8 tensor of a hand-laid file: `gap` filler bytes before it, then `bytes` of its own.
+struct Piece {
+  std::string name;
+  uint64_t bytes;
+  uint64_t gap;
+};
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+// Sizes and gaps chosen against read_many's rules: odd sizes (nothing 4096-aligned, the header is
+// 3 bytes off too), an empty tensor, a gap of exactly 1 MiB (merged) and one just over (split), a
+// tensor crossing a 16 MiB request boundary, and the last one ending exactly at end of file.
+std::vector<Piece> gapped_pieces() {
+  return {{"a", 1, 0},
+          {"b", 4095, 0},
+          {"empty", 0, 0},
+          {"c", 4097, 100},
+          {"d", 2 * kMiB + 3, kMiB + 1},
+          {"e", 700, kMiB},
+          {"big", 16 * kMiB + 8197, kMiB + 1},
+          {"tail", 12345, 0}};
+}
+
+// Writes the pieces with position-dependent bytes (gaps filled with 0xEE, never read into a tensor).
+void write_gapped(const std::string& path, const std::vector<Piece>& pieces) {
+  std::string header = "{";
+  uint64_t off = 0;
+  for (const Piece& p : pieces) {
+    off += p.gap;
+    header += fmt::format(R"({}"{}":{{"dtype":"U8","shape":[{}],"data_offsets":[{},{}]}})",
+                          header.size() > 1 ? "," : "", p.name, p.bytes, off, off + p.bytes);
+    off += p.bytes;
+  }
+  header += "}";
+  header.append((8 - header.size() % 8 + 3) % 8, ' ');  // data starts 3 bytes past an 8-byte boundary
+  std::string data(off, '\xee');
+  // A cheap hash of the position: no two nearby bytes or 4 KiB pages alike, so a misplaced copy shows.
+  off = 0;
+  for (const Piece& p : pieces) {
+    off += p.gap;
+    for (uint64_t i = off; i < off + p.bytes; ++i) data[i] = static_cast<char>((i * 0x9E3779B97F4A7C15ull) >> 56);
+    off += p.bytes;
+  }
+  write_file(path, le64(header.size()) + header + data);
+}
+
+// Whether other threads read the same file meanwhile, so bytes_read() deltas are not this call's.
+enum class Sharing { kAlone, kConcurrent };
+
+// Reads `names` (in that order) with one read_many into buffers that start 1 byte past an aligned
+// address, and checks each against read_into.
+void expect_read_many_matches(const SafetensorsFile& file, const std::vector<std::string>& names,
+                              Sharing sharing = Sharing::kAlone) {
+  std::vector<std::vector<char>> got(names.size());
+  std::vector<ReadRequest> requests;
+  uint64_t want_bytes = 0;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const TensorInfo& info = file.at(names[i]);
+    got[i].assign(info.nbytes() + 1, '\0');
+    requests.push_back({&info, got[i].data() + 1});
+    want_bytes += info.nbytes();
+  }
+  const uint64_t before = file.bytes_read();
+  file.read_many(requests);
+  if (sharing == Sharing::kAlone) {
+    EXPECT_EQ(file.bytes_read() - before, want_bytes) << "read_many counts tensor bytes only";
+  }
+  for (size_t i = 0; i < names.size(); ++i) {
+    SCOPED_TRACE(names[i]);
+    const TensorInfo& info = file.at(names[i]);
+    std::vector<char> ref(info.nbytes());
+    file.read_into(info, ref.data());
+    EXPECT_TRUE(std::equal(ref.begin(), ref.end(), got[i].begin() + 1));
+  }
+}
+
+std::vector<std::string> all_names_reversed() {
+  std::vector<std::string> names;
+  for (const Piece& p : gapped_pieces()) names.insert(names.begin(), p.name);
+  return names;
+}
+
+// Sets an environment variable for one scope (tests run on one thread, so setenv is safe here).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* old = std::getenv(name);
+    if (old != nullptr) old_ = old;
+    ::setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (old_.has_value()) {
+      ::setenv(name_.c_str(), old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_.c_str());
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
+
+// Every tensor, out of order, then a sparse subset and a duplicate: same bytes as read_into.
+void check_read_many_everywhere(const std::string& path) {
+  write_gapped(path, gapped_pieces());
+  auto file = SafetensorsFile::open(path);
+  EXPECT_EQ(file->data_offset() % 8, 3u);
+  EXPECT_EQ(file->at("tail").end + file->data_offset(), file->file_size()) << "last tensor must end at EOF";
+  expect_read_many_matches(*file, all_names_reversed());
+  expect_read_many_matches(*file, {"tail", "c", "a", "c"});
+  expect_read_many_matches(*file, {"empty"});
+  file->read_many({});  // nothing asked, nothing read
+}
+
+TEST(SafetensorsReadMany, MatchesReadIntoOnDisk) {
+  TempDir tmp;
+  const std::string path = tmp / "g.safetensors";
+  check_read_many_everywhere(path);
+  auto file = SafetensorsFile::open(path);
+  expect_read_many_matches(*file, {"big"});
+  // Not asserted: CI's /tmp may be a filesystem without O_DIRECT. Shown so a run says which path ran.
+  std::cout << "[   INFO   ] O_DIRECT used under /tmp: " << (file->direct_io_used() ? "yes" : "no") << "\n";
+  RecordProperty("direct_io_used_tmp", file->direct_io_used() ? 1 : 0);
+}
+
+TEST(SafetensorsReadMany, MatchesReadIntoOnTmpfs) {
+  if (!fs::is_directory("/dev/shm")) GTEST_SKIP() << "no /dev/shm";
+  std::string dir = "/dev/shm/pipeswap_core_test_XXXXXX";
+  ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+  const std::string path = dir + "/g.safetensors";
+  // tmpfs refuses O_DIRECT before Linux 6.6 (fallback path) and accepts it since: both must match.
+  check_read_many_everywhere(path);
+  auto file = SafetensorsFile::open(path);
+  expect_read_many_matches(*file, {"d", "e"});
+  std::cout << "[   INFO   ] O_DIRECT used under /dev/shm: " << (file->direct_io_used() ? "yes" : "no") << "\n";
+  RecordProperty("direct_io_used_shm", file->direct_io_used() ? 1 : 0);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+TEST(SafetensorsReadMany, EnvVarTurnsDirectIoOff) {
+  TempDir tmp;
+  const std::string path = tmp / "g.safetensors";
+  write_gapped(path, gapped_pieces());
+  ScopedEnv env("PIPESWAP_NO_DIRECT_IO", "1");
+  auto file = SafetensorsFile::open(path);
+  expect_read_many_matches(*file, all_names_reversed());
+  EXPECT_FALSE(file->direct_io_used());
+}
+
+TEST(SafetensorsReadMany, ConcurrentCallersShareOneFile) {
+  TempDir tmp;
+  const std::string path = tmp / "g.safetensors";
+  write_gapped(path, gapped_pieces());
+  auto file = SafetensorsFile::open(path);
+  // The O_DIRECT descriptor is opened by whichever thread comes first; all must see the same bytes.
+  std::vector<std::thread> threads;
+  const std::vector<std::vector<std::string>> subsets = {{"a", "b", "c"}, {"d", "e"}, {"tail", "a"}, {"e", "c"}};
+  uint64_t want = 0;
+  for (const auto& names : subsets) {
+    for (const auto& n : names) want += 2 * file->at(n).nbytes();  // read_many, then read_into to compare
+    threads.emplace_back([&, names] { expect_read_many_matches(*file, names, Sharing::kConcurrent); });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(file->bytes_read(), want);
+}
+
+TEST(SafetensorsReadMany, TruncatedAfterOpenNamesTheTensor) {
+  TempDir tmp;
+  const std::string path = tmp / "t.safetensors";
+  auto first = torch::arange(1000, torch::kInt32);
+  auto second = torch::ones({20000}, torch::kInt32);
+  write_safetensors(path, {{"first", first}, {"second", second}, {"third", torch::ones({4})}});
+  auto file = SafetensorsFile::open(path);
+  const off_t cut = static_cast<off_t>(file->data_offset() + file->at("second").begin + 30000);
+  ASSERT_EQ(::truncate(path.c_str(), cut), 0);
+  std::vector<int32_t> a(1000), b(20000);
+  std::vector<float> c(4);
+  EXPECT_ERROR(file->read_many(
+                   {{&file->at("third"), c.data()}, {&file->at("second"), b.data()}, {&file->at("first"), a.data()}}),
+               CheckpointError, "truncated after it was opened", "tensor 'second'", path,
+               "now " + std::to_string(cut) + " bytes");
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), first.data_ptr<int32_t>())) << "bytes before the cut still arrive";
+  EXPECT_EQ(file->bytes_read(), 4000u) << "only the tensors delivered whole are counted";
+}
+
+TEST(SafetensorsReadMany, RefusesTensorsOfAnotherFile) {
+  TempDir tmp;
+  write_safetensors(tmp / "x.safetensors", {{"w", torch::ones({4})}});
+  write_safetensors(tmp / "y.safetensors", {{"w", torch::ones({4})}});
+  auto x = SafetensorsFile::open(tmp / "x.safetensors");
+  auto y = SafetensorsFile::open(tmp / "y.safetensors");
+  std::vector<float> buf(4);
+  EXPECT_ERROR(x->read_many({{&y->at("w"), buf.data()}}), Error, "tensor 'w', which is not from this file's header",
+               "x.safetensors");
 }
 
 }  // namespace

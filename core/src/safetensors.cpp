@@ -9,10 +9,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <set>
 #include <system_error>
 
+#include "direct_read.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 
@@ -180,6 +182,24 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
   return info;
 }
 
+[[noreturn]] void throw_read_failed(const std::string& path, const TensorInfo& info, int err) {
+  PS_THROW(CheckpointError,
+           "reading tensor '{}' from safetensors file '{}' failed: {}: was the file removed or "
+           "is the disk failing? {}",
+           info.name, path, errno_text(err), kCheckpointFix);
+}
+
+// A short read means the file shrank since open: say how long it is now.
+[[noreturn]] void throw_truncated(const std::string& path, int fd, const TensorInfo& info, uint64_t data_offset,
+                                  uint64_t size_at_open) {
+  struct stat st {};
+  const std::string now = ::fstat(fd, &st) == 0 ? fmt::format("{} bytes", st.st_size) : std::string("unknown size");
+  PS_THROW(CheckpointError,
+           "safetensors file '{}' was truncated after it was opened: tensor '{}' needs file bytes [{}, {}), but the "
+           "file is now {} (was {}): do not modify checkpoints while a job runs; {}",
+           path, info.name, data_offset + info.begin, data_offset + info.end, now, size_at_open, kCheckpointFix);
+}
+
 }  // namespace
 
 int64_t TensorInfo::numel() const {
@@ -286,6 +306,7 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& 
 
 SafetensorsFile::~SafetensorsFile() {
   if (fd_ >= 0) ::close(fd_);
+  if (direct_fd_ >= 0) ::close(direct_fd_);
 }
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {
@@ -308,17 +329,131 @@ void SafetensorsFile::read_into(const TensorInfo& info, void* dst) const {
     bytes_read_.fetch_add(n, std::memory_order_relaxed);
     return;
   }
-  if (got < 0) {
-    PS_THROW(CheckpointError, "reading tensor '{}' from safetensors file '{}' failed: {}: was the file removed or "
-             "is the disk failing? {}", info.name, path_, errno_text(static_cast<int>(-got)), kCheckpointFix);
+  if (got < 0) throw_read_failed(path_, info, static_cast<int>(-got));
+  throw_truncated(path_, fd_, info, data_offset_, file_size_);
+}
+
+int SafetensorsFile::direct_fd() const {
+  std::call_once(direct_once_, [this] {
+    if (detail::direct_io_disabled_by_env()) {
+      log().debug("PIPESWAP_NO_DIRECT_IO is set: reading safetensors '{}' with buffered pread", path_);
+      return;
+    }
+    const int fd = detail::open_direct(path_);
+    if (fd < 0) {
+      // tmpfs before Linux 6.6, some FUSE and network filesystems: nothing wrong, just no O_DIRECT.
+      log().debug("O_DIRECT open of safetensors '{}' refused ({}): reading it with buffered pread", path_,
+                  errno_text(-fd));
+      return;
+    }
+    // The path is opened again, so it may now name another file (a checkpoint re-saved by rename):
+    // only use the descriptor when it is the inode that open() validated.
+    struct stat a {};
+    struct stat b {};
+    if (::fstat(fd_, &a) != 0 || ::fstat(fd, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+      ::close(fd);
+      log().debug("safetensors '{}' was replaced since it was opened: reading the opened file with buffered pread",
+                  path_);
+      return;
+    }
+    direct_fd_ = fd;
+    direct_ok_.store(true, std::memory_order_relaxed);
+  });
+  return direct_ok_.load(std::memory_order_relaxed) ? direct_fd_ : -1;
+}
+
+void SafetensorsFile::give_up_direct(const char* why) const {
+  if (direct_ok_.exchange(false, std::memory_order_relaxed)) {
+    log().debug("O_DIRECT read of safetensors '{}' refused ({}): reading it with buffered pread from now on", path_,
+                why);
   }
-  // A short read means the file shrank since open: say how long it is now.
-  struct stat st {};
-  const std::string now = ::fstat(fd_, &st) == 0 ? fmt::format("{} bytes", st.st_size) : std::string("unknown size");
-  PS_THROW(CheckpointError,
-           "safetensors file '{}' was truncated after it was opened: tensor '{}' needs file bytes [{}, {}), but the "
-           "file is now {} (was {}): do not modify checkpoints while a job runs; {}",
-           path_, info.name, data_offset_ + info.begin, data_offset_ + info.end, now, file_size_, kCheckpointFix);
+}
+
+void SafetensorsFile::read_many(std::vector<ReadRequest> requests) const {
+  // Empty tensors need no bytes; dropping them keeps every extent's range non-empty.
+  requests.erase(std::remove_if(requests.begin(), requests.end(),
+                                [](const ReadRequest& r) { return r.info != nullptr && r.info->nbytes() == 0; }),
+                 requests.end());
+  if (requests.empty()) return;
+  // Offsets are trusted only because open() validated them: an entry from another file's header
+  // would read the wrong bytes, so refuse it (a programming error, not a bad checkpoint).
+  const std::less<const TensorInfo*> before;
+  for (const ReadRequest& r : requests) {
+    PS_CHECK(r.info != nullptr && !before(r.info, tensors_.data()) && before(r.info, tensors_.data() + tensors_.size()),
+             Error, "read_many on safetensors file '{}' got tensor '{}', which is not from this file's header", path_,
+             r.info == nullptr ? std::string("(null)") : r.info->name);
+  }
+  std::sort(requests.begin(), requests.end(), [](const ReadRequest& a, const ReadRequest& b) {
+    return a.info->begin != b.info->begin ? a.info->begin < b.info->begin : a.info->end < b.info->end;
+  });
+
+  const int dfd = direct_fd();
+  size_t first = 0;
+  while (first < requests.size()) {
+    size_t last = first + 1;
+    uint64_t end = requests[first].info->end;
+    while (last < requests.size() && requests[last].info->begin <= end + detail::kMergeGapBytes) {
+      end = std::max(end, requests[last].info->end);
+      ++last;
+    }
+    // Another thread may have given up on O_DIRECT since dfd was looked up; its descriptor stays
+    // open until the object dies, so reading it once more is harmless.
+    const bool direct = dfd >= 0 && direct_ok_.load(std::memory_order_relaxed);
+    if (!direct || !read_extent_direct(dfd, requests, first, last)) {
+      // Buffered: straight into each dst, one copy from the page cache and no bounce buffer.
+      for (size_t k = first; k < last; ++k) read_into(*requests[k].info, requests[k].dst);
+    }
+    first = last;
+  }
+}
+
+bool SafetensorsFile::read_extent_direct(int dfd, const std::vector<ReadRequest>& sorted, size_t first,
+                                         size_t last) const {
+  auto file_begin = [&](size_t k) { return data_offset_ + sorted[k].info->begin; };
+  auto file_end = [&](size_t k) { return data_offset_ + sorted[k].info->end; };
+  uint64_t extent_end = 0;
+  for (size_t k = first; k < last; ++k) extent_end = std::max(extent_end, file_end(k));
+  const uint64_t stop = detail::align_up(extent_end);
+  auto* buf = static_cast<char*>(detail::direct_bounce_buffer());
+
+  // Tensors in one file do not overlap (open() checks), so sorted by begin they are sorted by end
+  // too: the ones before `next` are complete, the rest are untouched or partly copied.
+  size_t next = first;
+  uint64_t delivered = 0;
+  for (uint64_t pos = detail::align_down(file_begin(first)); pos < stop;) {
+    const uint64_t want = std::min(detail::kDirectRequestBytes, stop - pos);
+    const int64_t got = detail::pread_direct(dfd, buf, want, pos);
+    if (got == -EINVAL) {
+      // The filesystem opened the file with O_DIRECT but refuses the read (alignment rules we do
+      // not meet): nothing of this extent is counted yet, the caller re-reads it buffered.
+      give_up_direct("EINVAL");
+      return false;
+    }
+    if (got < 0) {
+      bytes_read_.fetch_add(delivered, std::memory_order_relaxed);
+      throw_read_failed(path_, *sorted[next].info, static_cast<int>(-got));
+    }
+    direct_used_.store(true, std::memory_order_relaxed);
+    const uint64_t avail = pos + static_cast<uint64_t>(got);
+    for (size_t k = next; k < last && file_begin(k) < avail; ++k) {
+      const uint64_t b = std::max(file_begin(k), pos);
+      const uint64_t e = std::min(file_end(k), avail);
+      if (b < e) std::memcpy(static_cast<char*>(sorted[k].dst) + (b - file_begin(k)), buf + (b - pos), e - b);
+    }
+    while (next < last && file_end(next) <= avail) delivered += sorted[next++].info->nbytes();
+    if (static_cast<uint64_t>(got) < want) {
+      // End of file: fine when it fell in the alignment tail past the last tensor, an error when a
+      // tensor's bytes are missing (the file shrank since open).
+      if (next < last) {
+        bytes_read_.fetch_add(delivered, std::memory_order_relaxed);
+        throw_truncated(path_, fd_, *sorted[next].info, data_offset_, file_size_);
+      }
+      break;
+    }
+    pos += want;
+  }
+  bytes_read_.fetch_add(delivered, std::memory_order_relaxed);
+  return true;
 }
 
 torch::Tensor SafetensorsFile::read(const std::string& name) const {

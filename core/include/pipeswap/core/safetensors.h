@@ -3,6 +3,14 @@
 // The header is validated before any tensor is trusted: N bounded (and within the file) before
 // allocating, every dtype known, every shape's byte size equal to its offset range, offsets in
 // bounds and non-overlapping. Tensor bytes are read with pread, only when asked for.
+//
+// Two ways to read tensor bytes: read_into (one tensor, buffered pread straight into dst) and
+// read_many (many tensors at once, merged into large aligned O_DIRECT requests, see below). Both
+// are thread-safe and count into bytes_read().
+//
+// PIPESWAP_NO_DIRECT_IO=1 in the environment makes read_many use buffered pread only (for
+// filesystems where O_DIRECT misbehaves, or to compare). It is read when a file first serves a
+// read_many call, so setting it after that changes nothing for that file.
 #pragma once
 
 #include <torch/types.h>
@@ -11,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +39,13 @@ struct TensorInfo {
   uint64_t end = 0;
   uint64_t nbytes() const { return end - begin; }
   int64_t numel() const;
+};
+
+// One tensor for SafetensorsFile::read_many: info points into that file's tensors(), dst holds at
+// least info->nbytes() bytes (any alignment).
+struct ReadRequest {
+  const TensorInfo* info;
+  void* dst;
 };
 
 class SafetensorsFile {
@@ -54,6 +70,22 @@ class SafetensorsFile {
   // long as the header says; a short read (file truncated or gone) throws CheckpointError naming the
   // file and the tensor. Thread-safe (pread).
   void read_into(const TensorInfo& info, void* dst) const;
+  // Copies many tensors' bytes, each into its dst, in as few large disk requests as it can: requests
+  // are sorted by offset, neighbours at most 1 MiB apart merge into one extent (the gap is read and
+  // dropped: cheaper than another request), and each extent is read 4096-aligned with O_DIRECT in
+  // requests of at most 16 MiB through a bounce buffer (16 MiB per calling thread, kept for the
+  // thread's life). O_DIRECT skips the page cache: weights streamed every sweep would only evict the
+  // host cache's memory, and the disk reaches its bandwidth only with large requests. Where the
+  // filesystem refuses O_DIRECT (the open fails, or a read fails with EINVAL) or
+  // PIPESWAP_NO_DIRECT_IO=1, the file falls back for good to buffered pread per tensor, straight into
+  // dst (logged once at debug level). Errors are those of read_into: a short read names the file and
+  // the first tensor whose bytes are missing. Tensors delivered whole before an error are counted in
+  // bytes_read(); padding and gap bytes never are. Thread-safe: disk worker threads call it
+  // concurrently.
+  void read_many(std::vector<ReadRequest> requests) const;
+  // True once read_many has read some bytes of this file with O_DIRECT (false before, or when the
+  // file fell back to buffered reads before its first direct read).
+  bool direct_io_used() const { return direct_used_.load(std::memory_order_relaxed); }
   // Convenience: a new CPU tensor holding the named tensor.
   torch::Tensor read(const std::string& name) const;
   // Bytes of tensor data read through this object so far (tests check who read what).
@@ -61,6 +93,14 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  // The O_DIRECT descriptor, opened on the first read_many; -1 when refused or disabled.
+  int direct_fd() const;
+  // Turns O_DIRECT off for this file after a read refused it; logs the first time only.
+  void give_up_direct(const char* why) const;
+  // Reads sorted[first, last) as one extent through O_DIRECT. Returns false, having read nothing
+  // that counts, when a read refused O_DIRECT: the caller then reads the extent buffered.
+  bool read_extent_direct(int dfd, const std::vector<ReadRequest>& sorted, size_t first, size_t last) const;
+
   std::string path_;
   int fd_ = -1;
   uint64_t file_size_ = 0;
@@ -69,6 +109,10 @@ class SafetensorsFile {
   std::map<std::string, size_t> by_name_;
   std::map<std::string, std::string> metadata_;
   mutable std::atomic<uint64_t> bytes_read_{0};
+  mutable std::once_flag direct_once_;
+  mutable int direct_fd_ = -1;                  // written once, under direct_once_
+  mutable std::atomic<bool> direct_ok_{false};  // O_DIRECT open and reads work so far
+  mutable std::atomic<bool> direct_used_{false};
 };
 
 // Writes a safetensors file atomically: to "<path>.tmp.<pid>", fsync, then rename. Tensors are
