@@ -142,6 +142,71 @@ TEST_F(RunTest, TorchrunAndSrunStyleEnvironmentsWork) {
   EXPECT_EQ(file_bytes(out2), file_bytes(ref));
 }
 
+TEST_F(RunTest, SwapSettingsGiveBitIdenticalLogits) {
+  const std::string ref = path("swap_ref.safetensors");
+  ASSERT_EQ(sh(exe() + " run --micro-batches 2 --output " + ref + " --log-level warn").code, 0);
+  const std::string ref_bytes = file_bytes(ref);
+  int i = 0;
+  for (const std::string& args :
+       {std::string("--blocks-to-swap 3"), std::string("--offload-ratio 0.5 --offload-granularity phase --prefetch-depth 2"),
+        std::string("--blocks-to-swap 6 --resident-policy interleaved --lazy-load --max-memory 12MB --num-disk-workers 1"),
+        std::string("--blocks-to-swap 2 --resident-policy prefix --use-non-blocking=false"),
+        std::string("--blocks-to-swap 6 --lazy-load --offload-granularity phase --prefetch-depth 3"),
+        std::string("--offload-txt-emb --on-demand-components lm_head,norm --blocks-to-swap 1"),
+        std::string("--vram-budget 20MB")}) {
+    const std::string out = path("swap" + std::to_string(i++) + ".safetensors");
+    Result r = sh(mpirun(2) + exe() + " run --micro-batches 2 --output " + out + " " + args);
+    ASSERT_EQ(r.code, 0) << args << "\n" << r.output;
+    EXPECT_EQ(file_bytes(out), ref_bytes) << args;
+    EXPECT_THAT(r.output, HasSubstr("memory: device weights")) << args;
+  }
+}
+
+TEST_F(RunTest, PlanShowsResidencyAndBudgetsAreChecked) {
+  Result r = sh(exe() + " plan --device-chain cpu=1,cpu=1 --blocks-to-swap 2 --lazy-load --max-memory 8MB --json " +
+                path("swap-plan.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("swapped blocks 4,5;"));
+  EXPECT_THAT(r.output, HasSubstr("swapped blocks 10,11;"));
+  std::ifstream in(path("swap-plan.json"));
+  auto j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["ranks"][0]["swapped_blocks"], nlohmann::json({4, 5}));
+  EXPECT_EQ(j["ranks"][0]["resident_blocks"], nlohmann::json({0, 1, 2, 3}));
+  EXPECT_GT(j["ranks"][0]["predicted_disk_read_bytes"].get<int64_t>(), 0);
+
+  Result small = sh(exe() + " run --vram-budget 1MB --output " + path("v.safetensors"));
+  EXPECT_NE(small.code, 0);
+  EXPECT_THAT(small.output, HasSubstr("--vram-budget 976.6 KiB is too small for rank 0: with every block swapped it "
+                                      "needs at least"));
+  Result both = sh(exe() + " run --vram-budget 30MB --blocks-to-swap 2 --output " + path("w.safetensors"));
+  EXPECT_EQ(both.code, 0) << both.output;
+  EXPECT_THAT(both.output, HasSubstr("blocks_to_swap ignored: automatic VRAM mode decides residency"));
+  Result cache = sh(exe() + " run --blocks-to-swap 4 --lazy-load --max-memory 1MB --output " + path("c.safetensors"));
+  EXPECT_NE(cache.code, 0);
+  EXPECT_THAT(cache.output, HasSubstr("--max-memory 1000000 is too small for lazy loading: it needs at least"));
+  EXPECT_FALSE(fs::exists(path("c.safetensors")));
+}
+
+TEST_F(RunTest, ConfigFileUsesSnakeCaseKeysAndFlagsWin) {
+  const std::string ref = path("cfg_ref.safetensors");
+  ASSERT_EQ(sh(exe() + " run --micro-batches 2 --output " + ref + " --log-level warn").code, 0);
+  std::ofstream(path("cfg.json")) << R"({"device_chain": ["cpu=3", "cpu=1"], "micro_batches": 2,
+      "blocks_to_swap": 1, "use_non_blocking": false, "offload_granularity": "phase", "log_level": "error"})";
+  Result r = sh(mpirun(2) + exe() + " run --config " + path("cfg.json") + " --output " + path("cfg.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(file_bytes(path("cfg.safetensors")), file_bytes(ref));
+  EXPECT_THAT(r.output, HasSubstr("blocks 0..8 (9)"));
+  // The command line wins over the file.
+  r = sh(mpirun(2) + exe() + " run --config " + path("cfg.json") + " --device-chain cpu=1,cpu=1 --output " +
+         path("cfg2.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("blocks 0..5 (6)"));
+  std::ofstream(path("bad-cfg.json")) << R"({"blocks_to_swapp": 1})";
+  r = sh(exe() + " run --config " + path("bad-cfg.json"));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("unknown key 'blocks_to_swapp'"));
+}
+
 TEST_F(RunTest, BadChainsFailOnEveryRankFast) {
   struct Bad {
     std::string args;

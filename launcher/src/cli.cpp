@@ -17,7 +17,8 @@ void add_common(CLI::App* cmd, Options& o) {
                                       "default: the built-in demo model");
   cmd->add_option("--device-chain", o.device_chain,
                   "one entry per rank, device=weight: cpu=3,cpu=1 or cuda:0=60,cuda:1=40; 'auto' weighs by free "
-                  "memory (default: every rank on cpu, equal weights)");
+                  "memory (default: every rank on cpu, equal weights)")
+      ->expected(0, 1);  // an empty value must reach the chain parser, which names the problem
   cmd->add_option("--workload-split", o.workload_split, "false: every block on the first device")
       ->default_str("true");
   cmd->add_option("--auto-vram-balance", o.auto_vram_balance,
@@ -161,6 +162,7 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     }
     o.command = cmd->get_name();
   }
+  if (cmd->count("--device-chain") > 0 && o.device_chain.empty()) o.device_chain = " ";  // given, but empty
   PS_CHECK(o.micro_batches >= 1, ConfigError, "--micro-batches must be at least 1 (got {})", o.micro_batches);
   PS_CHECK(o.comm_timeout > 0, ConfigError, "--comm-timeout must be positive seconds (got {})", o.comm_timeout);
   PS_CHECK(o.threads >= 0, ConfigError, "--threads must be 0 (automatic) or positive (got {})", o.threads);
