@@ -637,6 +637,17 @@ TEST(LlamaFixtures, MatchTransformers) {
       EXPECT_LE(err, 1e-4) << m.arch->family() << " logits differ from transformers' (max |logit| "
                            << want.abs().max().item<double>() << ")";
     }
+    if (torch::cuda::is_available()) {
+      // bf16 on the GPU, as users run it: relative error of the logits within 1e-2.
+      const torch::Device cuda(torch::kCUDA, 0);
+      Model m = build(ckpt->config(), [&](const TensorRef& ref) {
+        return ckpt->locate(ref.checkpoint).file->read(ref.checkpoint).to(cuda, torch::kBFloat16);
+      });
+      const torch::Tensor got = forward(m, ids, cuda).to(torch::kCPU, torch::kFloat32);
+      const double rel = (got - want).norm().item<double>() / want.norm().item<double>();
+      std::cout << "[ fixture  ] " << dir.filename().string() << " bf16 on cuda: relative error " << rel << "\n";
+      EXPECT_LE(rel, 1e-2) << "bf16 logits too far from transformers' fp32";
+    }
     // Every tensor in the checkpoint is one the architecture declares: none is silently ignored.
     std::set<std::string> declared;
     auto arch = make_architecture(ckpt->config());

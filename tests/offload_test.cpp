@@ -14,6 +14,7 @@
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/residency.h"
 #include "pipeswap/offload/swapped_weights.h"
+#include "tiny_arch.h"
 
 using namespace pipeswap;
 using namespace pipeswap::offload;
@@ -22,63 +23,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr int kDim = 32;
-// One block's slab: phase one w1 [d, d] + b1 [d] (4224 bytes, aligned to 4352), phase two w2 [d, d].
-constexpr int64_t kUnit = 4352 + kDim * kDim * 4;
-
-// A model of n blocks, each two phases (w1 [d, d] + b1 [d], then w2 [d, d]): enough arithmetic that a
-// wrong or stale weight changes the result.
-class TinyArch : public models::Architecture {
- public:
-  explicit TinyArch(int n) : n_(n) {}
-  std::string family() const override { return "tiny"; }
-  int num_blocks() const override { return n_; }
-  int64_t hidden_size() const override { return kDim; }
-  int64_t vocab_size() const override { return kDim; }
-  std::vector<std::string> phase_names() const override { return {"one", "two"}; }
-  std::vector<models::TensorRef> phase_tensors(int b, int p) const override {
-    const std::string pre = "layers." + std::to_string(b) + ".";
-    if (p == 0) return {{"w", pre + "w1", {kDim, kDim}}, {"b", pre + "b1", {kDim}}};
-    return {{"w", pre + "w2", {kDim, kDim}}};
-  }
-  std::vector<models::PartSpec> prologue_parts() const override { return {{"embed", {{"e", "embed", {kDim}}}}}; }
-  std::vector<models::PartSpec> epilogue_parts() const override { return {{"head", {{"h", "head", {kDim}}}}}; }
-  models::Activation prologue(const models::WeightView& w, const models::Activation& in,
-                              const torch::TensorOptions&) const override {
-    return {in[0] + w["e"]};
-  }
-  void phase_forward(int, int p, const models::WeightView& w, models::Activation& act) const override {
-    if (p == 0) act[0] = torch::tanh(torch::matmul(act[0], w["w"]) + w["b"]);
-    else act[0] = act[0] + torch::matmul(act[0], w["w"]);
-  }
-  torch::Tensor epilogue(const models::WeightView& w, const models::Activation& act) const override {
-    return act[0] * w["h"];
-  }
-  int64_t activation_bytes(int64_t b, int64_t s, c10::ScalarType t) const override {
-    return b * s * kDim * static_cast<int64_t>(c10::elementSize(t));
-  }
-
- private:
-  int n_;
-};
+using namespace pipeswap::test_support;
 
 class OffloadTest : public ::testing::Test {
  protected:
   void SetUp() override {
     char tmpl[] = "/tmp/pipeswap-offload-XXXXXX";
     dir_ = mkdtemp(tmpl);
-    torch::manual_seed(7);
-    std::vector<std::pair<std::string, torch::Tensor>> t;
-    t.emplace_back("embed", torch::randn({kDim}));
-    t.emplace_back("head", torch::randn({kDim}));
-    for (int b = 0; b < kBlocks; ++b) {
-      const std::string pre = "layers." + std::to_string(b) + ".";
-      t.emplace_back(pre + "w1", torch::randn({kDim, kDim}) * 0.2);
-      t.emplace_back(pre + "b1", torch::randn({kDim}) * 0.1);
-      t.emplace_back(pre + "w2", torch::randn({kDim, kDim}) * 0.1);
-    }
-    write_safetensors(dir_ + "/model.safetensors", t);
-    std::ofstream(dir_ + "/config.json") << "{\"model_type\": \"tiny\"}";
+    write_tiny_checkpoint(dir_, kBlocks);
     input_ = torch::randn({3, 4, kDim});
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -188,7 +140,7 @@ TEST_F(OffloadTest, EverySettingIsBitIdenticalToAllResident) {
               o.use_non_blocking = non_blocking;
               o.num_disk_workers = 2;
               // A budget that holds some swapped blocks but not all, so units both stick and stream.
-              if (lazy && swap == kBlocks) o.max_memory = 6 * kUnit;
+              if (lazy && swap == kBlocks) o.max_memory = 6 * kTinyUnit;
               auto got = run(*swapped(o), kSweeps);
               for (int s = 0; s < kSweeps; ++s) {
                 ASSERT_TRUE(torch::equal(got[s], ref[s]))
@@ -206,7 +158,7 @@ TEST_F(OffloadTest, EverySettingIsBitIdenticalToAllResident) {
 }
 
 TEST_F(OffloadTest, HostCacheStaysInBudgetAndDiskReadsMatchThePlan) {
-  const int64_t unit = kUnit;
+  const int64_t unit = kTinyUnit;
   for (int64_t budget : {int64_t{0}, 3 * unit, 5 * unit, 7 * unit, 100 * unit}) {
     OffloadOptions o;
     o.blocks_to_swap = kBlocks;
@@ -244,7 +196,7 @@ TEST_F(OffloadTest, BudgetTooSmallNamesTheMinimum) {
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_THAT(e.what(), HasSubstr("--max-memory 1000 is too small"));
-    EXPECT_THAT(e.what(), HasSubstr("at least " + std::to_string(3 * kUnit)));
+    EXPECT_THAT(e.what(), HasSubstr("at least " + std::to_string(3 * kTinyUnit)));
   }
   o.lazy_load = false;
   try {
@@ -288,7 +240,7 @@ TEST_F(OffloadTest, FileTruncatedMidRunIsANamedError) {
   OffloadOptions o;
   o.blocks_to_swap = kBlocks;
   o.lazy_load = true;
-  o.max_memory = 3 * kUnit;  // streaming: blocks are read again every sweep
+  o.max_memory = 3 * kTinyUnit;  // streaming: blocks are read again every sweep
   auto w = swapped(o);
   run(*w, 1);
   // Cut the file in the middle of the blocks' tensors.

@@ -17,39 +17,14 @@
 #include <nlohmann/json.hpp>
 
 #include "pipeswap/core/safetensors.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 namespace {
 
-std::string build_dir() {
-  const char* b = std::getenv("PIPESWAP_BUILD_DIR");
-  return b ? b : ".";
-}
-std::string exe() { return build_dir() + "/pipeswap"; }
-
-struct Result {
-  int code = -1;
-  std::string output;
-  double seconds = 0;
-};
-
-// Runs a shell command (bounded by `timeout`), capturing stdout and stderr together.
-Result sh(const std::string& cmd, int timeout_s = 120) {
-  Result r;
-  const auto t0 = std::chrono::steady_clock::now();
-  std::string full = "timeout -k 5 " + std::to_string(timeout_s) + " bash -c '" + cmd + "' 2>&1";
-  FILE* p = popen(full.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return r;
-}
+using namespace pipeswap::test_support;
 
 class RunTest : public ::testing::Test {
  protected:
@@ -63,14 +38,6 @@ class RunTest : public ::testing::Test {
   static std::string path(const std::string& name) { return dir_ + "/" + name; }
 
   static std::string mpirun(int np) { return "mpirun -np " + std::to_string(np) + " "; }
-
-  // Logits written by a run, as raw bytes of the safetensors file.
-  static std::string file_bytes(const std::string& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
 
   static inline std::string dir_;
 };

@@ -1,0 +1,52 @@
+// Helpers for tests that run the pipeswap executable.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace pipeswap::test_support {
+
+inline std::string build_dir() {
+  const char* b = std::getenv("PIPESWAP_BUILD_DIR");
+  return b ? b : ".";
+}
+inline std::string exe() { return build_dir() + "/pipeswap"; }
+
+struct Result {
+  int code = -1;
+  std::string output;
+  double seconds = 0;
+};
+
+// Runs a shell command (bounded by `timeout`), capturing stdout and stderr together.
+inline Result sh(const std::string& cmd, int timeout_s = 120) {
+  Result r;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string full = "timeout -k 5 " + std::to_string(timeout_s) + " bash -c '" + cmd + "' 2>&1";
+  FILE* p = popen(full.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+// Raw bytes of a file (outputs are compared byte for byte).
+inline std::string file_bytes(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace pipeswap::test_support
