@@ -144,10 +144,15 @@ def make(name, classes, overrides, rope, shards, seed):
 
     path = OUT / name
     save(model, path, shards)
+    tensors = {"input_ids": ids.to(torch.int64).contiguous(), "logits": logits.contiguous()}
+    if torch.cuda.is_available():
+        # transformers' own bf16 run on the GPU: the reference for pipeswap's bf16 logits there.
+        model = model.to("cuda", torch.bfloat16)
+        with torch.no_grad():
+            tensors["logits_bf16"] = model(input_ids=ids.cuda(), use_cache=False).logits.float().cpu().contiguous()
     # One key: safetensors writes metadata in hash-map order, so several keys would make the bytes vary.
     metadata = {"generated_by": f"transformers {transformers.__version__}, torch {torch.__version__}"}
-    save_file({"input_ids": ids.to(torch.int64).contiguous(), "logits": logits.contiguous()},
-              str(path / "expected.safetensors"), metadata=metadata)
+    save_file(tensors, str(path / "expected.safetensors"), metadata=metadata)
     files = sorted(p for p in path.iterdir() if p.is_file())
     size = sum(p.stat().st_size for p in files)
     print(f"wrote {path.relative_to(OUT.parent.parent.parent)}/ ({size / 1e6:.2f} MB): "
