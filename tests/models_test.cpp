@@ -640,8 +640,11 @@ TEST(LlamaFixtures, MatchTransformers) {
     if (torch::cuda::is_available() && expected->find("logits_bf16") == nullptr) {
       ADD_FAILURE() << "fixture has no transformers bf16 logits: rerun make_fixtures.py on a GPU machine";
     } else if (torch::cuda::is_available()) {
-      // bf16 on the GPU, as users run it, against transformers' own bf16 run there: relative error
-      // of the logits within 1e-2. (Against the fp32 logits both differ by bf16 rounding, printed.)
+      // bf16 on the GPU, as users run it. The stated tolerance: our bf16 logits are no further from
+      // transformers' fp32 logits than transformers' own bf16 run is (within 25%), or within 1e-2.
+      // On these tiny random models bf16 rounding alone moves transformers' logits by 1.5-2%, so a
+      // flat 1e-2 would fail transformers itself; two bf16 runs also differ from each other by
+      // about that much (different kernels round differently), so that difference is only printed.
       const torch::Tensor want_bf16 = expected->read("logits_bf16");
       const torch::Device cuda(torch::kCUDA, 0);
       Model m = build(ckpt->config(), [&](const TensorRef& ref) {
@@ -653,7 +656,7 @@ TEST(LlamaFixtures, MatchTransformers) {
       const double hf_fp32 = (want_bf16 - want).norm().item<double>() / want.norm().item<double>();
       std::cout << "[ fixture  ] " << dir.filename().string() << " bf16 on cuda: relative error " << rel
                 << " vs transformers bf16 (vs fp32: ours " << rel_fp32 << ", transformers' " << hf_fp32 << ")\n";
-      EXPECT_LE(rel, 1e-2) << "bf16 logits too far from transformers' bf16 logits";
+      EXPECT_LE(rel_fp32, std::max(1e-2, 1.25 * hf_fp32)) << "bf16 logits further from fp32 than transformers' own";
     }
     // Every tensor in the checkpoint is one the architecture declares: none is silently ignored.
     std::set<std::string> declared;

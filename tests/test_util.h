@@ -11,6 +11,8 @@
 #include <sstream>
 #include <string>
 
+#include <gtest/gtest.h>
+
 namespace pipeswap::test_support {
 
 inline std::string build_dir() {
@@ -47,6 +49,16 @@ inline std::string file_bytes(const std::string& p) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+// Whether two files hold the same bytes; on a difference says where, without printing the bytes.
+inline ::testing::AssertionResult same_bytes(const std::string& a, const std::string& b) {
+  const std::string x = file_bytes(a), y = file_bytes(b);
+  if (x == y) return ::testing::AssertionSuccess();
+  size_t i = 0;
+  while (i < x.size() && i < y.size() && x[i] == y[i]) ++i;
+  return ::testing::AssertionFailure() << a << " (" << x.size() << " bytes) and " << b << " (" << y.size()
+                                       << " bytes) first differ at byte " << i;
 }
 
 }  // namespace pipeswap::test_support

@@ -106,8 +106,7 @@ class NcclTransport final : public Transport {
       return;
     }
     reap();
-    // Header first: shapes and dtypes as empty tensors of the right type and shape... sent as a
-    // control message whose tensors hold the shapes (int64) and dtypes.
+    // The header goes over the control transport: per tensor an int64 vector {dtype, shape...}.
     Message header{msg.kind, msg.micro_batch, msg.step, {}};
     for (const auto& t : msg.tensors) {
       auto meta = torch::empty({t.dim() + 1}, torch::kInt64);
@@ -193,10 +192,10 @@ class NcclTransport final : public Transport {
 
   cudaStream_t compute_stream() const {
     c10::impl::VirtualGuardImpl impl(c10::DeviceType::CUDA);
-    void* s = compat::native_stream(impl.getStream(c10::Device(c10::DeviceType::CUDA, static_cast<int8_t>(device_))));
-    PS_CHECK(s != nullptr, ConfigError, "the NCCL transport needs LibTorch 2.2 or later (this is {})",
+    auto s = compat::native_stream(impl.getStream(c10::Device(c10::DeviceType::CUDA, static_cast<int8_t>(device_))));
+    PS_CHECK(s.has_value(), ConfigError, "the NCCL transport needs LibTorch 2.2 or later (this is {})",
              compat::torch_version());
-    return static_cast<cudaStream_t>(s);
+    return static_cast<cudaStream_t>(*s);
   }
 
   // Drops sends whose NCCL operation finished (their tensors may be freed now).

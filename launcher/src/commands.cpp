@@ -134,7 +134,13 @@ c10::ScalarType resolve_dtype(const Options& o, const nlohmann::json& config, bo
 
 void set_threads(const Options& o, const World& world) {
   int n = o.threads;
-  if (n == 0) n = std::max(1u, std::thread::hardware_concurrency() / std::max(1, world.local_size));
+  if (n == 0) {
+    // The cores of this node shared by its ranks, rounded down to a power of two: kernels split
+    // power-of-two thread counts alike, which keeps splits bit-identical to single-rank runs.
+    const unsigned share = std::max(1u, std::thread::hardware_concurrency() / std::max(1, world.local_size));
+    n = 1;
+    while (2u * static_cast<unsigned>(n) <= share) n *= 2;
+  }
   at::set_num_threads(n);
 }
 
@@ -258,6 +264,11 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
   set_threads(o, world);
   Job job = prepare(o, world, *transport, /*plan_only=*/false);
   const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
+  RankIdentity id = rank_identity();
+  id.device = me.device.str();
+  set_rank_identity(id);
+  refresh_log_prefix();
+  if (world.rank == 0) log().info("\n{}", job.plan.to_text());
   const bool all_gpus = std::all_of(job.plan.ranks.begin(), job.plan.ranks.end(),
                                     [](const pipeline::RankPlan& r) { return r.device.is_cuda(); });
   if (all_gpus && world.size > 1 && o.transport != "host") {
@@ -266,11 +277,7 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
     transport = comm::make_nccl_transport(std::move(transport), me.device.index, to);
   }
   comm::Transport& t = *transport;
-  RankIdentity id = rank_identity();
-  id.device = me.device.str();
-  set_rank_identity(id);
-  refresh_log_prefix();
-  if (world.rank == 0) log().info("\n{}", job.plan.to_text());
+
 
   const torch::Device device = me.device.is_cuda() ? torch::Device(torch::kCUDA, static_cast<int8_t>(me.device.index))
                                                    : torch::Device(torch::kCPU);

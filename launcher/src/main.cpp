@@ -3,6 +3,7 @@
 // transport's abort frames) so that peers fail fast instead of waiting on a dead rank.
 #include <mpi.h>
 
+#include <cstdlib>
 #include <iostream>
 
 #include "cli.h"
@@ -28,6 +29,10 @@ bool g_mpi_initialised = false;
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Splits must give bit-identical results while ranks use different thread counts: Intel MKL's
+  // strict reproducibility mode makes its GEMMs independent of the thread count (set before MKL
+  // starts; a user's own MKL_CBWR wins; OpenBLAS builds ignore it).
+  setenv("MKL_CBWR", "AUTO,STRICT", /*overwrite=*/0);
   std::unique_ptr<comm::Transport> transport;
   try {
     std::optional<launcher::Options> opts = launcher::parse_command_line(argc, argv);

@@ -123,6 +123,7 @@ class LazySource final : public HostSource {
       bytes_ += layout.slot_bytes;
     }
     peak_ = bytes_;
+    pinned_ = &pinned;
     for (int i = 0; i < std::max(1, workers); ++i) threads_.emplace_back([this] { worker(); });
   }
   ~LazySource() override { stop(); }
@@ -215,6 +216,8 @@ class LazySource final : public HostSource {
         if (sticky_[u]) {
           bool pinned = false;
           dst = backend_.host_slab(units_[u]->bytes, pinned);
+          std::lock_guard<std::mutex> lock(mu_);
+          *pinned_ = pinned;  // the engine reports whether its host memory is page-locked
         } else {
           dst = staging_[static_cast<size_t>(buffer)];
         }
@@ -254,6 +257,7 @@ class LazySource final : public HostSource {
   int64_t peak_ = 0;
   bool stopping_ = false;
   std::exception_ptr error_;
+  bool* pinned_ = nullptr;  // the engine's stats flag, written under mu_
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::thread> threads_;

@@ -56,6 +56,15 @@ int Plan::next_stage(int rank) const {
 
 namespace {
 
+const char* dtype_word(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return "float32";
+    case c10::ScalarType::BFloat16: return "bfloat16";
+    case c10::ScalarType::Half: return "float16";
+    default: return c10::toString(t);
+  }
+}
+
 // Component bytes a rank holds: resident ones on the device, host-kept ones on the host, and the
 // largest part that moves in for a use (host-kept or on demand) on the device while it is used.
 struct ComponentBytes {
@@ -194,7 +203,7 @@ nlohmann::json Plan::to_json() const {
   j["model"] = model_dir;
   j["family"] = family;
   j["num_blocks"] = num_blocks;
-  j["dtype"] = c10::toString(dtype);
+  j["dtype"] = dtype_word(dtype);
   j["micro_batches"] = micro_batches;
   j["offload"] = {{"granularity", offload::to_string(offload.granularity)},
                   {"resident_policy", offload::to_string(offload.policy)},
@@ -233,7 +242,7 @@ nlohmann::json Plan::to_json() const {
 
 std::string Plan::to_text() const {
   std::string s = fmt::format("plan: {} ({}), {} blocks, {}, {} micro-batch(es), {} rank(s)\n", model_dir, family,
-                              num_blocks, c10::toString(dtype), micro_batches, ranks.size());
+                              num_blocks, dtype_word(dtype), micro_batches, ranks.size());
   s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", "rank", "device",
                    "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk read");
   for (const auto& r : ranks) {

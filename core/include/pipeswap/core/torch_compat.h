@@ -6,6 +6,7 @@
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 
+#include <optional>
 #include <thread>
 
 #include <limits>
@@ -52,13 +53,14 @@ inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, c
 inline std::string torch_version() { return TORCH_VERSION; }
 
 // The CUDA stream handle (cudaStream_t) behind a LibTorch stream, for libraries that take one
-// (NCCL). LibTorch 1.13 does not expose it through the device-generic API: nullptr there.
-inline void* native_stream(const c10::Stream& stream) {
+// (NCCL); nullptr is a valid handle (the default stream). LibTorch 1.13 does not expose it through
+// the device-generic API: nullopt there.
+inline std::optional<void*> native_stream(const c10::Stream& stream) {
 #if PIPESWAP_TORCH_AT_LEAST(2, 2)
   return stream.native_handle();
 #else
   (void)stream;
-  return nullptr;
+  return std::nullopt;
 #endif
 }
 
