@@ -37,6 +37,20 @@ class RunTest : public ::testing::Test {
   static void TearDownTestSuite() { fs::remove_all(dir_); }
   static std::string path(const std::string& name) { return dir_ + "/" + name; }
 
+  // 64 sequences of 64 tokens: a job long enough to be interrupted (written on first use).
+  static std::string long_input() {
+    const std::string p = path("long.json");
+    if (fs::exists(p)) return p;
+    std::string ids = "[";
+    for (int s = 0; s < 64; ++s) {
+      ids += s ? ",[" : "[";
+      for (int t = 0; t < 64; ++t) ids += (t ? "," : "") + std::to_string((s * 131 + t * 7) % 1000);
+      ids += "]";
+    }
+    std::ofstream(p) << ids << "]";
+    return p;
+  }
+
   static std::string mpirun(int np) { return "mpirun -np " + std::to_string(np) + " "; }
 
   static inline std::string dir_;
@@ -128,6 +142,29 @@ TEST_F(RunTest, SwapSettingsGiveBitIdenticalLogits) {
   }
 }
 
+TEST_F(RunTest, WeightFileTruncatedDuringALazyRunFailsOnEveryRank) {
+  // A copy of the demo model whose file is cut while two ranks stream blocks from it.
+  const std::string demo = std::string(std::getenv("PIPESWAP_CACHE")) + "/demo-llama-v1";
+  ASSERT_EQ(sh(exe() + " plan --log-level warn").code, 0);  // writes the demo model if needed
+  const std::string m = path("cut");
+  fs::create_directories(m);
+  fs::copy_file(demo + "/config.json", m + "/config.json", fs::copy_options::overwrite_existing);
+  fs::copy_file(demo + "/model.safetensors", m + "/model.safetensors", fs::copy_options::overwrite_existing);
+  const std::string out = path("cut.safetensors");
+  const auto size = fs::file_size(m + "/model.safetensors");
+  Result r = sh("(sleep 1; truncate -s " + std::to_string(size / 3) + " " + m + "/model.safetensors) & " +
+                mpirun(2) + exe() + " run --model " + m + " --input " + long_input() + " --micro-batches 16 " +
+                "--blocks-to-swap 6 --lazy-load --max-memory 12MB --num-disk-workers 1 --output " + out +
+                "; rc=$?; wait; exit $rc",
+                120);
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_NE(r.code, 124) << "hung";
+  EXPECT_THAT(r.output, HasSubstr(m + "/model.safetensors"));
+  EXPECT_THAT(r.output, HasSubstr("was truncated after it was opened: tensor 'model."));  // names the tensor
+  EXPECT_LT(r.seconds, 60);
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST_F(RunTest, PlanShowsResidencyAndBudgetsAreChecked) {
   Result r = sh(exe() + " plan --device-chain cpu=1,cpu=1 --blocks-to-swap 2 --lazy-load --max-memory 8MB --json " +
                 path("swap-plan.json"));
@@ -173,6 +210,33 @@ TEST_F(RunTest, ConfigFileUsesSnakeCaseKeysAndFlagsWin) {
   EXPECT_THAT(r.output, HasSubstr("unknown key 'blocks_to_swapp'"));
 }
 
+TEST_F(RunTest, SingleNodeModeStartsItsOwnWorkers) {
+  const std::string ref = path("single_ref.safetensors");
+  ASSERT_EQ(sh(exe() + " run --micro-batches 2 --output " + ref + " --log-level warn").code, 0);
+  // No launcher, three chain entries: three worker processes meeting over TCP on 127.0.0.1.
+  const std::string out = path("single.safetensors");
+  Result r = sh(exe() + " run --device-chain cpu=2,cpu=1,cpu=1 --micro-batches 2 --output " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("starting 3 worker processes"));
+  EXPECT_THAT(r.output, HasSubstr("blocks 0..5 (6)"));
+  EXPECT_TRUE(same_bytes(out, ref));
+  // A worker that fails stops the others; the job exits non-zero with nothing written.
+  std::ofstream(path("bad-ids.json")) << "[[1, 2, 99999]]";
+  Result bad = sh(exe() + " run --device-chain cpu,cpu --input " + path("bad-ids.json") + " --output " +
+                  path("single-bad.safetensors"), 60);
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.code, 124) << "hung";
+  EXPECT_THAT(bad.output, HasSubstr("token id 99999 is out of range"));
+  EXPECT_FALSE(fs::exists(path("single-bad.safetensors")));
+  // Ctrl-C on the parent stops every worker.
+  Result sig = sh("( " + exe() + " run --device-chain cpu,cpu --input " + long_input() +
+                  " --micro-batches 16 --output " + path("sig.safetensors") + " & p=$!; sleep 2; kill -INT $p; " +
+                  "wait $p; echo exit=$? ); sleep 1; pgrep -x pipeswap && echo LEFT",
+                  60);
+  EXPECT_THAT(sig.output, HasSubstr("exit=130"));
+  EXPECT_THAT(sig.output, ::testing::Not(HasSubstr("LEFT")));
+}
+
 TEST_F(RunTest, BadChainsFailOnEveryRankFast) {
   struct Bad {
     std::string args;
@@ -184,7 +248,8 @@ TEST_F(RunTest, BadChainsFailOnEveryRankFast) {
                        Bad{"--device-chain cpu=1,cpu=-2", "cannot be negative"},
                        Bad{"--device-chain cpu=1,cpu=nan", "finite"},
                        Bad{"--device-chain cpu=1,cpu=1,cpu=1", "has 3 entries but 2 rank(s) are running"},
-                       Bad{"--device-chain ''", "Model is None or device_chain is empty"}}) {
+                       Bad{"--device-chain ''", "Model is None or device_chain is empty"},
+                       Bad{"--model ''", "Model is None or device_chain is empty"}}) {
     const std::string out = path("bad.safetensors");
     Result r = sh(mpirun(2) + exe() + " run --output " + out + " " + b.args, 60);
     EXPECT_NE(r.code, 0) << b.args;

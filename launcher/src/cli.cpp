@@ -14,7 +14,8 @@ namespace {
 
 void add_common(CLI::App* cmd, Options& o) {
   cmd->add_option("--model", o.model, "Hugging Face checkpoint directory (config.json + *.safetensors); "
-                                      "default: the built-in demo model");
+                                      "default: the built-in demo model")
+      ->expected(0, 1);  // "--model" with nothing after it is the "Model is None" error, not the demo
   cmd->add_option("--device-chain", o.device_chain,
                   "one entry per rank, device=weight: cpu=3,cpu=1 or cuda:0=60,cuda:1=40; 'auto' weighs by free "
                   "memory (default: every rank on cpu, equal weights)")
@@ -163,6 +164,9 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     o.command = cmd->get_name();
   }
   if (cmd->count("--device-chain") > 0 && o.device_chain.empty()) o.device_chain = " ";  // given, but empty
+  PS_CHECK(cmd->count("--model") == 0 || !o.model.empty(), ConfigError,
+           "Model is None or device_chain is empty: --model was given without a directory; pass --model DIR with a "
+           "Hugging Face checkpoint (config.json + model.safetensors), or leave it out to run the built-in demo");
   PS_CHECK(o.micro_batches >= 1, ConfigError, "--micro-batches must be at least 1 (got {})", o.micro_batches);
   PS_CHECK(o.comm_timeout > 0, ConfigError, "--comm-timeout must be positive seconds (got {})", o.comm_timeout);
   PS_CHECK(o.threads >= 0, ConfigError, "--threads must be 0 (automatic) or positive (got {})", o.threads);
