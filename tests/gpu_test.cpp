@@ -136,6 +136,10 @@ TEST_F(GpuTest, TwoGpusOverNcclMatchOneGpu) {
       EXPECT_TRUE(same_bytes(out, ref)) << chain << extra;
     }
   }
+  // Single-node mode: no launcher, one worker per chain entry, NCCL between them.
+  Result single = sh(exe() + " run --device-chain cuda:0=60,cuda:1=40 --micro-batches 4 --output " + path("sn.safetensors"));
+  ASSERT_EQ(single.code, 0) << single.output;
+  EXPECT_TRUE(same_bytes(path("sn.safetensors"), ref));
   Result same = sh("mpirun -np 2 " + exe() + " run --device-chain cuda:0,cuda:0 --output " + path("x.safetensors"));
   EXPECT_NE(same.code, 0);
   EXPECT_THAT(same.output, HasSubstr("ranks 0 and 1 both use cuda:0"));

@@ -235,6 +235,17 @@ TEST_F(RunTest, SingleNodeModeStartsItsOwnWorkers) {
                   60);
   EXPECT_THAT(sig.output, HasSubstr("exit=130"));
   EXPECT_THAT(sig.output, ::testing::Not(HasSubstr("LEFT")));
+  // kill -9 of one worker mid-run: the job stops within seconds, naming the worker, nothing left.
+  Result killed = sh("( " + exe() + " run --device-chain cpu,cpu --input " + long_input() +
+                     " --micro-batches 16 --output " + path("k.safetensors") + " & p=$!; sleep 2; " +
+                     "kill -9 $(pgrep -P $p | tail -n 1); s=$(date +%s); wait $p; echo exit=$? took=$(( $(date +%s) - s ))s ); " +
+                     "sleep 1; pgrep -x pipeswap && echo LEFT",
+                     60);
+  EXPECT_THAT(killed.output, HasSubstr("worker 1 exited with code 137"));
+  EXPECT_THAT(killed.output, ::testing::Not(HasSubstr("exit=0")));
+  EXPECT_THAT(killed.output, ::testing::ContainsRegex("took=[0-9]s"));  // under 10 s
+  EXPECT_THAT(killed.output, ::testing::Not(HasSubstr("LEFT")));
+  EXPECT_FALSE(fs::exists(path("k.safetensors")));
 }
 
 TEST_F(RunTest, BadChainsFailOnEveryRankFast) {
