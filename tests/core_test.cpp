@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "expect_error.h"
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/safetensors.h"
@@ -29,22 +30,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Runs f, expects an exception of type E whose message contains every needle.
-template <typename E>
-void expect_error(const std::function<void()>& f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown; expected one containing '" << *needles.begin() << "'";
-  } catch (const E& e) {
-    for (const std::string& needle : needles) EXPECT_PRED_FORMAT2(testing::IsSubstring, needle, e.what());
-  }
-}
-// SCOPED_TRACE gives the caller's line when a needle is missing.
-#define EXPECT_ERROR(stmt, Type, ...)                            \
-  do {                                                           \
-    SCOPED_TRACE(#stmt);                                         \
-    expect_error<Type>([&] { stmt; }, {__VA_ARGS__});            \
-  } while (0)
 
 // A fresh directory under /tmp, removed with everything in it at the end of the test.
 class TempDir {

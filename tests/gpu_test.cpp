@@ -42,25 +42,6 @@ class GpuTest : public ::testing::Test {
   static inline std::string dir_;
 };
 
-std::vector<torch::Tensor> run_tiny(const models::Architecture& arch, BlockWeights& w, const torch::Tensor& input,
-                                    int blocks, int sweeps) {
-  std::vector<torch::Tensor> out;
-  w.expect_sweeps(sweeps);
-  for (int s = 0; s < sweeps; ++s) {
-    models::Activation act = arch.prologue(w.acquire_prologue(), {input + s}, {});
-    w.release_prologue();
-    for (int b = 0; b < blocks; ++b)
-      for (int p = 0; p < 2; ++p) {
-        const auto& v = w.acquire(b, p);
-        arch.phase_forward(b, p, v, act);
-        w.release(b, p);
-      }
-    out.push_back(arch.epilogue(w.acquire_epilogue(), act).cpu());
-    w.release_epilogue();
-  }
-  return out;
-}
-
 TEST_F(GpuTest, SwappingOnCudaIsBitIdenticalToResident) {
   SKIP_WITHOUT_GPU(1);
   constexpr int kBlocks = 9, kSweeps = 4;

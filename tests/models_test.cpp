@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "expect_error.h"
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/safetensors.h"
@@ -33,21 +34,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// Runs f, expects an exception of type E whose message contains every needle.
-template <typename E>
-void expect_error(const std::function<void()>& f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown; expected one containing '" << *needles.begin() << "'";
-  } catch (const E& e) {
-    for (const std::string& needle : needles) EXPECT_PRED_FORMAT2(testing::IsSubstring, needle, e.what());
-  }
-}
-#define EXPECT_ERROR(stmt, Type, ...)                 \
-  do {                                                \
-    SCOPED_TRACE(#stmt);                              \
-    expect_error<Type>([&] { stmt; }, {__VA_ARGS__}); \
-  } while (0)
 
 json tiny_config(const std::string& family) {
   return json{{"model_type", family},        {"hidden_size", 32},        {"intermediate_size", 48},

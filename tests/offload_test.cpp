@@ -35,25 +35,7 @@ class OffloadTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  // Runs `sweeps` sweeps over all blocks; returns every sweep's output.
-  std::vector<torch::Tensor> run(BlockWeights& w, int sweeps) {
-    std::vector<torch::Tensor> out;
-    w.expect_sweeps(sweeps);
-    for (int s = 0; s < sweeps; ++s) {
-      models::Activation act = arch_.prologue(w.acquire_prologue(), {input_ + s}, {});
-      w.release_prologue();
-      for (int b = 0; b < kBlocks; ++b) {
-        for (int p = 0; p < 2; ++p) {
-          const auto& v = w.acquire(b, p);
-          arch_.phase_forward(b, p, v, act);
-          w.release(b, p);
-        }
-      }
-      out.push_back(arch_.epilogue(w.acquire_epilogue(), act));
-      w.release_epilogue();
-    }
-    return out;
-  }
+  std::vector<torch::Tensor> run(BlockWeights& w, int sweeps) { return run_tiny(arch_, w, input_, kBlocks, sweeps); }
 
   std::unique_ptr<BlockWeights> resident() {
     return make_resident_weights(arch_, Checkpoint::open(dir_), {0, kBlocks, true, true}, torch::kFloat32,

@@ -10,6 +10,7 @@
 
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/models/architecture.h"
+#include "pipeswap/offload/block_weights.h"
 
 namespace pipeswap::test_support {
 
@@ -65,6 +66,28 @@ inline void write_tiny_checkpoint(const std::string& dir, int blocks) {
   }
   write_safetensors(dir + "/model.safetensors", t);
   std::ofstream(dir + "/config.json") << "{\"model_type\": \"tiny\"}";
+}
+
+// Runs `sweeps` sweeps of the tiny model over `w` (input + sweep index as each sweep's input), in
+// compute order, as a stage does; returns each sweep's output on the CPU.
+inline std::vector<torch::Tensor> run_tiny(const models::Architecture& arch, offload::BlockWeights& w,
+                                           const torch::Tensor& input, int blocks, int sweeps) {
+  std::vector<torch::Tensor> out;
+  w.expect_sweeps(sweeps);
+  for (int s = 0; s < sweeps; ++s) {
+    models::Activation act = arch.prologue(w.acquire_prologue(), {input + s}, {});
+    w.release_prologue();
+    for (int b = 0; b < blocks; ++b) {
+      for (int p = 0; p < 2; ++p) {
+        const auto& v = w.acquire(b, p);
+        arch.phase_forward(b, p, v, act);
+        w.release(b, p);
+      }
+    }
+    out.push_back(arch.epilogue(w.acquire_epilogue(), act).cpu());
+    w.release_epilogue();
+  }
+  return out;
 }
 
 }  // namespace pipeswap::test_support
