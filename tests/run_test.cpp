@@ -160,7 +160,8 @@ TEST_F(RunTest, WeightFileTruncatedDuringALazyRunFailsOnEveryRank) {
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_NE(r.code, 124) << "hung";
   EXPECT_THAT(r.output, HasSubstr(m + "/model.safetensors"));
-  EXPECT_THAT(r.output, HasSubstr("was truncated after it was opened: tensor 'model."));  // names the tensor
+  // Names the tensor; normally cut while open, or (on a slow start) before the header was read.
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("truncated[^\n]*tensor 'model\\."));
   EXPECT_LT(r.seconds, 60);
   EXPECT_FALSE(fs::exists(out));
 }
