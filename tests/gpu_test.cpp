@@ -8,8 +8,12 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <regex>
 
 #include "pipeswap/core/checkpoint.h"
+#include "pipeswap/core/safetensors.h"
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/swapped_weights.h"
 #include "test_util.h"
@@ -124,6 +128,52 @@ TEST_F(GpuTest, TwoGpusOverNcclMatchOneGpu) {
   Result same = sh("mpirun -np 2 " + exe() + " run --device-chain cuda:0,cuda:0 --output " + path("x.safetensors"));
   EXPECT_NE(same.code, 0);
   EXPECT_THAT(same.output, HasSubstr("ranks 0 and 1 both use cuda:0"));
+}
+
+TEST_F(GpuTest, PeakDeviceMemoryMatchesThePlan) {
+  SKIP_WITHOUT_GPU(1);
+  // Llama-7B-sized layers (d 4096, ffn 11008, 32 heads), 4 of them, bf16: 1.7 GB of real safetensors.
+  const std::string m = path("big");
+  fs::create_directories(m);
+  const int64_t d = 4096, ffn = 11008, vocab = 8192, layers = 4;
+  std::ofstream(m + "/config.json") << "{\"model_type\": \"llama\", \"hidden_size\": 4096, \"intermediate_size\": "
+                                       "11008, \"num_hidden_layers\": 4, \"num_attention_heads\": 32, "
+                                       "\"num_key_value_heads\": 32, \"vocab_size\": 8192, \"rms_norm_eps\": 1e-5, "
+                                       "\"torch_dtype\": \"bfloat16\"}";
+  {
+    torch::manual_seed(3);
+    auto w = [](std::vector<int64_t> shape) { return (torch::randn(shape) * 0.02).to(torch::kBFloat16); };
+    std::vector<std::pair<std::string, torch::Tensor>> t;
+    t.emplace_back("model.embed_tokens.weight", w({vocab, d}));
+    for (int64_t l = 0; l < layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      t.emplace_back(p + "input_layernorm.weight", torch::ones({d}, torch::kBFloat16));
+      for (const char* n : {"q_proj", "k_proj", "v_proj", "o_proj"}) t.emplace_back(p + "self_attn." + n + ".weight", w({d, d}));
+      t.emplace_back(p + "post_attention_layernorm.weight", torch::ones({d}, torch::kBFloat16));
+      t.emplace_back(p + "mlp.gate_proj.weight", w({ffn, d}));
+      t.emplace_back(p + "mlp.up_proj.weight", w({ffn, d}));
+      t.emplace_back(p + "mlp.down_proj.weight", w({d, ffn}));
+    }
+    t.emplace_back("model.norm.weight", torch::ones({d}, torch::kBFloat16));
+    t.emplace_back("lm_head.weight", w({vocab, d}));
+    write_safetensors(m + "/model.safetensors", t);
+  }
+  std::ofstream(path("big.json")) << "[[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16],[16,15,14,13,12,11,10,9,8,7,6,5,4,3,2,1]]";
+  const std::regex line(R"(device memory peak (\d+) bytes allocated \(plan (\d+) bytes)");
+  for (const std::string& args : {std::string(""), std::string("--blocks-to-swap 3"),
+                                  std::string("--blocks-to-swap 4 --offload-granularity phase --prefetch-depth 2"),
+                                  std::string("--vram-budget 1GB")}) {
+    Result r = sh(exe() + " run --model " + m + " --input " + path("big.json") + " --device-chain cuda:0 " +
+                      "--micro-batches 2 --output " + path("big.safetensors") + " " + args,
+                  300);
+    ASSERT_EQ(r.code, 0) << args << "\n" << r.output;
+    std::smatch match;
+    ASSERT_TRUE(std::regex_search(r.output, match, line)) << args << "\n" << r.output;
+    const double peak = std::stod(match[1]), plan = std::stod(match[2]);
+    std::cout << "[ memory   ] " << (args.empty() ? "resident" : args) << ": measured peak " << peak << " bytes, plan "
+              << plan << " bytes (" << 100.0 * (peak - plan) / plan << "%)\n";
+    EXPECT_NEAR(peak / plan, 1.0, 0.05) << args;
+  }
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/cuda_info.h"
+#include "pipeswap/core/device_memory.h"
 #include "pipeswap/core/dtype.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/identity.h"
@@ -281,7 +282,10 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
 
   const torch::Device device = me.device.is_cuda() ? torch::Device(torch::kCUDA, static_cast<int8_t>(me.device.index))
                                                    : torch::Device(torch::kCPU);
-  if (device.is_cuda()) c10::impl::getDeviceGuardImpl(device.type())->setDevice(device);
+  if (device.is_cuda()) {
+    c10::impl::getDeviceGuardImpl(device.type())->setDevice(device);
+    reset_device_peak(device.index());
+  }
   const auto t_load = Clock::now();
   offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
   std::unique_ptr<offload::BlockWeights> weights;
@@ -300,6 +304,12 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
 
   auto result = pipeline::run_forward(job.plan, world.rank, *job.arch, *weights, t, job.input_ids, device);
   const offload::OffloadStats st = weights->stats();
+  if (device.is_cuda()) {
+    if (auto peak = device_peak_allocated(device.index())) {
+      log().info("device memory peak {} bytes allocated (plan {} bytes, {:+.1f}%)", *peak, me.device_bytes,
+                 100.0 * (static_cast<double>(*peak) - me.device_bytes) / std::max<int64_t>(1, me.device_bytes));
+    }
+  }
   log().info("memory: device weights {} (plan {} incl. {} activations), host {} (plan {}), read from disk during "
              "the run {} (plan {}){}",
              pipeline::format_bytes(st.device_bytes), pipeline::format_bytes(me.device_bytes),

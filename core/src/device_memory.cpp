@@ -1,0 +1,22 @@
+#include "pipeswap/core/device_memory.h"
+
+#ifdef PIPESWAP_TORCH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace pipeswap {
+
+#ifdef PIPESWAP_TORCH_CUDA
+std::optional<int64_t> device_peak_allocated(int device) {
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+  return stats.allocated_bytes[0].peak;  // index 0: the aggregate over the small and large pools
+}
+void reset_device_peak(int device) {
+  c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+}
+#else
+std::optional<int64_t> device_peak_allocated(int) { return std::nullopt; }
+void reset_device_peak(int) {}
+#endif
+
+}  // namespace pipeswap
