@@ -85,9 +85,7 @@ Components::Components(const models::Architecture& arch, std::shared_ptr<const C
 }
 
 void Components::load_resident(Part& p) {
-  torch::Tensor host = torch::empty({p.layout.bytes}, torch::kUInt8);
-  read_part(*ckpt_, p.layout, host);
-  p.slab = device_.is_cpu() ? host : host.to(device_);
+  p.slab = load_part(*ckpt_, p.layout, device_);
   device_bytes_ += p.layout.bytes;
 }
 
@@ -112,9 +110,7 @@ const models::WeightView& Components::acquire(bool prologue) {
     if (p.mode == ComponentMode::kHost) {
       p.slab = device_.is_cpu() ? p.host.clone() : p.host.to(device_, /*non_blocking=*/true);
     } else if (p.mode == ComponentMode::kOnDemand) {
-      torch::Tensor host = torch::empty({p.layout.bytes}, torch::kUInt8);
-      read_part(*ckpt_, p.layout, host);
-      p.slab = device_.is_cpu() ? host : host.to(device_);
+      p.slab = load_part(*ckpt_, p.layout, device_);
     }
   }
   build_view(side);

@@ -17,9 +17,7 @@ class ResidentWeights final : public BlockWeights {
     for (int b = owned.first_block; b < owned.end_block; ++b) {
       for (const auto& part : models::block_parts(arch, b)) {
         const SlabLayout layout = make_layout(part, dtype);
-        torch::Tensor host = torch::empty({layout.bytes}, torch::TensorOptions().dtype(torch::kUInt8));
-        read_part(*ckpt, layout, host);
-        torch::Tensor slab = device.is_cpu() ? host : host.to(device);
+        torch::Tensor slab = load_part(*ckpt, layout, device);
         blocks_.emplace_back();
         add_views(layout, slab, blocks_.back());
         bytes_ += layout.bytes;

@@ -10,7 +10,6 @@
 
 namespace pipeswap::offload {
 namespace {
-int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
@@ -86,6 +85,12 @@ void read_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Tensor& 
     c.loc.file->read_into(info, tmp.data_ptr());
     host_slab.narrow(0, c.entry->offset, c.entry->nbytes).view(layout.dtype).view(c.entry->shape).copy_(tmp);
   }
+}
+
+torch::Tensor load_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Device device) {
+  torch::Tensor host = torch::empty({layout.bytes}, torch::kUInt8);
+  read_part(ckpt, layout, host);
+  return device.is_cpu() ? host : host.to(device);
 }
 
 }  // namespace pipeswap::offload

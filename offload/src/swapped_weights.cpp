@@ -18,8 +18,6 @@
 namespace pipeswap::offload {
 namespace {
 
-int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
-
 // One swapped or resident unit: a whole block (all phases in one slab) or one phase.
 struct Unit {
   int block = 0;

@@ -15,6 +15,8 @@ namespace pipeswap::offload {
 
 constexpr int64_t kSlabAlignment = 256;  // keeps every view aligned for vectorised kernels
 
+inline int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+
 struct SlabLayout {
   struct Entry {
     std::string local;
@@ -38,5 +40,8 @@ void add_views(const SlabLayout& layout, const torch::Tensor& slab, models::Weig
 // dtypes agree, else through a converted temporary). Checks every tensor's shape against the
 // layout: a mismatch is a CheckpointError naming the tensor, both shapes and config.json.
 void read_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Tensor& host_slab);
+
+// read_part into a new host slab, then onto `device` (the host slab itself on a CPU rank).
+torch::Tensor load_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Device device);
 
 }  // namespace pipeswap::offload
