@@ -7,6 +7,8 @@
 #include <torch/cuda.h>
 #include <torch/types.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -27,6 +29,8 @@
 #include "pipeswap/models/architecture.h"
 // Internal to the models library (config and RoPE helpers): reached through the source tree.
 #include "../models/src/llama.h"
+#include "../models/src/wan.h"
+#include <ATen/Context.h>
 
 namespace pipeswap::models {
 namespace {
@@ -659,6 +663,180 @@ TEST(LlamaFixtures, MatchTransformers) {
       EXPECT_GE(ckpt->opened_files().size(), 2u) << "a sharded fixture should spread its tensors over shards";
     }
   }
+}
+
+
+// ---- Wan DiT against diffusers' WanTransformer3DModel -----------------------------------------------
+
+fs::path wan_fixture(const std::string& name) {
+  return fs::path(source_dir()) / "tests" / "reference" / "fixtures" / name;
+}
+
+// One forward pass through every block and phase; after each block the activation is back to its
+// five stage-to-stage tensors (the ffn phase consumed what the self_attn phase left for it).
+torch::Tensor wan_forward(const Model& m, const Activation& inputs, torch::Device device) {
+  torch::NoGradGuard no_grad;
+  Activation act = m.arch->prologue(m.prologue, inputs, torch::TensorOptions().device(device));
+  for (int b = 0; b < m.arch->num_blocks(); ++b) {
+    for (int p = 0; p < static_cast<int>(m.blocks[b].size()); ++p) m.arch->phase_forward(b, p, m.blocks[b][p], act);
+    EXPECT_EQ(act.size(), 5u);
+  }
+  return m.arch->epilogue(m.epilogue, act).to(torch::kCPU);
+}
+
+double rel_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return max_abs_diff(got, want) / want.abs().max().item<double>();
+}
+
+TEST(WanFixtures, MatchDiffusers) {
+  struct Case {
+    std::string model, inputs, context;
+  };
+  // The Wan2.1-named copy pads its 5-token context to text_len 7 itself, as Wan2.1 does; diffusers
+  // was given the padded context.
+  const Case cases[] = {{"wan-t2v-diffusers", "wan-t2v-diffusers/forward.safetensors", "context"},
+                        {"wan-t2v-wan21", "wan-t2v-diffusers/forward.safetensors", "context_short"},
+                        {"wan-i2v-diffusers", "wan-i2v-diffusers/i2v_forward.safetensors", "context"}};
+  std::vector<torch::Device> devices = {torch::kCPU};
+  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA, 0);
+  at::globalContext().setAllowTF32CuBLAS(false);
+  at::globalContext().setAllowTF32CuDNN(false);  // the patch embedding is a cuDNN convolution
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.model);
+    ASSERT_TRUE(fs::exists(wan_fixture(c.inputs))) << "run tests/reference/make_wan_fixtures.py";
+    auto ckpt = Checkpoint::open(wan_fixture(c.model).string());
+    check_checkpoint_tensors(*make_architecture(ckpt->config()), *ckpt);
+    auto io = SafetensorsFile::open(wan_fixture(c.inputs).string());
+    Activation inputs{io->read("latents"), io->read("timestep"), io->read(c.context)};
+    if (io->find("clip_fea")) inputs.push_back(io->read("clip_fea"));
+    const torch::Tensor want = io->read("output");
+    for (const torch::Device& device : devices) {
+      SCOPED_TRACE(device.str());
+      Model m = build(ckpt->config(), [&](const TensorRef& ref) {
+        return ckpt->locate(ref.checkpoint).file->read(ref.checkpoint).to(device, torch::kFloat32);
+      });
+      EXPECT_EQ(m.arch->family(), "wan");
+      const torch::Tensor got = wan_forward(m, inputs, device);
+      ASSERT_EQ(got.sizes(), want.sizes());
+      const double err = rel_error(got, want);
+      std::cout << "[ fixture  ] " << c.model << " on " << device.str() << ": max |error| / max |output| " << err
+                << "\n";
+      EXPECT_LE(err, 1e-4) << "wan output differs from diffusers' WanTransformer3DModel";
+    }
+  }
+}
+
+TEST(WanFixtures, BatchMatchesSamplesAlone) {
+  auto ckpt = Checkpoint::open(wan_fixture("wan-t2v-diffusers").string());
+  Model m = build(ckpt->config(), [&](const TensorRef& ref) {
+    return ckpt->locate(ref.checkpoint).file->read(ref.checkpoint).to(torch::kFloat32);
+  });
+  auto io = SafetensorsFile::open(wan_fixture("wan-t2v-diffusers/forward.safetensors").string());
+  const auto lat = io->read("latents"), t = io->read("timestep"), ctx = io->read("context");
+  const auto both = wan_forward(m, {lat, t, ctx}, torch::kCPU);
+  for (int64_t i = 0; i < 2; ++i) {
+    const auto one = wan_forward(m, {lat.narrow(0, i, 1), t.narrow(0, i, 1), ctx.narrow(0, i, 1)}, torch::kCPU);
+    EXPECT_LE(max_abs_diff(one, both.narrow(0, i, 1)), 1e-5) << "sample " << i;
+  }
+}
+
+TEST(WanConfig, BothNamings) {
+  auto d = parse_wan_config(Checkpoint::open(wan_fixture("wan-t2v-diffusers").string())->config());
+  auto w = parse_wan_config(Checkpoint::open(wan_fixture("wan-t2v-wan21").string())->config());
+  EXPECT_TRUE(d.diffusers_names);
+  EXPECT_FALSE(w.diffusers_names);
+  for (const auto* c : {&d, &w}) {
+    EXPECT_EQ(c->dim, 24);
+    EXPECT_EQ(c->num_heads, 2);
+    EXPECT_EQ(c->ffn_dim, 40);
+    EXPECT_EQ(c->num_layers, 3);
+    EXPECT_EQ(c->in_dim, 4);
+    EXPECT_EQ(c->text_dim, 16);
+    EXPECT_FALSE(c->i2v());
+  }
+  EXPECT_EQ(d.text_len, 0);
+  EXPECT_EQ(w.text_len, 7);
+  auto i = parse_wan_config(Checkpoint::open(wan_fixture("wan-i2v-diffusers").string())->config());
+  EXPECT_TRUE(i.i2v());
+  EXPECT_EQ(i.image_dim, 10);
+  // Wan2.1-14B's own config.json.
+  json c14 = {{"_class_name", "WanModel"}, {"dim", 5120}, {"eps", 1e-06}, {"ffn_dim", 13824}, {"freq_dim", 256},
+              {"in_dim", 16}, {"model_type", "t2v"}, {"num_heads", 40}, {"num_layers", 40}, {"out_dim", 16},
+              {"text_len", 512}};
+  auto big = parse_wan_config(c14);
+  EXPECT_EQ(big.head_dim(), 128);
+  auto arch = make_architecture(c14);
+  EXPECT_EQ(arch->kind(), "dit");
+  EXPECT_EQ(arch->phase_names(), (std::vector<std::string>{"self_attn", "cross_attn", "ffn"}));
+  int64_t params = 0;
+  for (int p = 0; p < 3; ++p)
+    for (const auto& t : arch->phase_tensors(0, p)) {
+      int64_t n = 1;
+      for (auto s : t.shape) n *= s;
+      params += n;
+    }
+  EXPECT_NEAR(params / 1e6, 350.0, 5.0) << "a Wan2.1-14B block holds about 350M parameters";
+}
+
+TEST(WanConfig, BadConfigsNameTheKey) {
+  json c = {{"_class_name", "WanModel"}, {"model_type", "t2v"}, {"dim", 24}, {"ffn_dim", 40}, {"num_heads", 2},
+            {"num_layers", 2}};
+  EXPECT_NO_THROW(parse_wan_config(c));
+  auto bad = [&](const char* key, json value, const char* message) {
+    json b = c;
+    if (value.is_null()) b.erase(key); else b[key] = value;
+    EXPECT_ERROR(parse_wan_config(b), CheckpointError, message);
+  };
+  bad("dim", nullptr, "'dim' is missing");
+  bad("num_heads", 5, "not divisible by num_heads");
+  bad("model_type", "flf2v", "model_type 'flf2v' is not supported");
+  bad("patch_size", json::array({1, 2}), "patch_size must be [t, h, w]");
+  bad("window_size", json::array({256, 256}), "window_size");
+  bad("dim", 6, "head dimension 3 must be even and at least 6");
+}
+
+// A checkpoint with a tensor the architecture does not declare, or without one it does, is an error
+// naming the first such tensor.
+TEST(WanFixtures, UnknownOrMissingKeyNamed) {
+  auto src = Checkpoint::open(wan_fixture("wan-t2v-wan21").string());
+  std::vector<std::pair<std::string, torch::Tensor>> all;
+  for (const auto& n : src->tensor_names()) all.emplace_back(n, src->locate(n).file->read(n));
+  const fs::path dir = fs::temp_directory_path() / ("pipeswap-wan-keys-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(wan_fixture("wan-t2v-wan21") / "config.json", dir / "config.json",
+                fs::copy_options::overwrite_existing);
+  auto check = [&](const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+    write_safetensors((dir / "model.safetensors").string(), tensors, {});
+    auto ck = Checkpoint::open(dir.string());
+    check_checkpoint_tensors(*make_architecture(ck->config()), *ck);
+  };
+  EXPECT_NO_THROW(check(all));
+  auto extra = all;
+  extra.emplace_back("blocks.1.self_attn.q_extra.weight", torch::zeros({2}));
+  EXPECT_ERROR(check(extra), CheckpointError, "holds tensor 'blocks.1.self_attn.q_extra.weight'");
+  auto fewer = all;
+  fewer.erase(std::remove_if(fewer.begin(), fewer.end(),
+                             [](const auto& p) { return p.first == "blocks.2.cross_attn.norm_k.weight"; }),
+              fewer.end());
+  EXPECT_ERROR(check(fewer), CheckpointError, "lacks tensor 'blocks.2.cross_attn.norm_k.weight'");
+  fs::remove_all(dir);
+}
+
+TEST(WanForward, BadInputsNamed) {
+  auto ckpt = Checkpoint::open(wan_fixture("wan-t2v-diffusers").string());
+  auto arch = make_architecture(ckpt->config());
+  const auto lat = torch::zeros({1, 4, 3, 4, 6});
+  const auto t = torch::zeros({1});
+  const auto ctx = torch::zeros({1, 5, 16});
+  EXPECT_NO_THROW(arch->check_inputs({lat, t, ctx}));
+  EXPECT_EQ(arch->sequence_length({lat, t, ctx}), 3 * 2 * 3);
+  EXPECT_ERROR(arch->check_inputs({torch::zeros({1, 5, 3, 4, 6}), t, ctx}), ConfigError, "latents must be [batch, 4");
+  EXPECT_ERROR(arch->check_inputs({torch::zeros({1, 4, 3, 5, 6}), t, ctx}), ConfigError,
+               "height 5 is not a positive multiple of the patch size 2");
+  EXPECT_ERROR(arch->check_inputs({lat, t, torch::zeros({1, 5, 8})}), ConfigError, "text context must be");
+  EXPECT_ERROR(arch->check_inputs({lat, t, ctx, torch::zeros({1, 3, 10})}), ConfigError, "text-to-video model");
+  auto i2v = make_architecture(Checkpoint::open(wan_fixture("wan-i2v-diffusers").string())->config());
+  EXPECT_ERROR(i2v->check_inputs({torch::zeros({1, 8, 2, 4, 4}), t, ctx}), ConfigError, "image-to-video model");
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/torch_compat.h"
+#include "config_json.h"
 
 namespace pipeswap::models {
 namespace {
@@ -16,52 +17,6 @@ using nlohmann::json;
 
 constexpr const char* kSupportedRope = "default, linear, dynamic, llama3, yarn";
 constexpr double kPi = 3.14159265358979323846;  // math.pi
-
-// A key that is present and not null (HF treats `"key": null` as "use the default").
-bool has(const json& j, const std::string& key) {
-  auto it = j.find(key);
-  return it != j.end() && !it->is_null();
-}
-
-// `where` is the key as a user finds it in config.json ("rope_scaling.factor").
-double as_number(const json& v, const std::string& where) {
-  PS_CHECK(v.is_number(), CheckpointError, "config.json: '{}' must be a number, got {}", where, v.dump());
-  return v.get<double>();
-}
-
-int64_t as_int(const json& v, const std::string& where) {
-  if (v.is_number_integer()) return v.get<int64_t>();
-  // Some exporters write integers as 4096.0.
-  if (v.is_number_float()) {
-    const double d = v.get<double>();
-    if (std::floor(d) == d && std::fabs(d) < 9e15) return static_cast<int64_t>(d);
-  }
-  PS_THROW(CheckpointError, "config.json: '{}' must be an integer, got {}", where, v.dump());
-}
-
-int64_t require_positive(const json& c, const std::string& key, const std::string& family) {
-  PS_CHECK(has(c, key), CheckpointError,
-           "config.json: '{}' is missing; a {} checkpoint's config.json must set it (is this the right model "
-           "directory?)",
-           key, family);
-  const int64_t v = as_int(c.at(key), key);
-  PS_CHECK(v > 0, CheckpointError, "config.json: '{}' must be a positive integer, got {}", key, v);
-  return v;
-}
-
-int64_t optional_positive(const json& c, const std::string& key, int64_t fallback) {
-  if (!has(c, key)) return fallback;
-  const int64_t v = as_int(c.at(key), key);
-  PS_CHECK(v > 0, CheckpointError, "config.json: '{}' must be a positive integer, got {}", key, v);
-  return v;
-}
-
-bool optional_bool(const json& c, const std::string& key, bool fallback) {
-  if (!has(c, key)) return fallback;
-  PS_CHECK(c.at(key).is_boolean(), CheckpointError, "config.json: '{}' must be true or false, got {}", key,
-           c.at(key).dump());
-  return c.at(key).get<bool>();
-}
 
 double rope_number(const json& params, const std::string& dict, const char* name, const std::string& type) {
   PS_CHECK(has(params, name), CheckpointError, "config.json: '{}.{}' is missing; rope_type '{}' needs it", dict, name,
@@ -413,6 +368,13 @@ class Llama final : public Architecture {
              "{} epilogue expects the hidden state [batch, tokens, {}]", c_.family, c_.hidden_size);
     auto x = hf_rms_norm(act[0], w["norm.weight"], c_.rms_norm_eps);
     return dense(x, w["lm_head.weight"]).to(torch::kFloat32);
+  }
+
+  bool ignores_tensor(const std::string& name) const override {
+    const std::string inv_freq = ".rotary_emb.inv_freq";  // a buffer older exports saved
+    if (name.size() > inv_freq.size() && name.compare(name.size() - inv_freq.size(), inv_freq.size(), inv_freq) == 0)
+      return true;
+    return c_.tie_word_embeddings && name == "lm_head.weight";  // tied: HF ignores a stored copy, and so do we
   }
 
   int64_t activation_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {

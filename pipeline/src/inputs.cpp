@@ -77,6 +77,36 @@ torch::Tensor read_token_input(const std::string& path) {
   return looks_like_safetensors(path) ? from_safetensors(path) : from_json(path);
 }
 
+torch::Tensor read_tensor_input(const std::string& path, const std::string& flag, const std::string& name,
+                                int batched_dim) {
+  PS_CHECK(fs::exists(path), IoError, "{} file {} does not exist", flag, path);
+  PS_CHECK(looks_like_safetensors(path), ConfigError, "{} file {} must be a .safetensors file", flag, path);
+  auto file = SafetensorsFile::open(path);
+  const TensorInfo* info = file->find(name);
+  if (info == nullptr && file->tensors().size() == 1) info = &file->tensors().front();
+  if (info == nullptr) {
+    std::string names;
+    for (const auto& t : file->tensors()) names += (names.empty() ? "" : ", ") + t.name;
+    PS_THROW(ConfigError, "{} file {} has no tensor \"{}\" (it holds {}): name the tensor \"{}\" or keep one tensor "
+             "in the file",
+             flag, path, name, names.empty() ? "none" : names, name);
+  }
+  PS_CHECK(info->dtype == DType::F32 || info->dtype == DType::F16 || info->dtype == DType::BF16 ||
+               info->dtype == DType::F64,
+           ConfigError, "{} file {}: tensor \"{}\" is {}, expected a floating-point tensor", flag, path, info->name,
+           dtype_name(info->dtype));
+  const int dims = static_cast<int>(info->shape.size());
+  PS_CHECK(dims == batched_dim || dims == batched_dim - 1, ConfigError,
+           "{} file {}: tensor \"{}\" has {} dimensions, expected {} (batch first) or {} (one sample)", flag, path,
+           info->name, dims, batched_dim, batched_dim - 1);
+  torch::Tensor t = file->read(info->name).to(torch::kFloat32);
+  if (dims == batched_dim - 1) t = t.unsqueeze(0);
+  PS_CHECK(t.numel() > 0, ConfigError, "{} file {}: tensor \"{}\" is empty", flag, path, info->name);
+  PS_CHECK(torch::isfinite(t).all().item<bool>(), ConfigError, "{} file {}: tensor \"{}\" holds NaN or infinity",
+           flag, path, info->name);
+  return t.contiguous();
+}
+
 void check_output_path(const std::string& path) {
   PS_CHECK(!path.empty(), ConfigError, "--output is empty: name the safetensors file to write");
   fs::path p(path);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include "pipeswap/core/checkpoint.h"
 #include <torch/types.h>
 
 #include <memory>
@@ -70,12 +71,29 @@ class Architecture {
   virtual Activation prologue(const WeightView& w, const Activation& inputs,
                               const torch::TensorOptions& options) const = 0;
   virtual void phase_forward(int block, int phase, const WeightView& w, Activation& act) const = 0;
-  // Returns float32 logits [B, T, vocab] on the compute device.
+  // Returns the float32 output on the compute device: Llama logits [B, T, vocab]; Wan the velocity
+  // [B, C, F, H, W].
   virtual torch::Tensor epilogue(const WeightView& w, const Activation& act) const = 0;
 
   // Bytes of the activation for a micro-batch of `batch` sequences of `seq` tokens (plan estimate).
   virtual int64_t activation_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const = 0;
+
+  // Validates a forward pass's inputs before any weights load (ConfigError naming what is wrong), and
+  // the tokens they make per sample (the plan sizes activations from it).
+  virtual void check_inputs(const Activation& inputs) const {}
+  virtual int64_t sequence_length(const Activation& inputs) const { return inputs.at(0).size(1); }
+
+  // "llm" (token ids in, logits out: `pipeswap run`) or "dit" (latents in, velocity out: `pipeswap denoise`).
+  virtual std::string kind() const { return "llm"; }
+  // Checkpoint tensors the model does not use and that are not an error (Llama: rotary inv_freq
+  // buffers old exports saved, lm_head.weight of a tied checkpoint).
+  virtual bool ignores_tensor(const std::string& checkpoint_name) const { return false; }
 };
+
+// Compares the checkpoint's tensor names with every tensor the architecture declares (all blocks,
+// prologue and epilogue). Throws CheckpointError naming the first missing tensor, or the first
+// unexpected one (a checkpoint of another size or family than its config.json says).
+void check_checkpoint_tensors(const Architecture& arch, const Checkpoint& ckpt);
 
 // Picks the architecture from config.json ("model_type" / "architectures"). Throws CheckpointError
 // naming the unsupported type and the supported ones.

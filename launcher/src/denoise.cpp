@@ -1,0 +1,135 @@
+// `pipeswap denoise`: flow-matching sampling of a diffusion transformer across the ranks.
+#include <iostream>
+
+#include "job.h"
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/log.h"
+#include "pipeswap/core/safetensors.h"
+#include "pipeswap/pipeline/denoise_job.h"
+#include "pipeswap/pipeline/inputs.h"
+
+namespace pipeswap::launcher {
+namespace {
+
+std::string shape_str(const torch::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ", ")); }
+
+// A per-sample input with one row (shared by every sample) or one row per sample.
+void check_batch(const torch::Tensor& t, int64_t batch, const std::string& flag) {
+  if (!t.defined()) return;
+  PS_CHECK(t.size(0) == 1 || t.size(0) == batch, ConfigError,
+           "{} holds {} samples but --latents holds {}: give one (shared by every sample) or {}", flag, t.size(0),
+           batch, batch);
+}
+
+// Rank 0: reads and checks every input before any weights load.
+pipeline::DenoiseInputs read_inputs(const Options& o, const models::Architecture& arch) {
+  pipeline::DenoiseInputs in;
+  in.latents = pipeline::read_tensor_input(o.latents, "--latents", "latents", 5);
+  in.context = pipeline::read_tensor_input(o.context, "--context", "context", 3);
+  if (!o.context_null.empty())
+    in.context_null = pipeline::read_tensor_input(o.context_null, "--context-null", "context_null", 3);
+  if (!o.image_cond.empty()) in.image_cond = pipeline::read_tensor_input(o.image_cond, "--image-cond", "image_cond", 5);
+  if (!o.clip_fea.empty()) in.clip_fea = pipeline::read_tensor_input(o.clip_fea, "--clip-fea", "clip_fea", 3);
+  const int64_t b = in.latents.size(0);
+  check_batch(in.context, b, "--context");
+  check_batch(in.context_null, b, "--context-null");
+  check_batch(in.image_cond, b, "--image-cond");
+  check_batch(in.clip_fea, b, "--clip-fea");
+  if (in.image_cond.defined()) {
+    for (int d = 2; d < 5; ++d)
+      PS_CHECK(in.image_cond.size(d) == in.latents.size(d), ConfigError,
+               "--image-cond {} and --latents {} differ in frames, height or width", shape_str(in.image_cond),
+               shape_str(in.latents));
+  }
+  // What one micro-batch's forward pass sees: the architecture names anything it cannot take.
+  torch::Tensor lat = in.latents.narrow(0, 0, 1);
+  if (in.image_cond.defined()) lat = torch::cat({lat, in.image_cond.narrow(0, 0, 1)}, 1);
+  models::Activation probe{lat, torch::zeros({1}), in.context.narrow(0, 0, 1)};
+  if (in.clip_fea.defined()) probe.push_back(in.clip_fea.narrow(0, 0, 1));
+  arch.check_inputs(probe);
+  if (in.context_null.defined()) {
+    probe[2] = in.context_null.narrow(0, 0, 1);
+    arch.check_inputs(probe);
+  }
+  return in;
+}
+
+}  // namespace
+
+int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport) {
+  const auto t_start = Clock::now();
+  if (world.rank == 0) pipeline::check_output_path(o.output);
+  set_threads(o, world);
+  Job job = open_model(o, world, *transport, /*plan_only=*/false);
+  PS_CHECK(job.arch->kind() == "dit", ConfigError,
+           "{} is a {} language model: `pipeswap denoise` samples diffusion transformers; use `pipeswap run --model "
+           "{} --input FILE`",
+           job.model_dir, job.arch->family(), job.model_dir);
+
+  pipeline::DenoiseSettings settings;
+  settings.steps = o.steps;
+  settings.guidance = o.guidance;
+  settings.shift = o.shift;
+  settings.cfg = o.guidance != 1.0;
+  pipeline::DenoiseInputs in;
+  // Rank 0 reads the inputs; every rank learns the batch and the tokens per sample (the plan needs them).
+  std::string shape = "0 0";
+  if (world.rank == 0) {
+    in = read_inputs(o, *job.arch);
+    torch::Tensor lat = in.latents.narrow(0, 0, 1);
+    if (in.image_cond.defined()) lat = torch::cat({lat, in.image_cond.narrow(0, 0, 1)}, 1);
+    shape = fmt::format("{} {}", in.latents.size(0), job.arch->sequence_length({lat, torch::zeros({1}),
+                                                                                 in.context.narrow(0, 0, 1),
+                                                                                 in.clip_fea.defined()
+                                                                                     ? in.clip_fea.narrow(0, 0, 1)
+                                                                                     : torch::Tensor()}));
+  }
+  if (world.size > 1) shape = comm::allgather_strings(*transport, shape).at(0);
+  int64_t batch = 0, tokens = 0;
+  PS_CHECK(std::sscanf(shape.c_str(), "%ld %ld", &batch, &tokens) == 2 && batch > 0, CommError,
+           "rank 0 could not read the inputs (see its error)");
+  settings.batch = static_cast<int>(batch);
+  const int units = pipeline::denoise_units(settings);
+  job.plan = make_job_plan(o, world, *transport, job, 1, tokens, units, settings.steps);
+
+  RankRuntime rt = start_rank(o, world, transport, job);
+  comm::Transport& t = *transport;
+  auto progress = [&](const pipeline::StepReport& r) {
+    log().info("step {}/{} sigma {:.4f}: {:.3f} s", r.step, settings.steps, r.sigma, r.seconds);
+  };
+  auto result = pipeline::run_denoise(job.plan, world.rank, *job.arch, *rt.weights, t, in, settings, rt.device,
+                                      progress);
+  rt.trace->finish(t);
+  log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device);
+  if (world.rank == 0) {
+    write_safetensors(o.output, {{"latents", result.latents}},
+                      {{"producer", "pipeswap denoise"},
+                       {"steps", std::to_string(settings.steps)},
+                       {"guidance", fmt::format("{}", settings.guidance)},
+                       {"shift", fmt::format("{}", settings.shift)}});
+  }
+  t.barrier();
+  if (world.rank == 0) {
+    std::string s = fmt::format("pipeswap denoise: {} ({}), {} blocks on {} rank(s), {} sample(s) x {} tokens, {} "
+                                "micro-batches per step\n",
+                                job.model_dir, job.plan.family, job.plan.num_blocks, world.size, batch, tokens, units);
+    for (const auto& r : job.plan.ranks) {
+      s += fmt::format("  rank {} {:<6} {}\n", r.rank, r.device.str(),
+                       r.idle() ? std::string("idle")
+                                : fmt::format("blocks {}..{} ({}){}{}{}", r.first_block, r.end_block - 1,
+                                              r.num_blocks(), r.prologue ? " +prologue" : "",
+                                              r.epilogue ? " +epilogue" : "",
+                                              r.swapped_blocks.empty()
+                                                  ? ""
+                                                  : fmt::format(", {} swapped", r.swapped_blocks.size())));
+    }
+    const double per_step = result.seconds / settings.steps;
+    s += fmt::format("  {} steps in {:.3f} s ({:.3f} s/step), guidance {}, shift {}, total {:.2f} s\n", settings.steps,
+                     result.seconds, per_step, settings.guidance, settings.shift, since(t_start));
+    s += fmt::format("  latents {} float32 -> {}\n", fmt::join(result.latents.sizes(), "x"), o.output);
+    std::cout << s << std::flush;
+  }
+  return 0;
+}
+
+}  // namespace pipeswap::launcher

@@ -1,0 +1,135 @@
+#include "pipeswap/pipeline/denoise_job.h"
+
+#include <chrono>
+
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/log.h"
+#include "pipeswap/pipeline/forward_job.h"
+
+namespace pipeswap::pipeline {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+comm::Message expect(comm::Transport& t, int src, comm::MessageKind kind, int step, int unit) {
+  comm::Message m = t.recv(src);
+  PS_CHECK(m.kind == kind && m.micro_batch == unit && m.step == step, CommError,
+           "rank {} sent message kind {} for step {} micro-batch {} where kind {} for step {} micro-batch {} was "
+           "expected (ranks disagree on the plan: are all ranks running the same pipeswap build and arguments?)",
+           src, static_cast<int>(m.kind), m.step, m.micro_batch, static_cast<int>(kind), step, unit);
+  return m;
+}
+
+// Sample `i` of a batch-first tensor, keeping the batch axis (a tensor with one row serves every sample).
+torch::Tensor row(const torch::Tensor& t, int64_t i) { return t.size(0) == 1 ? t : t.narrow(0, i, 1); }
+
+}  // namespace
+
+torch::Tensor flow_sigmas(int steps, double shift) {
+  PS_CHECK(steps >= 1, ConfigError, "--steps must be at least 1 (got {})", steps);
+  PS_CHECK(shift > 0, ConfigError, "--shift must be positive (got {})", shift);
+  auto s = torch::linspace(1.0, 0.0, steps + 1, torch::TensorOptions().dtype(torch::kFloat64));
+  return shift * s / (1 + (shift - 1) * s);
+}
+
+int denoise_units(const DenoiseSettings& s) { return s.batch * (s.cfg ? 2 : 1); }
+
+DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture& arch,
+                          offload::BlockWeights& weights, comm::Transport& transport, const DenoiseInputs& in,
+                          const DenoiseSettings& settings, torch::Device device,
+                          const std::function<void(const StepReport&)>& on_step) {
+  const auto t0 = Clock::now();
+  DenoiseResult result;
+  const RankPlan& me = plan.ranks.at(rank);
+  PS_CHECK(plan.first_stage() == 0, ConfigError,
+           "denoise needs rank 0 to hold the first blocks (it keeps the latents): give the first --device-chain "
+           "entry a non-zero weight");
+  const int prev = plan.prev_stage(rank);
+  const int next = plan.next_stage(rank);
+  const int last = plan.last_stage();
+  const int branches = settings.cfg ? 2 : 1;
+  const int units = denoise_units(settings);
+  const int steps = settings.steps;
+  const auto options = torch::TensorOptions().dtype(plan.dtype).device(device);
+  const torch::Tensor sigmas = flow_sigmas(steps, settings.shift);
+  auto sigma = [&](int i) { return sigmas[i].item<double>(); };
+  at::NoGradGuard no_grad;
+
+  // Rank 0's state: the latents of every sample, and each unit's velocity of the current step.
+  torch::Tensor x;
+  std::vector<torch::Tensor> velocity(units);
+  std::vector<int> done_step(settings.batch, 0);  // steps applied to each sample
+  auto last_report = t0;
+  if (rank == 0) x = in.latents.to(torch::kFloat32).clone();
+
+  // Rank 0: take the velocities of sample i's step s (from the last stage unless rank 0 is it) and
+  // apply the guidance mix and the Euler step, as the fixture script's loop does.
+  auto finish_sample_step = [&](int s, int i) {
+    for (int b = 0; b < branches; ++b) {
+      const int u = i * branches + b;
+      if (last != 0) velocity[u] = expect(transport, last, comm::MessageKind::kOutput, s, u).tensors.at(0);
+    }
+    torch::Tensor v = velocity[i * branches];
+    if (settings.cfg) {
+      const torch::Tensor& uncond = velocity[i * branches + 1];
+      v = uncond + settings.guidance * (v - uncond);
+    }
+    x.narrow(0, i, 1).add_((sigma(s + 1) - sigma(s)) * v);
+    done_step[i] = s + 1;
+    if (i == settings.batch - 1) {
+      const auto now = Clock::now();
+      const double dt = std::chrono::duration<double>(now - last_report).count();
+      last_report = now;
+      result.step_seconds.push_back(dt);
+      if (on_step) on_step(StepReport{s + 1, sigma(s), dt});
+    }
+  };
+
+  weights.expect_sweeps(steps * units);
+  if (!me.idle()) {
+    for (int s = 0; s < steps; ++s) {
+      const auto t = torch::full({1}, sigma(s) * 1000.0, torch::kFloat32);
+      for (int u = 0; u < units; ++u) {
+        const int i = u / branches;
+        const bool uncond = settings.cfg && u % branches == 1;
+        models::Activation act;
+        if (me.prologue) {
+          if (done_step[i] < s) finish_sample_step(s - 1, i);
+          torch::Tensor lat = x.narrow(0, i, 1);
+          if (in.image_cond.defined()) lat = torch::cat({lat, row(in.image_cond, i).to(torch::kFloat32)}, 1);
+          models::Activation inputs{lat, t, row(uncond ? in.context_null : in.context, i)};
+          if (in.clip_fea.defined()) inputs.push_back(row(in.clip_fea, i));
+          act = arch.prologue(weights.acquire_prologue(), inputs, options);
+          weights.release_prologue();
+        } else {
+          act = expect(transport, prev, comm::MessageKind::kActivation, s, u).tensors;
+          for (auto& a : act) a = a.to(device);
+        }
+        run_blocks(arch, weights, me.first_block, me.end_block, act);
+        if (me.epilogue) {
+          torch::Tensor out = arch.epilogue(weights.acquire_epilogue(), act).to(torch::kCPU).contiguous();
+          weights.release_epilogue();
+          if (rank == 0) {
+            velocity[u] = out;
+          } else {
+            transport.send(0, comm::Message{comm::MessageKind::kOutput, u, s, {out}});
+          }
+        } else {
+          if (!transport.device_native()) {
+            for (auto& a : act) a = a.to(torch::kCPU).contiguous();
+          }
+          transport.send(next, comm::Message{comm::MessageKind::kActivation, u, s, act});
+        }
+      }
+    }
+  }
+  if (rank == 0) {
+    for (int i = 0; i < settings.batch; ++i) finish_sample_step(steps - 1, i);
+    result.latents = x;
+  }
+  transport.flush();
+  result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return result;
+}
+
+}  // namespace pipeswap::pipeline

@@ -1,0 +1,173 @@
+// End to end: `pipeswap denoise` on the tiny Wan fixtures (tests/reference/make_wan_fixtures.py).
+// The single-rank run must match the diffusers-driven reference loop; every split, swap setting and
+// granularity must give latents bit-identical to the single-rank run; bad input fails on every rank.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "pipeswap/core/safetensors.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+namespace {
+
+using namespace pipeswap::test_support;
+
+std::string source_dir() {
+  if (const char* env = std::getenv("PIPESWAP_SOURCE_DIR")) return env;
+  return fs::path(__FILE__).parent_path().parent_path().string();
+}
+
+std::string fixture(const std::string& name) { return source_dir() + "/tests/reference/fixtures/" + name; }
+
+class DenoiseTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char tmpl[] = "/tmp/pipeswap-denoise-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static std::string path(const std::string& name) { return dir_ + "/" + name; }
+
+  // The reference loop's inputs: 4 steps, guidance 5, shift 3 (see the fixture script).
+  static std::string args(const std::string& model = "wan-t2v-diffusers") {
+    const std::string io = fixture("wan-t2v-diffusers/denoise.safetensors");
+    return " denoise --model " + fixture(model) + " --latents " + io + " --context " + io + " --context-null " + io +
+           " --steps 4 --guidance 5 --shift 3 --log-level warn";
+  }
+  static inline std::string dir_;
+};
+
+double rel_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
+}
+
+TEST_F(DenoiseTest, MatchesDiffusersReferenceLoop) {
+  const std::string out = path("single.safetensors");
+  Result r = sh(exe() + args() + " --output " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("4 steps in"));
+  auto got = pipeswap::SafetensorsFile::open(out)->read("latents");
+  auto want = pipeswap::SafetensorsFile::open(fixture("wan-t2v-diffusers/denoise.safetensors"))->read("output");
+  ASSERT_EQ(got.sizes(), want.sizes());
+  const double err = rel_error(got, want);
+  std::cout << "[ denoise  ] 4 steps, guidance 5: max |error| / max |latent| " << err << "\n";
+  // fp32 throughout; the guidance scale of 5 amplifies the model's 1e-6-level differences.
+  EXPECT_LE(err, 1e-4);
+
+  // The Wan2.1-named copy of the same weights samples the same latents (its text_len equals the
+  // fixture's context length, so nothing is padded differently).
+  const std::string out21 = path("wan21.safetensors");
+  Result r21 = sh(exe() + args("wan-t2v-wan21") + " --output " + out21);
+  ASSERT_EQ(r21.code, 0) << r21.output;
+  EXPECT_TRUE(same_bytes(out21, out));
+}
+
+// Every split x swap x granularity gives the single-rank latents, byte for byte.
+TEST_F(DenoiseTest, SplitsAndSwapsAreBitIdentical) {
+  const std::string ref = path("ref.safetensors");
+  Result r0 = sh(exe() + args() + " --output " + ref);
+  ASSERT_EQ(r0.code, 0) << r0.output;
+  struct Case {
+    std::string launch, flags;
+  };
+  const Case cases[] = {
+      {"", " --blocks-to-swap 2"},
+      {"", " --blocks-to-swap 3 --offload-granularity phase --prefetch-depth 2"},
+      {"", " --blocks-to-swap 1 --lazy-load --max-memory 100KB"},
+      {"mpirun -np 2 ", " --device-chain cpu=1,cpu=1"},
+      {"mpirun -np 2 ", " --device-chain cpu=1,cpu=2 --blocks-to-swap 1 --offload-granularity phase"},
+      {"mpirun -np 3 ", " --device-chain cpu=1,cpu=1,cpu=1 --blocks-to-swap 1 --lazy-load"},
+      {"", " --device-chain cpu=2,cpu=1 --blocks-to-swap 1"},  // single-node mode: workers spawned
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    const std::string out = path("case" + std::to_string(i++) + ".safetensors");
+    Result r = sh(c.launch + exe() + args() + c.flags + " --output " + out);
+    ASSERT_EQ(r.code, 0) << c.launch << c.flags << "\n" << r.output;
+    EXPECT_TRUE(same_bytes(out, ref)) << c.launch << c.flags;
+  }
+}
+
+// Two samples, each with its CFG pair: four micro-batches per step, the pipeline kept full across
+// steps. Each sample's latents are those of the sample run alone.
+TEST_F(DenoiseTest, BatchOfSamplesOnTwoRanks) {
+  auto io = pipeswap::SafetensorsFile::open(fixture("wan-t2v-diffusers/denoise.safetensors"));
+  const auto lat = io->read("latents");
+  const auto batch = path("batch.safetensors");
+  pipeswap::write_safetensors(batch, {{"latents", torch::cat({lat, lat.flip(-1)}, 0)},
+                                      {"context", io->read("context")},
+                                      {"context_null", io->read("context_null")}},
+                              {});
+  const std::string common = " denoise --model " + fixture("wan-t2v-diffusers") + " --latents " + batch +
+                             " --context " + batch + " --context-null " + batch +
+                             " --steps 3 --guidance 4 --shift 5 --log-level warn";
+  const std::string two = path("two.safetensors");
+  Result r = sh("mpirun -np 2 " + exe() + common + " --device-chain cpu=1,cpu=1 --output " + two);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("2 sample(s)"));
+  EXPECT_THAT(r.output, HasSubstr("4 micro-batches per step"));
+  const auto both = pipeswap::SafetensorsFile::open(two)->read("latents");
+  ASSERT_EQ(both.size(0), 2);
+  const auto one_path = path("one.safetensors");
+  pipeswap::write_safetensors(one_path, {{"latents", lat.flip(-1).contiguous()},
+                                         {"context", io->read("context")},
+                                         {"context_null", io->read("context_null")}},
+                              {});
+  const std::string alone = path("alone.safetensors");
+  Result r1 = sh(exe() + " denoise --model " + fixture("wan-t2v-diffusers") + " --latents " + one_path +
+                 " --context " + one_path + " --context-null " + one_path +
+                 " --steps 3 --guidance 4 --shift 5 --log-level warn --output " + alone);
+  ASSERT_EQ(r1.code, 0) << r1.output;
+  const auto single = pipeswap::SafetensorsFile::open(alone)->read("latents");
+  EXPECT_TRUE(torch::equal(both.narrow(0, 1, 1), single)) << "sample 1 of the batch differs from it run alone";
+}
+
+TEST_F(DenoiseTest, ProgressLinePerStep) {
+  Result r = sh(exe() + args() + " --log-level info --output " + path("progress.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (int s = 1; s <= 4; ++s) EXPECT_THAT(r.output, HasSubstr("step " + std::to_string(s) + "/4 sigma"));
+}
+
+TEST_F(DenoiseTest, BadInputsNamedOnEveryRank) {
+  const std::string io = fixture("wan-t2v-diffusers/denoise.safetensors");
+  const std::string model = " --model " + fixture("wan-t2v-diffusers");
+  struct Case {
+    std::string cmd, needle;
+  };
+  const std::string bad_lat = path("bad_lat.safetensors");
+  pipeswap::write_safetensors(bad_lat, {{"latents", torch::zeros({1, 5, 3, 4, 6})}}, {});
+  const std::string nan_lat = path("nan_lat.safetensors");
+  pipeswap::write_safetensors(nan_lat, {{"latents", torch::full({1, 4, 3, 4, 6}, NAN)}}, {});
+  const Case cases[] = {
+      {" denoise" + model + " --latents " + io + " --context " + io + " --steps 2", "needs --context-null"},
+      {" denoise" + model + " --latents " + bad_lat + " --context " + io + " --guidance 1 --steps 2",
+       "latents must be [batch, 4"},
+      {" denoise" + model + " --latents " + nan_lat + " --context " + io + " --guidance 1 --steps 2", "NaN"},
+      {" denoise" + model + " --latents " + path("missing.safetensors") + " --context " + io +
+           " --guidance 1 --steps 2",
+       "does not exist"},
+      {" denoise" + model + " --latents " + io + " --context " + io + " --guidance 1 --steps 0",
+       "--steps must be at least 1"},
+      {" run" + model + " --input " + io, "use `pipeswap denoise"},
+      {" denoise --latents " + io + " --context " + io + " --guidance 1 --steps 2", "`pipeswap denoise` samples "
+                                                                                     "diffusion transformers"},
+  };
+  for (const Case& c : cases) {
+    const std::string out = path("never.safetensors");
+    Result r = sh("mpirun -np 2 " + exe() + c.cmd + " --device-chain cpu=1,cpu=1 --output " + out, 60);
+    EXPECT_NE(r.code, 0) << c.cmd << "\n" << r.output;
+    EXPECT_NE(r.code, 124) << "timed out: " << c.cmd;
+    EXPECT_THAT(r.output, HasSubstr(c.needle)) << c.cmd;
+    EXPECT_FALSE(fs::exists(out)) << c.cmd;
+  }
+}
+
+}  // namespace
