@@ -122,7 +122,8 @@ class NcclTransport final : public Transport {
     Pending p;
     for (auto& t : msg.tensors) {
       torch::Tensor c = t.contiguous();
-      PS_CHECK_NCCL(ncclSend(c.data_ptr(), static_cast<size_t>(c.nbytes()), bytes_type(), dst, comm_, stream_));
+      if (c.nbytes() > 0)  // an empty tensor carries only its shape (the header has it)
+        PS_CHECK_NCCL(ncclSend(c.data_ptr(), static_cast<size_t>(c.nbytes()), bytes_type(), dst, comm_, stream_));
       p.tensors.push_back(c);
     }
     p.done = make_event();
@@ -146,7 +147,8 @@ class NcclTransport final : public Transport {
       const auto* m = meta.data_ptr<int64_t>();
       std::vector<int64_t> shape(m + 1, m + meta.numel());
       torch::Tensor t = torch::empty(shape, options.dtype(static_cast<c10::ScalarType>(m[0])));
-      PS_CHECK_NCCL(ncclRecv(t.data_ptr(), static_cast<size_t>(t.nbytes()), bytes_type(), src, comm_, stream_));
+      if (t.nbytes() > 0)
+        PS_CHECK_NCCL(ncclRecv(t.data_ptr(), static_cast<size_t>(t.nbytes()), bytes_type(), src, comm_, stream_));
       msg.tensors.push_back(t);
     }
     EventPtr arrived = make_event();

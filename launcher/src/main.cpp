@@ -41,7 +41,7 @@ int main(int argc, char** argv) {
     if (!opts) return 0;
     set_log_level(opts->log_level);
     launcher::World world = launcher::discover_world();
-    if (world.launcher == launcher::World::Launcher::kAlone && opts->command == "run" && !opts->device_chain.empty()) {
+    if (world.launcher == launcher::World::Launcher::kAlone && opts->command != "plan" && !opts->device_chain.empty()) {
       // No launcher and several chain entries: single-node mode, one worker process per entry.
       const auto chain = pipeline::parse_device_chain(opts->device_chain);
       if (!chain.automatic && chain.entries.size() > 1) {
