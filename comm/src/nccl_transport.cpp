@@ -8,7 +8,17 @@
 //    polling, never by blocking the host).
 //  - recv: after ncclRecv an event recorded on comm makes compute wait before it reads the tensor.
 // Only activations travel over NCCL, stage k -> stage k+1, so the dependency graph of the streams is
-// a chain and cannot deadlock. Headers (shapes, micro-batch ids) and everything bound for the host
+// a chain and cannot deadlock.
+//
+// Watchdog: every NCCL receive is watched by a thread of its own. A receive is posted only after its
+// header arrived, so its sender has already issued the matching send: one that has not completed
+// within --comm-timeout means the sender died or hangs mid-transfer (its kernels never arrive, and the
+// compute stream waiting on them would block the host forever at its next synchronisation). The
+// watchdog aborts the communicator, which ends the stuck kernels, and the next transport call on
+// this rank throws PeerLostError naming the silent rank and its host. Sends are not watched that way
+// (a send completes only when the next stage gets round to receiving, which a slow stage may take
+// longer than the timeout to do); a receiver that died is seen by the control transport, and one that
+// hangs by flush()'s deadline. Headers (shapes, micro-batch ids) and everything bound for the host
 // (the last stage's logits for rank 0) travel over the control transport.
 #include "pipeswap/comm/transport.h"
 #include "pipeswap/core/error.h"
@@ -18,8 +28,11 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
+#include <mutex>
 #include <thread>
 
 #include "pipeswap/core/log.h"
@@ -54,12 +67,12 @@ namespace {
 struct EventDeleter {
   void operator()(CUevent_st* e) const noexcept { cudaEventDestroy(e); }
 };
-using EventPtr = std::unique_ptr<CUevent_st, EventDeleter>;
+using EventPtr = std::shared_ptr<CUevent_st>;  // shared with the watchdog
 
 EventPtr make_event() {
   cudaEvent_t e = nullptr;
   PS_CHECK_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  return EventPtr(e);
+  return EventPtr(e, EventDeleter());
 }
 
 ncclDataType_t bytes_type() { return ncclUint8; }
@@ -77,15 +90,23 @@ class NcclTransport final : public Transport {
     std::copy(ids.at(0).begin(), ids.at(0).end(), id.internal);
     PS_CHECK_NCCL(ncclCommInitRank(&comm_, control_->world_size(), id, control_->rank()));
     PS_CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    watchdog_ = std::thread([this] { watch(); });
     log().info("NCCL {} communicator ready on cuda:{}", NCCL_VERSION_CODE, device_);
   }
 
   ~NcclTransport() override {
     try {
-      flush();
+      if (!lost_) flush();
     } catch (const std::exception& e) {
       log().warn("NCCL transport: pending sends not finished at shutdown: {}", e.what());
     }
+    {
+      std::lock_guard<std::mutex> lock(watch_mutex_);
+      stop_ = true;
+    }
+    watch_cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    std::lock_guard<std::mutex> lock(comm_mutex_);
     if (comm_) {
       if (aborted_) ncclCommAbort(comm_);
       else ncclCommDestroy(comm_);
@@ -105,6 +126,7 @@ class NcclTransport final : public Transport {
       control_->send(dst, std::move(msg));
       return;
     }
+    check_lost();
     reap();
     // The header goes over the control transport: per tensor an int64 vector {dtype, shape...}.
     Message header{msg.kind, msg.micro_batch, msg.step, {}};
@@ -133,6 +155,7 @@ class NcclTransport final : public Transport {
   }
 
   Message recv(int src) override {
+    check_lost();
     Message header = control_->recv(src);
     if (header.kind != MessageKind::kActivation) return header;  // host-bound messages came whole
     Message msg{header.kind, header.micro_batch, header.step, {}};
@@ -154,6 +177,7 @@ class NcclTransport final : public Transport {
     EventPtr arrived = make_event();
     PS_CHECK_CUDA(cudaEventRecord(arrived.get(), stream_));
     PS_CHECK_CUDA(cudaStreamWaitEvent(compute, arrived.get(), 0));
+    watch_op(arrived, src, "receive an activation from");
     check_async_error();
     return msg;
   }
@@ -163,6 +187,7 @@ class NcclTransport final : public Transport {
   void flush() override {
     const auto deadline = std::chrono::steady_clock::now() + opts_.timeout;
     while (!pending_.empty()) {
+      check_lost();
       reap();
       check_async_error();
       if (pending_.empty()) break;
@@ -173,15 +198,12 @@ class NcclTransport final : public Transport {
       }
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
+    check_lost();
     control_->flush();
   }
 
   void abort(const std::string& reason) noexcept override {
-    if (comm_ && !aborted_) {
-      aborted_ = true;
-      ncclCommAbort(comm_);
-      comm_ = nullptr;
-    }
+    abort_comm();
     control_->abort(reason);
   }
 
@@ -210,7 +232,68 @@ class NcclTransport final : public Transport {
     }
   }
 
+  // Ends every outstanding NCCL kernel of this communicator (from the watchdog or on an error).
+  void abort_comm() noexcept {
+    std::lock_guard<std::mutex> lock(comm_mutex_);
+    if (comm_ && !aborted_) {
+      aborted_ = true;
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+    }
+  }
+
+  void watch_op(const EventPtr& done, int peer, const char* what) {
+    {
+      std::lock_guard<std::mutex> lock(watch_mutex_);
+      watched_.push_back(Watched{done, peer, what, std::chrono::steady_clock::now()});
+    }
+    watch_cv_.notify_all();
+  }
+
+  std::string host_of(int r) const {
+    const auto& h = control_->hosts();
+    return r >= 0 && r < static_cast<int>(h.size()) ? h[r] : std::string("?");
+  }
+
+  // The watchdog thread: completes, or times out, the oldest watched operations first.
+  void watch() {
+    std::unique_lock<std::mutex> lock(watch_mutex_);
+    while (!stop_) {
+      while (!watched_.empty()) {
+        const cudaError_t q = cudaEventQuery(watched_.front().done.get());
+        if (q != cudaErrorNotReady) {  // done (or a CUDA error the main thread will meet itself)
+          watched_.pop_front();
+          continue;
+        }
+        const Watched& w = watched_.front();
+        if (std::chrono::steady_clock::now() - w.since > opts_.timeout) {
+          lost_message_ = fmt::format(
+              "rank {} (host {}) is silent: this rank waited {:.0f} s (--comm-timeout) to {} it over NCCL; the NCCL "
+              "communicator was aborted (is rank {} dead or hung? see its log)",
+              w.peer, host_of(w.peer), opts_.timeout.count() / 1000.0, std::string(w.what) + " rank " +
+                                                                           std::to_string(w.peer),
+              w.peer);
+          lost_ = true;
+          watched_.clear();
+          lock.unlock();
+          log().error("{}", lost_message_);
+          abort_comm();
+          lock.lock();
+        }
+        break;
+      }
+      watch_cv_.wait_for(lock, std::chrono::milliseconds(50));
+    }
+  }
+
+  void check_lost() {
+    if (!lost_) return;
+    std::lock_guard<std::mutex> lock(watch_mutex_);
+    PS_THROW(PeerLostError, "{}", lost_message_);
+  }
+
   void check_async_error() {
+    check_lost();
     ncclResult_t async = ncclSuccess;
     PS_CHECK_NCCL(ncclCommGetAsyncError(comm_, &async));
     if (async != ncclSuccess && async != ncclInProgress) {
@@ -225,7 +308,22 @@ class NcclTransport final : public Transport {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   std::deque<Pending> pending_;
+  std::mutex comm_mutex_;  // comm_ against a concurrent abort from the watchdog
   bool aborted_ = false;
+
+  struct Watched {
+    EventPtr done;
+    int peer;
+    const char* what;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::mutex watch_mutex_;
+  std::condition_variable watch_cv_;
+  std::deque<Watched> watched_;
+  bool stop_ = false;
+  std::atomic<bool> lost_{false};
+  std::string lost_message_;
+  std::thread watchdog_;
 };
 
 }  // namespace
