@@ -108,4 +108,24 @@ std::vector<std::string> allgather_strings(Transport& t, const std::string& mine
   return out;
 }
 
+std::vector<std::string> gather_strings(Transport& t, const std::string& mine) {
+  const int n = t.world_size();
+  if (n == 1) return {mine};
+  if (t.rank() != 0) {
+    t.send(0, Message{MessageKind::kControl, 0, 0, {bytes_of(mine)}});
+    return {};
+  }
+  std::vector<std::string> out{mine};
+  out.reserve(n);
+  for (int r = 1; r < n; ++r) {
+    Message m = t.recv(r);
+    expect_control(m, r, 1);
+    PS_CHECK(m.tensors[0].scalar_type() == torch::kUInt8, CommError, "gather: rank {} sent a non-byte tensor", r);
+    const torch::Tensor& b = m.tensors[0];
+    out.push_back(b.numel() == 0 ? std::string()
+                                 : std::string(static_cast<const char*>(b.data_ptr()), static_cast<size_t>(b.numel())));
+  }
+  return out;
+}
+
 }  // namespace pipeswap::comm

@@ -2,6 +2,7 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/trace.h"
 
 namespace pipeswap::offload {
 
@@ -107,9 +108,13 @@ const models::WeightView& Components::acquire(bool prologue) {
   for (const Use& u : side.uses) {
     Part& p = parts_[u.part];
     if (p.slab.defined()) continue;  // shared with an earlier use
+    trace::Args what;
+    what.bytes = p.layout.bytes;
     if (p.mode == ComponentMode::kHost) {
+      trace::DeviceRange traced(trace::Kind::kCopy, "copy component", what, std::nullopt, trace::Lane::kCopy);
       p.slab = device_.is_cpu() ? p.host.clone() : p.host.to(device_, /*non_blocking=*/true);
     } else if (p.mode == ComponentMode::kOnDemand) {
+      trace::Range traced(trace::Kind::kDisk, "read component (on demand)", what);
       p.slab = load_part(*ckpt_, p.layout, device_);
     }
   }

@@ -12,13 +12,17 @@ class CpuBackend final : public SwapBackend {
     pinned = false;  // nothing to pin for: the "device" is host memory
     return torch::empty({bytes}, torch::kUInt8);
   }
-  void fill_slot(int, torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) override {
+  void fill_slot(int, torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
+                 const trace::Args& what) override {
+    trace::Range traced(trace::Kind::kCopy, "copy", what);
     std::memcpy(slot_slab.data_ptr(), host.data_ptr(), static_cast<size_t>(bytes));
   }
   void wait_filled(int) override {}
   void compute_waits_for(int) override {}
   void compute_releases(int) override {}
-  void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) override {
+  void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
+                 const trace::Args& what) override {
+    trace::Range traced(trace::Kind::kCopy, "copy (sync)", what);
     std::memcpy(slot_slab.data_ptr(), host.data_ptr(), static_cast<size_t>(bytes));
   }
 };

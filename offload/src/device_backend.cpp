@@ -53,21 +53,36 @@ class DeviceBackend final : public SwapBackend {
     }
   }
 
-  void fill_slot(int slot, torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) override {
+  void fill_slot(int slot, torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
+                 const trace::Args& what) override {
     c10::StreamGuard guard(copy_stream_);  // also makes the slot's device current on this thread
     free_[slot].block(copy_stream_);       // the slot's previous occupant is no longer read
-    slot_slab.narrow(0, 0, bytes).copy_(host.narrow(0, 0, bytes), /*non_blocking=*/true);
+    {
+      trace::DeviceRange traced(trace::Kind::kCopy, "copy", what, copy_stream_);
+      slot_slab.narrow(0, 0, bytes).copy_(host.narrow(0, 0, bytes), /*non_blocking=*/true);
+    }
     ready_[slot].record(copy_stream_);
   }
 
   void wait_filled(int slot) override { compat::synchronize_event(ready_[slot]); }
 
-  void compute_waits_for(int slot) override { ready_[slot].block(guard_impl_.getStream(device_)); }
+  void compute_waits_for(int slot) override {
+    const c10::Stream compute = guard_impl_.getStream(device_);
+    if (!trace::device_timing()) return ready_[slot].block(compute);
+    // Traced: how long the compute stream stood still waiting for this slot's copy.
+    trace::Args a;
+    a.slot = slot;
+    trace::DeviceRange traced(trace::Kind::kWait, "wait for copy", a, compute);
+    ready_[slot].block(compute);
+  }
 
   void compute_releases(int slot) override { free_[slot].record(guard_impl_.getStream(device_)); }
 
-  void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) override {
+  void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
+                 const trace::Args& what) override {
     // use_non_blocking=false: a blocking copy on the compute stream, as the naive swap does.
+    trace::DeviceRange traced(trace::Kind::kCopy, "copy (sync)", what, guard_impl_.getStream(device_),
+                              trace::Lane::kCopy);
     slot_slab.narrow(0, 0, bytes).copy_(host.narrow(0, 0, bytes), /*non_blocking=*/false);
   }
 

@@ -1,5 +1,6 @@
 #include "components.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/trace.h"
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/slab.h"
 
@@ -15,8 +16,14 @@ class ResidentWeights final : public BlockWeights {
     nphases_ = static_cast<int>(arch.phase_names().size());
     bytes_ = components_.device_bytes();
     for (int b = owned.first_block; b < owned.end_block; ++b) {
-      for (const auto& part : models::block_parts(arch, b)) {
-        const SlabLayout layout = make_layout(part, dtype);
+      const auto parts = models::block_parts(arch, b);
+      for (size_t p = 0; p < parts.size(); ++p) {
+        const SlabLayout layout = make_layout(parts[p], dtype);
+        trace::Args what;
+        what.block = b;
+        what.phase = static_cast<int>(p);
+        what.bytes = layout.bytes;
+        trace::Range traced(trace::Kind::kDisk, "load (resident)", what);
         torch::Tensor slab = load_part(*ckpt, layout, device);
         blocks_.emplace_back();
         add_views(layout, slab, blocks_.back());

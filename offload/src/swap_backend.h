@@ -6,6 +6,8 @@
 
 #include <memory>
 
+#include "pipeswap/core/trace.h"
+
 namespace pipeswap::offload {
 
 class SwapBackend {
@@ -15,8 +17,10 @@ class SwapBackend {
   virtual torch::Tensor device_slab(int64_t bytes) = 0;
   // Host memory for swapped units; page-locked where possible (`pinned` says whether it is).
   virtual torch::Tensor host_slab(int64_t bytes, bool& pinned) = 0;
-  // Copy thread: fill slot `slot` (already released by compute) from host memory.
-  virtual void fill_slot(int slot, torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) = 0;
+  // Copy thread: fill slot `slot` (already released by compute) from host memory. `what` tags the
+  // copy in the --trace timeline (a device range on GPUs, timed from after the slot's free wait).
+  virtual void fill_slot(int slot, torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
+                         const trace::Args& what) = 0;
   // Copy thread, after fill_slot: returns once the host bytes may be overwritten.
   virtual void wait_filled(int slot) = 0;
   // Stage thread (acquire): compute issued from now on waits for the slot's fill.
@@ -24,7 +28,8 @@ class SwapBackend {
   // Stage thread (release): the slot is free once the compute issued so far has finished.
   virtual void compute_releases(int slot) = 0;
   // use_non_blocking=false: a synchronous copy on the stage thread.
-  virtual void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes) = 0;
+  virtual void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
+                         const trace::Args& what) = 0;
 };
 
 // CPU ranks: slots are host memory, a fill is a memcpy on the copy thread and is complete when

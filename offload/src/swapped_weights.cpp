@@ -11,12 +11,16 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/trace.h"
 #include "pipeswap/offload/slab.h"
 #include "components.h"
 #include "swap_backend.h"
 
 namespace pipeswap::offload {
 namespace {
+
+// Waits of the copy thread shorter than this are the lock hand-over, not a starved copy thread.
+constexpr int64_t kTracedWaitNs = 20'000;
 
 // One swapped or resident unit: a whole block (all phases in one slab) or one phase.
 struct Unit {
@@ -54,7 +58,19 @@ std::vector<Unit> make_units(const models::Architecture& arch, int block, Granul
   return units;
 }
 
-void read_unit(const Checkpoint& ckpt, const Unit& u, torch::Tensor host) {
+// What the --trace timeline says about a unit: its block, its phase when it is one phase alone.
+trace::Args unit_args(const Unit& u, int64_t position, int64_t bytes) {
+  trace::Args a;
+  a.block = u.block;
+  if (u.end_phase - u.first_phase == 1) a.phase = u.first_phase;
+  a.position = position;
+  a.bytes = bytes;
+  return a;
+}
+
+void read_unit(const Checkpoint& ckpt, const Unit& u, torch::Tensor host, const char* what = "read",
+               int64_t position = -1) {
+  trace::Range traced(trace::Kind::kDisk, what, unit_args(u, position, u.tensor_bytes));
   for (size_t i = 0; i < u.phases.size(); ++i) {
     torch::Tensor part = host.narrow(0, u.base[i], u.phases[i].bytes);
     read_part(ckpt, u.phases[i], part);
@@ -83,7 +99,7 @@ class PreloadedSource final : public HostSource {
   PreloadedSource(const Checkpoint& ckpt, const std::vector<const Unit*>& units, SwapBackend& backend, bool& pinned) {
     for (const Unit* u : units) {
       slabs_.push_back(backend.host_slab(u->bytes, pinned));
-      read_unit(ckpt, *u, slabs_.back());
+      read_unit(ckpt, *u, slabs_.back(), "read (preload)");
       bytes_ += u->bytes;
     }
   }
@@ -219,7 +235,7 @@ class LazySource final : public HostSource {
         } else {
           dst = staging_[static_cast<size_t>(buffer)];
         }
-        read_unit(*ckpt_, *units_[u], dst);
+        read_unit(*ckpt_, *units_[u], dst, sticky_[u] ? "read (kept)" : "read", g);
         std::lock_guard<std::mutex> lock(mu_);
         if (sticky_[u]) {
           loaded_[u] = dst;
@@ -285,7 +301,7 @@ class SwappedWeightsImpl final : public BlockWeights {
       for (Unit& u : make_units(arch, owned.first_block + b, opts.granularity, dtype)) {
         if (!layout_.swapped_blocks[static_cast<size_t>(b)]) {
           torch::Tensor host = torch::empty({u.bytes}, torch::kUInt8);
-          read_unit(*ckpt, u, host);
+          read_unit(*ckpt, u, host, "read (resident)");
           torch::Tensor slab = device.is_cpu() ? host : host.to(device);
           device_bytes_ += u.bytes;
           for (int p = u.first_phase; p < u.end_phase; ++p) {
@@ -345,11 +361,14 @@ class SwappedWeightsImpl final : public BlockWeights {
         std::unique_lock<std::mutex> lock(mu_);
         demand_ = g + static_cast<int64_t>(slots_.size()) - 1;  // copies up to g + K may start
         cv_.notify_all();
+        // Traced only when it blocks: the copy of g has not been issued yet.
+        const int64_t t0 = (trace::enabled() && filled_ <= g) ? trace::now_ns() : 0;
         cv_.wait(lock, [&] { return filled_ > g || error_; });
+        if (t0) trace::record(trace::Kind::kWait, "wait for slot", t0, trace::now_ns(), unit_args(unit, g, -1));
         if (error_) std::rethrow_exception(error_);
       } else {
         const torch::Tensor host = source_->wait(g);
-        backend_->copy_sync(slots_[static_cast<size_t>(slot)], host, unit.bytes);
+        backend_->copy_sync(slots_[static_cast<size_t>(slot)], host, unit.bytes, unit_args(unit, g, unit.bytes));
         source_->done(g);
         ++stats_.copies;
       }
@@ -432,8 +451,16 @@ class SwappedWeightsImpl final : public BlockWeights {
       try {
         const int slot = static_cast<int>(g % nslots);
         const Unit& unit = units_[static_cast<size_t>(g % static_cast<int64_t>(units_.size()))];
+        const int64_t t0 = trace::enabled() ? trace::now_ns() : 0;
         const torch::Tensor host = source_->wait(g);
-        backend_->fill_slot(slot, slots_[static_cast<size_t>(slot)], host, unit.bytes);
+        // A wait for the disk tier (lazy_load) longer than taking the lock: the copy thread starved.
+        if (t0 && trace::now_ns() - t0 > kTracedWaitNs) {
+          trace::record(trace::Kind::kWait, "wait for disk", t0, trace::now_ns(), unit_args(unit, g, -1),
+                        trace::Lane::kCopy);
+        }
+        trace::Args what = unit_args(unit, g, unit.bytes);
+        what.slot = slot;
+        backend_->fill_slot(slot, slots_[static_cast<size_t>(slot)], host, unit.bytes, what);
         {
           std::lock_guard<std::mutex> lock(mu_);
           filled_ = g + 1;

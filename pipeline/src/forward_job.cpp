@@ -4,6 +4,7 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/trace.h"
 
 namespace pipeswap::pipeline {
 namespace {
@@ -19,8 +20,21 @@ std::vector<torch::Tensor> to_host(const models::Activation& act) {
   return out;
 }
 
+int64_t nbytes(const std::vector<torch::Tensor>& tensors) {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += t.nbytes();
+  return n;
+}
+
+// Traced as the time this stage waited for the message (on NCCL ranks: for its header; the
+// transfer itself runs on the comm stream).
 comm::Message expect(comm::Transport& t, int src, comm::MessageKind kind, int mb) {
+  trace::Args what;
+  what.peer = src;
+  what.micro_batch = mb;
+  trace::Range traced(trace::Kind::kRecv, kind == comm::MessageKind::kOutput ? "recv output" : "recv", what);
   comm::Message m = t.recv(src);
+  if (trace::enabled()) traced.args().bytes = nbytes(m.tensors);
   PS_CHECK(m.kind == kind && m.micro_batch == mb, CommError,
            "rank {} sent message kind {} for micro-batch {} where kind {} for micro-batch {} was expected "
            "(ranks disagree on the plan: are all ranks running the same pipeswap build and arguments?)",
@@ -49,25 +63,48 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
     if (me.prologue) sizes = micro_batch_sizes(input_ids.size(0), m);
     int64_t row = 0;
     for (int j = 0; j < m; ++j) {
+      trace::Args tag;
+      tag.micro_batch = j;
+      trace::Context traced_mb(tag);
       models::Activation act;
       if (me.prologue) {
         torch::Tensor ids = input_ids.narrow(0, row, sizes[j]);
         row += sizes[j];
-        act = arch.prologue(weights.acquire_prologue(), {ids}, options);
+        const models::WeightView& w = weights.acquire_prologue();
+        {
+          trace::DeviceRange traced(trace::Kind::kCompute, "prologue");
+          act = arch.prologue(w, {ids}, options);
+        }
         weights.release_prologue();
       } else {
         act = to_device(expect(transport, prev, comm::MessageKind::kActivation, j).tensors, device);
       }
       run_blocks(arch, weights, me.first_block, me.end_block, act);
       if (me.epilogue) {
-        torch::Tensor logits = arch.epilogue(weights.acquire_epilogue(), act).to(torch::kCPU).contiguous();
+        const models::WeightView& w = weights.acquire_epilogue();
+        torch::Tensor logits;
+        {
+          trace::DeviceRange traced(trace::Kind::kCompute, "epilogue");
+          logits = arch.epilogue(w, act);
+        }
+        logits = logits.to(torch::kCPU).contiguous();
         weights.release_epilogue();
         if (rank == 0) {
           outputs[j] = logits;
         } else {
+          trace::Args what;
+          what.peer = 0;
+          what.bytes = logits.nbytes();
+          trace::Range traced(trace::Kind::kSend, "send output", what);
           transport.send(0, comm::Message{comm::MessageKind::kOutput, j, 0, {logits}});
         }
       } else {
+        // Traced as the time this stage spent handing the activation over (host copy and enqueue;
+        // the transports put it on the wire in the background).
+        trace::Args what;
+        what.peer = next;
+        what.bytes = nbytes(act);
+        trace::Range traced(trace::Kind::kSend, "send", what);
         transport.send(next, comm::Message{comm::MessageKind::kActivation, j, 0,
                                            transport.device_native() ? act : to_host(act)});
       }

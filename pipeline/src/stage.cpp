@@ -1,15 +1,23 @@
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/trace.h"
 #include "pipeswap/pipeline/forward_job.h"
 
 namespace pipeswap::pipeline {
 
 void run_blocks(const models::Architecture& arch, offload::BlockWeights& weights, int first, int end,
                 models::Activation& act) {
-  const int nphases = static_cast<int>(arch.phase_names().size());
+  const std::vector<std::string> phases = arch.phase_names();
+  const int nphases = static_cast<int>(phases.size());
   for (int b = first; b < end; ++b) {
     for (int p = 0; p < nphases; ++p) {
       const models::WeightView& w = weights.acquire(b, p);
-      arch.phase_forward(b, p, w, act);
+      {
+        trace::Args what;
+        what.block = b;
+        what.phase = p;
+        trace::DeviceRange traced(trace::Kind::kCompute, phases[static_cast<size_t>(p)], what);
+        arch.phase_forward(b, p, w, act);
+      }
       weights.release(b, p);
     }
   }

@@ -74,4 +74,22 @@ inline void synchronize_event(const c10::Event& event) {
 #endif
 }
 
+// Device-side timing for --trace: events created with timing_event_flag() and recorded on a
+// stream can say how many milliseconds of device time lie between them. LibTorch >= 2.5 has
+// c10::Event::elapsedTime on the device-generic API (CUDA: cudaEventElapsedTime); BACKEND_DEFAULT
+// means "timing enabled" on CUDA in every version. Before 2.5 there is no generic way: the trace
+// falls back to host-side ranges there.
+inline constexpr bool kHasEventTiming = PIPESWAP_TORCH_AT_LEAST(2, 5);
+inline constexpr c10::EventFlag timing_event_flag() { return c10::EventFlag::BACKEND_DEFAULT; }
+// Milliseconds from `from` to `to` (both recorded and complete); NaN where the version cannot tell.
+inline double event_elapsed_ms(const c10::Event& from, const c10::Event& to) {
+#if PIPESWAP_TORCH_AT_LEAST(2, 5)
+  return from.elapsedTime(to);
+#else
+  (void)from;
+  (void)to;
+  return std::numeric_limits<double>::quiet_NaN();
+#endif
+}
+
 }  // namespace pipeswap::compat
