@@ -12,7 +12,6 @@ decoder layers (embeddings, final norm and lm_head stay on the device), in one p
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -99,11 +98,7 @@ def time_peers(a):
             try:
                 secs, times = pc.time_passes(timed, device, a.iters)
                 if a.check:
-                    out = timed().float().cpu()
-                    ref = out if ref is None else ref
-                    err = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-                    if not math.isfinite(err) or err > 1e-2:
-                        sys.exit(f"{mode} at {tokens} tokens differs from the first mode: relative error {err}")
+                    ref = pc.check_same(timed(), ref, f"{mode} at {tokens} tokens")
             finally:
                 if undo:
                     undo()

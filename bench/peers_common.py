@@ -13,7 +13,9 @@ The methods (each puts a stack's blocks on the device only around their own forw
 Only the blocks swap; the parts around them (embeddings, head) stay on the device in every mode.
 """
 import json
+import math
 import statistics
+import sys
 import time
 
 import torch
@@ -170,6 +172,18 @@ def time_passes(run_pass, device, iters, warmup=1):
         sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
+
+
+def check_same(out, ref, what, tol=1e-2):
+    """--check: `out` (a mode's output) equals `ref` (the first mode's) within a relative `tol`;
+    returns the reference to keep. Exits naming the mode otherwise."""
+    out = out.float().cpu()
+    if ref is None:
+        return out
+    err = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+    if not math.isfinite(err) or err > tol:
+        sys.exit(f"{what} differs from the first mode: relative error {err}")
+    return ref
 
 
 def row(workload, mode, tokens, seconds, bytes_moved, resident_seconds, bw_gbs, **extra):

@@ -17,7 +17,6 @@ max(resident compute, bytes moved / pinned host->device bandwidth measured in th
 """
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -204,12 +203,7 @@ def main():
             try:
                 secs, times = pc.time_passes(run_pass, device, a.iters)
                 if a.check:
-                    out = run_pass().float().cpu()
-                    if ref is None:
-                        ref = out
-                    err = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-                    if not math.isfinite(err) or err > 1e-2:
-                        sys.exit(f"{mode} at {tokens} tokens differs from {modes[0]}: relative error {err}")
+                    ref = pc.check_same(run_pass(), ref, f"{mode} at {tokens} tokens")
             finally:
                 if mode == "prefetch":
                     run_pass = inner

@@ -63,15 +63,16 @@ std::unique_ptr<Transport> make_self_transport() { return std::make_unique<SelfT
 std::vector<std::string> allgather_strings(Transport& t, const std::string& mine) {
   const int n = t.world_size();
   if (n == 1) return {mine};
+  // Rank 0 collects one string from every rank in rank order, then sends everyone the whole table
+  // as two tensors (lengths, concatenated bytes) so the message size does not grow with the world.
+  std::vector<std::string> out = gather_strings(t, mine);
   if (t.rank() != 0) {
-    t.send(0, Message{MessageKind::kControl, 0, 0, {bytes_of(mine)}});
     Message all = t.recv(0);
     expect_control(all, 0, 2);
     const torch::Tensor& lengths = all.tensors[0];
     const torch::Tensor& bytes = all.tensors[1];
     PS_CHECK(lengths.scalar_type() == torch::kInt64 && lengths.numel() == n && bytes.scalar_type() == torch::kUInt8,
              CommError, "allgather: rank 0 sent {} string lengths for a world of {}", lengths.numel(), n);
-    std::vector<std::string> out;
     out.reserve(n);
     const auto* len = lengths.data_ptr<int64_t>();
     const auto* data = static_cast<const char*>(bytes.data_ptr());
@@ -83,19 +84,6 @@ std::vector<std::string> allgather_strings(Transport& t, const std::string& mine
       off += len[r];
     }
     return out;
-  }
-
-  // Rank 0 collects one string from every rank in rank order, then sends everyone the whole table
-  // as two tensors (lengths, concatenated bytes) so the message size does not grow with the world.
-  std::vector<std::string> out{mine};
-  out.reserve(n);
-  for (int r = 1; r < n; ++r) {
-    Message m = t.recv(r);
-    expect_control(m, r, 1);
-    PS_CHECK(m.tensors[0].scalar_type() == torch::kUInt8, CommError, "allgather: rank {} sent a non-byte tensor", r);
-    const torch::Tensor& b = m.tensors[0];
-    out.push_back(b.numel() == 0 ? std::string()
-                                 : std::string(static_cast<const char*>(b.data_ptr()), static_cast<size_t>(b.numel())));
   }
   torch::Tensor lengths = torch::empty({n}, torch::kInt64);
   std::string joined;
@@ -120,7 +108,7 @@ std::vector<std::string> gather_strings(Transport& t, const std::string& mine) {
   for (int r = 1; r < n; ++r) {
     Message m = t.recv(r);
     expect_control(m, r, 1);
-    PS_CHECK(m.tensors[0].scalar_type() == torch::kUInt8, CommError, "gather: rank {} sent a non-byte tensor", r);
+    PS_CHECK(m.tensors[0].scalar_type() == torch::kUInt8, CommError, "allgather: rank {} sent a non-byte tensor", r);
     const torch::Tensor& b = m.tensors[0];
     out.push_back(b.numel() == 0 ? std::string()
                                  : std::string(static_cast<const char*>(b.data_ptr()), static_cast<size_t>(b.numel())));
