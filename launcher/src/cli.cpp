@@ -77,6 +77,13 @@ void add_common(CLI::App* cmd, Options& o) {
       ->group(off);
 }
 
+// --trace FILE (config key "trace") for the commands that run a job.
+void add_trace(CLI::App* cmd, Options& o) {
+  cmd->add_option("--trace", o.trace,
+                  "write a Chrome / Perfetto JSON timeline of every rank (compute, copy, disk, send, recv, wait) "
+                  "to this file; open it in https://ui.perfetto.dev");
+}
+
 std::string config_value(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
@@ -121,14 +128,36 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   CLI::App* run = app.add_subcommand("run", "run the forward job and write logits (safetensors)");
   CLI::App* plan = app.add_subcommand("plan", "print the plan (ranks, devices, blocks, memory) without loading");
+  CLI::App* denoise = app.add_subcommand(
+      "denoise", "sample a diffusion transformer (Wan): flow-matching Euler steps with classifier-free guidance");
   std::string config_path;
-  for (CLI::App* cmd : {run, plan}) {
+  for (CLI::App* cmd : {run, plan, denoise}) {
     add_common(cmd, o);
     cmd->add_option("--config", config_path, "JSON file of options with snake_case keys (flags win)");
   }
   run->add_option("--output", o.output, "safetensors file for the logits (written atomically)")
       ->default_str("logits.safetensors");
+  add_trace(run, o);
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
+  denoise->add_option("--latents", o.latents, "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W]")
+      ->required();
+  denoise->add_option("--context", o.context,
+                      "safetensors with the text encoder's output [B, L, text_dim] or [L, text_dim] (the prompt)")
+      ->required();
+  denoise->add_option("--context-null", o.context_null,
+                      "safetensors with the negative prompt's text embeddings (classifier-free guidance)");
+  denoise->add_option("--image-cond", o.image_cond,
+                      "I2V: safetensors with the image condition [B, Cy, F, H, W] (mask + image latents), "
+                      "concatenated after the latents on channels");
+  denoise->add_option("--clip-fea", o.clip_fea, "I2V: safetensors with the CLIP image features [B, 257, 1280]");
+  denoise->add_option("--steps", o.steps, "denoising steps")->default_str("50");
+  denoise->add_option("--guidance", o.guidance, "classifier-free guidance scale (1: no unconditional pass)")
+      ->default_str("5");
+  denoise->add_option("--shift", o.shift, "flow-matching schedule shift (Wan2.1: 5 for T2V 720p, 3 for 480p)")
+      ->default_str("5");
+  denoise->add_option("--output", o.output, "safetensors file for the final latents (written atomically)")
+      ->default_str("latents.safetensors");
+  add_trace(denoise, o);
 
   std::vector<std::string> args(argv + 1, argv + argc);
   // First pass only to learn the subcommand and --config; then the config's flags go first so that
@@ -147,7 +176,7 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     PS_THROW(ConfigError, "{} (see pipeswap --help)", e.what());
   }
-  CLI::App* cmd = run->parsed() ? run : plan;
+  CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : plan;
   o.command = cmd->get_name();
   if (!config_path.empty()) {
     std::vector<std::string> merged{o.command};
@@ -164,6 +193,15 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     o.command = cmd->get_name();
   }
   if (cmd->count("--device-chain") > 0 && o.device_chain.empty()) o.device_chain = " ";  // given, but empty
+  if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
+  if (cmd == denoise) {
+    PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
+    PS_CHECK(o.shift > 0, ConfigError, "--shift must be positive (got {})", o.shift);
+    PS_CHECK(o.guidance == 1.0 || !o.context_null.empty(), ConfigError,
+             "--guidance {} needs --context-null (the negative prompt's embeddings) for the unconditional pass; give "
+             "it, or --guidance 1 to sample without guidance",
+             o.guidance);
+  }
   PS_CHECK(cmd->count("--model") == 0 || !o.model.empty(), ConfigError,
            "Model is None or device_chain is empty: --model was given without a directory; pass --model DIR with a "
            "Hugging Face checkpoint (config.json + model.safetensors), or leave it out to run the built-in demo");

@@ -8,14 +8,17 @@
 #include <iostream>
 #include <thread>
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <map>
 
 #include "demo_model.h"
+#include "job.h"
 #include <torch/cuda.h>
 
+#include "pipeswap/comm/trace_file.h"
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/cuda_info.h"
 #include "pipeswap/core/device_memory.h"
@@ -33,10 +36,10 @@
 #include "pipeswap/pipeline/plan.h"
 
 namespace pipeswap::launcher {
-namespace {
 
-using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+namespace {
 
 // Free memory of this rank's device (auto_vram_balance). CPU: MemAvailable / ranks on this node.
 int64_t free_bytes(const pipeline::DeviceSpec& dev, const World& world) {
@@ -133,18 +136,6 @@ c10::ScalarType resolve_dtype(const Options& o, const nlohmann::json& config, bo
   return st;
 }
 
-void set_threads(const Options& o, const World& world) {
-  int n = o.threads;
-  if (n == 0) {
-    // The cores of this node shared by its ranks, rounded down to a power of two: kernels split
-    // power-of-two thread counts alike, which keeps splits bit-identical to single-rank runs.
-    const unsigned share = std::max(1u, std::thread::hardware_concurrency() / std::max(1, world.local_size));
-    n = 1;
-    while (2u * static_cast<unsigned>(n) <= share) n *= 2;
-  }
-  at::set_num_threads(n);
-}
-
 offload::OffloadOptions offload_options(const Options& o) {
   offload::OffloadOptions off;
   if (o.blocks_to_swap >= 0) off.blocks_to_swap = o.blocks_to_swap;
@@ -188,20 +179,57 @@ std::vector<int64_t> vram_budgets(const Options& o, const World& world, comm::Tr
   return out;
 }
 
-struct Job {
-  std::string model_dir;
-  std::shared_ptr<Checkpoint> ckpt;
-  std::unique_ptr<models::Architecture> arch;
-  torch::Tensor input_ids;  // rank 0 only
-  pipeline::Plan plan;
-};
+}  // namespace
 
-Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_only) {
+void set_threads(const Options& o, const World& world) {
+  int n = o.threads;
+  if (n == 0) {
+    // The cores of this node shared by its ranks, rounded down to a power of two: kernels split
+    // power-of-two thread counts alike, which keeps splits bit-identical to single-rank runs.
+    const unsigned share = std::max(1u, std::thread::hardware_concurrency() / std::max(1, world.local_size));
+    n = 1;
+    while (2u * static_cast<unsigned>(n) <= share) n *= 2;
+  }
+  at::set_num_threads(n);
+}
+
+Job open_model(const Options& o, const World& world, comm::Transport& t, bool plan_only) {
   Job job;
-  auto chain = resolve_chain(o, world, t, plan_only);
+  job.chain = resolve_chain(o, world, t, plan_only);
   job.model_dir = o.model.empty() ? ensure_demo_model() : o.model;
   job.ckpt = Checkpoint::open(job.model_dir);
   job.arch = models::make_architecture(job.ckpt->config());
+  models::check_checkpoint_tensors(*job.arch, *job.ckpt);
+  return job;
+}
+
+pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job, int64_t batch,
+                             int64_t seq, int micro_batches, int sweeps) {
+  pipeline::PlanInputs in;
+  in.model_dir = job.model_dir;
+  in.chain = job.chain;
+  in.workload_split = o.workload_split;
+  // One compute dtype for all ranks (activations cross between them): CPU limits apply if any rank is a CPU.
+  const bool any_cpu =
+      std::any_of(job.chain.begin(), job.chain.end(), [](const auto& e) { return !e.device.is_cuda(); });
+  in.dtype = resolve_dtype(o, job.ckpt->config(), any_cpu);
+  in.micro_batches = micro_batches;
+  in.batch = batch;
+  in.seq = seq;
+  in.sweeps = sweeps;
+  in.offload = offload_options(o);
+  in.vram_budget = vram_budgets(o, world, t, job.chain);
+  return pipeline::make_plan(*job.arch, in);
+}
+
+namespace {
+
+Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_only) {
+  Job job = open_model(o, world, t, plan_only);
+  PS_CHECK(job.arch->kind() == "llm" || (plan_only && o.input.empty()), ConfigError,
+           "{} is a {} diffusion transformer: `pipeswap run` takes token ids; use `pipeswap denoise --model {} "
+           "--latents FILE --context FILE ...`",
+           job.model_dir, job.arch->family(), job.model_dir);
 
   // Rank 0 reads the input; everyone learns its shape so that all ranks build the same plan.
   std::string shape = "0 0";
@@ -223,21 +251,12 @@ Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_
   int64_t batch = 0, seq = 0;
   std::sscanf(shape.c_str(), "%ld %ld", &batch, &seq);
 
-  pipeline::PlanInputs in;
-  in.model_dir = job.model_dir;
-  in.chain = chain;
-  in.workload_split = o.workload_split;
-  // One compute dtype for all ranks (activations cross between them): CPU limits apply if any rank is a CPU.
-  const bool any_cpu = std::any_of(chain.begin(), chain.end(), [](const auto& e) { return !e.device.is_cuda(); });
-  in.dtype = resolve_dtype(o, job.ckpt->config(), any_cpu);
-  in.micro_batches = o.micro_batches;
-  in.batch = batch > 0 ? (batch + o.micro_batches - 1) / o.micro_batches : 0;
-  in.seq = seq;
-  in.offload = offload_options(o);
-  in.vram_budget = vram_budgets(o, world, t, chain);
-  job.plan = pipeline::make_plan(*job.arch, in);
+  job.plan = make_job_plan(o, world, t, job, batch > 0 ? (batch + o.micro_batches - 1) / o.micro_batches : 0, seq,
+                           o.micro_batches, 1);
   return job;
 }
+
+}  // namespace
 
 void write_text_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
@@ -249,6 +268,70 @@ void write_text_atomically(const std::string& path, const std::string& text) {
   }
   PS_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "cannot rename {} to {}", tmp, path);
 }
+
+RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport,
+                       const Job& job) {
+  const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
+  RankIdentity id = rank_identity();
+  id.device = me.device.str();
+  set_rank_identity(id);
+  refresh_log_prefix();
+  if (world.rank == 0) log().info("\n{}", job.plan.to_text());
+  const bool all_gpus = std::all_of(job.plan.ranks.begin(), job.plan.ranks.end(),
+                                    [](const pipeline::RankPlan& r) { return r.device.is_cuda(); });
+  if (all_gpus && world.size > 1 && o.transport != "host") {
+    comm::TransportOptions to;
+    to.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.comm_timeout * 1000));
+    transport = comm::make_nccl_transport(std::move(transport), me.device.index, to);
+  }
+  RankRuntime rt;
+  rt.device = me.device.is_cuda() ? torch::Device(torch::kCUDA, static_cast<int8_t>(me.device.index))
+                                  : torch::Device(torch::kCPU);
+  if (rt.device.is_cuda()) {
+    c10::impl::getDeviceGuardImpl(rt.device.type())->setDevice(rt.device);
+    reset_device_peak(rt.device.index());
+    if (job.plan.dtype == c10::ScalarType::Float) {
+      // fp32 means fp32: no TF32 in cuBLAS or cuDNN (LibTorch lets cuDNN convolutions use it by default).
+      at::globalContext().setAllowTF32CuBLAS(false);
+      at::globalContext().setAllowTF32CuDNN(false);
+    }
+  }
+  // --trace: records from here (weight loading included)
+  rt.trace = std::make_unique<comm::JobTrace>(o.trace, rt.device, world.rank);
+  const auto t_load = Clock::now();
+  offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
+  if (me.swapped_blocks.empty()) {
+    rt.weights =
+        offload::make_resident_weights(*job.arch, job.ckpt, owned, job.plan.dtype, rt.device, job.plan.offload);
+  } else {
+    offload::OffloadOptions off = job.plan.offload;
+    off.blocks_to_swap = static_cast<int>(me.swapped_blocks.size());  // the plan decided (maybe from a budget)
+    off.offload_ratio.reset();
+    rt.weights = offload::make_swapped_weights(*job.arch, job.ckpt, owned, job.plan.dtype, rt.device, off);
+  }
+  log().info("loaded {} of weights ({} read from {}) in {:.2f} s", pipeline::format_bytes(rt.weights->device_bytes()),
+             pipeline::format_bytes(static_cast<int64_t>(job.ckpt->bytes_read())), job.model_dir, since(t_load));
+  transport->barrier();
+  return rt;
+}
+
+void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device) {
+  const offload::OffloadStats st = weights.stats();
+  if (device.is_cuda()) {
+    if (auto peak = device_peak_allocated(device.index())) {
+      log().info("device memory peak {} bytes allocated (plan {} bytes, {:+.1f}%)", *peak, me.device_bytes,
+                 100.0 * (static_cast<double>(*peak) - me.device_bytes) / std::max<int64_t>(1, me.device_bytes));
+    }
+  }
+  log().info("memory: device weights {} (plan {} incl. {} activations), host {} (plan {}), read from disk during "
+             "the run {} (plan {}){}",
+             pipeline::format_bytes(st.device_bytes), pipeline::format_bytes(me.device_bytes),
+             pipeline::format_bytes(me.activation_bytes), pipeline::format_bytes(st.host_peak_bytes),
+             pipeline::format_bytes(me.host_bytes), pipeline::format_bytes(st.disk_bytes_read),
+             pipeline::format_bytes(me.disk_read_bytes), st.copies ? fmt::format(", {} slot fills", st.copies) : "");
+}
+
+namespace {
 
 int cmd_plan(const Options& o, const World& world, comm::Transport& t) {
   Job job = prepare(o, world, t, /*plan_only=*/true);
@@ -265,57 +348,14 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
   set_threads(o, world);
   Job job = prepare(o, world, *transport, /*plan_only=*/false);
   const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
-  RankIdentity id = rank_identity();
-  id.device = me.device.str();
-  set_rank_identity(id);
-  refresh_log_prefix();
-  if (world.rank == 0) log().info("\n{}", job.plan.to_text());
-  const bool all_gpus = std::all_of(job.plan.ranks.begin(), job.plan.ranks.end(),
-                                    [](const pipeline::RankPlan& r) { return r.device.is_cuda(); });
-  if (all_gpus && world.size > 1 && o.transport != "host") {
-    comm::TransportOptions to;
-    to.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.comm_timeout * 1000));
-    transport = comm::make_nccl_transport(std::move(transport), me.device.index, to);
-  }
+  RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
-
-
-  const torch::Device device = me.device.is_cuda() ? torch::Device(torch::kCUDA, static_cast<int8_t>(me.device.index))
-                                                   : torch::Device(torch::kCPU);
-  if (device.is_cuda()) {
-    c10::impl::getDeviceGuardImpl(device.type())->setDevice(device);
-    reset_device_peak(device.index());
-  }
-  const auto t_load = Clock::now();
-  offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
-  std::unique_ptr<offload::BlockWeights> weights;
-  if (me.swapped_blocks.empty()) {
-    weights = offload::make_resident_weights(*job.arch, job.ckpt, owned, job.plan.dtype, device, job.plan.offload);
-  } else {
-    offload::OffloadOptions off = job.plan.offload;
-    off.blocks_to_swap = static_cast<int>(me.swapped_blocks.size());  // the plan decided (maybe from a budget)
-    off.offload_ratio.reset();
-    weights = offload::make_swapped_weights(*job.arch, job.ckpt, owned, job.plan.dtype, device, off);
-  }
-  log().info("loaded {} of weights ({} read from {}) in {:.2f} s",
-             pipeline::format_bytes(weights ? weights->device_bytes() : 0),
-             pipeline::format_bytes(static_cast<int64_t>(job.ckpt->bytes_read())), job.model_dir, since(t_load));
-  t.barrier();
+  const torch::Device device = rt.device;
+  offload::BlockWeights* weights = rt.weights.get();
 
   auto result = pipeline::run_forward(job.plan, world.rank, *job.arch, *weights, t, job.input_ids, device);
-  const offload::OffloadStats st = weights->stats();
-  if (device.is_cuda()) {
-    if (auto peak = device_peak_allocated(device.index())) {
-      log().info("device memory peak {} bytes allocated (plan {} bytes, {:+.1f}%)", *peak, me.device_bytes,
-                 100.0 * (static_cast<double>(*peak) - me.device_bytes) / std::max<int64_t>(1, me.device_bytes));
-    }
-  }
-  log().info("memory: device weights {} (plan {} incl. {} activations), host {} (plan {}), read from disk during "
-             "the run {} (plan {}){}",
-             pipeline::format_bytes(st.device_bytes), pipeline::format_bytes(me.device_bytes),
-             pipeline::format_bytes(me.activation_bytes), pipeline::format_bytes(st.host_peak_bytes),
-             pipeline::format_bytes(me.host_bytes), pipeline::format_bytes(st.disk_bytes_read),
-             pipeline::format_bytes(me.disk_read_bytes), st.copies ? fmt::format(", {} slot fills", st.copies) : "");
+  rt.trace->finish(t);
+  log_memory(me, *weights, device);
   if (world.rank == 0) {
     write_safetensors(o.output, {{"logits", result.logits}},
                       {{"producer", "pipeswap"}});
@@ -356,7 +396,9 @@ std::unique_ptr<comm::Transport> make_transport(const World& world, const Option
 
 int run_command(const Options& opts, const World& world, std::unique_ptr<comm::Transport>& transport) {
   log().debug("{} rank {} of {} via {}", opts.command, world.rank, world.size, world.launcher_name());
-  return opts.command == "plan" ? cmd_plan(opts, world, *transport) : cmd_run(opts, world, transport);
+  if (opts.command == "plan") return cmd_plan(opts, world, *transport);
+  if (opts.command == "denoise") return cmd_denoise(opts, world, transport);
+  return cmd_run(opts, world, transport);
 }
 
 }  // namespace pipeswap::launcher

@@ -8,7 +8,7 @@
 namespace pipeswap::launcher {
 
 struct Options {
-  std::string command;  // "run" | "plan"
+  std::string command;  // "run" | "plan" | "denoise"
   std::string model;    // empty: the built-in demo model
   std::string input;    // empty with the demo model: the demo's built-in prompt batch
   std::string output = "logits.safetensors";
@@ -22,6 +22,12 @@ struct Options {
   std::string log_level = "info";
   std::string transport = "auto";  // activations between GPU ranks: auto (NCCL) or host (MPI/TCP)
   std::string json;  // plan --json FILE
+  std::string trace;  // --trace FILE: Chrome / Perfetto timeline of every rank (empty: off)
+  // denoise
+  std::string latents, context, context_null, image_cond, clip_fea;
+  int steps = 50;
+  double guidance = 5.0;
+  double shift = 5.0;
 
   // Offload (per rank), in the block-swap nodes' and LightX2V's words.
   int blocks_to_swap = -1;     // -1: not given
