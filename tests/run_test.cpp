@@ -249,59 +249,7 @@ TEST_F(RunTest, SingleNodeModeStartsItsOwnWorkers) {
   EXPECT_FALSE(fs::exists(path("k.safetensors")));
 }
 
-TEST_F(RunTest, BadChainsFailOnEveryRankFast) {
-  struct Bad {
-    std::string args;
-    std::string message;
-  };
-  for (const Bad& b : {Bad{"--device-chain tpu=1,cpu=1", "Invalid device: tpu"},
-                       Bad{"--device-chain cpu=0,cpu=0", "Total percentage is zero or negative"},
-                       Bad{"--device-chain cpu=1,cpu=x", "Invalid weight 'x'"},
-                       Bad{"--device-chain cpu=1,cpu=-2", "cannot be negative"},
-                       Bad{"--device-chain cpu=1,cpu=nan", "finite"},
-                       Bad{"--device-chain cpu=1,cpu=1,cpu=1", "has 3 entries but 2 rank(s) are running"},
-                       Bad{"--device-chain ''", "Model is None or device_chain is empty"},
-                       Bad{"--model ''", "Model is None or device_chain is empty"}}) {
-    const std::string out = path("bad.safetensors");
-    Result r = sh(mpirun(2) + exe() + " run --output " + out + " " + b.args, 60);
-    EXPECT_NE(r.code, 0) << b.args;
-    EXPECT_NE(r.code, 124) << "timed out (hang) for " << b.args;
-    EXPECT_LT(r.seconds, 30) << b.args;
-    EXPECT_THAT(r.output, HasSubstr(b.message)) << b.args;
-    EXPECT_FALSE(fs::exists(out)) << b.args;
-  }
-  // More ranks than the demo's 12 blocks.
-  Result r = sh(mpirun(13) + exe() + " run --output " + path("x.safetensors"), 120);
-  EXPECT_NE(r.code, 0);
-  EXPECT_THAT(r.output, HasSubstr("only 12 blocks"));
-}
-
-TEST_F(RunTest, BadInputAndOutputAreNamed) {
-  std::ofstream(path("uneven.json")) << "[[1,2,3],[4,5]]";
-  std::ofstream(path("negative.json")) << "[[1,-2,3]]";
-  std::ofstream(path("big.json")) << "[[1,2,99999]]";
-  std::ofstream(path("notjson.json")) << "[[1,2";
-  struct Bad {
-    std::string args;
-    std::string message;
-  };
-  for (const Bad& b :
-       {Bad{"--input " + path("uneven.json"), "sequence 1 has 2 tokens but sequence 0 has 3"},
-        Bad{"--input " + path("negative.json"), "non-negative integers"},
-        Bad{"--input " + path("big.json"), "token id 99999 is out of range"},
-        Bad{"--input " + path("notjson.json"), "not valid JSON"},
-        Bad{"--input " + path("missing.json"), "does not exist"},
-        Bad{"--output /nonexistent-dir/x.safetensors", "directory /nonexistent-dir does not exist"},
-        Bad{"--micro-batches 9", "more than the 8 sequence(s)"},
-        Bad{"--model " + path("no-such-model"), "does not exist"},
-        Bad{"--log-level loud", "unknown --log-level 'loud'"}}) {
-    Result r = sh(mpirun(2) + exe() + " run --output " + path("o.safetensors") + " " + b.args, 60);
-    EXPECT_NE(r.code, 0) << b.args;
-    EXPECT_NE(r.code, 124) << "timed out (hang) for " << b.args;
-    EXPECT_THAT(r.output, HasSubstr(b.message)) << b.args;
-    EXPECT_FALSE(fs::exists(path("o.safetensors"))) << b.args;
-  }
-}
+// Bad flags, chains, inputs and outputs: the matrix in bad_input_test.cpp.
 
 TEST_F(RunTest, InputFilesJsonAndSafetensorsAgree) {
   std::ofstream(path("in.json")) << "{\"input_ids\": [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]}";

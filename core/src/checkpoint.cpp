@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "pipeswap/core/checkpoint_index.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 
@@ -27,8 +28,8 @@ std::string join_path(const std::string& dir, const std::string& name) {
   return !dir.empty() && dir.back() == '/' ? dir + name : dir + "/" + name;
 }
 
-// Parses a small JSON file (config.json, the index); `what` says what the file is for in messages.
-json read_json_file(const std::string& path, const char* what) {
+// The text of a small file (config.json, the index); `what` says what the file is for in messages.
+std::string read_text_file(const std::string& path, const char* what) {
   PS_CHECK(is_regular_file(path), CheckpointError,
            "{} '{}' is missing: a Hugging Face checkpoint directory needs config.json and model.safetensors (or "
            "model.safetensors.index.json with its shards)",
@@ -37,18 +38,17 @@ json read_json_file(const std::string& path, const char* what) {
   PS_CHECK(in.good(), CheckpointError, "cannot read {} '{}': check its permissions", what, path);
   std::ostringstream text;
   text << in.rdbuf();
+  return text.str();
+}
+
+json read_json_file(const std::string& path, const char* what) {
+  const std::string text = read_text_file(path, what);
   try {
-    return json::parse(text.str());
+    return json::parse(text);
   } catch (const json::exception& e) {
     PS_THROW(CheckpointError, "{} '{}' is not valid JSON ({}): re-download the checkpoint or fix the file", what, path,
              e.what());
   }
-}
-
-// A shard name from the index must stay inside the checkpoint directory.
-bool is_plain_file_name(const std::string& name) {
-  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
-         name.find('\0') == std::string::npos;
 }
 
 }  // namespace
@@ -72,26 +72,9 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
   const std::string index_path = join_path(dir, kIndexFile);
   const std::string single_path = join_path(dir, kSingleFile);
   if (is_regular_file(index_path)) {
-    const json index = read_json_file(index_path, "checkpoint index");
-    auto wm = index.is_object() ? index.find("weight_map") : index.end();
-    PS_CHECK(index.is_object() && wm != index.end() && wm->is_object(), CheckpointError,
-             "checkpoint index '{}' has no \"weight_map\" object (tensor name -> shard file): re-download the "
-             "checkpoint",
-             index_path);
+    ck->weight_map_ = parse_checkpoint_index(index_path, read_text_file(index_path, "checkpoint index"));
     std::set<std::string> files;
-    for (const auto& [tensor, file] : wm->items()) {
-      PS_CHECK(file.is_string(), CheckpointError,
-               "checkpoint index '{}': weight_map entry for tensor '{}' is {}, not a shard file name: re-download the "
-               "checkpoint",
-               index_path, tensor, file.type_name());
-      const std::string name = file.get<std::string>();
-      PS_CHECK(is_plain_file_name(name), CheckpointError,
-               "checkpoint index '{}': tensor '{}' points to shard '{}', which is not a plain file name in the model "
-               "directory: shard names must not contain '/' or be '..'; fix or re-download the index",
-               index_path, tensor, name);
-      ck->weight_map_[tensor] = name;
-      files.insert(name);
-    }
+    for (const auto& [tensor, file] : ck->weight_map_) files.insert(file);
     // Check every shard is present now, so a partial download fails at start-up and not mid-run.
     for (const std::string& name : files) {
       PS_CHECK(is_regular_file(join_path(dir, name)), CheckpointError,

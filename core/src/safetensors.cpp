@@ -10,7 +10,6 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
-#include <limits>
 #include <set>
 #include <system_error>
 
@@ -20,8 +19,6 @@
 
 namespace pipeswap {
 namespace {
-
-using nlohmann::json;
 
 // One pread/write call moves at most this much: Linux caps a single call near 2 GiB anyway, and
 // smaller calls keep partial-transfer handling exercised the same way for every size.
@@ -86,100 +83,8 @@ int write_full(int fd, const void* src, uint64_t n) {
 }
 
 // The format fixes the length prefix as little-endian, whatever the host is.
-uint64_t decode_le64(const unsigned char* b) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | b[i];
-  return v;
-}
 void encode_le64(uint64_t v, unsigned char* b) {
   for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-
-std::string known_dtypes() {
-  std::string out;
-  for (int d = static_cast<int>(DType::F64); d <= static_cast<int>(DType::BOOL); ++d) {
-    if (!out.empty()) out += ", ";
-    out += dtype_name(static_cast<DType>(d));
-  }
-  return out;
-}
-
-std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
-
-// A JSON value that is an integer >= 0 and fits in uint64 (negative ones parse as number_integer).
-bool as_uint(const json& v, uint64_t* out) {
-  if (v.is_number_unsigned()) {
-    *out = v.get<uint64_t>();
-    return true;
-  }
-  if (v.is_number_integer() && v.get<int64_t>() >= 0) {
-    *out = static_cast<uint64_t>(v.get<int64_t>());
-    return true;
-  }
-  return false;
-}
-
-TensorInfo parse_entry(const std::string& path, const std::string& name, const json& e) {
-  PS_CHECK(e.is_object(), CheckpointError,
-           "safetensors file '{}': header entry for tensor '{}' is not an object ({}): {}", path, name,
-           e.dump(), kCheckpointFix);
-  TensorInfo info;
-  info.name = name;
-
-  auto dt = e.find("dtype");
-  PS_CHECK(dt != e.end() && dt->is_string(), CheckpointError,
-           "safetensors file '{}': tensor '{}' has no \"dtype\" string in its header entry {}: {}", path, name,
-           e.dump(), kCheckpointFix);
-  const std::string dtype_word = dt->get<std::string>();
-  auto dtype = dtype_from_safetensors(dtype_word);
-  PS_CHECK(dtype.has_value(), CheckpointError,
-           "safetensors file '{}': tensor '{}' has unknown dtype '{}' (known: {}): convert the checkpoint to one "
-           "of the known dtypes",
-           path, name, dtype_word, known_dtypes());
-  info.dtype = *dtype;
-
-  auto sh = e.find("shape");
-  PS_CHECK(sh != e.end() && sh->is_array(), CheckpointError,
-           "safetensors file '{}': tensor '{}' has no \"shape\" array in its header entry {}: {}", path, name,
-           e.dump(), kCheckpointFix);
-  for (const json& d : *sh) {
-    uint64_t dim = 0;
-    PS_CHECK(as_uint(d, &dim) && dim <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), CheckpointError,
-             "safetensors file '{}': tensor '{}' has shape {} with an entry that is not a non-negative integer: {}",
-             path, name, sh->dump(), kCheckpointFix);
-    info.shape.push_back(static_cast<int64_t>(dim));
-  }
-
-  auto off = e.find("data_offsets");
-  uint64_t begin = 0, end = 0;
-  PS_CHECK(off != e.end() && off->is_array() && off->size() == 2 && as_uint((*off)[0], &begin) &&
-               as_uint((*off)[1], &end),
-           CheckpointError,
-           "safetensors file '{}': tensor '{}' needs \"data_offsets\" as [begin, end] of two non-negative integers, "
-           "got {}: {}",
-           path, name, off == e.end() ? std::string("nothing") : off->dump(), kCheckpointFix);
-  PS_CHECK(begin <= end, CheckpointError,
-           "safetensors file '{}': tensor '{}' has data_offsets [{}, {}] with begin after end: {}", path, name, begin,
-           end, kCheckpointFix);
-  info.begin = begin;
-  info.end = end;
-
-  // numel * element size must equal the byte range. A zero dimension makes the product zero whatever
-  // the others are; otherwise multiply with overflow checks, since the shape comes from the file.
-  const bool any_zero = std::any_of(info.shape.begin(), info.shape.end(), [](int64_t d) { return d == 0; });
-  uint64_t bytes = dtype_size(info.dtype);
-  bool overflow = false;
-  if (any_zero) {
-    bytes = 0;
-  } else {
-    for (int64_t d : info.shape) overflow = overflow || __builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes);
-  }
-  PS_CHECK(!overflow && bytes == end - begin, CheckpointError,
-           "safetensors file '{}': shape/bytes mismatch for tensor '{}': shape {} of {} needs {} bytes, but "
-           "data_offsets [{}, {}] hold {}: {}",
-           path, name, shape_text(info.shape), dtype_name(info.dtype),
-           overflow ? std::string("more than 2^64") : std::to_string(bytes), begin, end, end - begin, kCheckpointFix);
-  return info;
 }
 
 [[noreturn]] void throw_read_failed(const std::string& path, const TensorInfo& info, int err) {
@@ -201,12 +106,6 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
 }
 
 }  // namespace
-
-int64_t TensorInfo::numel() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;  // validated against the byte range when the header was read
-  return n;
-}
 
 std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   // The constructor is private, so make_shared cannot reach it; the pointer is owned at once. The fd
@@ -234,17 +133,8 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& 
   const int64_t got = pread_full(f->fd_, len_bytes, 8, 0);
   PS_CHECK(got == 8, CheckpointError, "cannot read the header length of safetensors file '{}': {}", path,
            got < 0 ? errno_text(static_cast<int>(-got)) : std::string("short read"));
-  const uint64_t header_len = decode_le64(len_bytes);
-
-  // Bound the length before allocating anything: a corrupt prefix may claim terabytes.
-  PS_CHECK(header_len <= kMaxSafetensorsHeader, CheckpointError,
-           "safetensors file '{}' claims a {}-byte JSON header, more than the {}-byte limit: the file is corrupt or "
-           "not safetensors; {}",
-           path, header_len, kMaxSafetensorsHeader, kCheckpointFix);
-  PS_CHECK(header_len <= f->file_size_ - 8, CheckpointError,
-           "safetensors file '{}': header longer than the file ({} header bytes, but the file is {} bytes): the file "
-           "is truncated; {}",
-           path, header_len, f->file_size_, kCheckpointFix);
+  // Bounded (and within the file) before anything is allocated: a corrupt prefix may claim terabytes.
+  const uint64_t header_len = safetensors_header_length(path, len_bytes, f->file_size_);
   f->data_offset_ = 8 + header_len;
 
   std::string text(static_cast<size_t>(header_len), '\0');
@@ -252,51 +142,9 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& 
   PS_CHECK(hgot == static_cast<int64_t>(header_len), CheckpointError,
            "cannot read the {}-byte header of safetensors file '{}': {}", header_len, path,
            hgot < 0 ? errno_text(static_cast<int>(-hgot)) : std::string("short read"));
-
-  json header;
-  try {
-    header = json::parse(text);
-  } catch (const json::exception& e) {
-    PS_THROW(CheckpointError, "safetensors file '{}': the header is not valid JSON ({}): {}", path, e.what(),
-             kCheckpointFix);
-  }
-  PS_CHECK(header.is_object(), CheckpointError,
-           "safetensors file '{}': the header is JSON but not an object (it is {}): {}", path, header.type_name(),
-           kCheckpointFix);
-
-  const uint64_t data_size = f->file_size_ - f->data_offset_;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      PS_CHECK(entry.is_object(), CheckpointError,
-               "safetensors file '{}': \"__metadata__\" must be an object of strings, got {}: {}", path,
-               entry.type_name(), kCheckpointFix);
-      for (const auto& [key, value] : entry.items()) {
-        PS_CHECK(value.is_string(), CheckpointError,
-                 "safetensors file '{}': \"__metadata__\" entry '{}' is {}, not a string: {}", path, key,
-                 value.type_name(), kCheckpointFix);
-        f->metadata_[key] = value.get<std::string>();
-      }
-      continue;
-    }
-    TensorInfo info = parse_entry(path, name, entry);
-    PS_CHECK(info.end <= data_size, CheckpointError,
-             "safetensors file '{}' is truncated: tensor '{}' needs data bytes [{}, {}) but the data section holds "
-             "only {} bytes: {}",
-             path, name, info.begin, info.end, data_size, kCheckpointFix);
-    f->tensors_.push_back(std::move(info));
-  }
-
-  // Sorted by offset (empty tensors first at a tie), overlaps show up between neighbours.
-  std::sort(f->tensors_.begin(), f->tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
-  for (size_t i = 1; i < f->tensors_.size(); ++i) {
-    const TensorInfo& prev = f->tensors_[i - 1];
-    const TensorInfo& cur = f->tensors_[i];
-    PS_CHECK(prev.end <= cur.begin, CheckpointError,
-             "safetensors file '{}': tensors '{}' [{}, {}) and '{}' [{}, {}) have overlapping data_offsets: {}", path,
-             prev.name, prev.begin, prev.end, cur.name, cur.begin, cur.end, kCheckpointFix);
-  }
+  SafetensorsHeader header = parse_safetensors_header(path, text, f->file_size_ - f->data_offset_);
+  f->tensors_ = std::move(header.tensors);
+  f->metadata_ = std::move(header.metadata);
   for (size_t i = 0; i < f->tensors_.size(); ++i) f->by_name_[f->tensors_[i].name] = i;
 
   log().debug("opened safetensors '{}': {} tensors, {} header bytes, {} bytes", path, f->tensors_.size(), header_len,

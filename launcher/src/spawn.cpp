@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/identity.h"
 #include "pipeswap/core/log.h"
 
 namespace pipeswap::launcher {
@@ -83,14 +84,21 @@ int run_workers(int argc, char** argv, int workers) {
         done[i] = true;
         --remaining;
         const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (code != 0 && exit_code == 0) {
-          exit_code = code;
-          if (!stopping) {
-            log().error("worker {} exited with code {}: stopping the other workers", i, code);
-            stopping = true;
-            signal_all(pids, done, SIGTERM);
-            stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-          }
+        if (code == 0) break;
+        // Workers are this host's ranks 0..N-1: name the rank and host as the transports do. Every
+        // worker that failed on its own is named (a peer may notice a killed worker and exit before
+        // the killed one is reaped); those we stopped with SIGTERM are not.
+        const bool stopped_by_us = stopping && WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM;
+        if (!stopped_by_us) {
+          log().error("worker {} exited with code {} (rank {} on {}{}){}", i, code, i, local_hostname(),
+                      WIFSIGNALED(status) ? fmt::format(", killed by signal {}", WTERMSIG(status)) : std::string(),
+                      stopping ? "" : ": stopping the other workers");
+        }
+        if (exit_code == 0) exit_code = code;
+        if (!stopping) {
+          stopping = true;
+          signal_all(pids, done, SIGTERM);
+          stop_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
         }
       }
       continue;

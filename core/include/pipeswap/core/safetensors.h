@@ -1,8 +1,8 @@
 // Our own safetensors reader and writer (https://github.com/huggingface/safetensors format):
 //   8 bytes little-endian header length N | N bytes JSON header | data.
-// The header is validated before any tensor is trusted: N bounded (and within the file) before
-// allocating, every dtype known, every shape's byte size equal to its offset range, offsets in
-// bounds and non-overlapping. Tensor bytes are read with pread, only when asked for.
+// The header is validated before any tensor is trusted (safetensors_header.h: N bounded and within
+// the file before allocating, every dtype known, every shape's byte size equal to its offset range,
+// offsets in bounds and non-overlapping). Tensor bytes are read with pread, only when asked for.
 //
 // Two ways to read tensor bytes: read_into (one tensor, buffered pread straight into dst) and
 // read_many (many tensors at once, merged into large aligned O_DIRECT requests, see below). Both
@@ -25,21 +25,9 @@
 #include <vector>
 
 #include "pipeswap/core/dtype.h"
+#include "pipeswap/core/safetensors_header.h"
 
 namespace pipeswap {
-
-// Largest JSON header we accept (the reference implementation uses the same bound).
-constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;
-
-struct TensorInfo {
-  std::string name;
-  DType dtype = DType::F32;
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // byte offsets relative to the start of the data section
-  uint64_t end = 0;
-  uint64_t nbytes() const { return end - begin; }
-  int64_t numel() const;
-};
 
 // One tensor for SafetensorsFile::read_many: info points into that file's tensors(), dst holds at
 // least info->nbytes() bytes (any alignment).
