@@ -4,21 +4,14 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/trace.h"
 #include "pipeswap/pipeline/forward_job.h"
+#include "stage_io.h"
 
 namespace pipeswap::pipeline {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-comm::Message expect(comm::Transport& t, int src, comm::MessageKind kind, int step, int unit) {
-  comm::Message m = t.recv(src);
-  PS_CHECK(m.kind == kind && m.micro_batch == unit && m.step == step, CommError,
-           "rank {} sent message kind {} for step {} micro-batch {} where kind {} for step {} micro-batch {} was "
-           "expected (ranks disagree on the plan: are all ranks running the same pipeswap build and arguments?)",
-           src, static_cast<int>(m.kind), m.step, m.micro_batch, static_cast<int>(kind), step, unit);
-  return m;
-}
 
 // Sample `i` of a batch-first tensor, keeping the batch axis (a tensor with one row serves every sample).
 torch::Tensor row(const torch::Tensor& t, int64_t i) { return t.size(0) == 1 ? t : t.narrow(0, i, 1); }
@@ -67,7 +60,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   auto finish_sample_step = [&](int s, int i) {
     for (int b = 0; b < branches; ++b) {
       const int u = i * branches + b;
-      if (last != 0) velocity[u] = expect(transport, last, comm::MessageKind::kOutput, s, u).tensors.at(0);
+      if (last != 0) velocity[u] = expect_message(transport, last, comm::MessageKind::kOutput, s, u).tensors.at(0);
     }
     torch::Tensor v = velocity[i * branches];
     if (settings.cfg) {
@@ -92,6 +85,10 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
       for (int u = 0; u < units; ++u) {
         const int i = u / branches;
         const bool uncond = settings.cfg && u % branches == 1;
+        trace::Args tag;
+        tag.micro_batch = u;
+        tag.step = s;
+        trace::Context traced_unit(tag);
         models::Activation act;
         if (me.prologue) {
           if (done_step[i] < s) finish_sample_step(s - 1, i);
@@ -99,26 +96,20 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
           if (in.image_cond.defined()) lat = torch::cat({lat, row(in.image_cond, i).to(torch::kFloat32)}, 1);
           models::Activation inputs{lat, t, row(uncond ? in.context_null : in.context, i)};
           if (in.clip_fea.defined()) inputs.push_back(row(in.clip_fea, i));
-          act = arch.prologue(weights.acquire_prologue(), inputs, options);
-          weights.release_prologue();
+          act = run_prologue(arch, weights, inputs, options);
         } else {
-          act = expect(transport, prev, comm::MessageKind::kActivation, s, u).tensors;
-          for (auto& a : act) a = a.to(device);
+          act = receive_activation(transport, prev, s, u, device);
         }
         run_blocks(arch, weights, me.first_block, me.end_block, act);
         if (me.epilogue) {
-          torch::Tensor out = arch.epilogue(weights.acquire_epilogue(), act).to(torch::kCPU).contiguous();
-          weights.release_epilogue();
+          torch::Tensor out = run_epilogue(arch, weights, act);
           if (rank == 0) {
             velocity[u] = out;
           } else {
-            transport.send(0, comm::Message{comm::MessageKind::kOutput, u, s, {out}});
+            send_output(transport, s, u, out);
           }
         } else {
-          if (!transport.device_native()) {
-            for (auto& a : act) a = a.to(torch::kCPU).contiguous();
-          }
-          transport.send(next, comm::Message{comm::MessageKind::kActivation, u, s, act});
+          send_activation(transport, next, s, u, act);
         }
       }
     }
