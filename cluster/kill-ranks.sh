@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# Dead ranks at random points: kill -9 one rank of a multi-rank CPU run of the demo model, then check
+# that every other rank exits non-zero within 10 s, that the job's output names the dead rank and its
+# host, that no output file is written and that no process of the run is left.
+#
+#   cluster/kill-ranks.sh test        (ctest: cluster_kill_ranks, label cluster)
+#
+# Each point draws, from a seeded generator, how the job is launched, how many ranks it has (2 or 3),
+# which rank dies, in which phase and after which delay:
+#   launch   mpi     mpirun -np N (MPI transport): mpirun stops the job and names the dead rank's
+#                    node; the test sees mpirun's exit, not each rank's;
+#            tcp     N processes started with torchrun's variables (TCP transport): each survivor is
+#                    watched on its own and must name "rank V (HOST)" itself;
+#            single  single-node mode (pipeswap starts N workers itself, over TCP): the parent must
+#                    exit non-zero naming the worker.
+#   phase    start-up   the victim dies after the rendezvous but before it has loaded its resident
+#                       weights: the others wait in the plan's allgather, in loading, or in the
+#                       barrier after loading;
+#            streaming  mid-forward while its disk workers stream swapped blocks from the safetensors
+#                       file (--lazy-load, every block swapped, a host cache smaller than its blocks):
+#                       it dies in the middle of reads, between them, or computing;
+#            forward    mid-forward with resident weights: computing, or sending its activations;
+#                       the ranks before it find out when a send to it fails, the ranks after it when
+#                       their receive from it does (or after --comm-timeout).
+# The delay is drawn from a window that starts at the victim's own marker line for that phase (its
+# rendezvous line, then 0-100 ms; or its "loaded ... of weights" line, then 0-1.5 s); the line printed
+# for each point says what the victim had done when it died, from its log lines up to the kill
+# ("before opening the checkpoint", "while loading its weights", "after k of 16 micro-batches").
+#
+# Environment: PIPESWAP (the executable, default build/pipeswap), KILL_POINTS (default 20),
+# KILL_SEED (default: drawn; printed first: KILL_SEED=<seed> reproduces a failing series),
+# KILL_COMM_TIMEOUT (seconds, default 3). Needs no root. Everything it starts is killed by a trap,
+# also on failure or interruption.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+PIPESWAP=${PIPESWAP:-$root/build/pipeswap}
+points=${KILL_POINTS:-20}
+seed=${KILL_SEED:-$(( $(date +%s%N) % 1000000 ))}
+comm_timeout=${KILL_COMM_TIMEOUT:-3}
+deadline_s=10
+host=$(hostname)
+
+say() { echo "kill-ranks: $*" >&2; }
+fail() {
+  say "FAIL: $*"
+  say "reproduce with: KILL_SEED=$seed KILL_POINTS=$points $0 test"
+  exit 1
+}
+
+work=""
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  # Every process of ours carries $work in its command line (the --output path).
+  if [ -n "$work" ]; then
+    for p in $(pgrep -f "$work/" || true); do kill -KILL "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+  fi
+  exit "$rc"
+}
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+# A number in [lo, hi) with two decimals, from bash's seeded RANDOM.
+draw() { awk -v lo="$1" -v hi="$2" -v r="$RANDOM" 'BEGIN { printf "%.2f", lo + (hi - lo) * r / 32768 }'; }
+
+# The pid of rank $2's pipeswap process among the processes of point directory $1, found by the
+# launcher's variable in its environment ($3: OMPI_COMM_WORLD_RANK or RANK).
+rank_pid() {
+  local p
+  for p in $(pgrep -f "$1/" || true); do
+    # By executable, not by name: single-node workers are started through /proc/self/exe.
+    [ "$(readlink -f "/proc/$p/exe" 2>/dev/null)" = "$pipeswap_exe" ] || continue
+    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "$3=$2"; then
+      echo "$p"
+      return
+    fi
+  done
+}
+
+# Log lines of rank $2 in file(s) $1 (the prefix is "[time] [host rN device] [level]").
+rank_lines() { cat "$1" 2>/dev/null | grep -a "\] \[[^]]* r$2 " || true; }
+
+# Waits until rank $2's lines in $1 match $3; false after 60 s or when the job ended first.
+wait_for_line() {
+  local file=$1 rank=$2 pattern=$3 pid=$4 t0=$SECONDS
+  until rank_lines "$file" "$rank" | grep -aq "$pattern"; do
+    kill -0 "$pid" 2>/dev/null || return 1
+    [ $((SECONDS - t0)) -lt 60 ] || return 1
+    sleep 0.01
+  done
+}
+
+# A JSON input of $2 sequences of $3 token ids (the demo model's vocabulary is 1024), into $1.
+write_input() {
+  awk -v b="$2" -v t="$3" 'BEGIN {
+    printf "["
+    for (s = 0; s < b; s++) {
+      printf "%s[", (s ? "," : "")
+      for (i = 0; i < t; i++) printf "%s%d", (i ? "," : ""), (s * 131 + i * 7 + 1) % 1024
+      printf "]"
+    }
+    print "]"
+  }' >"$1"
+}
+
+# A copy of the demo model with every hidden, MLP and key/value width 4x (575 MB of zero weights in
+# a sparse file, so it costs no disk), into $1: loading its blocks takes a rank ~0.15 s instead of
+# the demo's 0.03 s, a window that a start-up kill can hit.
+write_wide_model() {
+  python3 - "$PIPESWAP_CACHE/demo-llama-v1" "$1" <<'PY'
+import json, os, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst, exist_ok=True)
+c = json.load(open(src + "/config.json"))
+kv = c["hidden_size"] * c["num_key_value_heads"] // c["num_attention_heads"]
+wider = {c["hidden_size"]: 4 * c["hidden_size"], c["intermediate_size"]: 4 * c["intermediate_size"], kv: 4 * kv}
+raw = open(src + "/model.safetensors", "rb").read(1 << 20)
+n = struct.unpack("<Q", raw[:8])[0]
+old = json.loads(raw[8:8 + n])
+header, offset = {}, 0
+for name in sorted(k for k in old if k != "__metadata__"):
+    # the vocabulary dimension of the embedding and the head stays
+    shape = [d if i == 0 and name in ("lm_head.weight", "model.embed_tokens.weight") else wider.get(d, d)
+             for i, d in enumerate(old[name]["shape"])]
+    size = 4
+    for d in shape:
+        size *= d
+    header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+    offset += size
+c["hidden_size"] *= 4
+c["intermediate_size"] *= 4
+c.pop("pipeswap_demo", None)
+json.dump(c, open(dst + "/config.json", "w"))
+text = json.dumps(header).encode()
+text += b" " * (-len(text) % 8)
+with open(dst + "/model.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(text)) + text)
+    f.truncate(8 + len(text) + offset)
+PY
+}
+
+summary=()
+
+# One point: $1 index, $2 launch, $3 ranks, $4 victim, $5 phase, $6 delay (s).
+run_point() {
+  local i=$1 launch=$2 np=$3 victim=$4 phase=$5 delay=$6
+  local d="$work/p$i" chain="" r args pid job_pid t_kill marker rc waited log did
+  mkdir -p "$d"
+  for ((r = 0; r < np; r++)); do chain+="${chain:+,}cpu"; done
+  args=(run --input "$work/input.json" --micro-batches 16 --comm-timeout "$comm_timeout" --log-level debug
+        --output "$d/out.safetensors")
+  [ "$launch" = single ] || args+=(--device-chain "$chain")
+  [ "$phase" = streaming ] && args+=(--offload-ratio 1 --lazy-load --max-memory 12MB --num-disk-workers 1)
+  [ "$phase" = start-up ] && args+=(--model "$work/wide")
+  local pids=()
+  case $launch in
+    mpi)
+      mpirun -np "$np" "$PIPESWAP" "${args[@]}" >"$d/job.out" 2>&1 &
+      job_pid=$!
+      log="$d/job.out" ;;
+    tcp)
+      local port=$((29600 + i))
+      for ((r = np - 1; r >= 0; r--)); do
+        env RANK="$r" WORLD_SIZE="$np" LOCAL_RANK="$r" LOCAL_WORLD_SIZE="$np" MASTER_ADDR=127.0.0.1 \
+          MASTER_PORT="$port" "$PIPESWAP" "${args[@]}" >"$d/rank$r.out" 2>&1 &
+        pids[r]=$!
+      done
+      job_pid=${pids[0]}
+      log="$d/rank$victim.out" ;;
+    single)
+      "$PIPESWAP" "${args[@]}" --device-chain "$chain" >"$d/job.out" 2>&1 &
+      job_pid=$!
+      log="$d/job.out" ;;
+  esac
+
+  # The phase's marker line of the victim, then the drawn delay.
+  marker="via "  # run_command's first line: the transport is up (rendezvous done)
+  [ "$phase" = start-up ] || marker="loaded .* of weights"
+  wait_for_line "$log" "$victim" "$marker" "$job_pid" ||
+    { cat "$d"/*.out >&2; fail "point $i: rank $victim never logged '$marker'"; }
+  case $launch in  # looked up before the delay: the start-up window is a few tens of milliseconds
+    mpi) pid=$(rank_pid "$d" "$victim" OMPI_COMM_WORLD_RANK) ;;
+    tcp) pid=${pids[victim]} ;;
+    single) pid=$(rank_pid "$d" "$victim" RANK) ;;
+  esac
+  sleep "$delay"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null ||
+    { cat "$d"/*.out >&2; fail "point $i: rank $victim ended before the kill (delay $delay s): lengthen the input"; }
+  kill -KILL "$pid"
+  t_kill=$(now)
+  # What the victim had done: its log lines up to its death.
+  local lines
+  lines=$(rank_lines "$log" "$victim")
+  if ! grep -aq "opened safetensors" <<<"$lines"; then
+    did="before opening the checkpoint"
+  elif ! grep -aq "loaded .* of weights" <<<"$lines"; then
+    did="while loading its weights"
+  else
+    did="after $(grep -ac "micro-batch .* done" <<<"$lines" || true) of 16 micro-batches"
+  fi
+
+  # Every survivor (or the job, where the launcher stands for the ranks) ends within the deadline.
+  local watch=("$job_pid") names=("job")
+  if [ "$launch" = tcp ]; then
+    watch=()
+    names=()
+    for ((r = 0; r < np; r++)); do
+      [ "$r" -eq "$victim" ] && continue
+      watch+=("${pids[r]}")
+      names+=("rank $r")
+    done
+  fi
+  local k slowest=0
+  for k in "${!watch[@]}"; do
+    while kill -0 "${watch[k]}" 2>/dev/null &&
+      awk -v w="$(elapsed "$t_kill")" -v l="$deadline_s" 'BEGIN { exit !(w < l) }'; do
+      sleep 0.05
+    done
+    kill -0 "${watch[k]}" 2>/dev/null && { cat "$d"/*.out >&2; fail "point $i: ${names[k]} still runs ${deadline_s} s after rank $victim was killed"; }
+    rc=0
+    wait "${watch[k]}" || rc=$?
+    waited=$(elapsed "$t_kill")
+    [ "$rc" -ne 0 ] || { cat "$d"/*.out >&2; fail "point $i: ${names[k]} exited 0 although rank $victim was killed"; }
+    slowest=$waited
+  done
+  [ "$launch" = tcp ] && wait "${pids[victim]}" 2>/dev/null || true
+
+  # The dead rank and its host are named: by mpirun for its job, by each survivor over TCP, by the
+  # single-node parent for its workers.
+  case $launch in
+    mpi)
+      grep -aqE "rank $victim with PID [0-9]+ on node $host exited on signal 9" "$d/job.out" ||
+        { cat "$d/job.out" >&2; fail "point $i: mpirun's output does not name rank $victim on $host"; } ;;
+    tcp)
+      for ((r = 0; r < np; r++)); do
+        [ "$r" -eq "$victim" ] && continue
+        grep -aqF "rank $victim ($host)" "$d/rank$r.out" ||
+          { cat "$d/rank$r.out" >&2; fail "point $i: rank $r's error does not name rank $victim ($host)"; }
+      done ;;
+    single)
+      grep -aqF "worker $victim exited with code 137 (rank $victim on $host" "$d/job.out" ||
+        { cat "$d/job.out" >&2; fail "point $i: the single-node parent does not name worker $victim on $host"; } ;;
+  esac
+  [ ! -e "$d/out.safetensors" ] || fail "point $i: an output file was written although rank $victim died"
+  # Nothing of this point is left (processes are reaped by now; allow a moment for mpirun's children).
+  local t_left=$SECONDS
+  while pgrep -f "$d/" >/dev/null; do
+    [ $((SECONDS - t_left)) -lt 3 ] || { pgrep -af "$d/" >&2; fail "point $i: processes left behind"; }
+    sleep 0.1
+  done
+  ls "$d"/out.safetensors.tmp.* >/dev/null 2>&1 && fail "point $i: a temporary output file was left behind"
+  summary+=("$(printf '%3d  %-6s  np=%d  victim=r%d  %-9s  +%4ss  %-34s  survivors out after %4ss' \
+    "$i" "$launch" "$np" "$victim" "$phase" "$delay" "$did" "$slowest")")
+  rm -rf "$d"
+}
+
+run_test() {
+  local t_start=$SECONDS i launch np victim phase delay
+  [ -x "$PIPESWAP" ] || fail "no executable at $PIPESWAP (build it, or set PIPESWAP)"
+  pipeswap_exe=$(readlink -f "$PIPESWAP")
+  command -v mpirun >/dev/null || fail "mpirun is missing (scripts/deps installs openmpi-bin)"
+  work=$(mktemp -d /tmp/pipeswap-kill.XXXXXX)
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  export PIPESWAP_CACHE=$work/cache OMPI_MCA_btl_vader_single_copy_mechanism=none
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  # No launcher variables from the caller: each point chooses its own.
+  unset OMPI_COMM_WORLD_SIZE PMIX_RANK RANK WORLD_SIZE SLURM_PROCID SLURM_STEP_ID
+  say "seed $seed ($points points; KILL_SEED=$seed reproduces them)"
+  RANDOM=$seed
+  "$PIPESWAP" plan --log-level warn >/dev/null  # writes the demo model once
+  write_wide_model "$work/wide"
+  write_input "$work/input.json" 64 64
+  local launches=(mpi tcp single) phases=(start-up streaming forward)
+  for ((i = 0; i < points; i++)); do
+    launch=${launches[RANDOM % 3]}
+    np=$((2 + RANDOM % 2))
+    victim=$((RANDOM % np))
+    phase=${phases[RANDOM % 3]}
+    case $phase in
+      start-up) delay=$(draw 0 0.1) ;;
+      *) delay=$(draw 0 1.5) ;;
+    esac
+    run_point "$i" "$launch" "$np" "$victim" "$phase" "$delay"
+    say "${summary[-1]}"
+  done
+  say "all $points points passed in $((SECONDS - t_start)) s (seed $seed)"
+}
+
+case ${1:-} in
+  test) run_test ;;
+  *)
+    echo "usage: $0 test" >&2
+    exit 2
+    ;;
+esac
