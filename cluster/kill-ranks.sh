@@ -35,6 +35,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
+# shellcheck source=cluster/test-input.sh
+. "$here/test-input.sh"
 PIPESWAP=${PIPESWAP:-$root/build/pipeswap}
 points=${KILL_POINTS:-20}
 seed=${KILL_SEED:-$(( $(date +%s%N) % 1000000 ))}
@@ -91,19 +93,6 @@ wait_for_line() {
     [ $((SECONDS - t0)) -lt 60 ] || return 1
     sleep 0.01
   done
-}
-
-# A JSON input of $2 sequences of $3 token ids (the demo model's vocabulary is 1024), into $1.
-write_input() {
-  awk -v b="$2" -v t="$3" 'BEGIN {
-    printf "["
-    for (s = 0; s < b; s++) {
-      printf "%s[", (s ? "," : "")
-      for (i = 0; i < t; i++) printf "%s%d", (i ? "," : ""), (s * 131 + i * 7 + 1) % 1024
-      printf "]"
-    }
-    print "]"
-  }' >"$1"
 }
 
 # A copy of the demo model with every hidden, MLP and key/value width 4x (575 MB of zero weights in

@@ -19,6 +19,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
+# shellcheck source=cluster/test-input.sh
+. "$here/test-input.sh"
 PIPESWAP=${PIPESWAP:-$root/build/pipeswap}
 hosts=${NETNS_HOSTS:-3}
 subnet=10.77.0
@@ -198,19 +200,6 @@ test_tcp() {
   same_logits "$work/tcp.safetensors" "torchrun-style TCP across $hosts hosts ($((SECONDS - t0)) s)"
 }
 
-# A JSON input of $1 sequences of $2 token ids (the demo model's vocabulary is 1024).
-write_input() {
-  awk -v b="$1" -v t="$2" 'BEGIN {
-    printf "["
-    for (s = 0; s < b; s++) {
-      printf "%s[", (s ? "," : "")
-      for (i = 0; i < t; i++) printf "%s%d", (i ? "," : ""), (s * 131 + i * 7 + 1) % 1024
-      printf "]"
-    }
-    print "]"
-  }' >"$work/long-input.json"
-}
-
 # (c) A host's link goes down while a long run is under way: the others hear nothing and must give
 # up within the comm timeout, exit non-zero and say which rank was lost. With 3 hosts the middle one
 # is cut off: rank 2, waiting for its activations, times out, and its abort message reaches rank 0.
@@ -218,7 +207,7 @@ write_input() {
 # would notice a lost rank 1 only once it next waits for a message (its compute time + the timeout).
 test_link_down() {
   local lost=$((hosts == 2 ? 0 : 1)) i rc t_down deadline waited
-  write_input "${LINK_DOWN_SEQUENCES:-32}" "${LINK_DOWN_TOKENS:-128}"
+  write_input "$work/long-input.json" "${LINK_DOWN_SEQUENCES:-32}" "${LINK_DOWN_TOKENS:-128}"
   start_tcp_ranks 29401 long --input "$work/long-input.json" --micro-batches 8 \
     --comm-timeout "$comm_timeout" --log-level info
   # Wait until every rank has loaded its weights and the forward pass has begun.
