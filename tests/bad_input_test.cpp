@@ -24,8 +24,8 @@
 #include "test_util.h"
 
 namespace fs = std::filesystem;
-using ::testing::HasSubstr;
 using nlohmann::ordered_json;
+using ::testing::HasSubstr;
 
 namespace {
 
@@ -34,7 +34,7 @@ using namespace pipeswap::test_support;
 enum class Launch { kAlone, kMpi2, kSingleNode2 };
 
 struct Row {
-  std::string name;     // also the row's directory; [a-z0-9-]
+  std::string name;  // also the row's directory; [a-z0-9-]
   Launch launch;
   std::string args;     // after `pipeswap run`; {D} is the suite's directory, {OUT} the row's output dir
   std::string message;  // what the output must contain
@@ -152,14 +152,16 @@ class BadInputTest : public ::testing::TestWithParam<Row> {
     std::vector<std::pair<std::string, torch::Tensor>> a, b;
     ordered_json index = {{"metadata", {{"total_size", f->file_size()}}}, {"weight_map", ordered_json::object()}};
     for (const auto& info : f->tensors()) {
-      const bool first = info.name.find("layers.") == std::string::npos || info.name.find("layers.1") != std::string::npos;
+      const bool first =
+          info.name.find("layers.") == std::string::npos || info.name.find("layers.1") != std::string::npos;
       (first ? a : b).emplace_back(info.name, f->read(info.name));
       index["weight_map"][info.name] = first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
     }
     pipeswap::write_safetensors(m + "/model-00001-of-00002.safetensors", a);
     pipeswap::write_safetensors(m + "/model-00002-of-00002.safetensors", b);
     edit(index);
-    write_bytes(m + "/model.safetensors.index.json", index.is_null() ? std::string("{\"weight_map\": {") : index.dump());
+    write_bytes(m + "/model.safetensors.index.json",
+                index.is_null() ? std::string("{\"weight_map\": {") : index.dump());
   }
 
   static void write_checkpoints() {
@@ -202,31 +204,36 @@ class BadInputTest : public ::testing::TestWithParam<Row> {
       e = {uint64_t{1} << 30, (uint64_t{1} << 30) + n};
     });
     header_variant("overlapping", [](ordered_json& h) {
-      h["model.layers.9.mlp.down_proj.weight"]["data_offsets"] = h["model.layers.8.mlp.down_proj.weight"]["data_offsets"];
+      h["model.layers.9.mlp.down_proj.weight"]["data_offsets"] =
+          h["model.layers.8.mlp.down_proj.weight"]["data_offsets"];
     });
     header_variant("huge-declared-size", [](ordered_json& h) {
       auto& e = h["model.layers.9.mlp.down_proj.weight"];
       e["shape"] = {uint64_t{1} << 20, uint64_t{1} << 20, uint64_t{1} << 10};
       e["data_offsets"] = {uint64_t{0}, uint64_t{1} << 52};
     });
-    header_variant("shape-bytes-mismatch",
-                   [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["shape"] = {256, 700}; });
+    header_variant("shape-bytes-mismatch", [](ordered_json& h) {
+      h["model.layers.9.mlp.down_proj.weight"]["shape"] = {256, 700};
+    });
     header_variant("unknown-dtype",
                    [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["dtype"] = "F8_E4M3"; });
     // Same byte size as F32: the header is consistent, the element type is wrong for a weight.
     header_variant("wrong-dtype", [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["dtype"] = "I32"; });
     tensor_variant("missing-tensor", [](auto& t) {
-      t.erase(std::remove_if(t.begin(), t.end(), [](const auto& p) { return p.first == "model.layers.9.mlp.down_proj.weight"; }),
+      t.erase(std::remove_if(t.begin(), t.end(),
+                             [](const auto& p) { return p.first == "model.layers.9.mlp.down_proj.weight"; }),
               t.end());
     });
-    tensor_variant("unexpected-tensor",
-                   [](auto& t) { t.emplace_back("model.layers.12.mlp.up_proj.weight", torch::zeros({704, 256})); });
+    tensor_variant("unexpected-tensor", [](auto& t) {
+      t.emplace_back("model.layers.12.mlp.up_proj.weight", torch::zeros({704, 256}));
+    });
     // sharded checkpoints
     sharded_variant("shard-missing", [](ordered_json&) {});
     fs::remove(dir_ + "/m/shard-missing/model-00002-of-00002.safetensors");
     sharded_variant("index-not-json", [](ordered_json& i) { i = nullptr; });
     sharded_variant("index-no-weight-map", [](ordered_json& i) { i.erase("weight_map"); });
-    sharded_variant("index-escapes", [](ordered_json& i) { i["weight_map"]["lm_head.weight"] = "../model.safetensors"; });
+    sharded_variant("index-escapes",
+                    [](ordered_json& i) { i["weight_map"]["lm_head.weight"] = "../model.safetensors"; });
     sharded_variant("index-disagrees", [](ordered_json& i) {
       i["weight_map"]["model.layers.9.mlp.down_proj.weight"] = "model-00001-of-00002.safetensors";
     });
@@ -262,7 +269,8 @@ TEST_P(BadInputTest, FailsNamedOnEveryRankFastLeavingNothing) {
   std::string args = expand(row.args);
   if (row.launch == Launch::kSingleNode2) args += " --device-chain cpu,cpu";
   // Quiet unless the row sets --log-level itself (the last value wins).
-  const std::string cmd = launch + fs::absolute(exe()).string() + " run --log-level warn " + args + " " + expand(row.output);
+  const std::string cmd =
+      launch + fs::absolute(exe()).string() + " run --log-level warn " + args + " " + expand(row.output);
   const std::string script = rdir + "/run.sh";
   std::ofstream(script) << "set -u\ncd " << rdir << "\n"
                         << expand(row.setup) << "\n"
@@ -343,8 +351,8 @@ const Row kRows[] = {
     {"chain-fewer-entries-than-ranks", Launch::kMpi2, "--device-chain cpu", "has 1 entry but 2 rank(s) are running"},
     {"chain-gpu-absent", Launch::kMpi2, "--device-chain cpu,cuda:7", "Invalid device: cuda:7"},
     // 13 entries and no launcher: single-node mode starts 13 workers, more ranks than the 12 blocks.
-    {"chain-more-ranks-than-blocks", Launch::kAlone, "--device-chain cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu",
-     "only 12 blocks"},
+    {"chain-more-ranks-than-blocks", Launch::kAlone,
+     "--device-chain cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu,cpu", "only 12 blocks"},
     // --- checkpoint ---
     {"model-dir-missing", Launch::kMpi2, "--model {D}/m/nope --input {D}/in/ok.json", "does not exist"},
     {"config-json-missing", Launch::kAlone, "--model {D}/m/no-config --input {D}/in/ok.json",
@@ -378,16 +386,15 @@ const Row kRows[] = {
      "unknown dtype 'F8_E4M3'"},
     {"tensor-wrong-dtype", Launch::kMpi2, "--model {D}/m/wrong-dtype --input {D}/in/ok.json",
      "is I32 but a floating-point weight is expected"},
-    {"tensor-shapes-disagree-with-config", Launch::kMpi2,
-     "--model {D}/m/config-shapes-disagree --input {D}/in/ok.json", "but config.json implies"},
+    {"tensor-shapes-disagree-with-config", Launch::kMpi2, "--model {D}/m/config-shapes-disagree --input {D}/in/ok.json",
+     "but config.json implies"},
     {"tensor-missing", Launch::kMpi2, "--model {D}/m/missing-tensor --input {D}/in/ok.json",
      "model.layers.9.mlp.down_proj.weight"},
     {"tensor-unexpected", Launch::kMpi2, "--model {D}/m/unexpected-tensor --input {D}/in/ok.json",
      "holds tensor 'model.layers.12.mlp.up_proj.weight'"},
     {"shard-missing", Launch::kMpi2, "--model {D}/m/shard-missing --input {D}/in/ok.json",
      "checkpoint shard 'model-00002-of-00002.safetensors'"},
-    {"index-not-json", Launch::kAlone, "--model {D}/m/index-not-json --input {D}/in/ok.json",
-     "checkpoint index"},
+    {"index-not-json", Launch::kAlone, "--model {D}/m/index-not-json --input {D}/in/ok.json", "checkpoint index"},
     {"index-without-weight-map", Launch::kAlone, "--model {D}/m/index-no-weight-map --input {D}/in/ok.json",
      "has no \"weight_map\" object"},
     {"index-escapes-the-directory", Launch::kAlone, "--model {D}/m/index-escapes --input {D}/in/ok.json",
@@ -417,8 +424,7 @@ const Row kRows[] = {
      "directory {OUT}/no/such/dir does not exist", ""},
     {"output-is-a-directory", Launch::kAlone, "--output {OUT}", "it is a directory", ""},
     {"output-empty", Launch::kAlone, "--output \"\"", "--output is empty", ""},
-    {"output-dir-read-only", Launch::kMpi2, "", "is not writable", "--output {OUT}/logits.safetensors",
-     kReadOnlyOut},
+    {"output-dir-read-only", Launch::kMpi2, "", "is not writable", "--output {OUT}/logits.safetensors", kReadOnlyOut},
     {"output-disk-full-tmpfs", Launch::kMpi2, "", "No space left on device", "--output {OUT}/logits.safetensors",
      kFullOut},
     {"output-disk-full-single-node", Launch::kSingleNode2, "", "No space left on device",

@@ -21,8 +21,9 @@ std::map<std::string, std::string> parse_checkpoint_index(const std::string& pat
   try {
     index = json::parse(text);
   } catch (const json::exception& e) {
-    PS_THROW(CheckpointError, "checkpoint index '{}' is not valid JSON ({}): re-download the checkpoint or fix the file",
-             path, e.what());
+    PS_THROW(CheckpointError,
+             "checkpoint index '{}' is not valid JSON ({}): re-download the checkpoint or fix the file", path,
+             e.what());
   }
   auto wm = index.is_object() ? index.find("weight_map") : index.end();
   PS_CHECK(index.is_object() && wm != index.end() && wm->is_object(), CheckpointError,

@@ -29,9 +29,8 @@ uint64_t decode_le64(const unsigned char* b) {
 // recursive serializer to overflow the stack (found by tests/fuzz), and may be megabytes long.
 std::string describe(const json& v) {
   auto flat = [](const json& x) {
-    return x.is_primitive() || (x.is_array() && std::none_of(x.begin(), x.end(), [](const json& e) {
-                                  return e.is_structured();
-                                }));
+    return x.is_primitive() ||
+           (x.is_array() && std::none_of(x.begin(), x.end(), [](const json& e) { return e.is_structured(); }));
   };
   const bool shallow = flat(v) || (v.is_object() && std::all_of(v.begin(), v.end(), flat));
   if (!shallow) return fmt::format("{} of {} entries", v.type_name(), v.size());
@@ -67,8 +66,8 @@ bool as_uint(const json& v, uint64_t* out) {
 
 TensorInfo parse_entry(const std::string& path, const std::string& name, const json& e) {
   PS_CHECK(e.is_object(), CheckpointError,
-           "safetensors file '{}': header entry for tensor '{}' is not an object ({}): {}", path, name,
-           describe(e), kCheckpointFix);
+           "safetensors file '{}': header entry for tensor '{}' is not an object ({}): {}", path, name, describe(e),
+           kCheckpointFix);
   TensorInfo info;
   info.name = name;
 
@@ -98,12 +97,12 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
 
   auto off = e.find("data_offsets");
   uint64_t begin = 0, end = 0;
-  PS_CHECK(off != e.end() && off->is_array() && off->size() == 2 && as_uint((*off)[0], &begin) &&
-               as_uint((*off)[1], &end),
-           CheckpointError,
-           "safetensors file '{}': tensor '{}' needs \"data_offsets\" as [begin, end] of two non-negative integers, "
-           "got {}: {}",
-           path, name, off == e.end() ? std::string("nothing") : describe(*off), kCheckpointFix);
+  PS_CHECK(
+      off != e.end() && off->is_array() && off->size() == 2 && as_uint((*off)[0], &begin) && as_uint((*off)[1], &end),
+      CheckpointError,
+      "safetensors file '{}': tensor '{}' needs \"data_offsets\" as [begin, end] of two non-negative integers, "
+      "got {}: {}",
+      path, name, off == e.end() ? std::string("nothing") : describe(*off), kCheckpointFix);
   PS_CHECK(begin <= end, CheckpointError,
            "safetensors file '{}': tensor '{}' has data_offsets [{}, {}] with begin after end: {}", path, name, begin,
            end, kCheckpointFix);
