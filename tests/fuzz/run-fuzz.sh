@@ -34,6 +34,7 @@ skip() {
 
 command -v "$cxx" >/dev/null 2>&1 || skip "$cxx is missing (apt-get install clang libclang-rt-dev)"
 mkdir -p "$out/obj"
+out=$(cd "$out" && pwd)  # the runs below cd into it
 flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
        -DOMPI_SKIP_MPICXX -I"$root/core/include")
 # MPI's compile and link flags (core/src/error.cpp names MPI errors), as Open MPI's wrapper reports them.
