@@ -15,8 +15,8 @@ namespace {
 
 using nlohmann::json;
 
-constexpr const char* kSingleFile = "model.safetensors";
-constexpr const char* kIndexFile = "model.safetensors.index.json";
+// Weight file stems: transformers' "model", diffusers' (and Wan2.1's) "diffusion_pytorch_model".
+constexpr const char* kStems[] = {"model", "diffusion_pytorch_model"};
 constexpr const char* kConfigFile = "config.json";
 
 bool is_regular_file(const std::string& path) {
@@ -69,9 +69,16 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
            "model config '{}' is JSON but not an object (it is {}): re-download the checkpoint or fix the file",
            config_path, ck->config_.type_name());
 
-  const std::string index_path = join_path(dir, kIndexFile);
-  const std::string single_path = join_path(dir, kSingleFile);
-  if (is_regular_file(index_path)) {
+  std::string index_path, single_path, single_name;
+  for (const char* stem : kStems) {
+    if (index_path.empty() && is_regular_file(join_path(dir, fmt::format("{}.safetensors.index.json", stem))))
+      index_path = join_path(dir, fmt::format("{}.safetensors.index.json", stem));
+    if (single_path.empty() && is_regular_file(join_path(dir, fmt::format("{}.safetensors", stem)))) {
+      single_name = fmt::format("{}.safetensors", stem);
+      single_path = join_path(dir, single_name);
+    }
+  }
+  if (!index_path.empty()) {
     ck->weight_map_ = parse_checkpoint_index(index_path, read_text_file(index_path, "checkpoint index"));
     std::set<std::string> files;
     for (const auto& [tensor, file] : ck->weight_map_) files.insert(file);
@@ -83,16 +90,17 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
                name, index_path, dir, files.size());
     }
     log().debug("checkpoint '{}': {} tensors in {} shards", dir, ck->weight_map_.size(), files.size());
-  } else if (is_regular_file(single_path)) {
+  } else if (!single_path.empty()) {
     auto file = SafetensorsFile::open(single_path);
-    for (const TensorInfo& t : file->tensors()) ck->weight_map_[t.name] = kSingleFile;
-    ck->shards_[kSingleFile] = std::move(file);
+    for (const TensorInfo& t : file->tensors()) ck->weight_map_[t.name] = single_name;
+    ck->shards_[single_name] = std::move(file);
     log().debug("checkpoint '{}': {} tensors in one file", dir, ck->weight_map_.size());
   } else {
     PS_THROW(CheckpointError,
-             "model directory '{}' has neither {} nor {}: pass --model DIR with a Hugging Face checkpoint "
-             "(config.json + model.safetensors)",
-             dir, kSingleFile, kIndexFile);
+             "model directory '{}' has neither model.safetensors nor model.safetensors.index.json (nor diffusers' "
+             "diffusion_pytorch_model.safetensors[.index.json]): pass --model DIR with a Hugging Face or diffusers "
+             "checkpoint",
+             dir);
   }
   return ck;
 }
