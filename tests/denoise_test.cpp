@@ -10,7 +10,12 @@
 #include <filesystem>
 #include <string>
 
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
 #include "pipeswap/core/safetensors.h"
+#include "pipeswap/models/architecture.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -167,6 +172,53 @@ TEST_F(DenoiseTest, BadInputsNamedOnEveryRank) {
     EXPECT_NE(r.code, 124) << "timed out: " << c.cmd;
     EXPECT_THAT(r.output, HasSubstr(c.needle)) << c.cmd;
     EXPECT_FALSE(fs::exists(out)) << c.cmd;
+  }
+}
+
+
+// Deeper pipelines, as far as CPUs allow: an 8-block tiny Wan (random weights written from the
+// architecture's own declarations) on 4 and 8 ranks, 3 samples with their CFG pairs (6 micro-batches
+// per step, so the first stage never waits for a sample's previous step on 4 stages), blocks swapped:
+// the latents are those of the single-rank run, byte for byte.
+TEST_F(DenoiseTest, FourAndEightRanksMatchOne) {
+  const std::string model = path("wan8");
+  fs::create_directories(model);
+  const nlohmann::json config = {{"_class_name", "WanModel"}, {"model_type", "t2v"}, {"dim", 24},
+                                 {"ffn_dim", 40},             {"num_heads", 2},      {"num_layers", 8},
+                                 {"in_dim", 4},               {"out_dim", 4},        {"text_dim", 16},
+                                 {"freq_dim", 16},            {"text_len", 6}};
+  std::ofstream(model + "/config.json") << config.dump(2);
+  auto arch = pipeswap::models::make_architecture(config);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  torch::manual_seed(8);
+  auto add = [&](const std::vector<pipeswap::models::PartSpec>& parts) {
+    for (const auto& p : parts)
+      for (const auto& t : p.tensors) tensors.emplace_back(t.checkpoint, 0.2 * torch::randn(t.shape));
+  };
+  add(arch->prologue_parts());
+  for (int b = 0; b < arch->num_blocks(); ++b) add(pipeswap::models::block_parts(*arch, b));
+  add(arch->epilogue_parts());
+  pipeswap::write_safetensors(model + "/diffusion_pytorch_model.safetensors", tensors, {});
+  const std::string io = path("wan8_in.safetensors");
+  pipeswap::write_safetensors(io, {{"latents", torch::randn({3, 4, 2, 4, 4})},
+                                   {"context", torch::randn({3, 5, 16})},
+                                   {"context_null", torch::zeros({1, 6, 16})}},
+                              {});
+  const std::string common = " denoise --model " + model + " --latents " + io + " --context " + io +
+                             " --context-null " + io + " --steps 3 --guidance 4 --shift 3 --log-level warn";
+  const std::string ref = path("wan8_1.safetensors");
+  Result r1 = sh(exe() + common + " --output " + ref);
+  ASSERT_EQ(r1.code, 0) << r1.output;
+  for (int np : {4, 8}) {
+    std::string chain;
+    for (int r = 0; r < np; ++r) chain += (r ? ",cpu=" : "cpu=") + std::to_string(1 + r % 2);
+    const std::string out = path("wan8_" + std::to_string(np) + ".safetensors");
+    Result r = sh("mpirun -np " + std::to_string(np) + " " + exe() + common + " --device-chain " + chain +
+                      " --blocks-to-swap 1 --threads 1 --output " + out,
+                  240);
+    ASSERT_EQ(r.code, 0) << np << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr("6 micro-batches per step"));
+    EXPECT_TRUE(same_bytes(out, ref)) << "np " << np;
   }
 }
 
