@@ -7,6 +7,7 @@ turns its output into the same JSON rows as the peers (peers_common.row).
     pipeswap_rows.py llama  --exe build-gpu/pipeswap --model LLAMA --peers llama_peers.json --out F
     pipeswap_rows.py disk   --exe build-gpu/pipeswap --model WAN --inputs DIR --disk disk_bw.json --out F
     pipeswap_rows.py two-gpu --exe build-gpu/pipeswap --model WAN --inputs DIR --out F
+    pipeswap_rows.py transfer --trace wan_2gpu_transfer_1024.json[.gz]   # stage-to-stage bytes/s
 
 The Wan rows call `pipeswap denoise --model DIR --latents FILE --context FILE --steps S --guidance 1`
 and read its per-step progress lines ("step 2/3 sigma 0.6667: 0.123 s"); the first step is left out
@@ -17,6 +18,7 @@ TODO(lead): if `denoise` changes its flag spellings or its progress line, update
 STEP_LINE below (one place each).
 """
 import argparse
+import gzip
 import json
 import os
 import re
@@ -28,9 +30,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers_common as pc  # noqa: E402
 
-# The denoise command line (flags as launcher/src/cli.cpp spells them).
+# The denoise command line (flags as launcher/src/cli.cpp spells them); CFG_FLAGS are added when the
+# guidance is not 1 (each sample's conditional and unconditional passes are then two micro-batches).
 DENOISE_FLAGS = ["denoise", "--model", "{model}", "--latents", "{latents}", "--context", "{context}",
-                 "--steps", "{steps}", "--guidance", "1"]
+                 "--steps", "{steps}", "--guidance", "{guidance}"]
+CFG_FLAGS = ["--context-null", "{context_null}"]
+GUIDANCE = 5  # as bench/wan_gpipe.py mixes the pair
 STEP_LINE = re.compile(r"step (\d+)/(\d+) sigma [-0-9.e]+: ([0-9.]+) s")
 FORWARD_LINE = re.compile(r"forward ([0-9.]+) s")
 PEAK_LINE = re.compile(r"device memory peak (\d+) bytes allocated \(plan (\d+) bytes")
@@ -61,27 +66,38 @@ def make_inputs(a):
     from safetensors.torch import save_file
     os.makedirs(a.out, exist_ok=True)
     g = torch.Generator().manual_seed(0)
-    for tokens in [int(t) for t in a.tokens.split(",")]:
+    for tokens in sorted({int(t) for t in a.tokens.split(",")}):
         frames = tokens // (a.grid_hw * a.grid_hw)
-        lat = torch.randn(1, 16, frames, 2 * a.grid_hw, 2 * a.grid_hw, generator=g)
-        save_file({"latents": lat}, os.path.join(a.out, f"latents_{tokens}.safetensors"))
+        for b in [int(x) for x in a.batches.split(",")]:
+            lat = torch.randn(b, 16, frames, 2 * a.grid_hw, 2 * a.grid_hw, generator=g)
+            save_file({"latents": lat}, os.path.join(a.out, latents_name(tokens, b)))
     save_file({"context": torch.randn(1, 512, 4096, generator=g)}, os.path.join(a.out, "context.safetensors"))
     save_file({"context_null": torch.randn(1, 512, 4096, generator=g)},
               os.path.join(a.out, "context_null.safetensors"))
     print(json.dumps({"inputs": a.out, "tokens": a.tokens}))
 
 
-def denoise_row(a, name, tokens, extra, chain="cuda", launcher=(), steps=None, traced=True):
+def latents_name(tokens, samples):
+    """The inputs subcommand's latents file of `samples` rows at `tokens` tokens."""
+    return f"latents_{tokens}.safetensors" if samples == 1 else f"latents_{tokens}_b{samples}.safetensors"
+
+
+def denoise_row(a, name, tokens, extra, chain="cuda", launcher=(), steps=None, traced=True, samples=1, guidance=1):
     steps = steps or a.steps
-    flags = [f.format(model=a.model, latents=os.path.join(a.inputs, f"latents_{tokens}.safetensors"),
-                      context=os.path.join(a.inputs, "context.safetensors"), steps=steps) for f in DENOISE_FLAGS]
+    flags = DENOISE_FLAGS + (CFG_FLAGS if guidance != 1 else [])
+    flags = [f.format(model=a.model, latents=os.path.join(a.inputs, latents_name(tokens, samples)),
+                      context=os.path.join(a.inputs, "context.safetensors"),
+                      context_null=os.path.join(a.inputs, "context_null.safetensors"), steps=steps,
+                      guidance=guidance) for f in flags]
     out_file = os.path.join(a.scratch, f"{name}_{tokens}.safetensors")
     cmd = list(launcher) + [a.exe] + flags + ["--device-chain", chain, "--output", out_file] + extra
+    r = {"output": out_file}
     if traced and a.trace_dir:
         os.makedirs(a.trace_dir, exist_ok=True)
-        cmd += ["--trace", os.path.join(a.trace_dir, f"wan_{name}_{tokens}.json")]
+        r["trace"] = os.path.join(a.trace_dir, f"wan_{name}_{tokens}.json")
+        cmd += ["--trace", r["trace"]]
     rc, text, wall = run(cmd, a.timeout)
-    r = {"command": " ".join(cmd), "rc": rc, "wall_seconds": round(wall, 2)}
+    r.update({"command": " ".join(cmd), "rc": rc, "wall_seconds": round(wall, 2)})
     steps_s = [float(m.group(3)) for m in STEP_LINE.finditer(text)]
     if rc != 0 or not steps_s:
         r["error"] = text[-2000:]
@@ -177,23 +193,147 @@ def disk_rows(a):
     pc.emit(rows, a.out)
 
 
+def pipe_settings(text):
+    """'1:cfg,2:nocfg' -> [(1, True), (2, False)]: B samples, with or without guidance (as wan_gpipe.py)."""
+    out = []
+    for s in text.split(","):
+        b, mode = s.split(":")
+        out.append((int(b), mode == "cfg"))
+    return out
+
+
 def two_gpu_rows(a):
-    """Composition (2 GPUs each swapping half vs 1 GPU swapping all) and the 2-GPU pipeline with the CFG
-    pair (M = 2) kept in flight across steps, both under mpirun -np 2 (NCCL between the stages)."""
-    mpirun = ["mpirun", "-np", "2", "--bind-to", "none"]
+    """The 2-GPU rows, each against the 1-GPU run of the same setting (--launcher, default mpirun -np 2;
+    --one-chain / --two-chain, default cuda:0 and cuda:0=1,cuda:1=1; NCCL between GPU stages):
+
+    pipeline (scenario 3), at each --pipe-tokens length and --pipe-settings B:cfg|nocfg, resident, S =
+      --pipe-steps: B samples (latents with B rows), guidance 5 with the negative context for cfg
+      (M = 2B micro-batches per step) or none (M = B). Step 1 (first copies, kernel selection, the
+      pipeline's fill) is left out on both sides: seconds_per_step is the mean of steps 2..S and
+      loop_seconds their sum. The progress lines print milliseconds (3 decimals), so per-step figures
+      below about 20 ms carry a few percent of rounding; the loop sums average it out.
+    composition (scenario 4), at the first --tokens length: 2 samples without guidance (2 micro-batches
+      per step: both stages busy once the pipeline is full) with every block of each rank swapped
+      (--offload-ratio 1 --prefetch-depth 2): 1 GPU streams all blocks, each of 2 GPUs its half.
+    transfer (scenario 5), at each --tokens length: 2 GPUs resident, 1 sample without guidance, traced;
+      stage_transfer() of the trace gives the stage-to-stage bytes/s.
+    """
+    launcher = a.launcher.split()
     rows = []
+
+    def run_pair(key, tokens, extra, steps, samples, cfg, both=True):
+        """The setting on 1 GPU (when both) and on 2 GPUs: rows with the steady per-step figures."""
+        out = []
+        for gpus, chain, launch in ((1, a.one_chain, ()), (2, a.two_chain, launcher))[0 if both else 1:]:
+            name = f"{key}_{gpus}gpu_b{samples}{'cfg' if cfg else ''}"
+            info, _ = denoise_row(a, name, tokens, extra, chain=chain, launcher=launch, steps=steps,
+                                  samples=samples, guidance=GUIDANCE if cfg else 1)
+            steady = info.get("step_seconds", [])[1:]
+            r = {"workload": "wan", "tokens": tokens, "gpus": gpus, "samples": samples, "cfg": cfg,
+                 "micro_batches": samples * (2 if cfg else 1), "steps": steps,
+                 "seconds_per_step": round(statistics.mean(steady), 6) if steady else None,
+                 "loop_seconds": round(sum(steady), 6) if steady else None, **info}
+            r["seconds"] = r["seconds_per_step"]
+            if gpus == 2 and info.get("trace") and not info.get("error"):
+                r["stage_transfer"] = stage_transfer(info["trace"])
+            out.append(r)
+        return out
+
+    for tokens in [int(t) for t in a.pipe_tokens.split(",")]:
+        for samples, cfg in pipe_settings(a.pipe_settings):
+            for r in run_pair("pipe", tokens, [], a.pipe_steps, samples, cfg):
+                rows.append({**r, "mode": "pipeswap denoise"})
     tokens = int(a.tokens.split(",")[0])
-    for name, chain, launcher, extra in [
-            ("1 GPU, all swapped", "cuda:0", (), ["--offload-ratio", "1"]),
-            ("2 GPUs, each half swapped", "cuda:0,cuda:1", mpirun, ["--offload-ratio", "1"]),
-            ("1 GPU, resident", "cuda:0", (), []),
-            ("2 GPUs, resident", "cuda:0,cuda:1", mpirun, [])]:
-        info, secs = denoise_row(a, name.replace(" ", "_").replace(",", ""), tokens, extra, chain=chain,
-                                 launcher=launcher)
-        rows.append({"workload": "wan", "mode": "pipeswap " + name, "tokens": tokens, "seconds": secs, **info})
-    # TODO: the CFG pair (--guidance 5 --context-null) over S=30 steps, and torch.distributed.pipelining
-    # (GPipe) and a plain NCCL send/recv as the peers of the pipeline and activation-transfer rows.
+    one, two = run_pair("compose", tokens, ["--offload-ratio", "1", "--prefetch-depth", "2"], a.steps, 2, False)
+    rows.append({**one, "mode": "pipeswap 1 GPU, all swapped"})
+    rows.append({**two, "mode": "pipeswap 2 GPUs, each half swapped"})
+    for tokens in [int(t) for t in a.tokens.split(",")]:
+        (r,) = run_pair("transfer", tokens, [], a.steps, 1, False, both=False)
+        rows.append({**r, "mode": "pipeswap stage transfer"})
     pc.emit(rows, a.out)
+
+
+def stage_transfer(trace_path, skip_steps=1):
+    """Stage-to-stage bytes/s of a multi-rank `pipeswap denoise --trace` run, per activation message.
+
+    Why not the send / recv ranges: on NCCL ranks they are host-side ranges around issuing the
+    transfer (the receiver's "recv" covers waiting for the header on the control transport and
+    enqueueing ncclRecv; the data moves later on the comm stream), so their durations say nothing
+    about the transfer. The "recv" events still give each message's bytes and its (step, micro-batch).
+
+    Method: the time the receiving stage's GPU stood between "the data could move" and "the data is
+    there", from the device-timed compute ranges (GPU ranks with LibTorch >= 2.5 time compute on the
+    device by CUDA events; every rank's events are on one host clock):
+      ready  = max(end of the sender's last compute range of that (step, micro-batch),
+                   end of the receiver's last compute range before it)
+               - the NCCL transport makes the receive wait for the receiver's earlier compute (its
+                 buffer comes from the compute stream), so the transfer cannot start before both;
+      window = begin of the receiver's first compute range of that (step, micro-batch) - ready
+               - the receiver's compute waits on the receive's completion event.
+    bytes / window is the achieved stage-to-stage rate, launch latency and the sender's host lag
+    included: a lower bound on the link's rate, and the same quantity as the "one at a time" figure of
+    bench/nccl_p2p.py (half a ping-pong round trip). Each rank's device clock is anchored to the host
+    clock by one event wait at start; the anchors' errors (microseconds) enter the window, so short
+    windows are noisy: the median over messages is reported, and step 0 (NCCL connection set-up,
+    first kernels) is left out. Swapped stages put copy waits before the first compute: use resident
+    runs. Where a GPU rank lacks device timing, the compute ranges are issue times too and the result
+    is an error, not a number. On CPU ranks (TCP transport, host ranges) the same formula holds, but
+    data that arrived while the receiver computed is only copied out in the window (an upper bound).
+    """
+    opener = gzip.open if trace_path.endswith(".gz") else open
+    with opener(trace_path, "rt") as f:
+        trace = json.load(f)
+    ranks = {r["rank"]: r for r in trace.get("otherData", {}).get("ranks", [])}
+    untimed = [r for r, info in ranks.items() if str(info.get("device", "")).startswith("cuda")
+               and not info.get("device_timing")]
+    if untimed:
+        return {"error": f"ranks {untimed} traced GPU work by issue time (LibTorch < 2.5): no transfer times"}
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    compute = {}  # rank -> [(begin, end, step, micro_batch)], microseconds
+    span = {}  # (rank, step, micro_batch) -> [first begin, last end] of its compute ranges
+    for e in events:
+        if e["cat"] != "compute":
+            continue
+        ar, b = e.get("args", {}), e["ts"]
+        end = b + e["dur"]
+        key = (e["pid"], ar.get("step"), ar.get("micro_batch"))
+        compute.setdefault(e["pid"], []).append((b, end, key[1], key[2]))
+        s = span.setdefault(key, [b, end])
+        s[0], s[1] = min(s[0], b), max(s[1], end)
+    messages, dropped = [], 0
+    for e in events:
+        ar = e.get("args", {})
+        if e["cat"] != "recv" or e["name"].startswith("recv output") or ar.get("step", -1) < skip_steps:
+            continue
+        dst, src, unit = e["pid"], ar.get("peer"), (ar.get("step"), ar.get("micro_batch"))
+        if (src, *unit) not in span or (dst, *unit) not in span:
+            dropped += 1
+            continue
+        begin = span[(dst, *unit)][0]
+        before = [end for b, end, s, m in compute[dst] if end <= begin and (s, m) != unit]
+        ready = max([span[(src, *unit)][1]] + before)
+        if begin - ready <= 0:
+            dropped += 1  # clock anchoring error larger than the transfer
+            continue
+        messages.append((ar.get("bytes", 0), (begin - ready) * 1e-6))
+    if not messages:
+        return {"error": f"no activation message of step >= {skip_steps} with compute on both sides in {trace_path}"}
+    nbytes = statistics.median(b for b, _ in messages)
+    windows = sorted(w for _, w in messages)
+    med = statistics.median(windows)
+    return {"bytes": int(nbytes), "messages": len(messages), "dropped": dropped,
+            "window_seconds_median": round(med, 9), "window_seconds_min": round(windows[0], 9),
+            "window_seconds_max": round(windows[-1], 9), "gbs": round(nbytes / med / 1e9, 3),
+            "gbs_best": round(nbytes / windows[0] / 1e9, 3), "trace": trace_path}
+
+
+def transfer_cmd(a):
+    r = stage_transfer(a.trace, a.skip_steps)
+    print(json.dumps(r))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(r, f, indent=1)
+    return 0 if "error" not in r else 1
 
 
 def main():
@@ -203,6 +343,11 @@ def main():
     i.add_argument("--out", required=True)
     i.add_argument("--tokens", default="1024,4096,16384")
     i.add_argument("--grid-hw", type=int, default=32)
+    i.add_argument("--batches", default="1,2", help="latents files with this many samples (rows)")
+    t = sub.add_parser("transfer", help="stage-to-stage bytes/s from a 2-rank denoise --trace file")
+    t.add_argument("--trace", required=True)
+    t.add_argument("--skip-steps", type=int, default=1)
+    t.add_argument("--out", default="")
     for name in ("wan", "llama", "disk", "two-gpu"):
         p = sub.add_parser(name)
         p.add_argument("--exe", required=True)
@@ -216,6 +361,13 @@ def main():
         p.add_argument("--disk-workers", type=int, default=4)
         p.add_argument("--settings", default="resident:;swap all:--offload-ratio 1 --prefetch-depth 2;"
                                              "swap half:--offload-ratio 0.5 --resident-policy interleaved")
+        p.add_argument("--pipe-tokens", default="4096", help="two-gpu: lengths of the pipeline rows")
+        p.add_argument("--pipe-settings", default="1:cfg,2:cfg,2:nocfg", help="two-gpu: B:cfg|nocfg rows")
+        p.add_argument("--pipe-steps", type=int, default=30, help="two-gpu: denoising steps of the pipeline rows")
+        p.add_argument("--launcher", default="mpirun -np 2 --bind-to none",
+                       help="two-gpu: how 2 ranks start ('' : pipeswap's single-node mode)")
+        p.add_argument("--one-chain", default="cuda:0")
+        p.add_argument("--two-chain", default="cuda:0=1,cuda:1=1")
         p.add_argument("--trace-dir", default="")
         p.add_argument("--scratch", default="/tmp/pipeswap-bench-out")
         p.add_argument("--timeout", type=int, default=240)
@@ -223,7 +375,9 @@ def main():
     a = ap.parse_args()
     if hasattr(a, "scratch"):
         os.makedirs(a.scratch, exist_ok=True)
-    {"inputs": make_inputs, "wan": wan_rows, "llama": llama_rows, "disk": disk_rows, "two-gpu": two_gpu_rows}[a.cmd](a)
+    cmds = {"inputs": make_inputs, "wan": wan_rows, "llama": llama_rows, "disk": disk_rows, "two-gpu": two_gpu_rows,
+            "transfer": transfer_cmd}
+    sys.exit(cmds[a.cmd](a))
 
 
 if __name__ == "__main__":

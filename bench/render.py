@@ -72,6 +72,135 @@ def offload_table(rows, workload, modes, findings, default_lengths, unit="tokens
     return "\n".join(out)
 
 
+def fmt_x(x):
+    return f"{x:.2f}x" if x else NOT_RUN
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def met(value, target):
+    return (("yes" if value >= target else "**no**") if value else NOT_RUN) if target else "-"
+
+
+def setting_name(b, cfg):
+    return f"{b} sample{'s' if b > 1 else ''}, {'CFG pair' if cfg else 'no CFG'} (M = {b * (2 if cfg else 1)})"
+
+
+DEFAULT_PIPE = [(4096, 1, True), (4096, 2, True), (4096, 2, False)]
+
+
+def pipeline_section(two, gpipe, findings):
+    """Scenario 3: pipeswap's 2-GPU denoise rows against its 1-GPU runs and the GPipe peer."""
+    ps = {(r["tokens"], r["samples"], r["cfg"], r["gpus"]): r for r in two if r.get("mode") == "pipeswap denoise"}
+    gp = {(r["mode"], r["tokens"], r["samples"], r["cfg"]): r for r in gpipe}
+    keys = sorted({k[:3] for k in ps} | {k[1:] for k in gp}, key=lambda k: (k[0], k[1] * (2 if k[2] else 1), k[1])) \
+        or DEFAULT_PIPE
+    steps = next((r["steps"] for r in list(ps.values()) + gpipe if r.get("steps")), 30)
+    L = ["\n## 3. Pipeline on 2 GPUs\n",
+         "Wan blocks split 1:1 over two GPUs against the same blocks on one, and against PyTorch's own pipeline "
+         "parallelism (`torch.distributed.pipelining`, ScheduleGPipe: `bench/wan_gpipe.py`, same blocks, same "
+         "micro-batch shapes, outputs checked against one device). A setting is B samples with the CFG pair "
+         "(M = 2B micro-batches per step, conditional and unconditional) or without guidance (M = B). pipeswap: "
+         "`pipeswap denoise` with S steps, resident, `mpirun -np 2 ... --device-chain cuda:0=1,cuda:1=1`; its "
+         "seconds per step are the mean of steps 2..S (step 1 pays for first kernels and the pipeline fill), and "
+         "a sample's next step enters as soon as its previous one has left the last stage. GPipe fills and drains "
+         "once per step (its API runs one batch per call): the ideal speed-up of M micro-batches on p stages is "
+         "pM / (M + p - 1), 1.33x for M = 2 and 1.60x for M = 4 on two GPUs. With exact CFG on one sample no "
+         "schedule beats 1.33x (docs/design-notes.md, \"Denoising: the CFG pair\"); with B >= 2 pipeswap's "
+         "bound is 2BSp / (2BS + p - 1) with CFG and BSp / (BS + p - 1) without (B >= p).\n",
+         "### One step of M micro-batches\n",
+         "Seconds per step. GPipe: median of isolated steps after a warm-up; PyTorch 1 GPU: the same micro-batches "
+         "one after another through every block; pipeswap: the S-step runs below (for B = 1 with CFG a step cannot "
+         "overlap the next, as in GPipe; for B >= 2 consecutive steps overlap, which GPipe's ideal does not count). "
+         "Target: pipeswap's speed-up >= 0.95 of the GPipe ideal.\n",
+         "| tokens | setting | pipeswap 1 GPU | pipeswap 2 GPUs | speed-up | GPipe ideal | of ideal | PyTorch 1 GPU "
+         "| GPipe 2 GPUs | GPipe speed-up | pipeswap / GPipe time | target met | finding |",
+         "|" + " --- |" * 13]
+
+    def pipeswap_cells(t, b, cfg):
+        """pipeswap's speed-up, its 2-GPU seconds per step, and the row's first cells (setting, 1 GPU,
+        2 GPUs, speed-up)."""
+        s1, s2 = (r and r.get("seconds_per_step") for r in (ps.get((t, b, cfg, 1)), ps.get((t, b, cfg, 2))))
+        sp = ratio(s1, s2)
+        return sp, s2, f"| {t} | {setting_name(b, cfg)} | {fmt_s(s1)} | {fmt_s(s2)} | {fmt_x(sp)} |"
+
+    for t, b, cfg in keys:
+        sp, s2, cells = pipeswap_cells(t, b, cfg)
+        g = gp.get(("gpipe one step", t, b, cfg)) or {}
+        m = b * (2 if cfg else 1)
+        ideal = 2 * m / (m + 1)
+        frac = sp / ideal if sp else None
+        L.append(f"{cells} {ideal:.2f}x | {f'{frac:.2f}' if frac else NOT_RUN} | {fmt_s(g.get('one_gpu_seconds'))} | "
+                 f"{fmt_s(g.get('seconds'))} | {fmt_x(g.get('speedup'))} | {fmt_x(ratio(s2, g.get('seconds')))} | "
+                 f"{met(frac, 0.95)} | {findings.get(f'pipeline/{t}/{b}:{cfg}', '')} |")
+    L += [f"\n### Denoising loop of S = {steps} steps\n",
+          "Seconds per step over the loop (pipeswap: steps 2..S; GPipe and PyTorch 1 GPU: S steps after a warm-up "
+          "step, the Euler step on rank 0, one fill-and-drain schedule per step). Target: S = 30, M = 2 >= 1.85x "
+          "one GPU.\n",
+          "| tokens | setting | pipeswap 1 GPU | pipeswap 2 GPUs | speed-up | PyTorch 1 GPU | GPipe 2 GPUs "
+          "| GPipe speed-up | pipeswap / GPipe time | target met | finding |",
+          "|" + " --- |" * 11]
+    for t, b, cfg in keys:
+        sp, s2, cells = pipeswap_cells(t, b, cfg)
+        g = gp.get(("gpipe denoise", t, b, cfg)) or {}
+        m = b * (2 if cfg else 1)
+        g1 = g.get("one_gpu_seconds") and g["one_gpu_seconds"] / g["steps"]
+        L.append(f"{cells} {fmt_s(g1)} | {fmt_s(g.get('seconds_per_step'))} | {fmt_x(g.get('speedup'))} | "
+                 f"{fmt_x(ratio(s2, g.get('seconds_per_step')))} | "
+                 f"{met(sp, 1.85 if m == 2 else None)} | {findings.get(f'loop/{t}/{b}:{cfg}', '')} |")
+    return "\n".join(L)
+
+
+def composition_section(two, findings):
+    by = {r["mode"]: r for r in two}
+    one, both = by.get("pipeswap 1 GPU, all swapped"), by.get("pipeswap 2 GPUs, each half swapped")
+    speed = ratio(one and one.get("seconds"), both and both.get("seconds"))
+    t = (one or both or {}).get("tokens", 1024)
+    return "\n".join([
+        "\n## 4. Composition\n",
+        f"2 GPUs each swapping all of their half of the blocks vs 1 GPU swapping all, at {t} tokens "
+        "(transfer-bound), 2 samples without guidance so that both stages work at once (`--offload-ratio 1 "
+        "--prefetch-depth 2`); seconds per step, mean of steps 2..S. Each GPU has its own PCIe link: target >= 1.8x.\n",
+        "| 1 GPU, all swapped | 2 GPUs, half each | speed-up | target met | finding |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {fmt_s(one and one.get('seconds'))} | {fmt_s(both and both.get('seconds'))} | {fmt_x(speed)} | "
+        f"{met(speed, 1.8)} | {findings.get('composition', '')} |"])
+
+
+def transfer_section(two, p2p, findings):
+    ps = {r["tokens"]: r.get("stage_transfer") or {} for r in two if r.get("mode") == "pipeswap stage transfer"}
+    ref = {r["tokens"]: r for r in p2p if r.get("what") == "activation"}
+    lengths = sorted(set(ps) | set(ref)) or [1024, 4096, 16384]
+    L = ["\n## 5. Activation transfer\n",
+         "pipeswap's stage-to-stage bytes/s against a plain NCCL send/recv of the same tensors (`bench/nccl_p2p.py`: "
+         "x [1, L, d] and the context [1, 512, d] in bf16, e and e0 in fp32, one send each). pipeswap: a traced "
+         "2-GPU run (one sample, resident); per activation message, the time from the later of the sender's last "
+         "and the receiver's previous GPU compute to the receiver's first GPU compute of that micro-batch (the "
+         "trace's host send/recv ranges are issue times on NCCL ranks; `pipeswap_rows.py transfer` explains the "
+         "method), median over the messages of steps 2..S. NCCL \"one at a time\": half a ping-pong round trip, "
+         "the same quantity; \"streamed\": back-to-back sends, the link's throughput. Target >= 80% of one at a "
+         "time.\n",
+         "| tokens | activation bytes | pipeswap GB/s | NCCL one at a time GB/s | NCCL streamed GB/s | fraction "
+         "| target met | finding |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for t in lengths:
+        p, r = ps.get(t, {}), ref.get(t, {})
+        nbytes = p.get("bytes") or r.get("bytes")
+        frac = ratio(p.get("gbs"), r.get("one_at_a_time_gbs"))
+        notes = []
+        if p.get("error"):
+            notes.append(f"pipeswap: {p['error']}.")
+        if p.get("bytes") and r.get("bytes") and p["bytes"] != r["bytes"]:
+            notes.append(f"bytes differ: pipeswap {p['bytes']}, reference {r['bytes']}.")
+        note = " ".join(notes + [findings.get(f"transfer/{t}", "")]).strip()
+        L.append(f"| {t} | {nbytes or NOT_RUN} | {p.get('gbs') or NOT_RUN} | {r.get('one_at_a_time_gbs') or NOT_RUN} "
+                 f"| {r.get('streamed_gbs') or NOT_RUN} | {f'{frac:.2f}' if frac else NOT_RUN} | {met(frac, 0.8)} "
+                 f"| {note} |")
+    return "\n".join(L)
+
+
 def render(results, doc, command=None):
     findings_path = os.path.join(HERE, "findings.json")
     findings = json.load(open(findings_path)) if os.path.exists(findings_path) else {}
@@ -83,7 +212,9 @@ def render(results, doc, command=None):
     disk = load(results, "disk_pipeswap.json")
     sched = load(results, "sched_cpu.jsonl") + load(results, "sched_cuda.jsonl")
     two = load(results, "two_gpu.json")
-    ran = bool(wan or llama or disk or sched or two)
+    gpipe = load(results, "gpipe.json")
+    p2p = load(results, "nccl_p2p.json")
+    ran = bool(wan or llama or disk or sched or two or gpipe or p2p)
     date = datetime.date.today().isoformat() if ran else NOT_RUN
     modes = [("resident", "PyTorch resident"), ("pipeswap resident", "pipeswap resident"),
              ("pipeswap swap all", "pipeswap, all swapped"), ("pipeswap swap half", "pipeswap, half swapped"),
@@ -143,34 +274,9 @@ def render(results, doc, command=None):
                      f"{('yes' if frac >= 0.9 else '**no**') if frac else NOT_RUN} | {findings.get('disk', '')} |")
     else:
         L.append(f"| 1024 | 4GB | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | |")
-    L.append("\n## 3. Pipeline on 2 GPUs\n")
-    L.append("Throughput of M micro-batches vs 1 GPU and vs `torch.distributed.pipelining` (GPipe) on the same "
-             "blocks; the denoising loop of S = 30 steps with M = 2 (the CFG pair) kept full across steps. "
-             "Targets: one step >= 0.95 of the GPipe ideal; S = 30, M = 2 >= 1.85x one GPU.\n")
-    L.append("| setting | seconds per step | vs 1 GPU | vs GPipe | target met | finding |")
-    L.append("| --- | --- | --- | --- | --- | --- |")
-    two_by = {r["mode"]: r for r in two}
-    for m in ("pipeswap 1 GPU, resident", "pipeswap 2 GPUs, resident"):
-        r = two_by.get(m)
-        L.append(f"| {m[9:]} | {fmt_s(r.get('seconds')) if r else NOT_RUN} | {NOT_RUN if not r else '—'} | "
-                 f"{NOT_RUN} | {NOT_RUN} | |")
-    L.append(f"| 2 GPUs, CFG pair, S = 30 | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | GPipe peer and CFG "
-             "driver: TODO in bench/pipeswap_rows.py |")
-    L.append("\n## 4. Composition\n")
-    L.append("2 GPUs each swapping half the blocks vs 1 GPU swapping all, at 1k tokens (transfer-bound). Each GPU "
-             "has its own PCIe link: target >= 1.8x.\n")
-    one, both = two_by.get("pipeswap 1 GPU, all swapped"), two_by.get("pipeswap 2 GPUs, each half swapped")
-    speed = (one["seconds"] / both["seconds"]) if one and both and one.get("seconds") and both.get("seconds") else None
-    L.append("| 1 GPU, all swapped | 2 GPUs, half each | speed-up | target met | finding |")
-    L.append("| --- | --- | --- | --- | --- |")
-    L.append(f"| {fmt_s(one.get('seconds')) if one else NOT_RUN} | {fmt_s(both.get('seconds')) if both else NOT_RUN} "
-             f"| {f'{speed:.2f}x' if speed else NOT_RUN} | "
-             f"{('yes' if speed >= 1.8 else '**no**') if speed else NOT_RUN} | {findings.get('composition', '')} |")
-    L.append("\n## 5. Activation transfer\n")
-    L.append("pipeswap's stage-to-stage bytes/s against a plain NCCL send/recv of the same size. Target >= 80%.\n")
-    L.append("| activation bytes | pipeswap GB/s | NCCL send/recv GB/s | fraction | target met |")
-    L.append("| --- | --- | --- | --- | --- |")
-    L.append(f"| {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} |")
+    L.append(pipeline_section(two, gpipe, findings))
+    L.append(composition_section(two, findings))
+    L.append(transfer_section(two, p2p, findings))
     L.append("\n## 6. Scheduler overhead\n")
     L.append("Host time per block through the offload engine with tiny blocks (two 64 x 64 phases; "
              "`build-gpu/bench/sched_overhead`). Target < 20 us.\n")

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # CPU check of the benchmark harness (ctest: bench_peers): a tiny Wan stack and a tiny Llama through
 # every peer mode with --check (each mode's output equals the resident one), the pipeswap driver's
-# input files, and a render of docs/benchmarks.md from those results into a temporary file.
+# input files, the 2-rank rows on 2 CPU processes with gloo (the GPipe peer with --check: its outputs
+# and denoised latents bit-identical to one process; the send/recv reference), pipeswap's 2-rank
+# rows through the executable ($1 or $PIPESWAP_EXE; skipped without it: 1-rank and 2-rank latents
+# identical, the stage-to-stage transfer read from the trace), and a render of docs/benchmarks.md
+# from those results into a temporary file.
 # Skipped (77) where the Python at $PIPESWAP_PYTHON (default python3) lacks torch, safetensors,
 # transformers or accelerate.
 set -euo pipefail
@@ -21,6 +25,21 @@ test -f "$tmp/wan/model.safetensors.index.json"
 "$py" "$here/llama_peers.py" time --model "$tmp/llama" --device cpu --tokens 8 --iters 1 --check \
   --out "$tmp/llama_peers.json"
 "$py" "$here/pipeswap_rows.py" inputs --out "$tmp/inputs" --tokens 16,32 --grid-hw 4
+# Two ranks on the CPU (gloo): the GPipe peer and the send/recv reference.
+torchrun=("$py" -m torch.distributed.run --standalone --nproc-per-node 2)
+"${torchrun[@]}" "$here/wan_gpipe.py" --model "$tmp/wan" --device cpu --tokens 16 --grid-hw 4 \
+  --settings 1:cfg,2:nocfg --steps 3 --iters 1 --check --out "$tmp/gpipe.json"
+"${torchrun[@]}" "$here/nccl_p2p.py" --device cpu --dim 64 --tokens 16,32 --iters 2 --warmup 1 \
+  --out "$tmp/nccl_p2p.json"
+exe=${1:-${PIPESWAP_EXE:-}}
+if [ -n "$exe" ] && [ -x "$exe" ]; then
+  # pipeswap's single-node mode starts the 2 ranks itself (no mpirun needed here).
+  "$py" "$here/pipeswap_rows.py" two-gpu --exe "$exe" --model "$tmp/wan" --inputs "$tmp/inputs" --tokens 16 \
+    --steps 3 --pipe-tokens 16 --pipe-settings 2:nocfg --pipe-steps 3 --launcher "" --one-chain cpu \
+    --two-chain cpu=1,cpu=1 --trace-dir "$tmp/traces" --scratch "$tmp/scratch" --out "$tmp/two_gpu.json"
+else
+  echo "no pipeswap executable given: its 2-rank rows are not checked"
+fi
 "$py" - "$tmp" <<'PY'
 import json, sys
 from safetensors import safe_open
@@ -34,7 +53,33 @@ names = set(json.load(open(f"{t}/wan/model.safetensors.index.json"))["weight_map
 for k in ("blocks.2.self_attn.norm_q.weight", "blocks.0.cross_attn.o.bias", "blocks.1.ffn.2.weight",
           "blocks.0.modulation", "blocks.0.norm3.bias", "head.modulation", "time_projection.1.weight"):
     assert k in names, k
+gp = json.load(open(f"{t}/gpipe.json"))
+assert {(r["mode"], r["samples"], r["cfg"]) for r in gp} == {
+    (m, b, c) for m in ("gpipe one step", "gpipe denoise") for b, c in ((1, True), (2, False))}, gp
+assert all(r["check"]["identical"] and r["stage_blocks"] == [2, 1] for r in gp), gp
+p2p = json.load(open(f"{t}/nccl_p2p.json"))
+assert {(r["what"], r["tokens"]) for r in p2p} == {(w, n) for w in ("activation", "x") for n in (16, 32)}, p2p
+assert all(r["one_at_a_time_gbs"] > 0 and r["streamed_gbs"] > 0 for r in p2p), p2p
+act = next(r for r in p2p if r["what"] == "activation" and r["tokens"] == 16)
+assert act["bytes"] == 16 * 64 * 2 + 64 * 4 + 6 * 64 * 4 + 512 * 64 * 2, act
+import os
+if os.path.exists(f"{t}/two_gpu.json"):
+    import torch
+    from safetensors.torch import load_file
+    two = json.load(open(f"{t}/two_gpu.json"))
+    assert not [r for r in two if r.get("error")], [r["error"] for r in two if r.get("error")]
+    by = {(r["mode"], r["gpus"]): r for r in two}
+    for mode in ("pipeswap denoise", "pipeswap 1 GPU, all swapped"):
+        one = by[(mode, 1)]
+        other = by[("pipeswap 2 GPUs, each half swapped" if "swapped" in mode else mode, 2)]
+        a, b = (load_file(r["output"])["latents"] for r in (one, other))
+        assert a.shape[0] == 2 and torch.equal(a, b), mode  # 2 samples; the split changes no bit
+    for r in two:
+        if r["gpus"] == 2:
+            st = r["stage_transfer"]
+            assert "error" not in st and st["messages"] >= 2 and st["gbs"] > 0, st
 PY
 "$py" "$here/render.py" --results "$tmp" --doc "$tmp/benchmarks.md"
 grep -q "accelerate\|Accelerate" "$tmp/benchmarks.md"
+grep -q "^| 16 | 1 sample, CFG pair (M = 2) | " "$tmp/benchmarks.md"
 echo "bench harness: ok"

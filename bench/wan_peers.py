@@ -113,7 +113,9 @@ def apply_rope(x, rope):
     return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).type_as(x)
 
 
-def load_blocks(model_dir, n, dtype):
+def open_weights(model_dir):
+    """(config, get) for a directory written by wan_stack.py: get(name) reads one tensor by its
+    checkpoint name from whichever shard holds it (shards opened once)."""
     with open(os.path.join(model_dir, "config.json")) as f:
         cfg = json.load(f)
     index = os.path.join(model_dir, "model.safetensors.index.json")
@@ -123,19 +125,24 @@ def load_blocks(model_dir, n, dtype):
     else:
         with safe_open(os.path.join(model_dir, "model.safetensors"), "pt") as sf:
             weight_map = {k: "model.safetensors" for k in sf.keys()}
-    n = min(n, cfg["num_layers"]) if n else cfg["num_layers"]
-    blocks = []
     handles = {}
-    for i in range(n):
+
+    def get(key):
+        fname = weight_map[key]
+        if fname not in handles:
+            handles[fname] = safe_open(os.path.join(model_dir, fname), "pt")
+        return handles[fname].get_tensor(key)
+    return cfg, get
+
+
+def load_blocks(model_dir, n, dtype, first=0):
+    """Blocks first .. first+n-1 (n = 0: all from first on) as WanBlock modules on the CPU."""
+    cfg, get = open_weights(model_dir)
+    n = min(n, cfg["num_layers"] - first) if n else cfg["num_layers"] - first
+    blocks = []
+    for i in range(first, first + n):
         blk = WanBlock(cfg["dim"], cfg["ffn_dim"], cfg["num_heads"], cfg.get("eps", 1e-6)).to(dtype)
-        sd = {}
-        for name in blk.state_dict():
-            key = f"blocks.{i}.{name}"
-            fname = weight_map[key]
-            if fname not in handles:
-                handles[fname] = safe_open(os.path.join(model_dir, fname), "pt")
-            sd[name] = handles[fname].get_tensor(key).to(dtype)
-        blk.load_state_dict(sd)
+        blk.load_state_dict({name: get(f"blocks.{i}.{name}").to(dtype) for name in blk.state_dict()})
         blk.requires_grad_(False)
         blocks.append(blk)
     return cfg, blocks
