@@ -95,7 +95,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
   auto progress = [&](const pipeline::StepReport& r) {
-    log().info("step {}/{} sigma {:.4f}: {:.3f} s", r.step, settings.steps, r.sigma, r.seconds);
+    log().info("step {}/{} sigma {:.4f}: {:.6f} s", r.step, settings.steps, r.sigma, r.seconds);
   };
   auto result = pipeline::run_denoise(job.plan, world.rank, *job.arch, *rt.weights, t, in, settings, rt.device,
                                       progress);
