@@ -38,6 +38,12 @@
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/torch_compat.h"
 
+#ifdef PIPESWAP_TORCH_CUDA  // PyTorch's LibTorch: its CUDA allocator can hand out buffers on our stream
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #define PS_CHECK_CUDA(expr)                                                                   \
   do {                                                                                        \
     cudaError_t ps_cuda_rc_ = (expr);                                                         \
@@ -161,15 +167,29 @@ class NcclTransport final : public Transport {
     Message msg{header.kind, header.micro_batch, header.step, {}};
     const auto options = torch::TensorOptions().device(torch::kCUDA, static_cast<int8_t>(device_));
     cudaStream_t compute = compute_stream();
+#ifdef PIPESWAP_TORCH_CUDA
+    // The buffers come from the allocator's pool of the comm stream, so a receive does not wait for
+    // the compute already queued: the next micro-batch's activation arrives while this stage still
+    // computes the current one. recordStream below keeps a buffer from being reused before compute
+    // has read it.
+    const c10::cuda::CUDAStream comm_stream = c10::cuda::getStreamFromExternal(stream_, device_);
+#else
     // The buffers come from LibTorch's allocator on the compute stream: comm waits for compute so
     // that a buffer is not written while its previous use is still running.
     EventPtr before = make_event();
     PS_CHECK_CUDA(cudaEventRecord(before.get(), compute));
     PS_CHECK_CUDA(cudaStreamWaitEvent(stream_, before.get(), 0));
+#endif
     for (const auto& meta : header.tensors) {
       const auto* m = meta.data_ptr<int64_t>();
       std::vector<int64_t> shape(m + 1, m + meta.numel());
-      torch::Tensor t = torch::empty(shape, options.dtype(static_cast<c10::ScalarType>(m[0])));
+      torch::Tensor t;
+      {
+#ifdef PIPESWAP_TORCH_CUDA
+        c10::cuda::CUDAStreamGuard on_comm(comm_stream);
+#endif
+        t = torch::empty(shape, options.dtype(static_cast<c10::ScalarType>(m[0])));
+      }
       if (t.nbytes() > 0)
         PS_CHECK_NCCL(ncclRecv(t.data_ptr(), static_cast<size_t>(t.nbytes()), bytes_type(), src, comm_, stream_));
       msg.tensors.push_back(t);
@@ -177,6 +197,11 @@ class NcclTransport final : public Transport {
     EventPtr arrived = make_event();
     PS_CHECK_CUDA(cudaEventRecord(arrived.get(), stream_));
     PS_CHECK_CUDA(cudaStreamWaitEvent(compute, arrived.get(), 0));
+#ifdef PIPESWAP_TORCH_CUDA
+    const c10::cuda::CUDAStream compute_c10 = c10::cuda::getStreamFromExternal(compute, device_);
+    for (const auto& t : msg.tensors)
+      if (t.nbytes() > 0) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), compute_c10);
+#endif
     watch_op(arrived, src, "receive an activation from");
     check_async_error();
     return msg;
