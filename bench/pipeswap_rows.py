@@ -148,7 +148,7 @@ def llama_rows(a):
         resident = None
         for name, extra in [s.split(":", 1) for s in a.settings.split(";")]:
             cmd = [a.exe, "run", "--model", a.model, "--input", ids, "--device-chain", "cuda", "--dtype", "bf16",
-                   "--output", os.path.join(a.scratch, f"llama_{name}_{tokens}.safetensors")] + extra.split()
+                   "--repeat", "4", "--output", os.path.join(a.scratch, f"llama_{name}_{tokens}.safetensors")] + extra.split()
             if a.trace_dir:
                 os.makedirs(a.trace_dir, exist_ok=True)
                 cmd += ["--trace", os.path.join(a.trace_dir, f"llama_{name}_{tokens}.json")]
@@ -165,7 +165,7 @@ def llama_rows(a):
                 resident = secs
             rows.append(pc.row("llama", "pipeswap " + name, tokens, secs, info["swapped_blocks"] * layer_bytes,
                                resident, bw, blocks=cfg["num_hidden_layers"], block_bytes=layer_bytes,
-                               note="one cold forward pass (pipeswap run has no repeat flag yet)", **info))
+                               note="median of 3 warm forward passes (--repeat 4)", **info))
     pc.emit(rows, a.out)
 
 

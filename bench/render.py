@@ -258,7 +258,7 @@ def render(results, doc, command=None):
     L.append(offload_table(wan, "wan", modes, findings, [1024, 4096, 16384]))
     L.append("\n### Few-GB Llama (one forward pass)\n")
     L.append(offload_table(llama, "llama", modes, findings, [512, 2048]))
-    L.append("\npipeswap's Llama rows are single cold forward passes (`pipeswap run` has no repeat flag yet); the "
+    L.append("\npipeswap's Llama rows are the median of 3 warm forward passes (`pipeswap run --repeat 4`); the "
              "peers' are medians after a warm-up pass.\n")
     L.append("## 2. Disk tier\n")
     L.append("Lazy load from the safetensors files with a host budget (`--max-memory`) smaller than the model, "

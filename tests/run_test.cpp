@@ -296,4 +296,19 @@ TEST_F(RunTest, PlanPrintsAndWritesJsonWithoutReadingWeights) {
   EXPECT_THAT(bad.output, HasSubstr("model-0000"));
 }
 
+
+// --repeat: the swapped blocks stream in again for every pass, and every pass gives the same logits.
+TEST_F(RunTest, RepeatedPassesGiveTheSameLogits) {
+  const std::string ref = path("repeat_ref.safetensors");
+  ASSERT_EQ(sh(exe() + " run --micro-batches 2 --output " + ref + " --log-level warn").code, 0);
+  const std::string out = path("repeat.safetensors");
+  Result r = sh(exe() + " run --micro-batches 2 --repeat 3 --blocks-to-swap 4 --lazy-load --max-memory 12MB "
+                       "--log-level info --output " + out);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("forward pass 3/3"));
+  EXPECT_THAT(r.output, HasSubstr("median of 2 warm passes"));
+  EXPECT_TRUE(same_bytes(out, ref));
+  EXPECT_NE(sh(exe() + " run --repeat 0").code, 0);
+}
+
 }  // namespace

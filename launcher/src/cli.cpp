@@ -138,6 +138,8 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   run->add_option("--output", o.output, "safetensors file for the logits (written atomically)")
       ->default_str("logits.safetensors");
   add_trace(run, o);
+  run->add_option("--repeat", o.repeat, "run the forward N times (benchmarks: the summary reports the median warm pass)")
+      ->default_str("1");
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
   denoise->add_option("--latents", o.latents, "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W]")
       ->required();
@@ -193,6 +195,7 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     o.command = cmd->get_name();
   }
   if (cmd->count("--device-chain") > 0 && o.device_chain.empty()) o.device_chain = " ";  // given, but empty
+  PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
   if (cmd == denoise) {
     PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);

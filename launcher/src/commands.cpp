@@ -3,6 +3,7 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -353,7 +354,21 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
   const torch::Device device = rt.device;
   offload::BlockWeights* weights = rt.weights.get();
 
-  auto result = pipeline::run_forward(job.plan, world.rank, *job.arch, *weights, t, job.input_ids, device);
+  // --repeat N: the same forward N times (benchmarks time warm passes); the last pass's logits are
+  // written, and the summary reports the median pass (the first, cold one only when it is the only one).
+  std::vector<double> passes;
+  pipeline::ForwardResult result;
+  for (int k = 0; k < o.repeat; ++k) {
+    result = pipeline::run_forward(job.plan, world.rank, *job.arch, *weights, t, job.input_ids, device);
+    passes.push_back(result.seconds);
+    if (o.repeat > 1) log().info("forward pass {}/{}: {:.6f} s", k + 1, o.repeat, result.seconds);
+  }
+  if (passes.size() > 1) {
+    std::vector<double> warm(passes.begin() + 1, passes.end());
+    std::sort(warm.begin(), warm.end());
+    const size_t n = warm.size();
+    result.seconds = n % 2 ? warm[n / 2] : (warm[n / 2 - 1] + warm[n / 2]) / 2;
+  }
   rt.trace->finish(t);
   log_memory(me, *weights, device);
   if (world.rank == 0) {
@@ -371,8 +386,10 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
                                 : fmt::format("blocks {}..{} ({}){}{}", r.first_block, r.end_block - 1, r.num_blocks(),
                                               r.prologue ? " +prologue" : "", r.epilogue ? " +epilogue" : ""));
     }
-    s += fmt::format("  tokens {} ({} x {}), forward {:.3f} s ({:.0f} tokens/s), total {:.2f} s\n", tokens,
-                     job.input_ids.size(0), job.input_ids.size(1), result.seconds, tokens / result.seconds,
+    s += fmt::format("  tokens {} ({} x {}), forward {:.6f} s{} ({:.0f} tokens/s), total {:.2f} s\n", tokens,
+                     job.input_ids.size(0), job.input_ids.size(1), result.seconds,
+                     o.repeat > 1 ? fmt::format(" (median of {} warm passes)", o.repeat - 1) : "",
+                     tokens / result.seconds,
                      since(t_start));
     s += fmt::format("  logits {} float32 -> {}\n", fmt::join(result.logits.sizes(), "x"), o.output);
     std::cout << s << std::flush;

@@ -22,6 +22,7 @@ struct Options {
   std::string log_level = "info";
   std::string transport = "auto";  // activations between GPU ranks: auto (NCCL) or host (MPI/TCP)
   std::string json;  // plan --json FILE
+  int repeat = 1;      // run --repeat N: forward passes (benchmarks)
   std::string trace;  // --trace FILE: Chrome / Perfetto timeline of every rank (empty: off)
   // denoise
   std::string latents, context, context_null, image_cond, clip_fea;
