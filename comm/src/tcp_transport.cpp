@@ -55,6 +55,10 @@ constexpr uint64_t kMaxAbortText = 64 * 1024;
 constexpr uint64_t kMaxDataFrame = uint64_t{1} << 40;
 // After abort(), how long ABORT frames get to leave before the sockets are shut down.
 constexpr milliseconds kAbortGrace{1000};
+// A peer whose connection closed may have closed it because another rank aborted the job (it met
+// that ABORT and exited): how long the error waits for such an ABORT, so it names the rank that
+// started it rather than a bystander.
+constexpr milliseconds kLossGrace{250};
 // How long rank 0 waits for the hello of a connection before it takes it for a stray caller.
 constexpr milliseconds kHelloWait{5000};
 // How long the destructor lets queued sends drain before it cuts the connections.
@@ -493,6 +497,7 @@ class TcpTransport final : public Transport {
         p.inbox.pop_front();
         return m;
       }
+      await_abort_after_loss_locked(lk, p);
       throw_if_lost_locked(p);  // only once its queued messages have been taken
       PS_CHECK(Clock::now() < deadline, PeerLostError,
                "no message from {} within {} s; it may have died or hung (raise --comm-timeout if it is just slow)",
@@ -517,6 +522,7 @@ class TcpTransport final : public Transport {
           --root.barriers;
           return;
         }
+        await_abort_after_loss_locked(lk, root);
         throw_if_lost_locked(root);
         PS_CHECK(Clock::now() < deadline, PeerLostError,
                  "barrier: {} did not release the barrier within {} s; a rank may be missing (rank 0's error names "
@@ -531,6 +537,7 @@ class TcpTransport final : public Transport {
       for (int r = 1; r < world_; ++r) {
         Peer& p = *peers_[r];
         if (p.barriers > 0) continue;
+        await_abort_after_loss_locked(lk, p);
         throw_if_lost_locked(p);
         missing.push_back(r);
       }
@@ -627,6 +634,12 @@ class TcpTransport final : public Transport {
     if (peer_abort_) {
       PS_THROW(PeerLostError, "{} aborted the job: {}", who(peer_abort_->first), peer_abort_->second);
     }
+  }
+
+  void await_abort_after_loss_locked(std::unique_lock<std::mutex>& lk, const Peer& p) {
+    if (p.lost.empty() || p.corrupt || peer_abort_) return;
+    cv_.wait_for(lk, kLossGrace, [&] { return peer_abort_.has_value(); });
+    throw_if_aborted_locked();
   }
 
   void throw_if_lost_locked(const Peer& p) const {
