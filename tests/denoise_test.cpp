@@ -11,6 +11,7 @@
 #include <string>
 
 #include <fstream>
+#include <regex>
 
 #include <nlohmann/json.hpp>
 
@@ -49,6 +50,28 @@ class DenoiseTest : public ::testing::Test {
   }
   static inline std::string dir_;
 };
+
+// A tiny Wan2.1-named checkpoint with random weights written from the architecture's own declarations.
+std::string write_random_wan(const std::string& model, int blocks, c10::ScalarType dtype) {
+  fs::create_directories(model);
+  const nlohmann::json config = {{"_class_name", "WanModel"}, {"model_type", "t2v"}, {"dim", 24},
+                                 {"ffn_dim", 40},             {"num_heads", 2},      {"num_layers", blocks},
+                                 {"in_dim", 4},               {"out_dim", 4},        {"text_dim", 16},
+                                 {"freq_dim", 16},            {"text_len", 6}};
+  std::ofstream(model + "/config.json") << config.dump(2);
+  auto arch = pipeswap::models::make_architecture(config);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  torch::manual_seed(8);
+  auto add = [&](const std::vector<pipeswap::models::PartSpec>& parts) {
+    for (const auto& p : parts)
+      for (const auto& t : p.tensors) tensors.emplace_back(t.checkpoint, (0.2 * torch::randn(t.shape)).to(dtype));
+  };
+  add(arch->prologue_parts());
+  for (int b = 0; b < arch->num_blocks(); ++b) add(pipeswap::models::block_parts(*arch, b));
+  add(arch->epilogue_parts());
+  pipeswap::write_safetensors(model + "/diffusion_pytorch_model.safetensors", tensors, {});
+  return model;
+}
 
 double rel_error(const torch::Tensor& got, const torch::Tensor& want) {
   return (got - want).abs().max().item<double>() / want.abs().max().item<double>();
@@ -181,24 +204,7 @@ TEST_F(DenoiseTest, BadInputsNamedOnEveryRank) {
 // per step, so the first stage never waits for a sample's previous step on 4 stages), blocks swapped:
 // the latents are those of the single-rank run, byte for byte.
 TEST_F(DenoiseTest, FourAndEightRanksMatchOne) {
-  const std::string model = path("wan8");
-  fs::create_directories(model);
-  const nlohmann::json config = {{"_class_name", "WanModel"}, {"model_type", "t2v"}, {"dim", 24},
-                                 {"ffn_dim", 40},             {"num_heads", 2},      {"num_layers", 8},
-                                 {"in_dim", 4},               {"out_dim", 4},        {"text_dim", 16},
-                                 {"freq_dim", 16},            {"text_len", 6}};
-  std::ofstream(model + "/config.json") << config.dump(2);
-  auto arch = pipeswap::models::make_architecture(config);
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  torch::manual_seed(8);
-  auto add = [&](const std::vector<pipeswap::models::PartSpec>& parts) {
-    for (const auto& p : parts)
-      for (const auto& t : p.tensors) tensors.emplace_back(t.checkpoint, 0.2 * torch::randn(t.shape));
-  };
-  add(arch->prologue_parts());
-  for (int b = 0; b < arch->num_blocks(); ++b) add(pipeswap::models::block_parts(*arch, b));
-  add(arch->epilogue_parts());
-  pipeswap::write_safetensors(model + "/diffusion_pytorch_model.safetensors", tensors, {});
+  const std::string model = write_random_wan(path("wan8"), 8, torch::kFloat32);
   const std::string io = path("wan8_in.safetensors");
   pipeswap::write_safetensors(io, {{"latents", torch::randn({3, 4, 2, 4, 4})},
                                    {"context", torch::randn({3, 5, 16})},
@@ -220,6 +226,25 @@ TEST_F(DenoiseTest, FourAndEightRanksMatchOne) {
     EXPECT_THAT(r.output, HasSubstr("6 micro-batches per step"));
     EXPECT_TRUE(same_bytes(out, ref)) << "np " << np;
   }
+}
+
+
+// The plan's disk-read figure counts the bytes the checkpoint stores (bf16 here) however wide the
+// compute dtype is (fp32 on CPU): it equals what the run measured.
+TEST_F(DenoiseTest, PlannedDiskReadsMatchMeasured) {
+  const std::string model = write_random_wan(path("wan_bf16"), 4, torch::kBFloat16);
+  const std::string io = path("wan_bf16_in.safetensors");
+  pipeswap::write_safetensors(io, {{"latents", torch::randn({1, 4, 2, 4, 4})}, {"context", torch::randn({1, 5, 16})}},
+                              {});
+  Result r = sh(exe() + " denoise --model " + model + " --latents " + io + " --context " + io +
+                " --steps 2 --guidance 1 --dtype fp32 --offload-ratio 1 --lazy-load --max-memory 100KB "
+                "--num-disk-workers 1 --log-level info --output " + path("wan_bf16_out.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::regex line(R"(read from disk during the run ([0-9.]+ [KMG]?i?B) \(plan ([0-9.]+ [KMG]?i?B)\))");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.output, m, line)) << r.output;
+  EXPECT_EQ(m[1].str(), m[2].str()) << r.output;
+  EXPECT_NE(m[1].str(), "0 B");
 }
 
 }  // namespace

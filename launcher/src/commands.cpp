@@ -204,8 +204,22 @@ Job open_model(const Options& o, const World& world, comm::Transport& t, bool pl
   return job;
 }
 
+int stored_dtype_code(const Job& job, bool read_header) {
+  if (read_header) {
+    const auto parts = job.arch->num_blocks() > 0 ? models::block_parts(*job.arch, 0) : job.arch->prologue_parts();
+    for (const auto& part : parts)
+      for (const auto& t : part.tensors)
+        return static_cast<int>(to_scalar_type(job.ckpt->locate(t.checkpoint).info->dtype));
+  }
+  const nlohmann::json& c = job.ckpt->config();
+  const auto it = c.find("torch_dtype") != c.end() ? c.find("torch_dtype") : c.find("dtype");
+  if (it != c.end() && it->is_string())
+    if (auto t = parse_float_dtype(it->get<std::string>())) return static_cast<int>(*t);
+  return -1;
+}
+
 pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job, int64_t batch,
-                             int64_t seq, int micro_batches, int sweeps) {
+                             int64_t seq, int micro_batches, int sweeps, int stored_dtype) {
   pipeline::PlanInputs in;
   in.model_dir = job.model_dir;
   in.chain = job.chain;
@@ -219,6 +233,7 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
   in.seq = seq;
   in.sweeps = sweeps;
   in.offload = offload_options(o);
+  if (stored_dtype >= 0) in.offload.stored_dtype = static_cast<c10::ScalarType>(stored_dtype);
   in.vram_budget = vram_budgets(o, world, t, job.chain);
   return pipeline::make_plan(*job.arch, in);
 }
@@ -248,12 +263,14 @@ Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_
     pipeline::micro_batch_sizes(job.input_ids.size(0), o.micro_batches);  // validates --micro-batches
     shape = fmt::format("{} {}", job.input_ids.size(0), job.input_ids.size(1));
   }
+  if (world.rank == 0) shape += fmt::format(" {}", stored_dtype_code(job, /*read_header=*/!plan_only));
   if (!plan_only && world.size > 1) shape = comm::allgather_strings(t, shape).at(0);
   int64_t batch = 0, seq = 0;
-  std::sscanf(shape.c_str(), "%ld %ld", &batch, &seq);
+  int stored = -1;
+  std::sscanf(shape.c_str(), "%ld %ld %d", &batch, &seq, &stored);
 
   job.plan = make_job_plan(o, world, t, job, batch > 0 ? (batch + o.micro_batches - 1) / o.micro_batches : 0, seq,
-                           o.micro_batches, 1);
+                           o.micro_batches, 1, stored);
   return job;
 }
 

@@ -83,14 +83,17 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
                                                                                  in.clip_fea.defined()
                                                                                      ? in.clip_fea.narrow(0, 0, 1)
                                                                                      : torch::Tensor()}));
+    shape += fmt::format(" {}", stored_dtype_code(job, /*read_header=*/true));
   }
   if (world.size > 1) shape = comm::allgather_strings(*transport, shape).at(0);
   int64_t batch = 0, tokens = 0;
-  PS_CHECK(std::sscanf(shape.c_str(), "%ld %ld", &batch, &tokens) == 2 && batch > 0, CommError,
+  int stored = 0;
+  PS_CHECK(std::sscanf(shape.c_str(), "%ld %ld %d", &batch, &tokens, &stored) == 3 && batch > 0, CommError,
            "rank 0 could not read the inputs (see its error)");
   settings.batch = static_cast<int>(batch);
   const int units = pipeline::denoise_units(settings);
-  job.plan = make_job_plan(o, world, *transport, job, 1, tokens, units, settings.steps);
+  job.plan = make_job_plan(o, world, *transport, job, 1, tokens, units, settings.steps,
+                           stored);
 
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;

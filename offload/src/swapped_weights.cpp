@@ -33,7 +33,9 @@ struct Unit {
   int64_t tensor_bytes = 0;  // bytes of the tensors themselves: what a read from disk moves
 };
 
-std::vector<Unit> make_units(const models::Architecture& arch, int block, Granularity g, c10::ScalarType dtype) {
+// `disk_dtype`: what the checkpoint stores, for tensor_bytes.
+std::vector<Unit> make_units(const models::Architecture& arch, int block, Granularity g, c10::ScalarType dtype,
+                             c10::ScalarType disk_dtype) {
   const auto parts = models::block_parts(arch, block);
   const int nphases = static_cast<int>(parts.size());
   std::vector<Unit> units;
@@ -45,7 +47,11 @@ std::vector<Unit> make_units(const models::Architecture& arch, int block, Granul
     for (int p = p0; p < p1; ++p) {
       u.base.push_back(u.bytes);
       u.phases.push_back(make_layout(parts[p], dtype));
-      for (const auto& e : u.phases.back().entries) u.tensor_bytes += e.nbytes;
+      for (const auto& e : u.phases.back().entries) {
+        int64_t n = 1;
+        for (int64_t d : e.shape) n *= d;
+        u.tensor_bytes += n * static_cast<int64_t>(c10::elementSize(disk_dtype));
+      }
       u.bytes = align_up(u.bytes + u.phases.back().bytes, kSlabAlignment);
     }
     units.push_back(std::move(u));
@@ -298,7 +304,7 @@ class SwappedWeightsImpl final : public BlockWeights {
     unit_of_phase_.assign(static_cast<size_t>(n * nphases_), -1);
     views_.resize(static_cast<size_t>(n * nphases_));
     for (int b = 0; b < n; ++b) {
-      for (Unit& u : make_units(arch, owned.first_block + b, opts.granularity, dtype)) {
+      for (Unit& u : make_units(arch, owned.first_block + b, opts.granularity, dtype, opts.stored_dtype.value_or(dtype))) {
         if (!layout_.swapped_blocks[static_cast<size_t>(b)]) {
           torch::Tensor host = torch::empty({u.bytes}, torch::kUInt8);
           read_unit(*ckpt, u, host, "read (resident)");
@@ -523,7 +529,7 @@ SwapLayout plan_swapping(const models::Architecture& arch, int first_block, int 
   l.swapped_blocks = choose_swapped(n, swap, opts.policy);
   std::vector<int64_t> swapped_units, unit_disk;
   for (int b = 0; b < n; ++b) {
-    for (const Unit& u : make_units(arch, first_block + b, opts.granularity, dtype)) {
+    for (const Unit& u : make_units(arch, first_block + b, opts.granularity, dtype, opts.stored_dtype.value_or(dtype))) {
       if (l.swapped_blocks[static_cast<size_t>(b)]) {
         swapped_units.push_back(u.bytes);
         unit_disk.push_back(u.tensor_bytes);

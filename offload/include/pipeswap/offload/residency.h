@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <optional>
+
+#include <c10/core/ScalarType.h>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,9 @@ struct OffloadOptions {
   bool lazy_load = false;          // swapped units come from the safetensors files when needed
   int num_disk_workers = 2;        // threads reading from disk (lazy_load)
   int64_t max_memory = 0;          // host cache budget in bytes (lazy_load); 0: unlimited
+  // The checkpoint's dtype, for the bytes a read from disk moves (a bf16 checkpoint computed in fp32
+  // reads half its slab bytes); unset: the compute dtype.
+  std::optional<c10::ScalarType> stored_dtype;
   // Non-block components (embeddings, head): kept on the host and moved in when used
   // (offload_txt_emb, offload_img_emb, or by name), or kept nowhere and read from disk when used.
   bool offload_txt_emb = false;
