@@ -333,6 +333,20 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
   return rt;
 }
 
+std::string rank_lines(const pipeline::Plan& plan) {
+  std::string s;
+  for (const auto& r : plan.ranks) {
+    s += fmt::format("  rank {} {:<6} {}\n", r.rank, r.device.str(),
+                     r.idle() ? std::string("idle")
+                              : fmt::format("blocks {}..{} ({}){}{}{}", r.first_block, r.end_block - 1, r.num_blocks(),
+                                            r.prologue ? " +prologue" : "", r.epilogue ? " +epilogue" : "",
+                                            r.swapped_blocks.empty()
+                                                ? ""
+                                                : fmt::format(", {} swapped", r.swapped_blocks.size())));
+  }
+  return s;
+}
+
 void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device) {
   const offload::OffloadStats st = weights.stats();
   if (device.is_cuda()) {
@@ -397,12 +411,7 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
     const int64_t tokens = job.input_ids.numel();
     std::string s = fmt::format("pipeswap run: {} ({}), {} blocks on {} rank(s), {} micro-batch(es)\n",
                                 job.model_dir, job.plan.family, job.plan.num_blocks, world.size, o.micro_batches);
-    for (const auto& r : job.plan.ranks) {
-      s += fmt::format("  rank {} {:<6} {}\n", r.rank, r.device.str(),
-                       r.idle() ? std::string("idle")
-                                : fmt::format("blocks {}..{} ({}){}{}", r.first_block, r.end_block - 1, r.num_blocks(),
-                                              r.prologue ? " +prologue" : "", r.epilogue ? " +epilogue" : ""));
-    }
+    s += rank_lines(job.plan);
     s += fmt::format("  tokens {} ({} x {}), forward {:.6f} s{} ({:.0f} tokens/s), total {:.2f} s\n", tokens,
                      job.input_ids.size(0), job.input_ids.size(1), result.seconds,
                      o.repeat > 1 ? fmt::format(" (median of {} warm passes)", o.repeat - 1) : "",

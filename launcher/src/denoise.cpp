@@ -21,6 +21,16 @@ void check_batch(const torch::Tensor& t, int64_t batch, const std::string& flag)
            batch, batch);
 }
 
+// What one micro-batch's forward pass sees: the first sample's latents (with its image condition),
+// a timestep, `context`'s first row and the CLIP features.
+models::Activation first_sample(const pipeline::DenoiseInputs& in, const torch::Tensor& context) {
+  torch::Tensor lat = in.latents.narrow(0, 0, 1);
+  if (in.image_cond.defined()) lat = torch::cat({lat, in.image_cond.narrow(0, 0, 1)}, 1);
+  models::Activation probe{lat, torch::zeros({1}), context.narrow(0, 0, 1)};
+  if (in.clip_fea.defined()) probe.push_back(in.clip_fea.narrow(0, 0, 1));
+  return probe;
+}
+
 // Rank 0: reads and checks every input before any weights load.
 pipeline::DenoiseInputs read_inputs(const Options& o, const models::Architecture& arch) {
   pipeline::DenoiseInputs in;
@@ -41,16 +51,9 @@ pipeline::DenoiseInputs read_inputs(const Options& o, const models::Architecture
                "--image-cond {} and --latents {} differ in frames, height or width", shape_str(in.image_cond),
                shape_str(in.latents));
   }
-  // What one micro-batch's forward pass sees: the architecture names anything it cannot take.
-  torch::Tensor lat = in.latents.narrow(0, 0, 1);
-  if (in.image_cond.defined()) lat = torch::cat({lat, in.image_cond.narrow(0, 0, 1)}, 1);
-  models::Activation probe{lat, torch::zeros({1}), in.context.narrow(0, 0, 1)};
-  if (in.clip_fea.defined()) probe.push_back(in.clip_fea.narrow(0, 0, 1));
-  arch.check_inputs(probe);
-  if (in.context_null.defined()) {
-    probe[2] = in.context_null.narrow(0, 0, 1);
-    arch.check_inputs(probe);
-  }
+  // The architecture names anything a forward pass cannot take.
+  arch.check_inputs(first_sample(in, in.context));
+  if (in.context_null.defined()) arch.check_inputs(first_sample(in, in.context_null));
   return in;
 }
 
@@ -76,14 +79,8 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   std::string shape = "0 0";
   if (world.rank == 0) {
     in = read_inputs(o, *job.arch);
-    torch::Tensor lat = in.latents.narrow(0, 0, 1);
-    if (in.image_cond.defined()) lat = torch::cat({lat, in.image_cond.narrow(0, 0, 1)}, 1);
-    shape = fmt::format("{} {}", in.latents.size(0), job.arch->sequence_length({lat, torch::zeros({1}),
-                                                                                 in.context.narrow(0, 0, 1),
-                                                                                 in.clip_fea.defined()
-                                                                                     ? in.clip_fea.narrow(0, 0, 1)
-                                                                                     : torch::Tensor()}));
-    shape += fmt::format(" {}", stored_dtype_code(job, /*read_header=*/true));
+    shape = fmt::format("{} {} {}", in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)),
+                        stored_dtype_code(job, /*read_header=*/true));
   }
   if (world.size > 1) shape = comm::allgather_strings(*transport, shape).at(0);
   int64_t batch = 0, tokens = 0;
@@ -92,8 +89,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
            "rank 0 could not read the inputs (see its error)");
   settings.batch = static_cast<int>(batch);
   const int units = pipeline::denoise_units(settings);
-  job.plan = make_job_plan(o, world, *transport, job, 1, tokens, units, settings.steps,
-                           stored);
+  job.plan = make_job_plan(o, world, *transport, job, 1, tokens, units, settings.steps, stored);
 
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
@@ -116,16 +112,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
     std::string s = fmt::format("pipeswap denoise: {} ({}), {} blocks on {} rank(s), {} sample(s) x {} tokens, {} "
                                 "micro-batches per step\n",
                                 job.model_dir, job.plan.family, job.plan.num_blocks, world.size, batch, tokens, units);
-    for (const auto& r : job.plan.ranks) {
-      s += fmt::format("  rank {} {:<6} {}\n", r.rank, r.device.str(),
-                       r.idle() ? std::string("idle")
-                                : fmt::format("blocks {}..{} ({}){}{}{}", r.first_block, r.end_block - 1,
-                                              r.num_blocks(), r.prologue ? " +prologue" : "",
-                                              r.epilogue ? " +epilogue" : "",
-                                              r.swapped_blocks.empty()
-                                                  ? ""
-                                                  : fmt::format(", {} swapped", r.swapped_blocks.size())));
-    }
+    s += rank_lines(job.plan);
     const double per_step = result.seconds / settings.steps;
     s += fmt::format("  {} steps in {:.3f} s ({:.3f} s/step), guidance {}, shift {}, total {:.2f} s\n", settings.steps,
                      result.seconds, per_step, settings.guidance, settings.shift, since(t_start));

@@ -55,6 +55,9 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
 // Measured memory beside the plan's prediction (and the CUDA allocator's peak on GPU ranks).
 void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device);
 
+// The summary's line per rank: device, blocks, prologue/epilogue, swapped blocks.
+std::string rank_lines(const pipeline::Plan& plan);
+
 void write_text_atomically(const std::string& path, const std::string& text);
 
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
