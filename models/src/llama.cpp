@@ -3,12 +3,12 @@
 #include <cmath>
 #include <map>
 #include <mutex>
-#include <sstream>
 #include <tuple>
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/torch_compat.h"
 #include "config_json.h"
+#include "layers.h"
 
 namespace pipeswap::models {
 namespace {
@@ -244,24 +244,6 @@ torch::Tensor dynamic_inv_freq(const RopeConfig& r, int64_t dim, int64_t seq_len
   return default_inv_freq(base, dim);
 }
 
-std::string shape_str(const torch::Tensor& t) {
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
-}
-
-// HF's LlamaRMSNorm: statistics in fp32, the weight applied in the input dtype.
-torch::Tensor hf_rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  auto xf = x.to(torch::kFloat32);
-  auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
-  xf = xf * torch::rsqrt(variance + eps);
-  return weight * xf.to(x.scalar_type());
-}
-
-torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {}) {
-  return bias.defined() ? torch::linear(x, weight, bias) : torch::linear(x, weight);
-}
-
 torch::Tensor rotate_half(const torch::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
   return torch::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
@@ -366,7 +348,7 @@ class Llama final : public Architecture {
   torch::Tensor epilogue(const WeightView& w, const Activation& act) const override {
     PS_CHECK(!act.empty() && act[0].defined() && act[0].dim() == 3, Error,
              "{} epilogue expects the hidden state [batch, tokens, {}]", c_.family, c_.hidden_size);
-    auto x = hf_rms_norm(act[0], w["norm.weight"], c_.rms_norm_eps);
+    auto x = rms_norm(act[0], w["norm.weight"], c_.rms_norm_eps);
     return dense(x, w["lm_head.weight"]).to(torch::kFloat32);
   }
 
@@ -395,7 +377,7 @@ class Llama final : public Architecture {
     const int64_t d = c_.head_dim;
     auto bias = [&](const char* name) { return c_.qkv_bias ? w[name] : torch::Tensor(); };
 
-    auto x = hf_rms_norm(h, w["input_layernorm.weight"], c_.rms_norm_eps);
+    auto x = rms_norm(h, w["input_layernorm.weight"], c_.rms_norm_eps);
     auto q = dense(x, w["q_proj.weight"], bias("q_proj.bias")).view({b, t, heads, d}).transpose(1, 2);
     auto k = dense(x, w["k_proj.weight"], bias("k_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
     auto v = dense(x, w["v_proj.weight"], bias("v_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
@@ -425,7 +407,7 @@ class Llama final : public Architecture {
 
   torch::Tensor mlp(const WeightView& w, const torch::Tensor& h) const {
     auto bias = [&](const char* name) { return c_.mlp_bias ? w[name] : torch::Tensor(); };
-    auto x = hf_rms_norm(h, w["post_attention_layernorm.weight"], c_.rms_norm_eps);
+    auto x = rms_norm(h, w["post_attention_layernorm.weight"], c_.rms_norm_eps);
     auto gate = torch::silu(dense(x, w["gate_proj.weight"], bias("gate_proj.bias")));
     auto up = dense(x, w["up_proj.weight"], bias("up_proj.bias"));
     return h + dense(gate * up, w["down_proj.weight"], bias("down_proj.bias"));

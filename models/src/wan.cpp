@@ -3,11 +3,11 @@
 #include <cmath>
 #include <map>
 #include <mutex>
-#include <sstream>
 #include <tuple>
 #include <utility>
 
 #include "config_json.h"
+#include "layers.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/torch_compat.h"
 
@@ -16,28 +16,11 @@ namespace {
 
 using nlohmann::json;
 
-std::string shape_str(const torch::Tensor& t) {
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
-}
-
-torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
-  return torch::linear(x, weight, bias);
-}
-
 // LayerNorm in fp32 (diffusers' FP32LayerNorm, Wan's WanLayerNorm): returns fp32.
 torch::Tensor layer_norm32(const torch::Tensor& x, double eps, const torch::Tensor& weight = {},
                            const torch::Tensor& bias = {}) {
   return torch::layer_norm(x.to(torch::kFloat32), {x.size(-1)}, weight.defined() ? weight.to(torch::kFloat32) : weight,
                            bias.defined() ? bias.to(torch::kFloat32) : bias, eps);
-}
-
-// RMSNorm over the last axis (Wan's WanRMSNorm: statistics in fp32, rounded to the input dtype, then the weight).
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  auto xf = x.to(torch::kFloat32);
-  xf = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return xf.to(x.scalar_type()) * weight;
 }
 
 torch::Tensor gelu_tanh(const torch::Tensor& x) { return torch::gelu(x, "tanh"); }
