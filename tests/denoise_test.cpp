@@ -26,13 +26,6 @@ namespace {
 
 using namespace pipeswap::test_support;
 
-std::string source_dir() {
-  if (const char* env = std::getenv("PIPESWAP_SOURCE_DIR")) return env;
-  return fs::path(__FILE__).parent_path().parent_path().string();
-}
-
-std::string fixture(const std::string& name) { return source_dir() + "/tests/reference/fixtures/" + name; }
-
 class DenoiseTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -44,9 +37,7 @@ class DenoiseTest : public ::testing::Test {
 
   // The reference loop's inputs: 4 steps, guidance 5, shift 3 (see the fixture script).
   static std::string args(const std::string& model = "wan-t2v-diffusers") {
-    const std::string io = fixture("wan-t2v-diffusers/denoise.safetensors");
-    return " denoise --model " + fixture(model) + " --latents " + io + " --context " + io + " --context-null " + io +
-           " --steps 4 --guidance 5 --shift 3 --log-level warn";
+    return wan_reference_denoise(model) + " --log-level warn";
   }
   static inline std::string dir_;
 };

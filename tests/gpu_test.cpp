@@ -182,13 +182,8 @@ TEST_F(GpuTest, PeakDeviceMemoryMatchesThePlan) {
 // stated tolerance of the fp32 reference.
 TEST_F(GpuTest, WanDenoiseOnOneGpu) {
   SKIP_WITHOUT_GPU(1);
-  const char* src = std::getenv("PIPESWAP_SOURCE_DIR");
-  ASSERT_NE(src, nullptr);
-  const std::string fx = std::string(src) + "/tests/reference/fixtures/";
-  const std::string io = fx + "wan-t2v-diffusers/denoise.safetensors";
-  const std::string base = exe() + " denoise --model " + fx + "wan-t2v-diffusers --latents " + io + " --context " + io +
-                           " --context-null " + io + " --steps 4 --guidance 5 --shift 3 --device-chain cuda:0 " +
-                           "--log-level warn";
+  const std::string io = fixture("wan-t2v-diffusers/denoise.safetensors");
+  const std::string base = exe() + wan_reference_denoise() + " --device-chain cuda:0 --log-level warn";
   const std::string ref = path("wan_ref.safetensors");
   Result r = sh(base + " --dtype fp32 --output " + ref);
   ASSERT_EQ(r.code, 0) << r.output;
@@ -215,12 +210,7 @@ TEST_F(GpuTest, WanDenoiseOnOneGpu) {
 
 TEST_F(GpuTest, TwoGpusDenoiseMatchOneGpu) {
   SKIP_WITHOUT_GPU(2);
-  const char* src = std::getenv("PIPESWAP_SOURCE_DIR");
-  ASSERT_NE(src, nullptr);
-  const std::string fx = std::string(src) + "/tests/reference/fixtures/";
-  const std::string io = fx + "wan-t2v-diffusers/denoise.safetensors";
-  const std::string args = " denoise --model " + fx + "wan-t2v-diffusers --latents " + io + " --context " + io +
-                           " --context-null " + io + " --steps 4 --guidance 5 --shift 3 --dtype fp32 --log-level warn";
+  const std::string args = wan_reference_denoise() + " --dtype fp32 --log-level warn";
   const std::string ref = path("wan1.safetensors");
   ASSERT_EQ(sh(exe() + args + " --device-chain cuda:0 --output " + ref).code, 0);
   for (const std::string& extra : {std::string(""), std::string(" --blocks-to-swap 1 --offload-granularity phase")}) {

@@ -21,6 +21,22 @@ inline std::string build_dir() {
 }
 inline std::string exe() { return build_dir() + "/pipeswap"; }
 
+inline std::string source_dir() {
+  if (const char* s = std::getenv("PIPESWAP_SOURCE_DIR")) return s;
+  return std::string(__FILE__).substr(0, std::string(__FILE__).rfind("/tests/"));  // tests/test_util.h -> root
+}
+
+// A reference fixture of tests/reference/make_*fixtures.py.
+inline std::string fixture(const std::string& name) { return source_dir() + "/tests/reference/fixtures/" + name; }
+
+// `denoise` with the Wan reference loop's model and inputs (4 steps, guidance 5, shift 3: see
+// make_wan_fixtures.py); its "output" tensor is the loop's result.
+inline std::string wan_reference_denoise(const std::string& model = "wan-t2v-diffusers") {
+  const std::string io = fixture("wan-t2v-diffusers/denoise.safetensors");
+  return " denoise --model " + fixture(model) + " --latents " + io + " --context " + io + " --context-null " + io +
+         " --steps 4 --guidance 5 --shift 3";
+}
+
 struct Result {
   int code = -1;
   std::string output;
