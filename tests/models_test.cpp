@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "expect_error.h"
+#include "test_util.h"
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/safetensors.h"
@@ -36,6 +37,8 @@ namespace pipeswap::models {
 namespace {
 
 namespace fs = std::filesystem;
+using test_support::fixture;
+using test_support::fixtures_dir;
 using nlohmann::json;
 
 
@@ -585,13 +588,8 @@ TEST(CompatAttention, MatchesEagerMath) {
 
 // ---- reference fixtures from transformers ------------------------------------------------------------
 
-std::string source_dir() {
-  if (const char* env = std::getenv("PIPESWAP_SOURCE_DIR")) return env;
-  return fs::path(__FILE__).parent_path().parent_path().string();  // tests/models_test.cpp -> repository root
-}
-
 TEST(LlamaFixtures, MatchTransformers) {
-  const fs::path root = fs::path(source_dir()) / "tests" / "reference" / "fixtures";
+  const fs::path root = fixtures_dir();
   std::vector<fs::path> dirs;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
@@ -668,9 +666,7 @@ TEST(LlamaFixtures, MatchTransformers) {
 
 // ---- Wan DiT against diffusers' WanTransformer3DModel -----------------------------------------------
 
-fs::path wan_fixture(const std::string& name) {
-  return fs::path(source_dir()) / "tests" / "reference" / "fixtures" / name;
-}
+fs::path wan_fixture(const std::string& name) { return fixture(name); }
 
 // One forward pass through every block and phase; after each block the activation is back to its
 // five stage-to-stage tensors (the ffn phase consumed what the self_attn phase left for it).

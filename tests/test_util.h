@@ -26,8 +26,13 @@ inline std::string source_dir() {
   return std::string(__FILE__).substr(0, std::string(__FILE__).rfind("/tests/"));  // tests/test_util.h -> root
 }
 
-// A reference fixture of tests/reference/make_*fixtures.py.
-inline std::string fixture(const std::string& name) { return source_dir() + "/tests/reference/fixtures/" + name; }
+// The reference fixtures of tests/reference/make_*fixtures.py: the committed ones, or the directory in
+// PIPESWAP_FIXTURES_DIR (tests/reference/check-live.sh points it at fixtures made afresh with other seeds).
+inline std::string fixtures_dir() {
+  if (const char* d = std::getenv("PIPESWAP_FIXTURES_DIR"); d != nullptr && d[0] != '\0') return d;
+  return source_dir() + "/tests/reference/fixtures";
+}
+inline std::string fixture(const std::string& name) { return fixtures_dir() + "/" + name; }
 
 // `denoise` with the Wan reference loop's model and inputs (4 steps, guidance 5, shift 3: see
 // make_wan_fixtures.py); its "output" tensor is the loop's result.

@@ -11,11 +11,14 @@ The C++ test loads each directory as a checkpoint, runs the same ids and compare
 
 Run from the repository root on a machine with torch, transformers (4.4x or 5.x) and safetensors:
 
-    python3 tests/reference/make_fixtures.py
+    python3 tests/reference/make_fixtures.py [--out DIR] [--seed N]
 
+--out writes elsewhere (tests/reference/check-live.sh does, to compare with the committed fixtures and to make
+fresh ones); --seed N changes every model's weights and ids (default 1234, the committed fixtures' seed).
 Deterministic: the same versions write the same bytes (fixed seeds, one CPU thread).
 """
 
+import argparse
 import inspect
 import json
 import shutil
@@ -123,7 +126,7 @@ def save(model, path, shards):
         sys.exit(f"{path}: unexpectedly sharded")
 
 
-def make(name, classes, overrides, rope, shards, seed):
+def make(out, name, classes, overrides, rope, shards, seed):
     config_cls, model_cls = classes
     kwargs = dict(BASE)
     kwargs.update(overrides)
@@ -142,7 +145,7 @@ def make(name, classes, overrides, rope, shards, seed):
     with torch.no_grad():
         logits = model(input_ids=ids, use_cache=False).logits.float()
 
-    path = OUT / name
+    path = out / name
     save(model, path, shards)
     tensors = {"input_ids": ids.to(torch.int64).contiguous(), "logits": logits.contiguous()}
     if torch.cuda.is_available():
@@ -155,21 +158,25 @@ def make(name, classes, overrides, rope, shards, seed):
     save_file(tensors, str(path / "expected.safetensors"), metadata=metadata)
     files = sorted(p for p in path.iterdir() if p.is_file())
     size = sum(p.stat().st_size for p in files)
-    print(f"wrote {path.relative_to(OUT.parent.parent.parent)}/ ({size / 1e6:.2f} MB): "
+    print(f"wrote {path}/ ({size / 1e6:.2f} MB): "
           f"{', '.join(p.name for p in files)}; logits {tuple(logits.shape)}, max |logit| {logits.abs().max():.3f}")
     if size > 1_000_000:
         sys.exit(f"{name}: fixture is {size} bytes; keep fixtures under 1 MB")
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=OUT, help="directory to (re)write (default: the committed fixtures)")
+    ap.add_argument("--seed", type=int, default=1234, help="seed of the first fixture (the others count up)")
+    a = ap.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir(parents=True)
+    if a.out.exists():
+        shutil.rmtree(a.out)
+    a.out.mkdir(parents=True)
     for i, (name, classes, overrides, rope, shards) in enumerate(FIXTURES):
-        make(name, classes, overrides, rope, shards, seed=1234 + i)
+        make(a.out, name, classes, overrides, rope, shards, seed=a.seed + i)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,13 @@ The Euler loop (the schedule pipeswap's `denoise` implements; written here indep
 
 Run from the repository root with torch, diffusers and safetensors installed:
 
-    python3 tests/reference/make_wan_fixtures.py
+    python3 tests/reference/make_wan_fixtures.py [--out DIR] [--seed N]
+
+--out writes the three directories elsewhere; --seed N changes every weight and input (default 0, the
+committed fixtures' seed: the models take N and N + 2, the inputs N + 1).
 """
 
+import argparse
 import json
 import shutil
 import sys
@@ -131,19 +135,24 @@ def write_wan_layout(model, dest, text_len):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=OUT, help="directory to write into (default: the committed fixtures)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the T2V model (inputs N + 1, I2V model N + 2)")
+    a = ap.parse_args()
+    root, seed = a.out, a.seed
     torch.set_num_threads(1)
     torch.backends.cuda.matmul.allow_tf32 = False
     meta = {"diffusers": diffusers.__version__, "torch": torch.__version__.split("+")[0]}
 
     # Text-to-video.
-    t2v = tiny_model(0)
+    t2v = tiny_model(seed)
     for name in ("wan-t2v-diffusers", "wan-t2v-wan21"):
-        shutil.rmtree(OUT / name, ignore_errors=True)
-    t2v.save_pretrained(OUT / "wan-t2v-diffusers", max_shard_size="40KB", safe_serialization=True)
+        shutil.rmtree(root / name, ignore_errors=True)
+    t2v.save_pretrained(root / "wan-t2v-diffusers", max_shard_size="40KB", safe_serialization=True)
     text_len = 7
-    write_wan_layout(t2v, OUT / "wan-t2v-wan21", text_len)
+    write_wan_layout(t2v, root / "wan-t2v-wan21", text_len)
 
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(seed + 1)
     latents = torch.randn(2, 4, 3, 4, 6, generator=g)          # grid 3 x 2 x 3 = 18 tokens
     t = torch.tensor([999.0, 420.5])
     short = torch.randn(2, 5, 16, generator=g)                  # 5 real tokens of text
@@ -151,7 +160,7 @@ def main():
     out = run(t2v, latents, t, context)
     save_file({"latents": latents, "timestep": t, "context": context, "context_short": short.contiguous(),
                "output": out.contiguous()},
-              str(OUT / "wan-t2v-diffusers" / "forward.safetensors"), metadata=meta)
+              str(root / "wan-t2v-diffusers" / "forward.safetensors"), metadata=meta)
 
     steps, guidance, shift = 4, 5.0, 3.0
     noise = torch.randn(1, 4, 3, 4, 6, generator=g)
@@ -160,23 +169,23 @@ def main():
     ctx_null[:, :3] = torch.randn(1, 3, 16, generator=g)
     final = denoise(t2v, noise, ctx, ctx_null, steps, guidance, shift)
     save_file({"latents": noise, "context": ctx, "context_null": ctx_null, "output": final.contiguous()},
-              str(OUT / "wan-t2v-diffusers" / "denoise.safetensors"),
+              str(root / "wan-t2v-diffusers" / "denoise.safetensors"),
               metadata=dict(meta, steps=str(steps), guidance=str(guidance), shift=str(shift)))
 
     # Image-to-video: CLIP features through img_emb, image keys in every cross-attention.
-    i2v = tiny_model(2, in_channels=8, image_dim=10, added_kv_proj_dim=24)
-    shutil.rmtree(OUT / "wan-i2v-diffusers", ignore_errors=True)
-    i2v.save_pretrained(OUT / "wan-i2v-diffusers", safe_serialization=True)
+    i2v = tiny_model(seed + 2, in_channels=8, image_dim=10, added_kv_proj_dim=24)
+    shutil.rmtree(root / "wan-i2v-diffusers", ignore_errors=True)
+    i2v.save_pretrained(root / "wan-i2v-diffusers", safe_serialization=True)
     lat = torch.randn(1, 8, 2, 4, 4, generator=g)
     ctx = torch.randn(1, 512, 16, generator=g)
     clip = torch.randn(1, 6, 10, generator=g)
     t = torch.tensor([731.0])
     out = run(i2v, lat, t, ctx, clip)
     save_file({"latents": lat, "timestep": t, "context": ctx, "clip_fea": clip, "output": out.contiguous()},
-              str(OUT / "wan-i2v-diffusers" / "i2v_forward.safetensors"), metadata=meta)
+              str(root / "wan-i2v-diffusers" / "i2v_forward.safetensors"), metadata=meta)
 
     for d in ("wan-t2v-diffusers", "wan-t2v-wan21", "wan-i2v-diffusers"):
-        size = sum(f.stat().st_size for f in (OUT / d).iterdir())
+        size = sum(f.stat().st_size for f in (root / d).iterdir())
         print(f"{d}: {size} bytes", file=sys.stderr)
 
 
