@@ -40,10 +40,27 @@ if [ -n "$exe" ] && [ -x "$exe" ]; then
 else
   echo "no pipeswap executable given: its 2-rank rows are not checked"
 fi
-"$py" - "$tmp" <<'PY'
+"$py" - "$tmp" "$here" <<'PY'
 import json, sys
 from safetensors import safe_open
 t = sys.argv[1]
+# stage_transfer on a made-up 2-rank trace with the NCCL transport's kernel ranges: 1 MB moved while
+# both kernels ran for 50 us is 20 GB/s (the window method's figure is kept beside it).
+sys.path.insert(0, sys.argv[2])
+import pipeswap_rows
+def ev(pid, cat, name, b, d, **args):
+    return {"ph": "X", "pid": pid, "tid": 1, "cat": cat, "name": name, "ts": b, "dur": d, "args": args}
+unit = dict(step=1, micro_batch=0)
+fake = {"otherData": {"ranks": [{"rank": 0, "device": "cuda:0", "device_timing": True},
+                                {"rank": 1, "device": "cuda:1", "device_timing": True}]},
+        "traceEvents": [ev(0, "compute", "block", 0, 100, **unit), ev(0, "send", "nccl send mb0 s1", 100, 50, peer=1, bytes=10**6, **unit),
+                        ev(1, "recv", "recv mb0 s1", 80, 5, peer=0, bytes=10**6, **unit),
+                        ev(1, "recv", "nccl recv mb0 s1", 90, 70, peer=0, bytes=10**6, **unit),
+                        ev(1, "compute", "block", 160, 40, **unit)]}
+json.dump(fake, open(f"{t}/fake_trace.json", "w"))
+st = pipeswap_rows.stage_transfer(f"{t}/fake_trace.json")
+assert st["method"] == "nccl kernels" and st["gbs"] == 20.0 and st["messages"] == 1, st
+assert st["window_gbs"] == round(10**6 / 60e-6 / 1e9, 3), st  # ready at 100, first compute at 160
 rows = json.load(open(f"{t}/wan_peers.json"))
 assert {(r["mode"], r["tokens"]) for r in rows} == {(m, n) for m in ("resident", "naive", "accelerate", "prefetch") for n in (16, 32)}, rows
 assert all(r["over_bound"] is not None for r in rows)

@@ -7,11 +7,15 @@
 #include <torch/cuda.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <regex>
+
+#include <nlohmann/json.hpp>
 
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/safetensors.h"
@@ -131,10 +135,10 @@ TEST_F(GpuTest, TwoGpusOverNcclMatchOneGpu) {
   EXPECT_THAT(same.output, HasSubstr("ranks 0 and 1 both use cuda:0"));
 }
 
-TEST_F(GpuTest, PeakDeviceMemoryMatchesThePlan) {
-  SKIP_WITHOUT_GPU(1);
-  // Llama-7B-sized layers (d 4096, ffn 11008, 32 heads), 4 of them, bf16: 1.7 GB of real safetensors.
-  const std::string m = path("big");
+// Llama-7B-sized layers (d 4096, ffn 11008, 32 heads), 4 of them, bf16: 1.7 GB of real safetensors,
+// written once per test suite into path("big").
+std::string big_llama(const std::string& m) {
+  if (fs::exists(m + "/model.safetensors")) return m;
   fs::create_directories(m);
   const int64_t d = 4096, ffn = 11008, vocab = 8192, layers = 4;
   std::ofstream(m + "/config.json") << "{\"model_type\": \"llama\", \"hidden_size\": 4096, \"intermediate_size\": "
@@ -159,6 +163,12 @@ TEST_F(GpuTest, PeakDeviceMemoryMatchesThePlan) {
     t.emplace_back("lm_head.weight", w({vocab, d}));
     write_safetensors(m + "/model.safetensors", t);
   }
+  return m;
+}
+
+TEST_F(GpuTest, PeakDeviceMemoryMatchesThePlan) {
+  SKIP_WITHOUT_GPU(1);
+  const std::string m = big_llama(path("big"));
   std::ofstream(path("big.json")) << "[[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16],[16,15,14,13,12,11,10,9,8,7,6,5,4,3,2,1]]";
   const std::regex line(R"(device memory peak (\d+) bytes allocated \(plan (\d+) bytes)");
   for (const std::string& args : {std::string(""), std::string("--blocks-to-swap 3"),
@@ -175,6 +185,84 @@ TEST_F(GpuTest, PeakDeviceMemoryMatchesThePlan) {
               << plan << " bytes (" << 100.0 * (peak - plan) / plan << "%)\n";
     EXPECT_NEAR(peak / plan, 1.0, 0.05) << args;
   }
+}
+
+// Composition on two GPUs: each rank streams its swapped blocks in on its copy stream while its compute
+// and its NCCL traffic go on. The trace (device-timed: copy stream, compute stream, NCCL's comm stream)
+// shows all three at once on a rank, and the logits equal the one-GPU run's.
+TEST_F(GpuTest, TwoGpusOverlapCopyComputeAndNccl) {
+  SKIP_WITHOUT_GPU(2);
+  const std::string m = big_llama(path("big"));
+  {
+    std::ofstream in(path("long.json"));  // 4 sequences of 512 tokens
+    in << "[";
+    for (int b = 0; b < 4; ++b) {
+      in << (b ? ",[" : "[");
+      for (int t = 0; t < 512; ++t) in << (t ? "," : "") << (b * 977 + t * 31) % 8192;
+      in << "]";
+    }
+    in << "]";
+  }
+  const std::string base = " run --model " + m + " --input " + path("long.json") + " --micro-batches 4 --log-level warn";
+  ASSERT_EQ(sh(exe() + base + " --device-chain cuda:0 --output " + path("ov1.safetensors"), 300).code, 0);
+  const std::string trace_file = path("overlap.json");
+  Result r = sh("mpirun -np 2 " + exe() + base + " --device-chain cuda:0,cuda:1 --blocks-to-swap 1 --prefetch-depth 1" +
+                    " --output " + path("ov2.safetensors") + " --trace " + trace_file,
+                300);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(same_bytes(path("ov2.safetensors"), path("ov1.safetensors")));
+
+  std::ifstream in(trace_file);
+  const auto t = nlohmann::json::parse(in);
+  for (const auto& rk : t.at("otherData").at("ranks")) EXPECT_TRUE(rk.value("device_timing", false)) << rk.dump();
+  // Per rank: the compute, copy and NCCL ranges, in microseconds.
+  using Spans = std::vector<std::pair<double, double>>;
+  std::map<int, std::map<std::string, Spans>> spans;
+  for (const auto& e : t.at("traceEvents")) {
+    if (e.at("ph") != "X") continue;
+    const std::string cat = e.at("cat"), name = e.at("name");
+    const std::string what = name.rfind("nccl ", 0) == 0 ? "nccl" : cat;
+    if (what != "compute" && what != "copy" && what != "nccl") continue;
+    const double b = e.at("ts"), d = e.at("dur");
+    spans[e.at("pid").get<int>()][what].emplace_back(b, b + d);
+  }
+  // How long a rank had all of `kinds` running at once (sweep over the ranges' ends).
+  auto together = [](const std::map<std::string, Spans>& by, const std::vector<std::string>& kinds) {
+    std::vector<std::pair<double, int>> edges;  // (time, +1/-1 for kind k) encoded as k + 1 / -(k + 1)
+    for (size_t k = 0; k < kinds.size(); ++k) {
+      auto it = by.find(kinds[k]);
+      if (it == by.end()) return 0.0;
+      for (const auto& [b, e] : it->second) {
+        edges.emplace_back(b, static_cast<int>(k) + 1);
+        edges.emplace_back(e, -(static_cast<int>(k) + 1));
+      }
+    }
+    std::sort(edges.begin(), edges.end());
+    std::vector<int> open(kinds.size(), 0);
+    double total = 0, last = 0;
+    for (const auto& [time, k] : edges) {
+      bool all = true;
+      for (int n : open) all = all && n > 0;
+      if (all) total += time - last;
+      open[static_cast<size_t>(std::abs(k) - 1)] += k > 0 ? 1 : -1;
+      last = time;
+    }
+    return total;
+  };
+  double triple = 0;
+  for (int rank : {0, 1}) {
+    const auto& by = spans[rank];
+    for (const char* k : {"compute", "copy", "nccl"}) EXPECT_GT(by.count(k), 0u) << "rank " << rank << ": no " << k;
+    const double copy_compute = together(by, {"copy", "compute"});
+    const double nccl_compute = together(by, {"nccl", "compute"});
+    const double all = together(by, {"copy", "compute", "nccl"});
+    std::cout << "[ overlap  ] rank " << rank << ": copy+compute " << copy_compute << " us, nccl+compute " << nccl_compute
+              << " us, all three " << all << " us\n";
+    EXPECT_GT(copy_compute, 0) << "rank " << rank << ": slot fills never ran beside compute";
+    EXPECT_GT(nccl_compute, 0) << "rank " << rank << ": NCCL transfers never ran beside compute";
+    triple += all;
+  }
+  EXPECT_GT(triple, 0) << "no moment with a copy, compute and an NCCL transfer running at once on one rank";
 }
 
 // The Wan fixture sampled on one GPU: fp32 matches the diffusers-driven reference loop, every swap

@@ -20,6 +20,12 @@
 // longer than the timeout to do); a receiver that died is seen by the control transport, and one that
 // hangs by flush()'s deadline. Headers (shapes, micro-batch ids) and everything bound for the host
 // (the last stage's logits for rank 0) travel over the control transport.
+//
+// --trace: each send's and receive's NCCL kernels are timed on the comm stream (trace::DeviceRange,
+// lane "nccl"), so the timeline shows when the bytes moved on the GPU, beside the copy stream's slot
+// fills and the compute stream's blocks; the stage's own "send"/"recv" ranges (lane "comm") are host
+// time, i.e. when the transfer was issued. A transfer runs while both ends' kernels run: the overlap
+// of the sender's "nccl send" and the receiver's "nccl recv" is its time on the link.
 #include "pipeswap/comm/transport.h"
 #include "pipeswap/core/error.h"
 
@@ -35,8 +41,11 @@
 #include <mutex>
 #include <thread>
 
+#include <optional>
+
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/torch_compat.h"
+#include "pipeswap/core/trace.h"
 
 #ifdef PIPESWAP_TORCH_CUDA  // PyTorch's LibTorch: its CUDA allocator can hand out buffers on our stream
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -147,6 +156,7 @@ class NcclTransport final : public Transport {
     EventPtr computed = make_event();
     PS_CHECK_CUDA(cudaEventRecord(computed.get(), compute));
     PS_CHECK_CUDA(cudaStreamWaitEvent(stream_, computed.get(), 0));
+    TracedTransfer traced(*this, trace::Kind::kSend, "nccl send", dst, msg.tensors);
     Pending p;
     for (auto& t : msg.tensors) {
       torch::Tensor c = t.contiguous();
@@ -154,6 +164,7 @@ class NcclTransport final : public Transport {
         PS_CHECK_NCCL(ncclSend(c.data_ptr(), static_cast<size_t>(c.nbytes()), bytes_type(), dst, comm_, stream_));
       p.tensors.push_back(c);
     }
+    traced.end();
     p.done = make_event();
     PS_CHECK_CUDA(cudaEventRecord(p.done.get(), stream_));
     p.since = std::chrono::steady_clock::now();
@@ -190,9 +201,13 @@ class NcclTransport final : public Transport {
 #endif
         t = torch::empty(shape, options.dtype(static_cast<c10::ScalarType>(m[0])));
       }
-      if (t.nbytes() > 0)
-        PS_CHECK_NCCL(ncclRecv(t.data_ptr(), static_cast<size_t>(t.nbytes()), bytes_type(), src, comm_, stream_));
       msg.tensors.push_back(t);
+    }
+    {
+      TracedTransfer traced(*this, trace::Kind::kRecv, "nccl recv", src, msg.tensors);
+      for (const auto& t : msg.tensors)
+        if (t.nbytes() > 0)
+          PS_CHECK_NCCL(ncclRecv(t.data_ptr(), static_cast<size_t>(t.nbytes()), bytes_type(), src, comm_, stream_));
     }
     EventPtr arrived = make_event();
     PS_CHECK_CUDA(cudaEventRecord(arrived.get(), stream_));
@@ -233,6 +248,30 @@ class NcclTransport final : public Transport {
   }
 
  private:
+  // The NCCL kernels of one send or receive, timed on the comm stream when --trace is on (a device
+  // range needs a c10 stream, which only PyTorch's CUDA LibTorch makes from ours; elsewhere nothing).
+  class TracedTransfer {
+   public:
+    TracedTransfer(const NcclTransport& t, trace::Kind kind, const char* name, int peer,
+                   const std::vector<torch::Tensor>& tensors) {
+#ifdef PIPESWAP_TORCH_CUDA
+      if (!trace::enabled()) return;
+      trace::Args what;
+      what.peer = peer;
+      what.bytes = 0;
+      for (const auto& x : tensors) what.bytes += static_cast<int64_t>(x.nbytes());
+      range_.emplace(kind, name, what, c10::Stream(c10::cuda::getStreamFromExternal(t.stream_, t.device_)),
+                     trace::Lane::kNccl);
+#else
+      (void)t, (void)kind, (void)name, (void)peer, (void)tensors;
+#endif
+    }
+    void end() { range_.reset(); }
+
+   private:
+    std::optional<trace::DeviceRange> range_;
+  };
+
   struct Pending {
     std::vector<torch::Tensor> tensors;
     EventPtr done;

@@ -134,6 +134,7 @@ const char* lane_name(Lane l) {
     case Lane::kCopy: return "copy";
     case Lane::kDisk: return "disk";
     case Lane::kComm: return "comm";
+    case Lane::kNccl: return "nccl";
   }
   return "?";
 }

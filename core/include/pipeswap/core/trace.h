@@ -40,10 +40,12 @@ namespace pipeswap::trace {
 
 enum class Kind : uint8_t { kCompute, kCopy, kDisk, kSend, kRecv, kWait };
 // Rows of a rank's timeline (Chrome's tid).
-enum class Lane : uint8_t { kCompute = 1, kCopy = 2, kDisk = 3, kComm = 4 };
+// kNccl: the NCCL transport's sends and receives as the GPU ran them (device-timed on its comm stream),
+// apart from kComm's host-side ranges, which on NCCL ranks only show when a transfer was issued.
+enum class Lane : uint8_t { kCompute = 1, kCopy = 2, kDisk = 3, kComm = 4, kNccl = 5 };
 
 const char* kind_name(Kind k);  // "compute", "copy", "disk", "send", "recv", "wait" (Chrome's cat)
-const char* lane_name(Lane l);  // "compute", "copy", "disk", "comm"
+const char* lane_name(Lane l);  // "compute", "copy", "disk", "comm", "nccl"
 Lane default_lane(Kind k);      // compute, copy, disk, comm, comm, compute
 
 // What an event was about; -1 (or empty) fields are left out of the file.
