@@ -7,6 +7,7 @@ turns its output into the same JSON rows as the peers (peers_common.row).
     pipeswap_rows.py llama  --exe build-gpu/pipeswap --model LLAMA --peers llama_peers.json --out F
     pipeswap_rows.py disk   --exe build-gpu/pipeswap --model WAN --inputs DIR --disk disk_bw.json --out F
     pipeswap_rows.py two-gpu --exe build-gpu/pipeswap --model WAN --inputs DIR --out F
+    pipeswap_rows.py scale  --exe build-gpu/pipeswap --model WAN40 --inputs DIR --out F   # 40 blocks, 1 and 2 GPUs
     pipeswap_rows.py transfer --trace wan_2gpu_transfer_1024.json[.gz]   # stage-to-stage bytes/s
 
 The Wan rows call `pipeswap denoise --model DIR --latents FILE --context FILE --steps S --guidance 1`
@@ -253,6 +254,37 @@ def two_gpu_rows(a):
     pc.emit(rows, a.out)
 
 
+def scale_rows(a):
+    """The scale check of the Wan issue: a 40-block Wan2.1-14B-sized stack (--model) denoised at the first
+    --tokens length, one sample with the CFG pair, --steps steps, in each --scale-settings entry
+    "GPUS:FLAGS" (1 GPU: --one-chain; 2: --two-chain under --launcher; FLAGS as given, e.g. each rank's
+    --blocks-to-swap). Each row: seconds per step (mean of steps 2..S), every rank's measured device
+    memory peak beside the plan's prediction, and whether its latents equal the first row's (every split
+    and swap setting computes the same arithmetic)."""
+    launcher = a.launcher.split()
+    tokens = int(a.tokens.split(",")[0])
+    rows, first = [], None
+    for k, setting in enumerate(x for x in a.scale_settings.split(";") if x):
+        gpus, flags = setting.split(":", 1)
+        gpus = int(gpus)
+        chain, launch = (a.one_chain, ()) if gpus == 1 else (a.two_chain, launcher)
+        info, _ = denoise_row(a, f"scale{k}_{gpus}gpu", tokens, flags.split(), chain=chain, launcher=launch,
+                              steps=a.steps, guidance=GUIDANCE, traced=False)
+        steady = info.get("step_seconds", [])[1:]
+        r = {"workload": "wan", "mode": "pipeswap scale", "tokens": tokens, "gpus": gpus, "flags": flags,
+             "steps": a.steps, "seconds_per_step": round(statistics.mean(steady), 6) if steady else None, **info}
+        r["seconds"] = r["seconds_per_step"]
+        if not info.get("error"):
+            if first is None:
+                first = info["output"]
+            else:
+                from safetensors.torch import load_file
+                r["same_latents_as_first_row"] = bool(
+                    load_file(info["output"])["latents"].equal(load_file(first)["latents"]))
+        rows.append(r)
+    pc.emit(rows, a.out)
+
+
 def stage_transfer(trace_path, skip_steps=1):
     """Stage-to-stage bytes/s of a multi-rank `pipeswap denoise --trace` run, per activation message.
 
@@ -392,7 +424,7 @@ def main():
     t.add_argument("--trace", required=True)
     t.add_argument("--skip-steps", type=int, default=1)
     t.add_argument("--out", default="")
-    for name in ("wan", "llama", "disk", "two-gpu"):
+    for name in ("wan", "llama", "disk", "two-gpu", "scale"):
         p = sub.add_parser(name)
         p.add_argument("--exe", required=True)
         p.add_argument("--model", required=True)
@@ -410,6 +442,8 @@ def main():
         p.add_argument("--pipe-steps", type=int, default=30, help="two-gpu: denoising steps of the pipeline rows")
         p.add_argument("--launcher", default="mpirun -np 2 --bind-to none",
                        help="two-gpu: how 2 ranks start ('' : pipeswap's single-node mode)")
+        p.add_argument("--scale-settings", default="1:--blocks-to-swap 30;2:--blocks-to-swap 10;2:",
+                       help="scale: GPUS:FLAGS rows, ';'-separated")
         p.add_argument("--one-chain", default="cuda:0")
         p.add_argument("--two-chain", default="cuda:0=1,cuda:1=1")
         p.add_argument("--trace-dir", default="")
@@ -419,7 +453,7 @@ def main():
     a = ap.parse_args()
     if hasattr(a, "scratch"):
         os.makedirs(a.scratch, exist_ok=True)
-    cmds = {"inputs": make_inputs, "wan": wan_rows, "llama": llama_rows, "disk": disk_rows, "two-gpu": two_gpu_rows,
+    cmds = {"inputs": make_inputs, "wan": wan_rows, "llama": llama_rows, "disk": disk_rows, "two-gpu": two_gpu_rows, "scale": scale_rows,
             "transfer": transfer_cmd}
     sys.exit(cmds[a.cmd](a))
 

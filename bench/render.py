@@ -201,6 +201,32 @@ def transfer_section(two, p2p, findings):
     return "\n".join(L)
 
 
+def scale_section(rows, findings):
+    """The Wan issue's scale check: 40 Wan2.1-14B-sized blocks, swapped on one GPU and split over two."""
+    L = ["\n## 8. Scale check: 40 Wan2.1-14B-sized blocks\n",
+         "The full 40-block stack (28 GB of bf16, `bench/wan_stack.py --blocks 40`), one sample with the CFG pair "
+         "at the first benchmark length, 3 steps (`pipeswap_rows.py scale`): on one GPU with 30 blocks swapped, "
+         "and over two GPUs with 10 of each rank's 20 blocks swapped and all resident. Each rank's measured device "
+         "memory peak (LibTorch's CUDA allocator) beside the plan's prediction; every setting must give the first "
+         "row's latents bit for bit.\n",
+         "| GPUs | flags | seconds per step | peak / plan per rank | same latents | finding |",
+         "| --- | --- | --- | --- | --- | --- |"]
+    if not rows:
+        L.append(f"| 1 | --blocks-to-swap 30 | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | |")
+        L.append(f"| 2 | --blocks-to-swap 10 | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | |")
+    for k, r in enumerate(rows):
+        if r.get("error"):
+            L.append(f"| {r['gpus']} | {r.get('flags') or '(resident)'} | failed (see results) | | | "
+                     f"{findings.get(f'scale/{k}', '')} |")
+            continue
+        mem = "; ".join(f"{p / 1e9:.2f} / {q / 1e9:.2f} GB ({100.0 * (p - q) / max(1, q):+.1f}%)"
+                        for p, q in zip(r.get("device_peak_bytes", []), r.get("plan_device_bytes", []))) or NOT_RUN
+        same = "first row" if k == 0 else ("yes" if r.get("same_latents_as_first_row") else "**no**")
+        L.append(f"| {r['gpus']} | {r.get('flags') or '(resident)'} | {fmt_s(r.get('seconds_per_step'))} | {mem} | "
+                 f"{same} | {findings.get(f'scale/{k}', '')} |")
+    return "\n".join(L)
+
+
 def render(results, doc, command=None):
     findings_path = os.path.join(HERE, "findings.json")
     findings = json.load(open(findings_path)) if os.path.exists(findings_path) else {}
@@ -214,7 +240,8 @@ def render(results, doc, command=None):
     two = load(results, "two_gpu.json")
     gpipe = load(results, "gpipe.json")
     p2p = load(results, "nccl_p2p.json")
-    ran = bool(wan or llama or disk or sched or two or gpipe or p2p)
+    scale = load(results, "scale.json")
+    ran = bool(wan or llama or disk or sched or two or gpipe or p2p or scale)
     date = datetime.date.today().isoformat() if ran else NOT_RUN
     modes = [("resident", "PyTorch resident"), ("pipeswap resident", "pipeswap resident"),
              ("pipeswap swap all", "pipeswap, all swapped"), ("pipeswap swap half", "pipeswap, half swapped"),
@@ -294,13 +321,14 @@ def render(results, doc, command=None):
     L.append("LibTorch's CUDA allocator peak against the plan's prediction, for each pipeswap row.\n")
     L.append("| row | measured peak | plan | difference |")
     L.append("| --- | --- | --- | --- |")
-    mem = [r for r in wan + llama + disk + two if r.get("device_peak_bytes")]
+    mem = [r for r in wan + llama + disk + two + scale if r.get("device_peak_bytes")]
     for r in mem:
         for peak, plan in zip(r["device_peak_bytes"], r["plan_device_bytes"]):
             L.append(f"| {r['workload']} {r['mode']} {r['tokens']} | {peak / 1e6:.1f} MB | {plan / 1e6:.1f} MB | "
                      f"{100.0 * (peak - plan) / max(1, plan):+.2f}% |")
     if not mem:
         L.append(f"| {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} |")
+    L.append(scale_section(scale, findings))
     L.append("\n## Reading a trace\n")
     L.append("Every pipeswap row writes a `--trace` timeline (`$OUT/traces/*.json.gz`; open in "
              "https://ui.perfetto.dev). One process per rank, one row per lane: `compute` (each block's phases, "

@@ -37,6 +37,10 @@ if [ -n "$exe" ] && [ -x "$exe" ]; then
   "$py" "$here/pipeswap_rows.py" two-gpu --exe "$exe" --model "$tmp/wan" --inputs "$tmp/inputs" --tokens 16 \
     --steps 3 --pipe-tokens 16 --pipe-settings 2:nocfg --pipe-steps 3 --launcher "" --one-chain cpu \
     --two-chain cpu=1,cpu=1 --trace-dir "$tmp/traces" --scratch "$tmp/scratch" --out "$tmp/two_gpu.json"
+  # The scale check's rows (1 rank swapped, 2 ranks swapped and resident, CFG pair): same latents.
+  "$py" "$here/pipeswap_rows.py" scale --exe "$exe" --model "$tmp/wan" --inputs "$tmp/inputs" --tokens 16 --steps 2 \
+    --launcher "" --one-chain cpu --two-chain cpu=1,cpu=1 --scale-settings "1:--blocks-to-swap 2;2:--blocks-to-swap 1;2:" \
+    --scratch "$tmp/scratch" --out "$tmp/scale.json"
 else
   echo "no pipeswap executable given: its 2-rank rows are not checked"
 fi
@@ -91,6 +95,9 @@ if os.path.exists(f"{t}/two_gpu.json"):
         other = by[("pipeswap 2 GPUs, each half swapped" if "swapped" in mode else mode, 2)]
         a, b = (load_file(r["output"])["latents"] for r in (one, other))
         assert a.shape[0] == 2 and torch.equal(a, b), mode  # 2 samples; the split changes no bit
+    scale = json.load(open(f"{t}/scale.json"))
+    assert [r["gpus"] for r in scale] == [1, 2, 2] and not [r for r in scale if r.get("error")], scale
+    assert all(r["same_latents_as_first_row"] for r in scale[1:]) and scale[0]["swapped_blocks"] == 2, scale
     for r in two:
         if r["gpus"] == 2:
             st = r["stage_transfer"]
@@ -99,4 +106,5 @@ PY
 "$py" "$here/render.py" --results "$tmp" --doc "$tmp/benchmarks.md"
 grep -q "accelerate\|Accelerate" "$tmp/benchmarks.md"
 grep -q "^| 16 | 1 sample, CFG pair (M = 2) | " "$tmp/benchmarks.md"
+[ ! -f "$tmp/scale.json" ] || grep -q "^| 2 | --blocks-to-swap 1 | .* | yes | " "$tmp/benchmarks.md"
 echo "bench harness: ok"
