@@ -41,7 +41,7 @@
 # default 3 s). A dead rank is seen at once (closed sockets, mpirun). A hung one costs the timeout:
 # over TCP a peer without heartbeats for T is named at the next transport call; under MPI a wait
 # gives up after T plus a ping round of at most 1 s, and a first stage that only sends names a peer
-# that took nothing for T and did not answer for another T; then the abort (TCP: at most 1 s for
+# that took nothing for T/2 and then did not answer for T; then the abort (TCP: at most 1 s for
 # the ABORT frames; MPI: mpirun ends every rank, the stopped one included). Typically 3-5 s.
 #
 # Environment: PIPESWAP (the executable, default build/pipeswap), KILL_POINTS (default 16),

@@ -14,8 +14,9 @@
 // rank that does not answer (the awaited one first), so every rank of a job that a hung rank stalls
 // names that rank, not its live neighbour; the barrier, which MPI cannot attribute, names it too.
 // A rank that only sends (a first stage computing ahead of a hung next stage) pings, without
-// waiting, a peer that has taken none of its messages for the timeout, and names it from send()
-// once it has not answered for another timeout (a busy peer answers from its next transport call).
+// waiting, a peer that has taken none of its messages for half the timeout, and names it from
+// send() once it has not answered for a whole timeout (a busy peer answers from its next transport
+// call, as a peer's waits already need it to come back within the timeout).
 #include <mpi.h>
 
 #include <algorithm>
@@ -419,7 +420,7 @@ class MpiTransport final : public Transport {
     if (!owed || (d.probe_round[dst] != 0 && progress_[dst] > d.probe_at[dst])) d.probe_round[dst] = 0;  // it took some
     if (!owed) return;
     if (d.probe_round[dst] == 0) {
-      if (now - progress_[dst] > opts_.timeout) {
+      if (now - progress_[dst] > opts_.timeout / 2) {
         d.probe_round[dst] = post_pings();
         d.probe_at[dst] = now;
       }
