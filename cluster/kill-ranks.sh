@@ -1,36 +1,54 @@
 #!/usr/bin/env bash
-# Dead ranks at random points: kill -9 one rank of a multi-rank CPU run of the demo model, then check
-# that every other rank exits non-zero within 10 s, that the job's output names the dead rank and its
-# host, that no output file is written and that no process of the run is left.
+# Dead and hung ranks at random points: kill -9 (dead) or SIGSTOP (hung) one rank of a multi-rank CPU
+# run of the demo model, then check that every other rank exits non-zero within a bounded time, that
+# the job's output names the silent rank and its host, that no output or temporary file is written
+# and that no process of the run is left, the stopped one included.
 #
-#   cluster/kill-ranks.sh test        (ctest: cluster_kill_ranks, label cluster)
+#   cluster/kill-ranks.sh test        (ctest: cluster_kill-ranks, label cluster)
 #
 # Each point draws, from a seeded generator, how the job is launched, how many ranks it has (2 or 3),
-# which rank dies, in which phase and after which delay:
-#   launch   mpi     mpirun -np N (MPI transport): mpirun stops the job and names the dead rank's
-#                    node; the test sees mpirun's exit, not each rank's;
+# which rank goes silent, in which phase, after which delay and how:
+#   signal   KILL    the victim dies: its sockets close, its launcher sees it exit;
+#            STOP    the victim hangs (SIGSTOP: alive, its sockets open, nothing answers): only
+#                    --comm-timeout can tell; the others must give up within it and name the victim.
+#   launch   mpi     mpirun -np N (MPI transport): the test sees mpirun's exit, not each rank's. A
+#                    dead rank is named by mpirun ("rank V with PID ... on node HOST exited on signal
+#                    9"); a hung one by the survivors' errors ("rank V (HOST)"), and the survivor's
+#                    MPI_Abort makes mpirun end the stopped rank too;
 #            tcp     N processes started with torchrun's variables (TCP transport): each survivor is
-#                    watched on its own and must name "rank V (HOST)" itself;
+#                    watched on its own and must name "rank V (HOST)" itself. A stopped victim is
+#                    continued (SIGCONT) once the survivors are gone and must then exit non-zero on
+#                    its own within 5 s (it finds its peers gone);
 #            single  single-node mode (pipeswap starts N workers itself, over TCP): the parent must
-#                    exit non-zero naming the worker.
-#   phase    start-up   the victim dies after the rendezvous but before it has loaded its resident
-#                       weights: the others wait in the plan's allgather, in loading, or in the
-#                       barrier after loading;
+#                    exit non-zero naming the worker ("worker V exited with code 137 (rank V on HOST"
+#                    or "worker V (rank V on HOST) was stopped by signal 19") and end every worker,
+#                    the stopped one included.
+#   phase    start-up   the victim goes silent after the rendezvous but before it has loaded its
+#                       resident weights: the others wait in the plan's allgather, in loading, or in
+#                       the barrier after loading;
 #            streaming  mid-forward while its disk workers stream swapped blocks from the safetensors
 #                       file (--lazy-load, every block swapped, a host cache smaller than its blocks):
-#                       it dies in the middle of reads, between them, or computing;
+#                       in the middle of reads, between them, or computing;
 #            forward    mid-forward with resident weights: computing, or sending its activations;
-#                       the ranks before it find out when a send to it fails, the ranks after it when
-#                       their receive from it does (or after --comm-timeout).
+#                       the ranks before it find out when a send to it fails (dead) or from the
+#                       watchdog (hung), the ranks after it when their receive from it does (or
+#                       after --comm-timeout).
 # The delay is drawn from a window that starts at the victim's own marker line for that phase (its
 # rendezvous line, then 0-100 ms; or its "loaded ... of weights" line, then 0-1.5 s); the line printed
-# for each point says what the victim had done when it died, from its log lines up to the kill
+# for each point says what the victim had done when it was signalled, from its log lines up to then
 # ("before opening the checkpoint", "while loading its weights", "after k of 16 micro-batches").
+# Bound: every survivor (or the job) ends within --comm-timeout + 7 s of the signal (10 s at the
+# default 3 s). A dead rank is seen at once (closed sockets, mpirun). A hung one costs the timeout:
+# over TCP a peer without heartbeats for T is named at the next transport call; under MPI a wait
+# gives up after T plus a ping round of at most 1 s, and a first stage that only sends names a peer
+# that took nothing for T/2 and then did not answer for T; then the abort (TCP: at most 1 s for
+# the ABORT frames; MPI: mpirun ends every rank, the stopped one included). Typically 3-5 s.
 #
-# Environment: PIPESWAP (the executable, default build/pipeswap), KILL_POINTS (default 20),
+# Environment: PIPESWAP (the executable, default build/pipeswap), KILL_POINTS (default 16),
 # KILL_SEED (default: drawn; printed first: KILL_SEED=<seed> reproduces a failing series),
-# KILL_COMM_TIMEOUT (seconds, default 3). Needs no root. Everything it starts is killed by a trap,
-# also on failure or interruption.
+# KILL_COMM_TIMEOUT (seconds, default 3), KILL_SIGNALS (the signals drawn from, default "KILL STOP";
+# "STOP" alone tests hung ranks only). Needs no root. Everything it starts is killed by a trap, also
+# on failure or interruption.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,16 +56,19 @@ root=$(cd "$here/.." && pwd)
 # shellcheck source=cluster/test-input.sh
 . "$here/test-input.sh"
 PIPESWAP=${PIPESWAP:-$root/build/pipeswap}
-points=${KILL_POINTS:-20}
+points=${KILL_POINTS:-16}
 seed=${KILL_SEED:-$(( $(date +%s%N) % 1000000 ))}
 comm_timeout=${KILL_COMM_TIMEOUT:-3}
-deadline_s=10
+read -r -a signals <<<"${KILL_SIGNALS:-KILL STOP}"
+deadline_s=$((comm_timeout + 7))
+# How long a continued (SIGCONT) TCP victim may take to notice that its peers are gone.
+resume_s=5
 host=$(hostname)
 
 say() { echo "kill-ranks: $*" >&2; }
 fail() {
   say "FAIL: $*"
-  say "reproduce with: KILL_SEED=$seed KILL_POINTS=$points $0 test"
+  say "reproduce with: KILL_SEED=$seed KILL_POINTS=$points KILL_SIGNALS='${signals[*]}' $0 test"
   exit 1
 }
 
@@ -133,10 +154,19 @@ PY
 
 summary=()
 
-# One point: $1 index, $2 launch, $3 ranks, $4 victim, $5 phase, $6 delay (s).
+# Waits until process $1 has ended, at most until $3 s after time $2; false when it still runs.
+wait_gone() {
+  while kill -0 "$1" 2>/dev/null && awk -v w="$(elapsed "$2")" -v l="$3" 'BEGIN { exit !(w < l) }'; do
+    sleep 0.05
+  done
+  ! kill -0 "$1" 2>/dev/null
+}
+
+# One point: $1 index, $2 launch, $3 ranks, $4 victim, $5 phase, $6 delay (s), $7 signal (KILL, STOP).
 run_point() {
-  local i=$1 launch=$2 np=$3 victim=$4 phase=$5 delay=$6
-  local d="$work/p$i" chain="" r args pid job_pid t_kill marker rc waited log did
+  local i=$1 launch=$2 np=$3 victim=$4 phase=$5 delay=$6 sig=$7
+  local d="$work/p$i" chain="" r args pid job_pid t_sig marker rc waited log did what
+  what=$([ "$sig" = KILL ] && echo killed || echo stopped)
   mkdir -p "$d"
   for ((r = 0; r < np; r++)); do chain+="${chain:+,}cpu"; done
   args=(run --input "$work/input.json" --micro-batches 16 --comm-timeout "$comm_timeout" --log-level debug
@@ -177,10 +207,10 @@ run_point() {
   esac
   sleep "$delay"
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null ||
-    { cat "$d"/*.out >&2; fail "point $i: rank $victim ended before the kill (delay $delay s): lengthen the input"; }
-  kill -KILL "$pid"
-  t_kill=$(now)
-  # What the victim had done: its log lines up to its death.
+    { cat "$d"/*.out >&2; fail "point $i: rank $victim ended before the signal (delay $delay s): lengthen the input"; }
+  kill -"$sig" "$pid"
+  t_sig=$(now)
+  # What the victim had done: its log lines up to the signal.
   local lines
   lines=$(rank_lines "$log" "$victim")
   if ! grep -aq "opened safetensors" <<<"$lines"; then
@@ -204,50 +234,73 @@ run_point() {
   fi
   local k slowest=0
   for k in "${!watch[@]}"; do
-    while kill -0 "${watch[k]}" 2>/dev/null &&
-      awk -v w="$(elapsed "$t_kill")" -v l="$deadline_s" 'BEGIN { exit !(w < l) }'; do
-      sleep 0.05
-    done
-    kill -0 "${watch[k]}" 2>/dev/null && { cat "$d"/*.out >&2; fail "point $i: ${names[k]} still runs ${deadline_s} s after rank $victim was killed"; }
+    wait_gone "${watch[k]}" "$t_sig" "$deadline_s" ||
+      { cat "$d"/*.out >&2; fail "point $i: ${names[k]} still runs ${deadline_s} s after rank $victim was $what"; }
     rc=0
     wait "${watch[k]}" || rc=$?
-    waited=$(elapsed "$t_kill")
-    [ "$rc" -ne 0 ] || { cat "$d"/*.out >&2; fail "point $i: ${names[k]} exited 0 although rank $victim was killed"; }
+    waited=$(elapsed "$t_sig")
+    [ "$rc" -ne 0 ] || { cat "$d"/*.out >&2; fail "point $i: ${names[k]} exited 0 although rank $victim was $what"; }
     slowest=$waited
   done
-  [ "$launch" = tcp ] && wait "${pids[victim]}" 2>/dev/null || true
+  # Over TCP nobody else can end a stopped victim: continued, it must find its peers gone and exit
+  # non-zero by itself.
+  local resumed=""
+  if [ "$launch" = tcp ]; then
+    if [ "$sig" = STOP ]; then
+      kill -CONT "$pid"
+      local t_cont
+      t_cont=$(now)
+      wait_gone "$pid" "$t_cont" "$resume_s" ||
+        { cat "$d"/*.out >&2; fail "point $i: rank $victim still runs $resume_s s after it was continued"; }
+      rc=0
+      wait "$pid" || rc=$?
+      [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] ||
+        { cat "$d/rank$victim.out" >&2; fail "point $i: continued rank $victim exited with code $rc, not an error of its own"; }
+      resumed=", victim out $(elapsed "$t_cont") s after SIGCONT"
+    else
+      wait "$pid" 2>/dev/null || true
+    fi
+  fi
 
-  # The dead rank and its host are named: by mpirun for its job, by each survivor over TCP, by the
-  # single-node parent for its workers.
-  case $launch in
-    mpi)
+  # The silent rank and its host are named: a dead one by mpirun for its job and by the single-node
+  # parent for its workers, a hung one by the survivors' errors (and the parent); by each survivor
+  # over TCP.
+  case $launch:$sig in
+    mpi:KILL)
       grep -aqE "rank $victim with PID [0-9]+ on node $host exited on signal 9" "$d/job.out" ||
         { cat "$d/job.out" >&2; fail "point $i: mpirun's output does not name rank $victim on $host"; } ;;
-    tcp)
+    mpi:STOP)
+      grep -aqF "rank $victim ($host)" "$d/job.out" ||
+        { cat "$d/job.out" >&2; fail "point $i: no survivor's error names rank $victim ($host)"; } ;;
+    tcp:*)
       for ((r = 0; r < np; r++)); do
         [ "$r" -eq "$victim" ] && continue
         grep -aqF "rank $victim ($host)" "$d/rank$r.out" ||
-          { cat "$d/rank$r.out" >&2; fail "point $i: rank $r's error does not name rank $victim ($host)"; }
+          { cat "$d"/*.out >&2; fail "point $i: rank $r's error does not name rank $victim ($host)"; }
       done ;;
-    single)
+    single:KILL)
       grep -aqF "worker $victim exited with code 137 (rank $victim on $host" "$d/job.out" ||
         { cat "$d/job.out" >&2; fail "point $i: the single-node parent does not name worker $victim on $host"; } ;;
+    single:STOP)
+      grep -aqF "worker $victim (rank $victim on $host) was stopped by signal $(kill -l STOP)" "$d/job.out" ||
+        { cat "$d/job.out" >&2; fail "point $i: the single-node parent does not name stopped worker $victim on $host"; } ;;
   esac
-  [ ! -e "$d/out.safetensors" ] || fail "point $i: an output file was written although rank $victim died"
-  # Nothing of this point is left (processes are reaped by now; allow a moment for mpirun's children).
+  [ ! -e "$d/out.safetensors" ] || fail "point $i: an output file was written although rank $victim was $what"
+  # Nothing of this point is left, a stopped victim included (processes are reaped by now; allow a
+  # moment for mpirun's children).
   local t_left=$SECONDS
   while pgrep -f "$d/" >/dev/null; do
     [ $((SECONDS - t_left)) -lt 3 ] || { pgrep -af "$d/" >&2; fail "point $i: processes left behind"; }
     sleep 0.1
   done
   ls "$d"/out.safetensors.tmp.* >/dev/null 2>&1 && fail "point $i: a temporary output file was left behind"
-  summary+=("$(printf '%3d  %-6s  np=%d  victim=r%d  %-9s  +%4ss  %-34s  survivors out after %4ss' \
-    "$i" "$launch" "$np" "$victim" "$phase" "$delay" "$did" "$slowest")")
+  summary+=("$(printf '%3d  %-6s  np=%d  victim=r%d  %-4s  %-9s  +%4ss  %-34s  survivors out after %4ss%s' \
+    "$i" "$launch" "$np" "$victim" "$sig" "$phase" "$delay" "$did" "$slowest" "$resumed")")
   rm -rf "$d"
 }
 
 run_test() {
-  local t_start=$SECONDS i launch np victim phase delay
+  local t_start=$SECONDS i launch np victim phase delay sig
   [ -x "$PIPESWAP" ] || fail "no executable at $PIPESWAP (build it, or set PIPESWAP)"
   pipeswap_exe=$(readlink -f "$PIPESWAP")
   command -v mpirun >/dev/null || fail "mpirun is missing (scripts/deps installs openmpi-bin)"
@@ -258,7 +311,7 @@ run_test() {
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
   # No launcher variables from the caller: each point chooses its own.
   unset OMPI_COMM_WORLD_SIZE PMIX_RANK RANK WORLD_SIZE SLURM_PROCID SLURM_STEP_ID
-  say "seed $seed ($points points; KILL_SEED=$seed reproduces them)"
+  say "seed $seed ($points points, signals ${signals[*]}; KILL_SEED=$seed reproduces them)"
   RANDOM=$seed
   "$PIPESWAP" plan --log-level warn >/dev/null  # writes the demo model once
   write_wide_model "$work/wide"
@@ -273,7 +326,8 @@ run_test() {
       start-up) delay=$(draw 0 0.1) ;;
       *) delay=$(draw 0 1.5) ;;
     esac
-    run_point "$i" "$launch" "$np" "$victim" "$phase" "$delay"
+    sig=${signals[RANDOM % ${#signals[@]}]}
+    run_point "$i" "$launch" "$np" "$victim" "$phase" "$delay" "$sig"
     say "${summary[-1]}"
   done
   say "all $points points passed in $((SECONDS - t_start)) s (seed $seed)"

@@ -373,6 +373,31 @@ TEST_F(MpiTransportTest, RecvTimeoutNamesThePeer) {
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
+// Rank 2 stays out of the transport (as a stopped or hung rank would); rank 1 waits on it, rank 0 on
+// rank 1, which is alive and waits itself. The watchdog's ping round names rank 2 on both, not rank
+// 0's live neighbour; a barrier, which MPI cannot attribute by itself, names it too.
+TEST_F(MpiTransportTest, SilentRankIsNamedNotItsLiveNeighbour) {
+  if (size_ < 3) GTEST_SKIP() << "needs mpirun -np 3 or more";
+  auto t = make_mpi_transport(TransportOptions{milliseconds(300)});
+  const std::string rank2 = "rank 2 (" + t->hosts()[2] + ")";
+  if (rank_ < 2) {
+    const auto t0 = Clock::now();
+    const std::string err = error_of<PeerLostError>([&] { t->recv(rank_ + 1); });
+    EXPECT_THAT(err, HasSubstr(rank_ == 1 ? "no message from " + rank2 + " within 0.3 s, and it does not answer"
+                                          : rank2 + " does not answer (no message from rank 1"));
+    EXPECT_LT(since(t0), 3.0);
+    EXPECT_THAT(error_of<PeerLostError>([&] { t->barrier(); }), HasSubstr("and " + rank2 + " does not answer"));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  // The late messages and the barrier complete what timed out, so the transport closes cleanly.
+  if (rank_ == 1 || rank_ == 2) t->send(rank_ - 1, Message{MessageKind::kControl, rank_, 0, {}});
+  if (rank_ < 2) {
+    EXPECT_EQ(t->recv(rank_ + 1).micro_batch, rank_ + 1);
+  }
+  t->flush();
+  t->barrier();
+}
+
 // ------------------------------------------------------------------------------------------------
 // TCP: ranks are threads (or a forked child) of this process, meeting on 127.0.0.1.
 
@@ -483,17 +508,21 @@ TEST(TcpTransport, RankZeroNamesRanksThatNeverJoin) {
   EXPECT_THAT(err, HasSubstr("127.0.0.1:" + std::to_string(port)));
 }
 
+// A peer that is alive (its heartbeats arrive) but sends nothing: twice the timeout, since it may be
+// waiting on a hung rank that the watchdog is about to name.
 TEST(TcpTransport, RecvTimeoutNamesThePeer) {
   SKIP_TCP_UNDER_MPI();
   std::promise<void> timed_out;
   std::shared_future<void> done = timed_out.get_future().share();
-  run_tcp_ranks(2, milliseconds(300), [&](int r, std::unique_ptr<Transport>& t) {
+  // 1 s, not less: heartbeats every 250 ms must get through on a loaded machine.
+  run_tcp_ranks(2, milliseconds(1000), [&](int r, std::unique_ptr<Transport>& t) {
     if (r == 0) {
       const auto t0 = Clock::now();
       const std::string err = error_of<PeerLostError>([&] { t->recv(1); });
-      EXPECT_THAT(err, HasSubstr("no message from rank 1 (" + local_hostname() + ") within 0.3 s"));
-      EXPECT_GE(since(t0), 0.29);
-      EXPECT_LT(since(t0), 2.0);
+      EXPECT_THAT(err, HasSubstr("no message from rank 1 (" + local_hostname() + ") within 2 s"));
+      EXPECT_THAT(err, HasSubstr("although it still answers"));
+      EXPECT_GE(since(t0), 1.99);
+      EXPECT_LT(since(t0), 4.0);
       timed_out.set_value();
       // A late message is still delivered after the timeout.
       EXPECT_EQ(t->recv(1).micro_batch, 5);
@@ -511,9 +540,9 @@ TEST(TcpTransport, BarrierNamesTheMissingRank) {
   std::promise<void> gave_up;
   std::shared_future<void> done = gave_up.get_future().share();
   std::atomic<int> failed{0};
-  run_tcp_ranks(3, milliseconds(300), [&](int r, std::unique_ptr<Transport>& t) {
+  run_tcp_ranks(3, milliseconds(1000), [&](int r, std::unique_ptr<Transport>& t) {
     if (r == 2) {
-      done.wait();  // stays away from the barrier until the others gave up
+      done.wait();  // stays away from the barrier (alive: its heartbeats go on) until the others gave up
       return;
     }
     const std::string err = error_of<PeerLostError>([&] { t->barrier(); });
@@ -562,6 +591,45 @@ TEST(TcpTransport, PeerThatDiesIsNamed) {
   int status = 0;
   ASSERT_EQ(::waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child rank 2 failed before it could die on purpose";
+}
+
+// A hung peer: a child process that stops itself (SIGSTOP) with its sockets open. Rank 1 waits on
+// it; rank 0 waits on rank 1, which is alive and waits itself. Both name rank 2 within the timeout
+// (the watchdog: no heartbeat from it), not rank 0 its live neighbour; a send to it fails too.
+TEST(TcpTransport, PeerThatHangsIsNamedByEveryRank) {
+  SKIP_TCP_UNDER_MPI();
+  const int port = free_port();
+  const milliseconds timeout(1000);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    try {
+      std::unique_ptr<Transport> t = make_tcp_transport(2, 3, "127.0.0.1", port, TransportOptions{timeout});
+      t->barrier();
+      std::this_thread::sleep_for(milliseconds(100));  // let the others start waiting
+      ::raise(SIGSTOP);
+    } catch (...) {
+    }
+    ::_exit(1);
+  }
+  std::promise<void> gave_up;
+  std::shared_future<void> done = gave_up.get_future().share();
+  std::atomic<int> failed{0};
+  run_tcp_ranks(3, {0, 1}, port, timeout, [&](int r, std::unique_ptr<Transport>& t) {
+    t->barrier();
+    const auto t0 = Clock::now();
+    const std::string err = error_of<PeerLostError>([&] { t->recv(r == 0 ? 1 : 2); });
+    EXPECT_THAT(err, HasSubstr("no message from rank 2 (" + local_hostname() + ") within 1 s, not even a heartbeat"));
+    EXPECT_GE(since(t0), 0.5);
+    EXPECT_LT(since(t0), 1.9);  // before rank 0's own wait on rank 1 would have given up
+    EXPECT_THROW(t->send(2, Message{}), PeerLostError);
+    if (++failed == 2) gave_up.set_value();
+    done.wait();  // nobody closes its sockets before both have found rank 2 on their own
+  });
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "child rank 2 ended before it could hang";
 }
 
 // A rank whose transport is destroyed while the others wait on it (a thread that unwinds).

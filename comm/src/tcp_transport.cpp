@@ -14,8 +14,16 @@
 // be waiting for something else, and an ABORT from any peer wakes every waiting call at once. All
 // shared state is guarded by one mutex; callers wait on one condition variable against a deadline.
 //
+// Watchdog: a sender thread with nothing to send for a quarter of the comm timeout (at most 1 s)
+// sends a HEARTBEAT, and the reader notes the time of every byte it reads. A peer that sends nothing
+// at all for the comm timeout is silent (stopped, hung, or cut off): send(), recv(), barrier() and
+// flush() check every peer, not only the one they wait on, and throw naming the silent one. So a
+// rank that waits on a live peer, which itself waits on a hung one, names the hung one rather than
+// its live neighbour, and a first stage that only queues sends finds out too. A wait on a peer that
+// still answers gives up after twice the timeout (time for a silent rank further on to be found).
+//
 // Frames: [u32 type][u64 length][payload]. DATA carries one wire message (wire.h: headers, then
-// tensor bytes), BARRIER nothing, ABORT the reason as text.
+// tensor bytes), BARRIER and HEARTBEAT nothing, ABORT the reason as text.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -27,6 +35,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <climits>
 #include <condition_variable>
@@ -101,10 +110,10 @@ class Fd {
 // ---------------------------------------------------------------------------------------------
 // Frames and rendezvous records: packed, fixed-size, checked like the wire headers.
 
-enum class FrameType : uint32_t { kData = 1, kBarrier = 2, kAbort = 3 };
+enum class FrameType : uint32_t { kData = 1, kBarrier = 2, kAbort = 3, kHeartbeat = 4 };
 
 constexpr char kHelloMagic[4] = {'P', 'S', 'W', 'T'};
-constexpr uint16_t kHelloVersion = 1;
+constexpr uint16_t kHelloVersion = 2;  // 2: HEARTBEAT frames
 
 #pragma pack(push, 1)
 struct FrameHeader {
@@ -386,8 +395,13 @@ int send_all(int fd, std::vector<iovec> iov) {
   return 0;
 }
 
-// Reads exactly n bytes. Returns 0, -1 for end of stream, or an errno.
-int recv_all(int fd, void* buf, uint64_t n) {
+// When a peer was last heard from (any byte it sent), as steady-clock ticks.
+using HeardAt = std::atomic<Clock::rep>;
+void note_heard(HeardAt& at) { at.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed); }
+
+// Reads exactly n bytes, noting in `heard` every time some arrive (a big message keeps its sender
+// heard while it moves). Returns 0, -1 for end of stream, or an errno.
+int recv_all(int fd, void* buf, uint64_t n, HeardAt& heard) {
   auto* p = static_cast<uint8_t*>(buf);
   uint64_t done = 0;
   while (done < n) {
@@ -395,6 +409,7 @@ int recv_all(int fd, void* buf, uint64_t n) {
     const ssize_t got = ::recv(fd, p + done, want, 0);
     if (got > 0) {
       done += static_cast<uint64_t>(got);
+      note_heard(heard);
     } else if (got == 0) {
       return -1;
     } else if (errno != EINTR) {
@@ -454,7 +469,7 @@ class TcpTransport final : public Transport {
         aborted = aborted_;
       }
       // Let queued messages leave (the peers' reader threads take them at once) before cutting.
-      if (!aborted && !drain(Clock::now() + std::min(opts_.timeout, kCloseGrace))) {
+      if (!aborted && !drain(Clock::now() + std::min(opts_.timeout, kCloseGrace), Watch::kNone)) {
         log().warn("tcp transport: closing with messages still queued to a peer that does not read");
       }
       stop_threads();
@@ -482,13 +497,16 @@ class TcpTransport final : public Transport {
     throw_if_aborted_locked();
     Peer& p = *peers_[dst];
     throw_if_unreachable_locked(p);
+    throw_if_silent_locked(dst);  // a stage that only sends must not queue for a hung peer forever
     enqueue_locked(p, std::move(f));
   }
 
   Message recv(int src) override {
     check_peer(src, "recv from");
     Peer& p = *peers_[src];
-    const auto deadline = Clock::now() + opts_.timeout;
+    // src answers (else the watchdog throws first): it waits on another rank or computes. A second
+    // timeout lets a silent rank further on be found and named, here or by its neighbours.
+    const auto deadline = Clock::now() + 2 * opts_.timeout;
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
       throw_if_aborted_locked();
@@ -499,17 +517,21 @@ class TcpTransport final : public Transport {
       }
       await_abort_after_loss_locked(lk, p);
       throw_if_lost_locked(p);  // only once its queued messages have been taken
+      throw_if_silent_locked(src);
       PS_CHECK(Clock::now() < deadline, PeerLostError,
-               "no message from {} within {} s; it may have died or hung (raise --comm-timeout if it is just slow)",
-               who(src), seconds(opts_.timeout));
-      cv_.wait_until(lk, deadline);
+               "no message from {} within {} s (twice --comm-timeout), although it still answers: it waits for "
+               "another rank, or computes for longer than that (raise --comm-timeout if it is just slow)",
+               who(src), seconds(2 * opts_.timeout));
+      wait_locked(lk, deadline);
     }
   }
 
   // Every rank reports to rank 0; rank 0 releases everyone once all have reported.
   void barrier() override {
     if (world_ == 1) return;
-    const auto deadline = Clock::now() + opts_.timeout;
+    // Twice the timeout, as in recv(): the ranks waited on still answer (the watchdog names any that
+    // does not), so one of them is slow or waits itself.
+    const auto deadline = Clock::now() + 2 * opts_.timeout;
     std::unique_lock<std::mutex> lk(mu_);
     throw_if_aborted_locked();
     if (rank_ != 0) {
@@ -524,11 +546,12 @@ class TcpTransport final : public Transport {
         }
         await_abort_after_loss_locked(lk, root);
         throw_if_lost_locked(root);
+        throw_if_silent_locked(0);
         PS_CHECK(Clock::now() < deadline, PeerLostError,
                  "barrier: {} did not release the barrier within {} s; a rank may be missing (rank 0's error names "
                  "it; raise --comm-timeout if it is just slow)",
-                 who(0), seconds(opts_.timeout));
-        cv_.wait_until(lk, deadline);
+                 who(0), seconds(2 * opts_.timeout));
+        wait_locked(lk, deadline);
       }
     }
     for (;;) {
@@ -542,15 +565,16 @@ class TcpTransport final : public Transport {
         missing.push_back(r);
       }
       if (missing.empty()) break;
+      throw_if_silent_locked(missing.front());
       if (Clock::now() >= deadline) {
         std::vector<std::string> names;
         for (int r : missing) names.push_back(who(r));
         PS_THROW(PeerLostError,
-                 "barrier: {} did not arrive within {} s; it may have died or hung (raise --comm-timeout if it is just "
-                 "slow)",
-                 fmt::join(names, ", "), seconds(opts_.timeout));
+                 "barrier: {} did not arrive within {} s, although still answering: waiting for another rank, or "
+                 "busy for longer than that (raise --comm-timeout if it is just slow)",
+                 fmt::join(names, ", "), seconds(2 * opts_.timeout));
       }
-      cv_.wait_until(lk, deadline);
+      wait_locked(lk, deadline);
     }
     for (int r = 1; r < world_; ++r) {
       Peer& p = *peers_[r];
@@ -561,7 +585,7 @@ class TcpTransport final : public Transport {
   }
 
   void flush() override {
-    if (!drain(Clock::now() + opts_.timeout)) {
+    if (!drain(Clock::now() + opts_.timeout, Watch::kPeers)) {
       std::lock_guard<std::mutex> lk(mu_);
       for (auto& p : peers_) {
         if (!p->outbox.empty() || p->sending) {
@@ -595,7 +619,7 @@ class TcpTransport final : public Transport {
         cv_.notify_all();  // wake this rank's own waiting calls: they throw now
       }
       log().debug("tcp transport: aborting: {}", reason);
-      drain(Clock::now() + std::min(opts_.timeout, kAbortGrace));
+      drain(Clock::now() + std::min(opts_.timeout, kAbortGrace), Watch::kNone);
       // Cut every connection so peers see the end even where the ABORT frame could not go.
       for (auto& p : peers_) {
         if (p->fd) ::shutdown(p->fd.get(), SHUT_RDWR);
@@ -617,6 +641,7 @@ class TcpTransport final : public Transport {
     std::condition_variable wake_sender;
     std::deque<Message> inbox;
     int barriers = 0;        // BARRIER frames received and not yet consumed
+    HeardAt heard{0};        // the reader thread's last byte from this peer (atomic: read under mu_)
     std::string lost;        // why reading from this peer stopped ("" while it works)
     bool corrupt = false;    // `lost` is a protocol error rather than a vanished peer
     std::string send_error;  // why writing to this peer stopped
@@ -653,27 +678,71 @@ class TcpTransport final : public Transport {
     throw_if_lost_locked(p);
   }
 
+  milliseconds beat_interval() const { return std::clamp(opts_.timeout / 4, milliseconds(10), milliseconds(1000)); }
+
+  // The watchdog: the first peer, `first` preferred, that has sent nothing at all (data, heartbeats)
+  // for the comm timeout; -1 while every peer answers. Peers whose connection ended are reported by
+  // their loss instead, where it matters.
+  int silent_peer_locked(int first) const {
+    const auto now = Clock::now();
+    auto silent = [&](const Peer& p) {
+      if (p.rank == rank_ || !p.fd || !p.lost.empty() || !p.send_error.empty()) return false;
+      if (now - Clock::time_point(Clock::duration(p.heard.load(std::memory_order_relaxed))) <= opts_.timeout) {
+        return false;
+      }
+      // Bytes already waiting in the socket: the peer spoke, only our reader thread is behind (a busy host).
+      pollfd waiting{p.fd.get(), POLLIN, 0};
+      return ::poll(&waiting, 1, 0) == 0;
+    };
+    if (first >= 0 && silent(*peers_[first])) return first;
+    for (const auto& p : peers_)
+      if (silent(*p)) return p->rank;
+    return -1;
+  }
+
+  void throw_if_silent_locked(int first) const {
+    const int r = silent_peer_locked(first);
+    PS_CHECK(r < 0, PeerLostError,
+             "no message from {} within {} s, not even a heartbeat; it may have died or hung (raise --comm-timeout "
+             "if its host is just overloaded)",
+             who(r), seconds(opts_.timeout));
+  }
+
+  // Waits for a change, until the deadline, waking at least once a heartbeat interval so that the
+  // caller's watchdog check runs.
+  void wait_locked(std::unique_lock<std::mutex>& lk, Clock::time_point deadline) {
+    cv_.wait_until(lk, std::min(deadline, Clock::now() + beat_interval()));
+  }
+
   void enqueue_locked(Peer& p, OutFrame f) {
     p.outbox.push_back(std::move(f));
     p.wake_sender.notify_one();
   }
 
   // Waits until every outbox is empty (or its peer failed). The deadline moves on while frames keep
-  // leaving, so a big message only has to keep moving. False at the deadline.
-  bool drain(Clock::time_point deadline) {
+  // leaving, so a big message only has to keep moving. False at the deadline. Watch::kPeers: throws
+  // as soon as a peer still to be served is silent.
+  enum class Watch { kNone, kPeers };
+  bool drain(Clock::time_point deadline, Watch watch) {
     const auto step = deadline - Clock::now();
     std::unique_lock<std::mutex> lk(mu_);
     uint64_t seen = frames_sent_;
     for (;;) {
-      bool busy = false;
-      for (auto& p : peers_) busy = busy || !p->outbox.empty() || p->sending;
-      if (!busy) return true;
+      int busy = -1;
+      for (auto& p : peers_)
+        if (busy < 0 && (!p->outbox.empty() || p->sending)) busy = p->rank;
+      if (busy < 0) return true;
+      if (watch == Watch::kPeers) throw_if_silent_locked(busy);
       if (frames_sent_ != seen) {
         seen = frames_sent_;
         deadline = Clock::now() + step;
       }
       if (Clock::now() >= deadline) return false;
-      cv_.wait_until(lk, deadline);
+      if (watch == Watch::kPeers) {
+        wait_locked(lk, deadline);
+      } else {
+        cv_.wait_until(lk, deadline);
+      }
     }
   }
 
@@ -805,6 +874,7 @@ class TcpTransport final : public Transport {
     try {
       for (auto& p : peers_) {
         if (p->rank == rank_) continue;
+        note_heard(p->heard);  // connected just now
         p->sender = std::thread([this, peer = p.get()] { send_loop(*peer); });
         p->reader = std::thread([this, peer = p.get()] { read_loop(*peer); });
       }
@@ -835,9 +905,20 @@ class TcpTransport final : public Transport {
   }
 
   void send_loop(Peer& p) {
+    FrameHeader beat{static_cast<uint32_t>(FrameType::kHeartbeat), 0};
+    auto last_write = Clock::now();
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      p.wake_sender.wait(lk, [&] { return !p.outbox.empty() || p.stop; });
+      if (!p.wake_sender.wait_until(lk, last_write + beat_interval(), [&] { return !p.outbox.empty() || p.stop; })) {
+        // Idle for a heartbeat interval: tell the peer this rank is alive. Not counted as a frame
+        // sent (drain() must not take heartbeats for progress).
+        lk.unlock();
+        const int err = send_all(p.fd.get(), {{&beat, sizeof(beat)}});
+        last_write = Clock::now();
+        lk.lock();
+        if (err != 0) return record_send_error_locked(p, err);
+        continue;
+      }
       if (p.outbox.empty()) return;  // stopping, nothing left
       OutFrame f = std::move(p.outbox.front());
       p.outbox.pop_front();
@@ -848,20 +929,23 @@ class TcpTransport final : public Transport {
       iov.push_back({f.head.data(), f.head.size()});
       for (torch::Tensor& t : f.payloads) iov.push_back({t.data_ptr(), static_cast<size_t>(wire::payload_bytes(t))});
       const int err = send_all(p.fd.get(), std::move(iov));
+      last_write = Clock::now();
       f = OutFrame();  // release the tensors outside the lock
       lk.lock();
       p.sending = false;
       ++frames_sent_;
-      if (err != 0) {
-        p.send_error = (err == EPIPE || err == ECONNRESET)
-                           ? fmt::format("{} closed its connection: it exited or was killed", who(p.rank))
-                           : fmt::format("sending to {} failed: {}", who(p.rank), errno_text(err));
-        p.outbox.clear();
-        cv_.notify_all();
-        return;
-      }
+      if (err != 0) return record_send_error_locked(p, err);
       cv_.notify_all();
     }
+  }
+
+  // A write failed: the peer is unreachable from now on (the sender thread ends).
+  void record_send_error_locked(Peer& p, int err) {
+    p.send_error = (err == EPIPE || err == ECONNRESET)
+                       ? fmt::format("{} closed its connection: it exited or was killed", who(p.rank))
+                       : fmt::format("sending to {} failed: {}", who(p.rank), errno_text(err));
+    p.outbox.clear();
+    cv_.notify_all();
   }
 
   void read_loop(Peer& p) {
@@ -870,7 +954,7 @@ class TcpTransport final : public Transport {
     try {
       for (;;) {
         FrameHeader fh{};
-        int err = recv_all(p.fd.get(), &fh, sizeof(fh));
+        int err = recv_all(p.fd.get(), &fh, sizeof(fh), p.heard);
         if (err != 0) {
           lost = describe_read_error(p.rank, err, /*mid_frame=*/false);
           break;
@@ -881,13 +965,15 @@ class TcpTransport final : public Transport {
           std::lock_guard<std::mutex> lk(mu_);
           p.inbox.push_back(std::move(*m));
           cv_.notify_all();
+        } else if (fh.type == static_cast<uint32_t>(FrameType::kHeartbeat) && fh.length == 0) {
+          // recv_all noted the time
         } else if (fh.type == static_cast<uint32_t>(FrameType::kBarrier) && fh.length == 0) {
           std::lock_guard<std::mutex> lk(mu_);
           ++p.barriers;
           cv_.notify_all();
         } else if (fh.type == static_cast<uint32_t>(FrameType::kAbort) && fh.length <= kMaxAbortText) {
           std::string reason(static_cast<size_t>(fh.length), '\0');
-          err = recv_all(p.fd.get(), reason.data(), fh.length);
+          err = recv_all(p.fd.get(), reason.data(), fh.length, p.heard);
           if (err != 0) {
             lost = describe_read_error(p.rank, err, true);
             break;
@@ -923,14 +1009,15 @@ class TcpTransport final : public Transport {
     PS_CHECK(length >= sizeof(wire::MessageHeader) && length <= kMaxDataFrame, CommError,
              "{} sent a data frame of impossible length {}: the stream is corrupt", from, length);
     std::vector<uint8_t> header(sizeof(wire::MessageHeader));
-    int err = recv_all(p.fd.get(), header.data(), header.size());
+    int err = recv_all(p.fd.get(), header.data(), header.size(), p.heard);
     if (err == 0) {
       const wire::MessageHeader mh = wire::decode_message_header(header.data(), header.size(), from);
       const size_t full = wire::header_bytes(mh.num_tensors);
       PS_CHECK(length >= full, CommError, "{} sent a data frame of {} bytes, shorter than its {}-byte header", from,
                length, full);
       header.resize(full);
-      err = recv_all(p.fd.get(), header.data() + sizeof(wire::MessageHeader), full - sizeof(wire::MessageHeader));
+      err = recv_all(p.fd.get(), header.data() + sizeof(wire::MessageHeader), full - sizeof(wire::MessageHeader),
+                     p.heard);
     }
     if (err != 0) {
       *lost = describe_read_error(p.rank, err, true);
@@ -942,7 +1029,7 @@ class TcpTransport final : public Transport {
     PS_CHECK(total == length, CommError, "{} sent a data frame of {} bytes whose header describes {} bytes", from,
              length, total);
     for (torch::Tensor& t : m.tensors) {
-      err = recv_all(p.fd.get(), t.data_ptr(), wire::payload_bytes(t));
+      err = recv_all(p.fd.get(), t.data_ptr(), wire::payload_bytes(t), p.heard);
       if (err != 0) {
         *lost = describe_read_error(p.rank, err, true);
         return std::nullopt;

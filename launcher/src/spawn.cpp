@@ -37,9 +37,14 @@ int free_port() {
   return ntohs(addr.sin_port);
 }
 
+// SIGCONT follows the signal, as a shell's kill does for stopped jobs: a stopped worker (SIGSTOP, a
+// debugger let go of) would otherwise hold a SIGTERM pending until the SIGKILL 10 s later.
 void signal_all(const std::vector<pid_t>& pids, const std::vector<bool>& done, int sig) {
-  for (size_t i = 0; i < pids.size(); ++i)
-    if (!done[i]) ::kill(pids[i], sig);
+  for (size_t i = 0; i < pids.size(); ++i) {
+    if (done[i]) continue;
+    ::kill(pids[i], sig);
+    ::kill(pids[i], SIGCONT);
+  }
 }
 
 }  // namespace
@@ -77,10 +82,19 @@ int run_workers(int argc, char** argv, int workers) {
   auto stop_deadline = std::chrono::steady_clock::time_point::max();
   while (remaining > 0) {
     int status = 0;
-    const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+    // WUNTRACED: a stopped worker is a hung rank; its peers give up on it after --comm-timeout and
+    // name it, and so does this process (it is the one that ends it).
+    const pid_t pid = ::waitpid(-1, &status, WNOHANG | WUNTRACED);
     if (pid > 0) {
       for (size_t i = 0; i < pids.size(); ++i) {
         if (pids[i] != pid) continue;
+        if (WIFSTOPPED(status)) {
+          log().warn(
+              "worker {} (rank {} on {}) was stopped by signal {}; its peers stop the job after --comm-timeout "
+              "unless it continues",
+              i, i, local_hostname(), WSTOPSIG(status));
+          break;
+        }
         done[i] = true;
         --remaining;
         const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

@@ -8,6 +8,11 @@
 //    wire. Messages between one pair of ranks arrive in the order they were sent.
 //  - recv() blocks until the next message from `src` arrives. If none arrives within the comm
 //    timeout, or the peer died or aborted, it throws PeerLostError naming the peer's rank and host.
+//  - Watchdog: a rank that stops answering (dead, stopped, hung) is named by every waiting rank,
+//    not only by the ones that wait on it directly: a rank whose wait times out on a peer that still
+//    answers (it waits itself) names the silent rank instead (MPI: a ping round at the deadline; TCP:
+//    heartbeats, which also let a recv() on a peer that answers wait up to twice the timeout, and
+//    let send() find a silent peer). A rank that only sends learns it from send() too.
 //  - abort() never throws; it tells every reachable peer to stop and makes their pending and future
 //    recv() throw PeerLostError naming this rank.
 #pragma once
