@@ -46,7 +46,8 @@
 #
 # Environment: PIPESWAP (the executable, default build/pipeswap), KILL_POINTS (default 16),
 # KILL_SEED (default: drawn; printed first: KILL_SEED=<seed> reproduces a failing series),
-# KILL_COMM_TIMEOUT (seconds, default 3), KILL_SIGNALS (the signals drawn from, default "KILL STOP";
+# KILL_COMM_TIMEOUT (seconds, default 3; 10 for gpu-test), KILL_DEVICES (one rank per device, e.g.
+# cuda:0,cuda:1; `gpu-test` uses both GPUs of a 2-GPU machine, 8 points), KILL_SIGNALS (the signals drawn from, default "KILL STOP";
 # "STOP" alone tests hung ranks only). Needs no root. Everything it starts is killed by a trap, also
 # on failure or interruption.
 set -euo pipefail
@@ -60,6 +61,10 @@ points=${KILL_POINTS:-16}
 seed=${KILL_SEED:-$(( $(date +%s%N) % 1000000 ))}
 comm_timeout=${KILL_COMM_TIMEOUT:-3}
 read -r -a signals <<<"${KILL_SIGNALS:-KILL STOP}"
+# KILL_DEVICES=cuda:0,cuda:1: every point runs on these devices, one rank each (NCCL between GPU ranks),
+# instead of 2 or 3 CPU ranks. `gpu-test` sets it on a machine with two GPUs.
+kill_devices=${KILL_DEVICES:-}
+read -r -a devices <<<"${kill_devices//,/ }"
 deadline_s=$((comm_timeout + 7))
 # How long a continued (SIGCONT) TCP victim may take to notice that its peers are gone.
 resume_s=5
@@ -168,7 +173,7 @@ run_point() {
   local d="$work/p$i" chain="" r args pid job_pid t_sig marker rc waited log did what
   what=$([ "$sig" = KILL ] && echo killed || echo stopped)
   mkdir -p "$d"
-  for ((r = 0; r < np; r++)); do chain+="${chain:+,}cpu"; done
+  for ((r = 0; r < np; r++)); do chain+="${chain:+,}${devices[r]:-cpu}"; done
   args=(run --input "$work/input.json" --micro-batches 16 --comm-timeout "$comm_timeout" --log-level debug
         --output "$d/out.safetensors")
   [ "$launch" = single ] || args+=(--device-chain "$chain")
@@ -320,6 +325,7 @@ run_test() {
   for ((i = 0; i < points; i++)); do
     launch=${launches[RANDOM % 3]}
     np=$((2 + RANDOM % 2))
+    [ ${#devices[@]} -eq 0 ] || np=${#devices[@]}
     victim=$((RANDOM % np))
     phase=${phases[RANDOM % 3]}
     case $phase in
@@ -335,8 +341,17 @@ run_test() {
 
 case ${1:-} in
   test) run_test ;;
+  gpu-test)  # ctest gpu_kill-ranks (label gpu): the same points on two GPUs; skipped (77) without them
+    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
+    [ "$ngpu" -ge 2 ] || { echo "skipped: needs 2 GPUs, this machine has $ngpu"; exit 77; }
+    devices=(cuda:0 cuda:1)
+    points=${KILL_POINTS:-8}
+    # CUDA contexts and NCCL set-up make start-up slower than on CPU ranks.
+    comm_timeout=${KILL_COMM_TIMEOUT:-10}
+    deadline_s=$((comm_timeout + 7))
+    run_test ;;
   *)
-    echo "usage: $0 test" >&2
+    echo "usage: $0 test|gpu-test" >&2
     exit 2
     ;;
 esac
