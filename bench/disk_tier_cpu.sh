@@ -7,7 +7,9 @@
 #   bench/disk_tier_cpu.sh [EXE]         # default build/pipeswap
 # Environment: DIR (checkpoint folder, default /tmp/pipeswap-disk-tier; kept for re-runs, delete it
 # after), LAYERS (14), HIDDEN (1024), FFN (16384), WORKERS (1,2,4), REPEAT (4 passes, median of the
-# 3 warm ones), GRANULARITY (block), TRACE (a folder: one --trace file per worker count).
+# 3 warm ones), GRANULARITY (block), THREADS (compute threads, 0: pipeswap's default), TRACE (a
+# folder: one --trace file per worker count, and the disk lane's own rate in the JSON), LABEL (a
+# "label" field in the JSON, e.g. which build ran).
 # Prints one JSON line per measurement; the last line per worker count has "fraction_of_raw".
 # Run as root to drop the page cache between runs (buffered fallback reads would be cached otherwise).
 set -euo pipefail
@@ -20,7 +22,9 @@ ffn=${FFN:-16384}
 workers=${WORKERS:-1,2,4}
 repeat=${REPEAT:-4}
 granularity=${GRANULARITY:-block}
+threads=${THREADS:-0}
 trace=${TRACE:-}
+label=${LABEL:-}
 
 # The checkpoint: HF Llama names and shapes, float32 values of magnitude ~0.01 (random mantissas,
 # fixed exponent), written once and reused while config.json matches.
@@ -108,14 +112,15 @@ for w in "${counts[@]}"; do
   fi
   "$exe" run --model "$dir" --input "$dir/input.json" --device-chain cpu --offload-ratio 1 --lazy-load \
     --max-memory "$budget" --num-disk-workers "$w" --offload-granularity "$granularity" --repeat "$repeat" \
-    --output "$dir/logits.safetensors" "${trace_arg[@]}" > "$log" 2>&1 || { cat "$log"; exit 1; }
+    --threads "$threads" --output "$dir/logits.safetensors" "${trace_arg[@]}" > "$log" 2>&1 || { cat "$log"; exit 1; }
   drop_caches
   raw_after=$(bash "$root/bench/disk_bw.sh" "$file" "$w")
   echo "$raw_after"
-  python3 - "$log" "$w" "$repeat" "$budget" "$file" "$raw_before" "$raw_after" <<'PY'
+  python3 - "$log" "$w" "$repeat" "$budget" "$file" "$raw_before" "$raw_after" "${trace_arg[1]:-}" "$label" <<'PY'
 import json, os, re, struct, sys
 log, w, repeat, budget, file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 before, after = json.loads(sys.argv[6]), json.loads(sys.argv[7])
+trace, label = sys.argv[8], sys.argv[9]
 raw = {k: round((before[k] + after[k]) / 2, 3) for k in ("one_stream_gbs", "many_streams_gbs")}
 raw["streams"] = before["streams"]
 size = os.path.getsize(file)
@@ -135,13 +140,26 @@ per_pass = sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.it
 if abs(per_pass * len(passes) - disk) > 0.06 * disk:
     sys.exit(f"disk_tier_cpu: the run read {disk:.4g} bytes, not {len(passes)} x {per_pass} (were blocks kept?)")
 gbs = per_pass / median / 1e9
+extra = {}
+if trace:
+    # The disk lane alone: block bytes over the time at least one read was in progress (a reader
+    # that keeps up shows the disk's rate here even where compute or the slot copies bound a pass).
+    ev = [e for e in json.load(open(trace))["traceEvents"] if e.get("cat") == "disk" and e.get("ph") == "X"]
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in ev)
+    busy, end = 0.0, -1.0
+    for b, e in spans:
+        if e > end:
+            busy += e - max(b, end)
+            end = e
+    extra = {"disk_lane_busy_s": round(busy / 1e6, 3),
+             "disk_lane_gbs": round(sum(e["args"]["bytes"] for e in ev) / (busy / 1e6) / 1e9, 3)}
 ref = raw["one_stream_gbs"] if w == 1 else raw["many_streams_gbs"]
-print(json.dumps({"bench": "disk_tier_cpu", "workers": w, "file_bytes": size, "max_memory": budget,
+print(json.dumps({"bench": "disk_tier_cpu", "label": label, "workers": w, "file_bytes": size, "max_memory": budget,
                   "disk_bytes_read_log": int(disk), "bytes_per_pass": int(per_pass), "passes_s": passes,
                   "median_warm_pass_s": median, "pipeswap_read_gbs": round(gbs, 3),
                   "raw_one_stream_gbs": raw["one_stream_gbs"], "raw_streams": raw["streams"],
                   "raw_many_streams_gbs": raw["many_streams_gbs"], "raw_same_streams_gbs": ref,
-                  "fraction_of_raw": round(gbs / ref, 3)}))
+                  "fraction_of_raw": round(gbs / ref, 3), "load_average": os.getloadavg()[0], **extra}))
 PY
   rm -f "$log"
 done

@@ -262,34 +262,33 @@ bool SafetensorsFile::read_extent_direct(int dfd, const std::vector<ReadRequest>
   uint64_t extent_end = 0;
   for (size_t k = first; k < last; ++k) extent_end = std::max(extent_end, file_end(k));
   const uint64_t stop = detail::align_up(extent_end);
-  auto* buf = static_cast<char*>(detail::direct_bounce_buffer());
 
   // Tensors in one file do not overlap (open() checks), so sorted by begin they are sorted by end
-  // too: the ones before `next` are complete, the rest are untouched or partly copied.
+  // too: the ones before `next` are complete, the rest are untouched or partly copied. The reader
+  // has the following request in flight while this thread copies out of the current one.
   size_t next = first;
   uint64_t delivered = 0;
-  for (uint64_t pos = detail::align_down(file_begin(first)); pos < stop;) {
-    const uint64_t want = std::min(detail::kDirectRequestBytes, stop - pos);
-    const int64_t got = detail::pread_direct(dfd, buf, want, pos);
-    if (got == -EINVAL) {
+  detail::DirectReadAhead reader(dfd, detail::align_down(file_begin(first)), stop);
+  for (detail::DirectReadAhead::Chunk c; reader.next(c);) {
+    if (c.got == -EINVAL) {
       // The filesystem opened the file with O_DIRECT but refuses the read (alignment rules we do
       // not meet): nothing of this extent is counted yet, the caller re-reads it buffered.
       give_up_direct("EINVAL");
       return false;
     }
-    if (got < 0) {
+    if (c.got < 0) {
       bytes_read_.fetch_add(delivered, std::memory_order_relaxed);
-      throw_read_failed(path_, *sorted[next].info, static_cast<int>(-got));
+      throw_read_failed(path_, *sorted[next].info, static_cast<int>(-c.got));
     }
     direct_used_.store(true, std::memory_order_relaxed);
-    const uint64_t avail = pos + static_cast<uint64_t>(got);
+    const uint64_t avail = c.pos + static_cast<uint64_t>(c.got);
     for (size_t k = next; k < last && file_begin(k) < avail; ++k) {
-      const uint64_t b = std::max(file_begin(k), pos);
+      const uint64_t b = std::max(file_begin(k), c.pos);
       const uint64_t e = std::min(file_end(k), avail);
-      if (b < e) std::memcpy(static_cast<char*>(sorted[k].dst) + (b - file_begin(k)), buf + (b - pos), e - b);
+      if (b < e) std::memcpy(static_cast<char*>(sorted[k].dst) + (b - file_begin(k)), c.data + (b - c.pos), e - b);
     }
     while (next < last && file_end(next) <= avail) delivered += sorted[next++].info->nbytes();
-    if (static_cast<uint64_t>(got) < want) {
+    if (static_cast<uint64_t>(c.got) < c.want) {
       // End of file: fine when it fell in the alignment tail past the last tensor, an error when a
       // tensor's bytes are missing (the file shrank since open).
       if (next < last) {
@@ -298,7 +297,6 @@ bool SafetensorsFile::read_extent_direct(int dfd, const std::vector<ReadRequest>
       }
       break;
     }
-    pos += want;
   }
   bytes_read_.fetch_add(delivered, std::memory_order_relaxed);
   return true;

@@ -61,9 +61,11 @@ class SafetensorsFile {
   // Copies many tensors' bytes, each into its dst, in as few large disk requests as it can: requests
   // are sorted by offset, neighbours at most 1 MiB apart merge into one extent (the gap is read and
   // dropped: cheaper than another request), and each extent is read 4096-aligned with O_DIRECT in
-  // requests of at most 16 MiB through a bounce buffer (16 MiB per calling thread, kept for the
-  // thread's life). O_DIRECT skips the page cache: weights streamed every sweep would only evict the
-  // host cache's memory, and the disk reaches its bandwidth only with large requests. Where the
+  // requests of at most 16 MiB through two bounce buffers (32 MiB per calling thread, kept for the
+  // thread's life; 16 MiB where no extent needs more than one request): a helper thread reads the
+  // next request while the calling thread copies the previous one out, so the disk never waits for
+  // a copy. O_DIRECT skips the page cache: weights streamed every sweep would only evict the host
+  // cache's memory, and the disk reaches its bandwidth only with large requests. Where the
   // filesystem refuses O_DIRECT (the open fails, or a read fails with EINVAL) or
   // PIPESWAP_NO_DIRECT_IO=1, the file falls back for good to buffered pread per tensor, straight into
   // dst (logged once at debug level). Errors are those of read_into: a short read names the file and
