@@ -756,35 +756,45 @@ TEST(SafetensorsReadMany, ConcurrentCallersWithLongExtents) {
   EXPECT_EQ(file->bytes_read(), want);
 }
 
-TEST(SafetensorsReadMany, TruncatedInsideALongExtent) {
-  TempDir tmp;
-  const std::string path = tmp / "cut.safetensors";
+// A cut in request 2 (read by the calling thread's stream) or in request 1 (the helper's): the
+// tensors before the cut arrive whole and are counted, the one it falls in is named.
+void expect_cut_names(const std::string& path, const std::string& cut_in, uint64_t cut_at,
+                      const std::vector<std::string>& whole) {
+  SCOPED_TRACE("cut in " + cut_in);
   const std::vector<Piece> pieces = {{"p", 20 * kMiB + 3, 0}, {"q", 10 * kMiB, 0}, {"r", 20 * kMiB, 0}, {"s", 100, 0}};
   write_gapped(path, pieces);
   auto file = SafetensorsFile::open(path);
   std::vector<std::vector<char>> ref;
-  for (const char* n : {"p", "q"}) {
+  uint64_t whole_bytes = 0;
+  for (const auto& n : whole) {
     ref.emplace_back(file->at(n).nbytes());
     file->read_into(file->at(n), ref.back().data());
+    whole_bytes += file->at(n).nbytes();
   }
   const uint64_t counted = file->bytes_read();
-  // The cut falls in the third 16 MiB request, inside r: p and q arrive whole and are counted, r and
-  // s are not.
-  const off_t cut = static_cast<off_t>(file->data_offset() + file->at("r").begin + 5 * kMiB);
+  const off_t cut = static_cast<off_t>(file->data_offset() + file->at(cut_in).begin + cut_at);
   ASSERT_EQ(::truncate(path.c_str(), cut), 0);
   std::vector<std::vector<char>> got;
-  got.reserve(4);  // the requests point into these buffers
+  got.reserve(pieces.size());  // the requests point into these buffers
   std::vector<ReadRequest> requests;
   for (const char* n : {"s", "r", "q", "p"}) {
     got.emplace_back(file->at(n).nbytes());
     requests.push_back({&file->at(n), got.back().data()});
   }
-  EXPECT_ERROR(file->read_many(requests), CheckpointError, "truncated after it was opened", "tensor 'r'", path,
-               "now " + std::to_string(cut) + " bytes");
-  EXPECT_EQ(got[3], ref[0]);
-  EXPECT_EQ(got[2], ref[1]);
-  EXPECT_EQ(file->bytes_read() - counted, file->at("p").nbytes() + file->at("q").nbytes())
-      << "only the tensors delivered whole are counted";
+  EXPECT_ERROR(file->read_many(requests), CheckpointError, "truncated after it was opened", "tensor '" + cut_in + "'",
+               path, "now " + std::to_string(cut) + " bytes");
+  for (size_t i = 0; i < whole.size(); ++i) {
+    const size_t at = whole[i] == "p" ? 3 : 2;  // index in requests / got
+    EXPECT_EQ(got[at], ref[i]) << whole[i] << " arrives whole";
+  }
+  EXPECT_EQ(file->bytes_read() - counted, whole_bytes) << "only the tensors delivered whole are counted";
+}
+
+TEST(SafetensorsReadMany, TruncatedInsideALongExtent) {
+  TempDir tmp;
+  // p: [0, 20 MiB + 3), q: [.., 30 MiB + 3), r: [.., 50 MiB + 3); requests are 16 MiB from 0.
+  expect_cut_names(tmp / "r.safetensors", "r", 5 * kMiB, {"p", "q"});  // request 2: the calling thread
+  expect_cut_names(tmp / "q.safetensors", "q", kMiB, {"p"});           // request 1: the helper
 }
 
 TEST(SafetensorsReadMany, RefusesTensorsOfAnotherFile) {
