@@ -714,6 +714,89 @@ TEST(SafetensorsReadMany, TruncatedAfterOpenNamesTheTensor) {
   EXPECT_EQ(file->bytes_read(), 4000u) << "only the tensors delivered whole are counted";
 }
 
+// One extent of several 16 MiB requests: the helper thread reads request i+1 while request i is
+// copied out, so tensors crossing request boundaries, a tensor of exactly one request's size and a
+// tensor longer than two requests must land whole, and a file whose size is not a multiple of 4096
+// ends the last request short.
+std::vector<Piece> long_extent_pieces() {
+  return {{"x", 3 * 16 * kMiB + 12345, 0}, {"y", 5 * kMiB + 1, 100}, {"z", 16 * kMiB, 4096}, {"w", 777, 0}};
+}
+
+TEST(SafetensorsReadMany, ExtentOfManyRequests) {
+  TempDir tmp;
+  const std::string path = tmp / "long.safetensors";
+  write_gapped(path, long_extent_pieces());
+  auto file = SafetensorsFile::open(path);
+  EXPECT_NE(file->file_size() % 4096, 0u) << "the last request must end short, at end of file";
+  EXPECT_EQ(file->at("w").end + file->data_offset(), file->file_size());
+  expect_read_many_matches(*file, {"w", "z", "y", "x"});
+  expect_read_many_matches(*file, {"x"});
+  expect_read_many_matches(*file, {"z", "w"});
+  // Again buffered: the same bytes, the same count.
+  ScopedEnv env("PIPESWAP_NO_DIRECT_IO", "1");
+  auto buffered = SafetensorsFile::open(path);
+  expect_read_many_matches(*buffered, {"w", "z", "y", "x"});
+  EXPECT_FALSE(buffered->direct_io_used());
+}
+
+TEST(SafetensorsReadMany, ConcurrentCallersWithLongExtents) {
+  TempDir tmp;
+  const std::string path = tmp / "long.safetensors";
+  write_gapped(path, long_extent_pieces());
+  auto file = SafetensorsFile::open(path);
+  // Every caller has its own bounce buffers and helper thread.
+  std::vector<std::thread> threads;
+  const std::vector<std::vector<std::string>> subsets = {{"x"}, {"y", "z"}, {"x", "w"}, {"z"}};
+  uint64_t want = 0;
+  for (const auto& names : subsets) {
+    for (const auto& n : names) want += 2 * file->at(n).nbytes();
+    threads.emplace_back([&, names] { expect_read_many_matches(*file, names, Sharing::kConcurrent); });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(file->bytes_read(), want);
+}
+
+// A cut in request 2 (read by the calling thread's stream) or in request 1 (the helper's): the
+// tensors before the cut arrive whole and are counted, the one it falls in is named.
+void expect_cut_names(const std::string& path, const std::string& cut_in, uint64_t cut_at,
+                      const std::vector<std::string>& whole) {
+  SCOPED_TRACE("cut in " + cut_in);
+  const std::vector<Piece> pieces = {{"p", 20 * kMiB + 3, 0}, {"q", 10 * kMiB, 0}, {"r", 20 * kMiB, 0}, {"s", 100, 0}};
+  write_gapped(path, pieces);
+  auto file = SafetensorsFile::open(path);
+  std::vector<std::vector<char>> ref;
+  uint64_t whole_bytes = 0;
+  for (const auto& n : whole) {
+    ref.emplace_back(file->at(n).nbytes());
+    file->read_into(file->at(n), ref.back().data());
+    whole_bytes += file->at(n).nbytes();
+  }
+  const uint64_t counted = file->bytes_read();
+  const off_t cut = static_cast<off_t>(file->data_offset() + file->at(cut_in).begin + cut_at);
+  ASSERT_EQ(::truncate(path.c_str(), cut), 0);
+  std::vector<std::vector<char>> got;
+  got.reserve(pieces.size());  // the requests point into these buffers
+  std::vector<ReadRequest> requests;
+  for (const char* n : {"s", "r", "q", "p"}) {
+    got.emplace_back(file->at(n).nbytes());
+    requests.push_back({&file->at(n), got.back().data()});
+  }
+  EXPECT_ERROR(file->read_many(requests), CheckpointError, "truncated after it was opened", "tensor '" + cut_in + "'",
+               path, "now " + std::to_string(cut) + " bytes");
+  for (size_t i = 0; i < whole.size(); ++i) {
+    const size_t at = whole[i] == "p" ? 3 : 2;  // index in requests / got
+    EXPECT_EQ(got[at], ref[i]) << whole[i] << " arrives whole";
+  }
+  EXPECT_EQ(file->bytes_read() - counted, whole_bytes) << "only the tensors delivered whole are counted";
+}
+
+TEST(SafetensorsReadMany, TruncatedInsideALongExtent) {
+  TempDir tmp;
+  // p: [0, 20 MiB + 3), q: [.., 30 MiB + 3), r: [.., 50 MiB + 3); requests are 16 MiB from 0.
+  expect_cut_names(tmp / "r.safetensors", "r", 5 * kMiB, {"p", "q"});  // request 2: the calling thread
+  expect_cut_names(tmp / "q.safetensors", "q", kMiB, {"p"});           // request 1: the helper
+}
+
 TEST(SafetensorsReadMany, RefusesTensorsOfAnotherFile) {
   TempDir tmp;
   write_safetensors(tmp / "x.safetensors", {{"w", torch::ones({4})}});

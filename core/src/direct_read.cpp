@@ -27,14 +27,15 @@ int open_direct(const std::string& path) {
   return fd >= 0 ? fd : -errno;
 }
 
-void* direct_bounce_buffer() {
-  thread_local std::unique_ptr<void, FreeDeleter> buffer;
+char* direct_bounce_buffer(int which) {
+  thread_local std::unique_ptr<void, FreeDeleter> buffers[kDirectStreams];
+  auto& buffer = buffers[which];
   if (!buffer) {
     void* p = nullptr;
     if (::posix_memalign(&p, kDirectAlignment, kDirectRequestBytes) != 0) throw std::bad_alloc();
     buffer.reset(p);
   }
-  return buffer.get();
+  return static_cast<char*>(buffer.get());
 }
 
 int64_t pread_direct(int fd, void* dst, uint64_t n, uint64_t offset) {

@@ -27,10 +27,18 @@ bool direct_io_disabled_by_env();
 // Opens path read-only with O_DIRECT. Returns the descriptor, or -errno.
 int open_direct(const std::string& path);
 
-// This thread's bounce buffer: kDirectRequestBytes, kDirectAlignment-aligned, allocated on first
-// use and freed when the thread ends. Disk workers call read_many for every unit they stream, so
-// one buffer per thread avoids allocating 16 MiB per call. Throws std::bad_alloc.
-void* direct_bounce_buffer();
+// Streams reading one extent at once: stream s reads requests s, s + kDirectStreams, ... and copies
+// each one out before reading its next, so while one stream copies, the other's read keeps the disk
+// busy (one stream alone left the disk idle for every copy: a tenth to a fifth of its bandwidth on
+// the CI VM, docs/benchmarks.md 2a). The calling thread is stream 0; each other stream is a helper
+// thread for the extent's duration, with a bounce buffer of its own.
+constexpr int kDirectStreams = 2;
+
+// Bounce buffer `which` (< kDirectStreams) of this thread: kDirectRequestBytes,
+// kDirectAlignment-aligned, allocated on first use and freed when the thread ends. Disk workers call
+// read_many for every unit they stream, so keeping them per thread avoids allocating them per call;
+// a thread whose extents never span two requests only ever allocates buffer 0. Throws std::bad_alloc.
+char* direct_bounce_buffer(int which);
 
 // Reads n bytes at offset into dst (all three aligned to kDirectAlignment), retrying on EINTR and
 // partial reads. Returns the bytes read, fewer than n only at end of file, or -errno.

@@ -12,6 +12,7 @@
 #include <functional>
 #include <set>
 #include <system_error>
+#include <thread>
 
 #include "direct_read.h"
 #include "pipeswap/core/error.h"
@@ -261,46 +262,95 @@ bool SafetensorsFile::read_extent_direct(int dfd, const std::vector<ReadRequest>
   auto file_end = [&](size_t k) { return data_offset_ + sorted[k].info->end; };
   uint64_t extent_end = 0;
   for (size_t k = first; k < last; ++k) extent_end = std::max(extent_end, file_end(k));
+  const uint64_t start = detail::align_down(file_begin(first));
   const uint64_t stop = detail::align_up(extent_end);
-  auto* buf = static_cast<char*>(detail::direct_bounce_buffer());
+  constexpr uint64_t kRequest = detail::kDirectRequestBytes;
+  const uint64_t count = (stop - start + kRequest - 1) / kRequest;  // requests of this extent
 
-  // Tensors in one file do not overlap (open() checks), so sorted by begin they are sorted by end
-  // too: the ones before `next` are complete, the rest are untouched or partly copied.
-  size_t next = first;
-  uint64_t delivered = 0;
-  for (uint64_t pos = detail::align_down(file_begin(first)); pos < stop;) {
-    const uint64_t want = std::min(detail::kDirectRequestBytes, stop - pos);
-    const int64_t got = detail::pread_direct(dfd, buf, want, pos);
-    if (got == -EINVAL) {
+  // Copies file bytes [pos, avail), read into buf, into every tensor they overlap. Streams copy
+  // disjoint byte ranges, so they never write the same destination byte.
+  auto copy_out = [&](const char* buf, uint64_t pos, uint64_t avail) {
+    for (size_t k = first; k < last && file_begin(k) < avail; ++k) {
+      const uint64_t b = std::max(file_begin(k), pos);
+      const uint64_t e = std::min(file_end(k), avail);
+      if (b < e) std::memcpy(static_cast<char*>(sorted[k].dst) + (b - file_begin(k)), buf + (b - pos), e - b);
+    }
+  };
+  // The first request of a stream that came back short (end of file) or failed, with its result;
+  // `count` when all of the stream's requests were read whole.
+  struct StreamEnd {
+    uint64_t request;
+    int64_t got;
+  };
+  // Lowest such request over the streams: nobody reads past it, those bytes would not count.
+  std::atomic<uint64_t> first_bad{count};
+  // Stream s reads and copies out requests s, s + streams, ... in order, until its first bad one.
+  auto run_stream = [&](uint64_t s, uint64_t streams, char* buf) {
+    for (uint64_t i = s; i < count && i < first_bad.load(std::memory_order_relaxed); i += streams) {
+      const uint64_t pos = start + i * kRequest;
+      const uint64_t want = std::min(kRequest, stop - pos);
+      const int64_t got = detail::pread_direct(dfd, buf, want, pos);
+      if (got >= 0) {
+        direct_used_.store(true, std::memory_order_relaxed);
+        copy_out(buf, pos, pos + static_cast<uint64_t>(got));
+      }
+      if (got != static_cast<int64_t>(want)) {
+        uint64_t seen = first_bad.load(std::memory_order_relaxed);
+        while (i < seen && !first_bad.compare_exchange_weak(seen, i, std::memory_order_relaxed)) {
+        }
+        return StreamEnd{i, got};
+      }
+    }
+    return StreamEnd{count, 0};
+  };
+
+  // Stream 0 on this thread, the others on helper threads for this extent only (a thread start is
+  // tens of microseconds against milliseconds per request). Every bounce buffer is this thread's.
+  // Buffers first: nothing below throws once a helper runs.
+  const uint64_t streams = std::min<uint64_t>(count, detail::kDirectStreams);
+  std::vector<char*> bufs;
+  for (uint64_t s = 0; s < streams; ++s) bufs.push_back(detail::direct_bounce_buffer(static_cast<int>(s)));
+  constexpr uint64_t kNotRun = ~uint64_t{0};
+  std::vector<StreamEnd> ends(streams, StreamEnd{kNotRun, 0});
+  std::vector<std::thread> helpers;
+  helpers.reserve(streams);
+  for (uint64_t s = 1; s < streams; ++s) {
+    try {
+      helpers.emplace_back([&, s] { ends[s] = run_stream(s, streams, bufs[s]); });
+    } catch (const std::system_error&) {
+      break;  // out of threads: this thread reads the streams that did not start, after its own
+    }
+  }
+  ends[0] = run_stream(0, streams, bufs[0]);
+  for (auto& t : helpers) t.join();
+  for (uint64_t s = 1 + helpers.size(); s < streams; ++s) ends[s] = run_stream(s, streams, bufs[s]);
+
+  // Every request before the first bad one was read and copied whole; of the bad one, `got` bytes.
+  StreamEnd bad{count, 0};
+  for (const StreamEnd& e : ends)
+    if (e.request < bad.request) bad = e;
+  uint64_t avail = stop;
+  if (bad.request < count) {
+    if (bad.got == -EINVAL) {
       // The filesystem opened the file with O_DIRECT but refuses the read (alignment rules we do
       // not meet): nothing of this extent is counted yet, the caller re-reads it buffered.
       give_up_direct("EINVAL");
       return false;
     }
-    if (got < 0) {
-      bytes_read_.fetch_add(delivered, std::memory_order_relaxed);
-      throw_read_failed(path_, *sorted[next].info, static_cast<int>(-got));
-    }
-    direct_used_.store(true, std::memory_order_relaxed);
-    const uint64_t avail = pos + static_cast<uint64_t>(got);
-    for (size_t k = next; k < last && file_begin(k) < avail; ++k) {
-      const uint64_t b = std::max(file_begin(k), pos);
-      const uint64_t e = std::min(file_end(k), avail);
-      if (b < e) std::memcpy(static_cast<char*>(sorted[k].dst) + (b - file_begin(k)), buf + (b - pos), e - b);
-    }
-    while (next < last && file_end(next) <= avail) delivered += sorted[next++].info->nbytes();
-    if (static_cast<uint64_t>(got) < want) {
-      // End of file: fine when it fell in the alignment tail past the last tensor, an error when a
-      // tensor's bytes are missing (the file shrank since open).
-      if (next < last) {
-        bytes_read_.fetch_add(delivered, std::memory_order_relaxed);
-        throw_truncated(path_, fd_, *sorted[next].info, data_offset_, file_size_);
-      }
-      break;
-    }
-    pos += want;
+    avail = start + bad.request * kRequest + static_cast<uint64_t>(std::max<int64_t>(bad.got, 0));
   }
+  // Tensors in one file do not overlap (open() checks), so sorted by begin they are sorted by end
+  // too: those ending by `avail` are complete and counted; the first one after is the error's.
+  size_t next = first;
+  uint64_t delivered = 0;
+  while (next < last && file_end(next) <= avail) delivered += sorted[next++].info->nbytes();
   bytes_read_.fetch_add(delivered, std::memory_order_relaxed);
+  if (next < last) {
+    if (bad.got < 0) throw_read_failed(path_, *sorted[next].info, static_cast<int>(-bad.got));
+    // End of file before a tensor's last byte: the file shrank since open. (A short read that
+    // only missed the alignment tail past the last tensor is the normal end of file.)
+    throw_truncated(path_, fd_, *sorted[next].info, data_offset_, file_size_);
+  }
   return true;
 }
 

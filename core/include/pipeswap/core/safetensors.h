@@ -61,9 +61,12 @@ class SafetensorsFile {
   // Copies many tensors' bytes, each into its dst, in as few large disk requests as it can: requests
   // are sorted by offset, neighbours at most 1 MiB apart merge into one extent (the gap is read and
   // dropped: cheaper than another request), and each extent is read 4096-aligned with O_DIRECT in
-  // requests of at most 16 MiB through a bounce buffer (16 MiB per calling thread, kept for the
-  // thread's life). O_DIRECT skips the page cache: weights streamed every sweep would only evict the
-  // host cache's memory, and the disk reaches its bandwidth only with large requests. Where the
+  // requests of at most 16 MiB, in two streams: the calling thread reads and copies out requests 0,
+  // 2, 4, ... and a helper thread (for that extent only) requests 1, 3, 5, ..., each through a
+  // bounce buffer of 16 MiB (both the calling thread's, kept for its life; 16 MiB where no extent
+  // needs more than one request), so one stream's read keeps the disk busy while the other copies.
+  // O_DIRECT skips the page cache: weights streamed every sweep would only evict the host cache's
+  // memory, and the disk reaches its bandwidth only with large requests. Where the
   // filesystem refuses O_DIRECT (the open fails, or a read fails with EINVAL) or
   // PIPESWAP_NO_DIRECT_IO=1, the file falls back for good to buffered pread per tensor, straight into
   // dst (logged once at debug level). Errors are those of read_into: a short read names the file and
