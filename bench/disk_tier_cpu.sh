@@ -4,7 +4,9 @@
 # Llama-layout checkpoint (fp32, wide MLPs, random weights, no Python packages needed) read with one
 # token of input, so compute is negligible next to the reads; every block swaps and --max-memory
 # holds only the staging buffers, so every pass streams every block from disk.
-#   bench/disk_tier_cpu.sh [EXE]         # default build/pipeswap
+#   bench/disk_tier_cpu.sh [EXE [READ_BW]]   # default build/pipeswap, build/bench/disk_read_bw
+# READ_BW (bench/disk_read_bw.cpp) then measures the reader alone against raw reads of the same
+# file, interleaved step by step; it is skipped when that program is missing.
 # Environment: DIR (checkpoint folder, default /tmp/pipeswap-disk-tier; kept for re-runs, delete it
 # after), LAYERS (14), HIDDEN (1024), FFN (16384), WORKERS (1,2,4), REPEAT (4 passes, median of the
 # 3 warm ones), GRANULARITY (block), THREADS (compute threads, 0: pipeswap's default), TRACE (a
@@ -15,6 +17,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 exe=${1:-$root/build/pipeswap}
+read_bw=${2:-$root/build/bench/disk_read_bw}
 dir=${DIR:-/tmp/pipeswap-disk-tier}
 layers=${LAYERS:-14}
 hidden=${HIDDEN:-1024}
@@ -162,4 +165,10 @@ print(json.dumps({"bench": "disk_tier_cpu", "label": label, "workers": w, "file_
                   "fraction_of_raw": round(gbs / ref, 3), "load_average": os.getloadavg()[0], **extra}))
 PY
   rm -f "$log"
+  if [ -x "$read_bw" ]; then
+    "$read_bw" "$file" --workers "$w" --rounds 2 | python3 -c "
+import json, sys
+r = json.load(sys.stdin)
+print(json.dumps({'label': '$label', **r}))"
+  fi
 done
