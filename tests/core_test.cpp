@@ -678,14 +678,13 @@ TEST(SafetensorsReadMany, EnvVarTurnsDirectIoOff) {
   EXPECT_FALSE(file->direct_io_used());
 }
 
-TEST(SafetensorsReadMany, ConcurrentCallersShareOneFile) {
-  TempDir tmp;
-  const std::string path = tmp / "g.safetensors";
-  write_gapped(path, gapped_pieces());
+// One thread per subset calls read_many on the same file at once; all see the right bytes and the
+// file counts every one of them.
+void expect_concurrent_reads(const std::string& path, const std::vector<Piece>& pieces,
+                             const std::vector<std::vector<std::string>>& subsets) {
+  write_gapped(path, pieces);
   auto file = SafetensorsFile::open(path);
-  // The O_DIRECT descriptor is opened by whichever thread comes first; all must see the same bytes.
   std::vector<std::thread> threads;
-  const std::vector<std::vector<std::string>> subsets = {{"a", "b", "c"}, {"d", "e"}, {"tail", "a"}, {"e", "c"}};
   uint64_t want = 0;
   for (const auto& names : subsets) {
     for (const auto& n : names) want += 2 * file->at(n).nbytes();  // read_many, then read_into to compare
@@ -693,6 +692,13 @@ TEST(SafetensorsReadMany, ConcurrentCallersShareOneFile) {
   }
   for (auto& t : threads) t.join();
   EXPECT_EQ(file->bytes_read(), want);
+}
+
+TEST(SafetensorsReadMany, ConcurrentCallersShareOneFile) {
+  TempDir tmp;
+  // The O_DIRECT descriptor is opened by whichever thread comes first; all must see the same bytes.
+  expect_concurrent_reads(tmp / "g.safetensors", gapped_pieces(),
+                          {{"a", "b", "c"}, {"d", "e"}, {"tail", "a"}, {"e", "c"}});
 }
 
 TEST(SafetensorsReadMany, TruncatedAfterOpenNamesTheTensor) {
@@ -741,19 +747,8 @@ TEST(SafetensorsReadMany, ExtentOfManyRequests) {
 
 TEST(SafetensorsReadMany, ConcurrentCallersWithLongExtents) {
   TempDir tmp;
-  const std::string path = tmp / "long.safetensors";
-  write_gapped(path, long_extent_pieces());
-  auto file = SafetensorsFile::open(path);
   // Every caller has its own bounce buffers and helper thread.
-  std::vector<std::thread> threads;
-  const std::vector<std::vector<std::string>> subsets = {{"x"}, {"y", "z"}, {"x", "w"}, {"z"}};
-  uint64_t want = 0;
-  for (const auto& names : subsets) {
-    for (const auto& n : names) want += 2 * file->at(n).nbytes();
-    threads.emplace_back([&, names] { expect_read_many_matches(*file, names, Sharing::kConcurrent); });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(file->bytes_read(), want);
+  expect_concurrent_reads(tmp / "long.safetensors", long_extent_pieces(), {{"x"}, {"y", "z"}, {"x", "w"}, {"z"}});
 }
 
 // A cut in request 2 (read by the calling thread's stream) or in request 1 (the helper's): the
