@@ -275,12 +275,12 @@ def scale_rows(a):
              "steps": a.steps, "seconds_per_step": round(statistics.mean(steady), 6) if steady else None, **info}
         r["seconds"] = r["seconds_per_step"]
         if not info.get("error"):
+            from safetensors.torch import load_file
+            latents = load_file(info["output"])["latents"]
             if first is None:
-                first = info["output"]
+                first = latents
             else:
-                from safetensors.torch import load_file
-                r["same_latents_as_first_row"] = bool(
-                    load_file(info["output"])["latents"].equal(load_file(first)["latents"]))
+                r["same_latents_as_first_row"] = bool(latents.equal(first))
         rows.append(r)
     pc.emit(rows, a.out)
 

@@ -556,27 +556,34 @@ TEST(TcpTransport, BarrierNamesTheMissingRank) {
   });
 }
 
+// Rank 2 of 3 as a child process at `port`: it joins, passes the first barrier, lets the others start
+// waiting on it, then runs `then` and exits with its result (1 if anything threw). No gtest macros run
+// in the child; the exit status is the verdict. Returns the child's pid (or -1) in the parent.
+pid_t fork_third_rank(int port, milliseconds timeout, const std::function<int()>& then) {
+  const pid_t child = ::fork();
+  if (child != 0) return child;
+  int rc = 1;
+  try {
+    std::unique_ptr<Transport> t = make_tcp_transport(2, 3, "127.0.0.1", port, TransportOptions{timeout});
+    t->barrier();
+    std::this_thread::sleep_for(milliseconds(100));  // let the others start waiting on it
+    rc = then();
+  } catch (...) {
+  }
+  ::_exit(rc);
+}
+
 // The peer is a child process that leaves without any clean-up, as a crash would: the kernel closes
 // its sockets. The survivors learn it at once, not after the 10 s timeout.
 TEST(TcpTransport, PeerThatDiesIsNamed) {
   SKIP_TCP_UNDER_MPI();
   const int port = free_port();
   const milliseconds timeout(10000);
-  const pid_t child = ::fork();
+  const pid_t child = fork_third_rank(port, timeout, [] {
+    ::_exit(0);  // the transport is never destroyed
+    return 0;
+  });
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    // Child: no gtest macros, no destructors; the exit status is the verdict.
-    int rc = 1;
-    try {
-      std::unique_ptr<Transport> t = make_tcp_transport(2, 3, "127.0.0.1", port, TransportOptions{timeout});
-      t->barrier();
-      std::this_thread::sleep_for(milliseconds(100));  // let the survivors start waiting on it
-      rc = 0;
-      ::_exit(rc);  // the transport is never destroyed
-    } catch (...) {
-    }
-    ::_exit(rc);
-  }
   run_tcp_ranks(3, {0, 1}, port, timeout, [&](int r, std::unique_ptr<Transport>& t) {
     t->barrier();
     const auto t0 = Clock::now();
@@ -600,18 +607,11 @@ TEST(TcpTransport, PeerThatHangsIsNamedByEveryRank) {
   SKIP_TCP_UNDER_MPI();
   const int port = free_port();
   const milliseconds timeout(1000);
-  const pid_t child = ::fork();
+  const pid_t child = fork_third_rank(port, timeout, [] {
+    ::raise(SIGSTOP);
+    return 1;  // continued: this child was meant to be killed while stopped
+  });
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    try {
-      std::unique_ptr<Transport> t = make_tcp_transport(2, 3, "127.0.0.1", port, TransportOptions{timeout});
-      t->barrier();
-      std::this_thread::sleep_for(milliseconds(100));  // let the others start waiting
-      ::raise(SIGSTOP);
-    } catch (...) {
-    }
-    ::_exit(1);
-  }
   std::promise<void> gave_up;
   std::shared_future<void> done = gave_up.get_future().share();
   std::atomic<int> failed{0};

@@ -738,11 +738,7 @@ class TcpTransport final : public Transport {
         deadline = Clock::now() + step;
       }
       if (Clock::now() >= deadline) return false;
-      if (watch == Watch::kPeers) {
-        wait_locked(lk, deadline);
-      } else {
-        cv_.wait_until(lk, deadline);
-      }
+      wait_locked(lk, deadline);
     }
   }
 
