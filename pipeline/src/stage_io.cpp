@@ -51,7 +51,8 @@ void send_output(comm::Transport& t, int step, int micro_batch, const torch::Ten
   what.peer = 0;
   what.bytes = output.nbytes();
   trace::Range traced(trace::Kind::kSend, "send output", what);
-  t.send(0, comm::Message{comm::MessageKind::kOutput, micro_batch, step, {output}});
+  t.send(0, comm::Message{comm::MessageKind::kOutput, micro_batch, step,
+                          {t.device_native() ? output : output.to(torch::kCPU).contiguous()}});
 }
 
 models::Activation run_prologue(const models::Architecture& arch, offload::BlockWeights& weights,
@@ -74,7 +75,6 @@ torch::Tensor run_epilogue(const models::Architecture& arch, offload::BlockWeigh
     trace::DeviceRange traced(trace::Kind::kCompute, "epilogue");
     out = arch.epilogue(w, act);
   }
-  out = out.to(torch::kCPU).contiguous();
   weights.release_epilogue();
   return out;
 }

@@ -25,7 +25,8 @@ void send_output(comm::Transport& t, int step, int micro_batch, const torch::Ten
 // The prologue and epilogue with their weights acquired and released around them, traced as compute.
 models::Activation run_prologue(const models::Architecture& arch, offload::BlockWeights& weights,
                                 const models::Activation& inputs, const torch::TensorOptions& options);
-// The epilogue's output, copied to the CPU.
+// The epilogue's output, on the compute device (Llama: logits in the compute dtype; Wan: the velocity in
+// float32). Nothing waits for it here.
 torch::Tensor run_epilogue(const models::Architecture& arch, offload::BlockWeights& weights,
                            const models::Activation& act);
 

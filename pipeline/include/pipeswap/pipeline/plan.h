@@ -25,7 +25,10 @@ struct RankPlan {
   bool prologue = false;  // first stage: embeddings
   bool epilogue = false;  // last stage: final norm + head
   int64_t weight_bytes = 0;      // every part this rank owns, in the compute dtype
-  int64_t activation_bytes = 0;  // one micro-batch's activation (in + out), when the input shape is known
+  int64_t activation_bytes = 0;  // one micro-batch's activation (in + out) and the architecture's caches (Wan:
+                                 // context K/V per block and branch), when the input shape is known
+  int64_t workspace_bytes = 0;   // transient: a block's intermediates or the epilogue's, whichever is larger,
+                                 // and on GPUs the libraries' workspaces (cuBLAS, cuDNN)
   std::vector<int> swapped_blocks;  // global block indices that stream in from host memory or disk
   int swap_slots = 0;               // device slots for swapped units (K+1), 0 when nothing swaps
   int64_t slot_bytes = 0;
@@ -43,6 +46,7 @@ struct PlanInputs {
   std::vector<ChainEntry> chain;  // resolved: one entry per rank
   bool workload_split = true;     // false: every block on the first entry
   c10::ScalarType dtype = c10::ScalarType::Float;
+  std::string dtype_source;  // why this dtype ("stored bfloat16 in the safetensors files", "--dtype bf16")
   int micro_batches = 1;
   int64_t batch = 0;  // sequences per micro-batch (0 when unknown: plan without --input)
   int64_t seq = 0;
@@ -58,6 +62,7 @@ struct Plan {
   std::string family;
   int num_blocks = 0;
   c10::ScalarType dtype = c10::ScalarType::Float;
+  std::string dtype_source;
   int micro_batches = 1;
   offload::OffloadOptions offload;
   std::vector<RankPlan> ranks;
