@@ -301,7 +301,17 @@ Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_
     pipeline::micro_batch_sizes(job.input_ids.size(0), o.micro_batches);  // validates --micro-batches
     shape = fmt::format("{} {}", job.input_ids.size(0), job.input_ids.size(1));
   }
-  if (world.rank == 0) shape += fmt::format(" {}", stored_dtype_code(job));
+  if (world.rank == 0) {
+    int stored = -1;
+    try {
+      stored = stored_dtype_code(job);
+    } catch (const CheckpointError& e) {
+      if (!plan_only) throw;
+      // A plan needs no weights: a shard not (yet) readable leaves the dtype to config.json.
+      log().warn("{}; the plan takes the dtype from config.json", e.what());
+    }
+    shape += fmt::format(" {}", stored);
+  }
   if (!plan_only && world.size > 1) shape = comm::allgather_strings(t, shape).at(0);
   int64_t batch = 0, seq = 0;
   int stored = -1;
