@@ -374,10 +374,9 @@ class Llama final : public Architecture {
     return batch * seq * c_.vocab_size * static_cast<int64_t>(c10::elementSize(dtype));
   }
 
-  // The final norm, the logits in the compute dtype and their float32 copy for the output file.
+  // The logits in the compute dtype and their float32 copy for the output file.
   int64_t epilogue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
-    const int64_t el = static_cast<int64_t>(c10::elementSize(dtype));
-    return batch * seq * (c_.hidden_size * el + c_.vocab_size * (el + 4));
+    return batch * seq * c_.vocab_size * (static_cast<int64_t>(c10::elementSize(dtype)) + 4);
   }
 
  private:

@@ -199,12 +199,18 @@ class Wan final : public Architecture {
     return batch * (seq * c_.dim * el + ctx * c_.dim * el + (1 + 6 + 3) * c_.dim * 4);
   }
 
-  // Self-attention: the normalised input, q/k/v, roped q/k, the attention output and its copy, the projection
-  // and the new residual (8 x [L, dim]); the FFN: its two [L, ffn] intermediates and 3 x [L, dim].
+  // Measured on an H100 (docs/gpu-runs.md, 2026-12-07): a block's peak above its input is about 4 x [L, dim]
+  // in self-attention (q/k/v and their roped copies, freed as they are replaced) and [L, ffn] + 2 x [L, dim]
+  // in the FFN (the GELU is the GEMM's epilogue, so one [L, ffn] tensor lives).
   int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
     const int64_t el = static_cast<int64_t>(c10::elementSize(dtype));
-    const int64_t tokens = batch * seq;
-    return tokens * el * std::max<int64_t>(8 * c_.dim, 2 * c_.ffn_dim + 3 * c_.dim);
+    return batch * seq * el * std::max<int64_t>(4 * c_.dim, c_.ffn_dim + 2 * c_.dim);
+  }
+
+  // The time embedding runs in float32 (as Wan2.1 does): the time projection's [6 dim, dim] weight is
+  // upcast for it, 629 MB at Wan2.1-14B's size.
+  int64_t prologue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
+    return 4 * 6 * c_.dim * c_.dim;
   }
 
   int64_t cache_bytes(int64_t blocks, int64_t micro_batches, int64_t batch, c10::ScalarType dtype) const override {

@@ -190,8 +190,9 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     if (rp.epilogue) rp.weight_bytes += component_bytes(arch.epilogue_parts(), seen);
     if (!rp.idle() && act > 0) {
       rp.activation_bytes = 2 * act + arch.cache_bytes(rp.num_blocks(), in.micro_batches, in.batch, in.dtype);
-      rp.workspace_bytes = std::max(arch.block_workspace_bytes(in.batch, in.seq, in.dtype),
-                                    rp.epilogue ? arch.epilogue_workspace_bytes(in.batch, in.seq, in.dtype) : 0);
+      rp.workspace_bytes = std::max({arch.block_workspace_bytes(in.batch, in.seq, in.dtype),
+                                     rp.prologue ? arch.prologue_workspace_bytes(in.batch, in.seq, in.dtype) : 0,
+                                     rp.epilogue ? arch.epilogue_workspace_bytes(in.batch, in.seq, in.dtype) : 0});
       // Rank 0 keeps every micro-batch's output on its device until the forward ends.
       if (rp.epilogue && r == 0 && in.micro_batches > 1)
         rp.workspace_bytes += (in.micro_batches - 1) * arch.output_bytes(in.batch, in.seq, in.dtype);

@@ -79,9 +79,10 @@ class Architecture {
   virtual int64_t activation_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const = 0;
   // Transient device bytes while one block of a micro-batch runs (its phases' intermediates: attention
   // projections, FFN hidden state), and while the epilogue runs (Llama: the logits, and their float32
-  // copy for the output file). The plan adds the larger of the two that a rank runs.
+  // copy for the output file), and while the prologue runs. The plan adds the largest that a rank runs.
   virtual int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
   virtual int64_t epilogue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
+  virtual int64_t prologue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
   // Bytes of the epilogue's output on the device (Llama: the logits in the compute dtype).
   virtual int64_t output_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
   // Bytes a rank keeps across passes for `blocks` of its blocks and `micro_batches` micro-batches of

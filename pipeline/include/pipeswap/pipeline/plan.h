@@ -27,7 +27,7 @@ struct RankPlan {
   int64_t weight_bytes = 0;      // every part this rank owns, in the compute dtype
   int64_t activation_bytes = 0;  // one micro-batch's activation (in + out) and the architecture's caches (Wan:
                                  // context K/V per block and branch), when the input shape is known
-  int64_t workspace_bytes = 0;   // transient: a block's intermediates or the epilogue's, whichever is larger,
+  int64_t workspace_bytes = 0;   // transient: a block's, the prologue's or the epilogue's, whichever is largest,
                                  // and on GPUs the libraries' workspaces (cuBLAS, cuDNN)
   std::vector<int> swapped_blocks;  // global block indices that stream in from host memory or disk
   int swap_slots = 0;               // device slots for swapped units (K+1), 0 when nothing swaps
