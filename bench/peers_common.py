@@ -230,7 +230,8 @@ def status(row):
         why.append(f"computed in {d['row']}, {d['against']} in {d['expected']}")
     c = row.get("check")
     if c and not c["ok"]:
-        why.append(f"output differs from {c['against']}: relative L2 error {c['rel_l2']} > {c['tolerance']}")
+        why.append(f"output differs from {c.get('against', 'the reference')}: relative error "
+                   f"{c.get('rel_l2', c.get('max_rel_err'))} > {c.get('tolerance', 'the tolerance')}")
     if not c and not row.get("error") and row.get("check_required"):
         why.append("no output check")
     return "FAILED: " + "; ".join(why) if why else "ok"
