@@ -126,8 +126,8 @@ def time_peers(a):
             extra = {}
             try:
                 pc.reset_peak(device)
-                secs, times = pc.time_passes(timed, device, a.iters)
-                out = timed()[0].index_select(0, pos).float().cpu()
+                secs, times, out = pc.time_passes(timed, device, a.iters)
+                out = out[0].index_select(0, pos).float().cpu()
                 peak = pc.peak_bytes(device)
                 if mode == "resident":
                     resident[tokens] = (secs, out)

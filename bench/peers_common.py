@@ -177,17 +177,18 @@ TOL_FACTOR = 3.0  # times the framework's own bf16-vs-float32 error
 
 
 def time_passes(run_pass, device, iters=ITERS, warmup=1):
-    """Median seconds of `iters` calls of run_pass() after `warmup` untimed ones."""
+    """(median seconds, every time, the last pass's output) of `iters` timed calls of run_pass() after
+    `warmup` untimed ones; each call is timed from its start until the device is idle."""
     for _ in range(warmup):
         run_pass()
     sync(device)
-    times = []
+    times, out = [], None
     for _ in range(iters):
         t0 = time.perf_counter()
-        run_pass()
+        out = run_pass()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    return statistics.median(times), times, out
 
 
 def rel_err(out, ref):

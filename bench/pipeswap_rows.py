@@ -62,6 +62,7 @@ PLAN_LINE = re.compile(r"^plan: .* \((\w+)\), (\d+) blocks, ([A-Za-z0-9_]+)", re
 PEAK_LINE = re.compile(r"device memory peak (\d+) bytes allocated \(plan (\d+) bytes")
 DISK_LINE = re.compile(r"read from disk during the run ([0-9.]+) ?([KMGT]?i?B)")
 SWAPPED = re.compile(r"(\d+) swapped")
+UNIT_SUFFIX = re.compile(r"( (b|mb|s)\d+)+$")
 UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30,
          "TiB": 1 << 40}
 SETTINGS = ("resident:--dtype bf16;swap all:--dtype bf16 --offload-ratio 1 --prefetch-depth 2;"
@@ -288,7 +289,9 @@ def trace_summary(trace_path, skip=1):
     except (OSError, ValueError) as e:
         return {"error": f"cannot read {trace_path}: {e}"}
     ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("pid", 0) == 0]
-    starts = sorted(e["ts"] for e in ev if e.get("cat") == "compute" and e.get("name") == "prologue")
+    for e in ev:  # "self_attn b3 mb0 s2" -> "self_attn" (the merged trace appends the unit)
+        e["base"] = UNIT_SUFFIX.sub("", e.get("name", ""))
+    starts = sorted(e["ts"] for e in ev if e.get("cat") == "compute" and e["base"] == "prologue")
     if len(starts) <= skip:
         return {"error": f"{len(starts)} prologue ranges in {trace_path}: nothing after the warm-up"}
     begin = starts[skip]
@@ -298,8 +301,8 @@ def trace_summary(trace_path, skip=1):
     for e in ev:
         if e["ts"] < begin:
             continue
-        key = e["name"] if e.get("cat") == "compute" else e.get("cat")
-        if key in ("compute", "wait", "copy") or e.get("cat") in ("compute", "wait", "copy"):
+        if e.get("cat") in ("compute", "wait", "copy"):
+            key = e["base"] if e.get("cat") == "compute" else e["cat"]
             acc[key] = acc.get(key, 0.0) + e["dur"]
     ms = {k: round(v / n / 1e3, 3) for k, v in sorted(acc.items(), key=lambda kv: -kv[1])}
     span = (compute_end - begin) / n / 1e3

@@ -72,10 +72,15 @@ def other_shapes(dim, in_ch=16, out_ch=16, text_dim=4096, freq_dim=256, patch=(1
 
 
 def random_tensor(name, shape, gen, device, dtype):
-    """Norm weights near 1, biases and modulation tables small, matrices ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """Norm weights near 1, biases and the head's modulation table small, matrices ~ U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)); the blocks' modulation tables ~ N(0, 0.5^2), so that the gates of self-attention and
+    the FFN are O(1) as in a trained model and every block changes the output (with small gates the blocks
+    would add a few percent to it, and the same-computation check would hardly see a wrong block)."""
     leaf = name.rsplit(".", 1)[-1]
     if name.endswith(("norm_q.weight", "norm_k.weight", "norm2.weight")):
         t = 1 + 0.05 * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+    elif name.startswith("blocks.") and leaf == "scale_shift_table":
+        t = 0.5 * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
     elif leaf in ("bias", "scale_shift_table"):
         t = 0.02 * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
     else:
