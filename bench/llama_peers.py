@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import torch
 
@@ -142,6 +143,13 @@ def time_peers(a):
                             del m32
                             yardstick = pc.rel_err(out, out32)["rel_l2"]
                             extra["bf16_error_tokens"] = tokens
+            except Exception as e:  # a mode that breaks FAILS its row; the other modes still run
+                traceback.print_exc()
+                rows.append({"workload": "llama", "mode": mode, "tokens": a.batch * tokens, "seconds": float("nan"),
+                             "rc": 1, "error": f"{type(e).__name__}: {e}"[-2000:], "framework": fw, "dtype": peer_dtype})
+                if mode == "resident":
+                    break  # nothing to check the others against at this length
+                continue
             finally:
                 if undo:
                     undo()

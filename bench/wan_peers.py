@@ -46,6 +46,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -159,7 +160,8 @@ def main():
     ordered = (["resident"] if "resident" in modes else []) + [m for m in modes if m != "resident"]
     if "resident" not in modes:
         sys.exit("wan_peers: --modes must include resident (the bound and every check use it)")
-    for mode in ordered:
+    def run_mode(mode):
+        nonlocal yardstick
         model = fresh(master)
         moved, setup_s, pf = 0, time.time(), None
         if mode in ("resident", "compile"):
@@ -247,10 +249,22 @@ def main():
             del x, c, out
         if pf:
             pf.remove()
-        del model, pf
-        gc.collect()  # offload hooks hold their model in reference cycles: free its pinned copies now
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+
+    for mode in ordered:
+        first_row = len(rows)
+        try:
+            run_mode(mode)
+        except Exception as e:  # a mode that breaks FAILS its rows; the other modes still run
+            traceback.print_exc()
+            have = {r["tokens"] for r in rows[first_row:]}
+            rows.extend({"workload": "wan", "mode": mode, "tokens": t, "seconds": float("nan"), "rc": 1,
+                         "error": f"{type(e).__name__}: {e}"[-2000:], **common} for t in lengths if t not in have)
+            if mode == "resident":
+                break  # nothing to check the others against
+        finally:
+            gc.collect()  # offload hooks hold their model in reference cycles: free its pinned copies now
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     rows.append({"workload": "wan", "mode": "model_cpu_offload", "tokens": None, "status": "n/a",
                  "not_applicable": "enable_model_cpu_offload is a DiffusionPipeline method (ModelMixin has none): it "
                                    "moves whole components to the device for a pipeline call, so on a bare transformer "
