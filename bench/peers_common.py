@@ -291,12 +291,13 @@ def emit(rows, out):
     """Writes the rows; returns 1 (the step's exit status) when any row FAILED, else 0."""
     for r in rows:
         r.setdefault("status", status(r))
-        if r["status"].startswith("FAILED"):
-            print(f"{r['workload']} {r['mode']} {r['tokens']}: {r['status']}", file=sys.stderr, flush=True)
     text = json.dumps(rows, indent=1)
     if out:
         with open(out, "w") as f:
             f.write(text + "\n")
     for r in rows:
         print(json.dumps(r), flush=True)
+    for r in rows:  # last, so that a log's tail names them
+        if r["status"].startswith("FAILED"):
+            print(f"{r['workload']} {r['mode']} {r['tokens']}: {r['status']}", flush=True)
     return 1 if any(r["status"].startswith("FAILED") for r in rows) else 0

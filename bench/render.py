@@ -122,7 +122,17 @@ def offload_table(rows, workload, modes, findings, default_lengths, fw):
                     notes.append(f"{p['mode']} {p['over_bound']:.2f}x the bound; " + trace_finding(p))
         if findings.get(f"{workload}/{t}"):
             notes.append(findings[f"{workload}/{t}"])
-        bound = f"{fmt_s(res.get('seconds'))}" if res else NOT_RUN
+        bound = NOT_RUN
+        if res:
+            bound = fmt_s(res.get("seconds")) if not failed(res) else f"**FAILED** {fmt_s(res.get('seconds'))}"
+            if res.get("iters") is not None and res["iters"] < MIN_ITERS:
+                bound += f" (median of {res['iters']} < {MIN_ITERS})"
+        comp = by.get(("compile", t))
+        if pres and comp and pres.get("over_bound") and comp.get("over_bound") and not failed(comp):
+            # Both ratios are over eager diffusers measured in their own call: their quotient compares
+            # pipeswap with compiled diffusers without comparing times across calls.
+            notes.insert(0, f"stretch: pipeswap resident / compiled diffusers = "
+                            f"{pres['over_bound'] / comp['over_bound']:.2f}.")
         out.append(f"| {t} | {bound} | {f'{bw} GB/s' if bw else NOT_RUN} | " + " | ".join(cells) +
                    f" | {res_met} | {swap_met} | {' '.join(notes)} |")
     return "\n".join(out)
@@ -465,7 +475,9 @@ def render(results, doc, command=None):
              f"\"{NOT_RUN}\" has no measurement behind it; nothing here is estimated or typed in. A missed target "
              "stays as measured, with the finding from its `--trace` timeline beside it. A row whose dtype or "
              "output differs from the framework's reads **FAILED**.\n")
-    L.append(f"- **Machine**: {machine}")
+    L.append("- **Machine and calls** (one line per device call, then what it found):" if machine != NOT_RUN
+             else f"- **Machine**: {NOT_RUN}")
+    L += [f"  - {line}" for line in machine.split("; ")] if machine != NOT_RUN else []
     L.append(f"- **Command**: `{command or 'bash bench/gpu-all'}` (scratch weights under `$SCRATCH`, results and "
              "traces under `$OUT`)")
     L.append(f"- **Date**: {date}")
@@ -518,6 +530,9 @@ def render(results, doc, command=None):
              f"{RESIDENT_TARGET}x are marked missed, with the trace's per-phase times); pipeswap swapped <= "
              f"{SWAP_TARGET}x the bound at every length and faster than every peer.\n")
     L.append("### Wan2.1-sized blocks (seconds per denoising step = one forward)\n")
+    L.append("The compiled column comes from a call of its own (`SECTIONS=compile`): its ratio is over eager "
+             "diffusers in that call, and the stretch ratio in the finding is pipeswap's ratio over eager divided "
+             "by the compiled one's.\n")
     L.append(offload_table(wan, "wan", WAN_MODES, findings, [1024, 4096, 16384], "diffusers"))
     L.append("\n### Few-GB Llama (one forward pass)\n")
     L.append(offload_table(llama, "llama", LLAMA_MODES, findings, [512, 2048, 8192], "transformers"))
