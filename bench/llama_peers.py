@@ -165,6 +165,7 @@ def time_peers(a):
                                check=check, check_required=True, device_peak_bytes_peer=peak,
                                bf16_error_vs_fp32=yardstick and round(yardstick, 6), perturbed=a.perturb or None,
                                **extra, **{k: v for k, v in bw.items() if k != "bytes"}))
+            pc.save_partial(rows, a.out)
     if a.ref_dir:
         with open(os.path.join(a.ref_dir, "llama_ref.json"), "w") as f:
             json.dump({"bf16_error_vs_fp32": yardstick, "tolerance": pc.tolerance(yardstick), "dtype": peer_dtype,

@@ -25,6 +25,7 @@ computation is within the tolerance of a bf16 one, so the dtype is checked on it
 """
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -285,6 +286,16 @@ def row(workload, mode, tokens, seconds, bytes_moved, resident_seconds, bw_gbs, 
          "over_bound": round(seconds / bound, 4) if bound > 0 else None}
     r.update(extra)
     return r
+
+
+def save_partial(rows, out):
+    """The rows so far (a step cut short by its time limit keeps what it measured)."""
+    if out:
+        for r in rows:
+            r.setdefault("status", status(r))
+        with open(out + ".tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(out + ".tmp", out)
 
 
 def emit(rows, out):

@@ -216,6 +216,7 @@ def wan_rows(a):
                                framework=fw_name, check_required=True,
                                per_step="one forward per step, guidance 1 (no CFG), "
                                "median of steps 2..S", **info))
+            pc.save_partial(rows, a.out)
     return pc.emit(rows, a.out)
 
 
@@ -272,6 +273,7 @@ def llama_rows(a):
                                fw_seconds.get(tokens), bw, blocks=cfg["num_hidden_layers"], block_bytes=layer_bytes,
                                flags=extra, framework=fw_name, check_required=True,
                                note=f"median of passes 2..{a.repeat} (--repeat {a.repeat}), logits on the host", **info))
+            pc.save_partial(rows, a.out)
     return pc.emit(rows, a.out)
 
 

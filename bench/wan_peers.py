@@ -228,7 +228,7 @@ def main():
                     if yardstick is None:  # diffusers' own bf16 error: the same loop in float32, first length
                         cudnn_tf32 = torch.backends.cudnn.allow_tf32
                         torch.backends.cudnn.allow_tf32 = False
-                        m32 = fresh(master).float().to(device)
+                        m32 = fresh(master).to(device).float()  # bf16 -> fp32 on the device
                         ref32 = denoise_loop(m32, lat.to(device), ctx.to(device), a.steps, a.shift,
                                              torch.float32).cpu()
                         del m32
@@ -262,6 +262,7 @@ def main():
             if mode == "resident":
                 break  # nothing to check the others against
         finally:
+            pc.save_partial(rows, a.out)
             gc.collect()  # offload hooks hold their model in reference cycles: free its pinned copies now
             if device.type == "cuda":
                 torch.cuda.empty_cache()
