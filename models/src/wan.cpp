@@ -133,12 +133,17 @@ class Wan final : public Architecture {
     const int64_t f = x.size(2), h = x.size(3), wd = x.size(4);
     x = x.flatten(2).transpose(1, 2).contiguous();
 
-    // Time embedding and its projection, in fp32 (Wan computes them under autocast(float32)).
+    // The time embedding in fp32 (Wan computes it under autocast(float32); diffusers keeps its time_embedder
+    // in fp32). The projection to the six modulation vectors runs in the compute dtype, as diffusers' does
+    // (its time_proj is not among the modules it keeps in fp32): upcasting its [6 dim, dim] weight each
+    // step would cost 629 MB at Wan2.1-14B's width. In fp32 both are fp32, as before.
     auto f32 = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
     auto sinus = sinusoidal(inputs[1].to(torch::kFloat64)).to(device, torch::kFloat32);
     auto e = dense(torch::silu(dense(sinus, f32(w["time_embedding.0.weight"]), f32(w["time_embedding.0.bias"]))),
                    f32(w["time_embedding.2.weight"]), f32(w["time_embedding.2.bias"]));
-    auto e0 = dense(torch::silu(e), f32(w["time_projection.1.weight"]), f32(w["time_projection.1.bias"]))
+    const auto& wp = w["time_projection.1.weight"];
+    auto e0 = dense(torch::silu(e).to(wp.scalar_type()), wp, w["time_projection.1.bias"])
+                  .to(torch::kFloat32)
                   .unflatten(1, {6, c_.dim});
 
     const int64_t key = inputs.size() > 4 && inputs[4].defined() ? inputs[4].item<int64_t>() + 1 : 0;
@@ -207,10 +212,10 @@ class Wan final : public Architecture {
     return batch * seq * el * std::max<int64_t>(4 * c_.dim, c_.ffn_dim + 2 * c_.dim);
   }
 
-  // The time embedding runs in float32 (as Wan2.1 does): the time projection's [6 dim, dim] weight is
-  // upcast for it, 629 MB at Wan2.1-14B's size.
+  // The time embedding runs in float32 (as Wan2.1 does): its two weights are upcast for it when the
+  // compute dtype is narrower.
   int64_t prologue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
-    return 4 * 6 * c_.dim * c_.dim;
+    return dtype == c10::ScalarType::Float ? 0 : 4 * (c_.freq_dim * c_.dim + c_.dim * c_.dim);
   }
 
   int64_t cache_bytes(int64_t blocks, int64_t micro_batches, int64_t batch, c10::ScalarType dtype) const override {
