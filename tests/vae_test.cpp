@@ -292,23 +292,34 @@ std::string real_size_vae(const fs::path& dir) {
 
 // PIPESWAP_VAE_MEMORY="480x832x21 720x1280x21" (output height x width x latent frames) picks the sizes;
 // default 480 x 832 with 21 latent frames (81 video frames). bf16, with and without diffusers' default
-// tiling; prints the peak device memory (LibTorch's allocator) and the time.
+// tiling; prints the peak device memory (LibTorch's allocator, counted from the weights and latents already
+// there) and the time. PIPESWAP_VAE_DIR: a real-size vae/ folder to use (bench/vae_peer.py makes one with
+// diffusers and leaves reference_<size>.safetensors beside it: its frames are then compared with ours).
 TEST(VaeMemory, RealSizeOnCuda) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
-  const std::optional<int64_t> probe = device_peak_allocated(0);
-  if (!probe) GTEST_SKIP() << "this LibTorch has no CUDA allocator statistics";
+  if (!device_peak_allocated(0)) GTEST_SKIP() << "this LibTorch has no CUDA allocator statistics";
   const char* env = std::getenv("PIPESWAP_VAE_MEMORY");
   std::istringstream sizes(env && *env ? env : "480x832x21");
-  const std::string dir = real_size_vae(fs::temp_directory_path() / "pipeswap-vae-real-size");
+  const char* given = std::getenv("PIPESWAP_VAE_DIR");
+  const std::string dir =
+      given && *given ? std::string(given) : real_size_vae(fs::temp_directory_path() / "pipeswap-vae-real-size");
   const torch::Device cuda(torch::kCUDA, 0);
   WanVaeDecoder vae = WanVaeDecoder::load(dir, cuda, torch::kBFloat16);
+  vae.decode(torch::randn({1, 16, 2, 16, 16}, torch::TensorOptions().device(cuda)));  // warm-up (cuDNN plans)
   std::string size;
   while (sizes >> size) {
     int64_t h = 0, w = 0, f = 0;
     ASSERT_EQ(std::sscanf(size.c_str(), "%ldx%ldx%ld", &h, &w, &f), 3) << size;
-    const torch::Tensor latents = torch::randn({1, 16, f, h / 8, w / 8}, torch::TensorOptions().device(cuda));
+    const fs::path ref = fs::path(dir) / ("reference_" + size + ".safetensors");
+    std::shared_ptr<const SafetensorsFile> reference = fs::exists(ref) ? SafetensorsFile::open(ref.string()) : nullptr;
+    const torch::Tensor latents = reference ? reference->read("latents").to(cuda)
+                                            : torch::randn({1, 16, f, h / 8, w / 8}, torch::TensorOptions().device(cuda));
     for (bool tiled : {false, true}) {
-      if (tiled) vae.enable_tiling(); else vae.disable_tiling();
+      if (tiled) {
+        vae.enable_tiling();
+      } else {
+        vae.disable_tiling();
+      }
       compat::synchronize_device(cuda);
       reset_device_peak(0);
       const int64_t base = *device_peak_allocated(0);
@@ -320,7 +331,13 @@ TEST(VaeMemory, RealSizeOnCuda) {
       std::cout << "[ vae mem  ] " << h << "x" << w << " x " << frames.size(2) << " frames bf16"
                 << (tiled ? " tiled" : "") << ": peak " << peak / 1e9 << " GB (weights and latents "
                 << base / 1e9 << " GB, frames " << frames.numel() * 2 / 1e9 << " GB), " << s << " s\n";
-      EXPECT_TRUE(frames.abs().max().item<double>() <= 1.0);
+      EXPECT_LE(frames.abs().max().item<double>(), 1.0);
+      if (reference && !tiled) {
+        const torch::Tensor want = reference->read("frames").to(torch::kFloat32);
+        std::cout << "[ vae mem  ] vs diffusers' bf16 frames: relative error " << norm_rel(frames, want)
+                  << ", max |difference| " << (frames.to(torch::kCPU, torch::kFloat32) - want).abs().max().item<double>()
+                  << "\n";
+      }
     }
   }
 }
