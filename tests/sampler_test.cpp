@@ -106,8 +106,10 @@ TEST(UniPC, SamplesOfABatchStepAlone) {
 }
 
 TEST(UniPC, RefusesWhatItDoesNotRun) {
-  json base = {{"_class_name", "UniPCMultistepScheduler"}, {"use_flow_sigmas", true},
-               {"prediction_type", "flow_prediction"}, {"flow_shift", 3.0}};
+  json base = {{"_class_name", "UniPCMultistepScheduler"},
+               {"use_flow_sigmas", true},
+               {"prediction_type", "flow_prediction"},
+               {"flow_shift", 3.0}};
   EXPECT_NO_THROW(UniPCConfig::from_json(base));
   auto with = [&](const char* key, json v) {
     json c = base;

@@ -77,9 +77,7 @@ using Weights = WanVaeDecoder::Weights;
 // float32 and rounded to x's dtype. Half types go frame by frame, so that the float32 copy is of one frame.
 // `silu` applies the SiLU that follows every norm but the attention's.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& gamma, bool silu) {
-  auto normalise = [](const torch::Tensor& v) {
-    return v / v.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12);
-  };
+  auto normalise = [](const torch::Tensor& v) { return v / v.norm(2, {1}, /*keepdim=*/true).clamp_min(1e-12); };
   torch::Tensor y;
   if (x.scalar_type() == torch::kFloat32 || x.dim() != 5) {
     y = x.scalar_type() == torch::kFloat32 ? normalise(x) : normalise(x.to(torch::kFloat32)).to(x.scalar_type());
@@ -181,8 +179,8 @@ torch::Tensor upsample(const Upsample& u, torch::Tensor x, FeatureCache& cache) 
       torch::Tensor& cached = cache.frames[slot];
       torch::Tensor keep = x.narrow(2, std::max<int64_t>(0, t - 2), std::min<int64_t>(t, 2));
       if (keep.size(2) < 2) {  // the second chunk pads with zeros (the first chunk had no time convolution)
-        keep = torch::cat({cached.defined() ? cached.narrow(2, cached.size(2) - 1, 1) : torch::zeros_like(keep),
-                           keep}, 2);
+        keep =
+            torch::cat({cached.defined() ? cached.narrow(2, cached.size(2) - 1, 1) : torch::zeros_like(keep), keep}, 2);
       } else {
         keep = keep.clone();
       }
@@ -250,9 +248,8 @@ struct Loader {
 
   torch::Tensor get(const std::string& name, const std::vector<int64_t>& shape) {
     const TensorLocation loc = ckpt->locate(name);
-    PS_CHECK(loc.info->shape == shape, CheckpointError,
-             "{}: tensor '{}' has shape {}, config.json implies {}", ckpt->dir(), name, c10::str(loc.info->shape),
-             c10::str(shape));
+    PS_CHECK(loc.info->shape == shape, CheckpointError, "{}: tensor '{}' has shape {}, config.json implies {}",
+             ckpt->dir(), name, c10::str(loc.info->shape), c10::str(shape));
     torch::Tensor t = loc.file->read(name).to(m.device, m.dtype).contiguous();
     m.bytes += t.numel() * t.element_size();
     m.names.push_back(name);
@@ -469,8 +466,8 @@ torch::Tensor WanVaeDecoder::decode(const torch::Tensor& latents, std::optional<
       torch::Tensor left;  // right strip of the tile to the left
       for (int64_t j = 0, col = 0; j < lw; j += step_lw, ++col) {
         const torch::Tensor zt = z.narrow(3, i, std::min(tile_lh, lh - i)).narrow(4, j, std::min(tile_lw, lw - j));
-        torch::Tensor tile = torch::empty({1, cfg.out_channels, video.size(2), zt.size(3) * r, zt.size(4) * r},
-                                          z.options());
+        torch::Tensor tile =
+            torch::empty({1, cfg.out_channels, video.size(2), zt.size(3) * r, zt.size(4) * r}, z.options());
         decode_frames(m, zt, [&](int64_t first, const torch::Tensor& frames) {
           tile.narrow(2, first, frames.size(2)).copy_(frames);
         });

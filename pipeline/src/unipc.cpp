@@ -134,8 +134,7 @@ UniPCConfig UniPCConfig::from_file(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path file = fs::is_directory(path) ? fs::path(path) / kFile : fs::path(path);
   std::ifstream in(file);
-  PS_CHECK(in.good(), CheckpointError, "cannot read '{}': a diffusers Wan repo has scheduler/{}", file.string(),
-           kFile);
+  PS_CHECK(in.good(), CheckpointError, "cannot read '{}': a diffusers Wan repo has scheduler/{}", file.string(), kFile);
   nlohmann::json j;
   try {
     in >> j;
@@ -237,9 +236,8 @@ torch::Tensor UniPCSampler::correct(const torch::Tensor& x0, int order) const {
 
 torch::Tensor UniPCSampler::step(const torch::Tensor& model_output, const torch::Tensor& sample) {
   PS_CHECK(!done(), ConfigError, "UniPC: step {} past the last of {} steps", step_index_ + 1, steps());
-  PS_CHECK(model_output.sizes() == sample.sizes(), ConfigError,
-           "UniPC: model output {} and sample {} differ in shape", c10::str(model_output.sizes()),
-           c10::str(sample.sizes()));
+  PS_CHECK(model_output.sizes() == sample.sizes(), ConfigError, "UniPC: model output {} and sample {} differ in shape",
+           c10::str(model_output.sizes()), c10::str(sample.sizes()));
   const int k = step_index_;
   const torch::Tensor v = model_output.to(sample.options());
   const torch::Tensor x0 = sample - v * static_cast<double>(sigmas_[k]);  // the data prediction

@@ -36,8 +36,8 @@
 //   (256 x 256 by default) instead of the frame size. Measured peaks: tests/vae_test.cpp (VaeMemory).
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -54,7 +54,7 @@ struct WanVaeConfig {
   int64_t num_res_blocks = 2;
   std::vector<bool> temporal_upsample{true, true, false};  // temperal_downsample reversed
   int64_t out_channels = 3;
-  int64_t spatial_ratio = 8;  // scale_factor_spatial (2^(len(dim_mult) - 1))
+  int64_t spatial_ratio = 8;         // scale_factor_spatial (2^(len(dim_mult) - 1))
   std::vector<double> latents_mean;  // z_dim each
   std::vector<double> latents_std;
 

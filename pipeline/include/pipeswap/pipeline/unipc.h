@@ -17,8 +17,8 @@
 // the tensor updates run in the sample's dtype (float32 on the CPU, as the Euler step does).
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <string>
@@ -29,8 +29,8 @@ namespace pipeswap::pipeline {
 struct UniPCConfig {
   int num_train_timesteps = 1000;
   int solver_order = 2;
-  double flow_shift = 3.0;              // Wan2.1: 3.0 at 480p, 5.0 at 720p (--flow-shift)
-  std::vector<int> disable_corrector;   // step indices whose corrector is skipped
+  double flow_shift = 3.0;             // Wan2.1: 3.0 at 480p, 5.0 at 720p (--flow-shift)
+  std::vector<int> disable_corrector;  // step indices whose corrector is skipped
 
   // The configuration of Wan2.1-T2V-*-Diffusers with the given shift.
   static UniPCConfig wan(double flow_shift);
@@ -76,8 +76,8 @@ class UniPCSampler {
   std::vector<int64_t> timesteps_;
   std::vector<float> sigmas_;
   int step_index_ = 0;
-  int lower_order_nums_ = 0;  // steps taken, up to solver_order (the warm-up of the multistep orders)
-  int last_order_ = 0;        // order of the previous predictor step (the corrector's order)
+  int lower_order_nums_ = 0;            // steps taken, up to solver_order (the warm-up of the multistep orders)
+  int last_order_ = 0;                  // order of the previous predictor step (the corrector's order)
   std::vector<torch::Tensor> history_;  // data predictions, oldest first, at most solver_order
   torch::Tensor last_sample_;           // the sample the previous predictor started from
 };
