@@ -296,22 +296,41 @@ std::string real_size_vae(const fs::path& dir) {
   return dir.string();
 }
 
+// Peak memory of a decode above what the weights and latents hold, and its time, at real sizes.
 // PIPESWAP_VAE_MEMORY="480x832x21 720x1280x21" (output height x width x latent frames) picks the sizes;
-// default 480 x 832 with 21 latent frames (81 video frames). bf16, with and without diffusers' default
-// tiling; prints the peak device memory (LibTorch's allocator, counted from the weights and latents already
-// there) and the time. PIPESWAP_VAE_DIR: a real-size vae/ folder to use (bench/vae_peer.py makes one with
-// diffusers and leaves reference_<size>.safetensors beside it: its frames are then compared with ours).
-TEST(VaeMemory, RealSizeOnCuda) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
-  if (!device_peak_allocated(0)) GTEST_SKIP() << "this LibTorch has no CUDA allocator statistics";
+// PIPESWAP_VAE_TILING both (default) | plain | tiled (diffusers' default tiles).
+// On CUDA (bf16; default size 480 x 832 x 21 latent frames, 81 video frames): LibTorch's allocator peak,
+// after a warm-up decode. Without a GPU it runs only when PIPESWAP_VAE_MEMORY is set: float32 on the CPU,
+// the peak resident set (VmHWM reset through /proc/self/clear_refs; run one size and one tiling per process,
+// with no warm-up, since memory freed earlier stays resident). PIPESWAP_VAE_DIR: a real-size vae/ folder
+// to use (bench/vae_peer.py makes one with diffusers, measures diffusers the same way and leaves
+// reference_<size>.safetensors beside it: its frames are then compared with ours).
+int64_t proc_status_bytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(field + ":", 0) == 0) return std::stoll(line.substr(field.size() + 1)) * 1024;
+  return -1;
+}
+
+TEST(VaeMemory, RealSize) {
   const char* env = std::getenv("PIPESWAP_VAE_MEMORY");
+  const bool cuda = torch::cuda::is_available();
+  if (!cuda && !(env && *env)) GTEST_SKIP() << "no GPU (set PIPESWAP_VAE_MEMORY to measure on the CPU)";
+  if (cuda && !device_peak_allocated(0)) GTEST_SKIP() << "this LibTorch has no CUDA allocator statistics";
   std::istringstream sizes(env && *env ? env : "480x832x21");
+  const char* tiling_env = std::getenv("PIPESWAP_VAE_TILING");
+  const std::string tiling = tiling_env && *tiling_env ? tiling_env : "both";
+  std::vector<bool> modes;
+  if (tiling != "tiled") modes.push_back(false);
+  if (tiling != "plain") modes.push_back(true);
   const char* given = std::getenv("PIPESWAP_VAE_DIR");
   const std::string dir =
       given && *given ? std::string(given) : real_size_vae(fs::temp_directory_path() / "pipeswap-vae-real-size");
-  const torch::Device cuda(torch::kCUDA, 0);
-  WanVaeDecoder vae = WanVaeDecoder::load(dir, cuda, torch::kBFloat16);
-  vae.decode(torch::randn({1, 16, 2, 16, 16}, torch::TensorOptions().device(cuda)));  // warm-up (cuDNN plans)
+  const torch::Device device = cuda ? torch::Device(torch::kCUDA, 0) : torch::Device(torch::kCPU);
+  const torch::ScalarType dtype = cuda ? torch::kBFloat16 : torch::kFloat32;
+  WanVaeDecoder vae = WanVaeDecoder::load(dir, device, dtype);
+  if (cuda) vae.decode(torch::randn({1, 16, 2, 16, 16}, torch::TensorOptions().device(device)));  // cuDNN plans
   std::string size;
   while (sizes >> size) {
     int64_t h = 0, w = 0, f = 0;
@@ -319,29 +338,36 @@ TEST(VaeMemory, RealSizeOnCuda) {
     const fs::path ref = fs::path(dir) / ("reference_" + size + ".safetensors");
     std::shared_ptr<const SafetensorsFile> reference = fs::exists(ref) ? SafetensorsFile::open(ref.string()) : nullptr;
     const torch::Tensor latents = reference
-                                      ? reference->read("latents").to(cuda)
-                                      : torch::randn({1, 16, f, h / 8, w / 8}, torch::TensorOptions().device(cuda));
-    for (bool tiled : {false, true}) {
+                                      ? reference->read("latents").to(device)
+                                      : torch::randn({1, 16, f, h / 8, w / 8}, torch::TensorOptions().device(device));
+    for (bool tiled : modes) {
       if (tiled) {
         vae.enable_tiling();
       } else {
         vae.disable_tiling();
       }
-      compat::synchronize_device(cuda);
-      reset_device_peak(0);
-      const int64_t base = *device_peak_allocated(0);
+      compat::synchronize_device(device);
+      int64_t base = 0;
+      if (cuda) {
+        reset_device_peak(0);
+        base = *device_peak_allocated(0);
+      } else {
+        std::ofstream("/proc/self/clear_refs") << "5";
+        base = proc_status_bytes("VmRSS");
+      }
       const auto t0 = std::chrono::steady_clock::now();
       const torch::Tensor frames = vae.decode(latents);
-      compat::synchronize_device(cuda);
+      compat::synchronize_device(device);
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const int64_t peak = *device_peak_allocated(0);
-      std::cout << "[ vae mem  ] " << h << "x" << w << " x " << frames.size(2) << " frames bf16"
-                << (tiled ? " tiled" : "") << ": peak " << peak / 1e9 << " GB (weights and latents " << base / 1e9
-                << " GB, frames " << frames.numel() * 2 / 1e9 << " GB), " << s << " s\n";
+      const int64_t peak = cuda ? *device_peak_allocated(0) : proc_status_bytes("VmHWM");
+      std::cout << "[ vae mem  ] " << h << "x" << w << " x " << frames.size(2) << " frames " << c10::toString(dtype)
+                << " on " << device.str() << (tiled ? " tiled" : "") << ": peak " << (peak - base) / 1e9
+                << " GB above the " << base / 1e9 << " GB of weights and latents (frames "
+                << frames.numel() * frames.element_size() / 1e9 << " GB), " << s << " s\n";
       EXPECT_LE(frames.abs().max().item<double>(), 1.0);
       if (reference && !tiled) {
         const torch::Tensor want = reference->read("frames").to(torch::kFloat32);
-        std::cout << "[ vae mem  ] vs diffusers' bf16 frames: relative error " << norm_rel(frames, want)
+        std::cout << "[ vae mem  ] vs diffusers' frames: relative error " << norm_rel(frames, want)
                   << ", max |difference| "
                   << (frames.to(torch::kCPU, torch::kFloat32) - want).abs().max().item<double>() << "\n";
       }

@@ -22,18 +22,24 @@
 // the strips that the next tiles blend with (the values are the same).
 //
 // Memory (decode, one sample). Besides the weights (Wan2.1: the decoder and post_quant_conv are 74 M
-// parameters, 147 MB in bf16) and the output frames (3 x T x H x W elements, on frames_device), the peak is
+// parameters, 147 MB in bf16; the encoder is never read) and the output frames (3 x T x H x W elements,
+// written chunk by chunk into one tensor, on frames_device), the peak is
 //   the feature cache, kept between chunks: the last two input frames of each of the 32 causal 3x3x3
 //     convolutions, at that convolution's resolution. Wan2.1 at H x W output pixels: 672 channels at full
 //     resolution, 1152 at 1/2, 2496 at 1/4, 4240 at 1/8 (per side), so 2 x 1182 H W elements: 4729 H W bytes
 //     in bf16 (4.4 GB at 720 x 1280, 1.9 GB at 480 x 832), twice that in float32;
 //   plus one chunk's working set at the full resolution, where a chunk has 4 frames of 96 channels
-//     (768 H W bytes in bf16): a residual block's input (kept for the residual), the normalised copy with
-//     the two cached frames in front (6 frames) and the convolution's output, about 2700 H W bytes
-//     (2.5 GB at 720p in bf16), plus the convolution's workspace.
+//     (A = 768 H W bytes in bf16): during a convolution of the last up block, the block's input (kept for
+//     the residual), the convolution's input with the two cached frames in front (1.5 A) and its output,
+//     3.5 A (2.5 GB at 720p in bf16) plus the convolution's own workspace. On the CPU, oneDNN's layout
+//     copies of input and output come on top: measured about 8 A there.
 //   Each chunk's intermediates are freed as soon as the next layer has read them; the spatial upsamplings
-//   run frame by frame (one upsampled frame at a time). Tiling bounds both terms by the tile size
-//   (256 x 256 by default) instead of the frame size. Measured peaks: tests/vae_test.cpp (VaeMemory).
+//   run frame by frame (one upsampled frame at a time). Tiling bounds both terms by the tile (256 x 256 by
+//   default: about 0.5 GB in bf16) instead of the frame; only the strips the next tiles blend with are kept.
+// Measured (VaeMemory.RealSize with bench/vae_peer.py, CPU, float32, Wan2.1 config, 3 latent frames, peak
+// resident memory above weights and latents): 192 x 192: 0.94 GB (diffusers 1.32 GB), 256 x 256: 1.54 GB
+// (diffusers 1.90), 384 x 384: 3.16 GB (diffusers 3.70), 384 x 384 tiled: 1.52 GB (diffusers 1.96). The
+// GPU figures (bf16, 480p and 720p) are not measured yet: the same test prints them on a GPU.
 #pragma once
 
 #include <torch/types.h>
