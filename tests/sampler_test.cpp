@@ -105,6 +105,19 @@ TEST(UniPC, SamplesOfABatchStepAlone) {
   EXPECT_TRUE(xb[1].equal(xs[1]));
 }
 
+TEST(UniPC, CallerMayUpdateItsLatentsInPlace) {
+  // The job keeps one latents tensor and writes each step's result into it (as the Euler step does).
+  torch::manual_seed(4);
+  const torch::Tensor x = torch::randn({1, 4, 2, 3, 3});
+  UniPCSampler a(5, UniPCConfig::wan(3.0)), b(5, UniPCConfig::wan(3.0));
+  torch::Tensor functional = x.clone(), in_place = x.clone();
+  for (int i = 0; i < 5; ++i) {
+    functional = a.step(torch::sin(functional * 2.0), functional);
+    in_place.copy_(b.step(torch::sin(in_place * 2.0), in_place));
+  }
+  EXPECT_TRUE(in_place.equal(functional));
+}
+
 TEST(UniPC, RefusesWhatItDoesNotRun) {
   json base = {{"_class_name", "UniPCMultistepScheduler"},
                {"use_flow_sigmas", true},

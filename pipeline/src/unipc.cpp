@@ -252,7 +252,7 @@ torch::Tensor UniPCSampler::step(const torch::Tensor& model_output, const torch:
   history_.push_back(x0);
   // Lower orders while the history fills up, and toward the end (lower_order_final).
   const int order = std::min({config_.solver_order, steps() - k, lower_order_nums_ + 1});
-  last_sample_ = x;
+  last_sample_ = corrector ? x : sample.clone();  // our own copy: the caller may update `sample` in place
   torch::Tensor next = predict(x, order);
   lower_order_nums_ = std::min(lower_order_nums_ + 1, config_.solver_order);
   last_order_ = order;

@@ -61,7 +61,8 @@ class UniPCSampler {
 
   // Advances `sample` (x at sigmas()[step_index()]) by one step given the model's flow prediction
   // (velocity) there; returns the sample at the next sigma. Both tensors of the same shape, dtype and
-  // device; the result is a new tensor. Throws ConfigError past the last step or on a shape mismatch.
+  // device; the result is a new tensor, and the sampler keeps copies of what it needs later, so the caller
+  // may overwrite its tensors in place. Throws ConfigError past the last step or on a shape mismatch.
   torch::Tensor step(const torch::Tensor& model_output, const torch::Tensor& sample);
 
  private:
