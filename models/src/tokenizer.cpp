@@ -15,7 +15,10 @@
 #include "pipeswap/core/log.h"
 
 #ifdef PIPESWAP_HAVE_SENTENCEPIECE
-#include <sentencepiece_processor.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <mutex>
 #endif
 
 namespace pipeswap::models {
@@ -174,13 +177,6 @@ std::u32string unescape(const std::u32string& s) {
   return out;
 }
 
-// Rust's char::is_whitespace (Unicode White_Space): what the tokenizers library strips around an added token
-// that asks for it. Python's isspace adds U+001C..U+001F.
-bool is_unicode_white_space(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
 bool is_regular_file(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
@@ -193,6 +189,11 @@ bool is_directory(const std::string& path) {
 
 }  // namespace
 
+bool is_unicode_white_space(char32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
 bool is_python_space(char32_t c) { return is_unicode_white_space(c) || (c >= 0x1C && c <= 0x1F); }
 
 std::string html_unescape(std::string_view text) {
@@ -203,21 +204,31 @@ std::string html_unescape(std::string_view text) {
   return encode_utf8(unescape(decode_utf8(text)));
 }
 
+namespace {
+
+// Python's str.strip(): isspace characters off both ends.
+std::u32string strip_python(const std::u32string& s) {
+  size_t begin = 0, end = s.size();
+  while (begin < end && is_python_space(s[begin])) ++begin;
+  while (end > begin && is_python_space(s[end - 1])) --end;
+  return s.substr(begin, end - begin);
+}
+
+}  // namespace
+
 std::string clean_prompt(std::string_view text) {
-  const std::u32string once = unescape(unescape(decode_utf8(text)));
-  std::string out;
-  out.reserve(once.size());
-  bool gap = false;
+  // basic_clean: unescape twice, strip. whitespace_clean: every run of \s one space (diffusers imports the
+  // `regex` module, whose \s is Unicode White_Space: Python's U+001C..U+001F stay), strip.
+  const std::u32string once = strip_python(unescape(unescape(decode_utf8(text))));
+  std::u32string collapsed;
+  collapsed.reserve(once.size());
+  bool in_run = false;
   for (char32_t c : once) {
-    if (is_python_space(c)) {
-      gap = true;
-      continue;
-    }
-    if (gap && !out.empty()) out.push_back(' ');
-    gap = false;
-    append_utf8(out, c);
+    const bool space = is_unicode_white_space(c);
+    if (!space || !in_run) collapsed.push_back(space ? U' ' : c);
+    in_run = space;
   }
-  return out;
+  return encode_utf8(strip_python(collapsed));
 }
 
 // ---- the tokenizer ----------------------------------------------------------------------------------
@@ -264,9 +275,101 @@ std::string token_text(const nlohmann::json& j, const std::string& key, const st
 
 #ifdef PIPESWAP_HAVE_SENTENCEPIECE
 
+namespace {
+
+// SentencePiece through libpipeswap_sentencepiece.so (sentencepiece_shim.cpp says why it is loaded, not
+// linked): dlopen'ed once, RTLD_LOCAL | RTLD_DEEPBIND. PIPESWAP_SENTENCEPIECE_SHIM in the environment names
+// another copy of it; the default is where the build put it.
+struct ps_spm;
+struct SentencePieceLibrary {
+  ps_spm* (*open)(const char*, char*, size_t) = nullptr;
+  void (*close)(ps_spm*) = nullptr;
+  int (*encode)(const ps_spm*, const char*, size_t, void (*)(void*, const int*, size_t), void*, char*,
+                size_t) = nullptr;
+  int (*piece_size)(const ps_spm*) = nullptr;
+  int (*piece_to_id)(const ps_spm*, const char*) = nullptr;
+  const char* (*id_to_piece)(const ps_spm*, int) = nullptr;
+  void (*special_ids)(const ps_spm*, int*, int*, int*) = nullptr;
+  std::string error;  // why it could not be loaded ("" once loaded)
+};
+
+template <typename F>
+void bind(void* handle, const char* name, F& fn, std::string& error) {
+  fn = reinterpret_cast<F>(::dlsym(handle, name));
+  if (fn == nullptr && error.empty()) error = fmt::format("it lacks {}", name);
+}
+
+const SentencePieceLibrary& sentencepiece_library() {
+  static SentencePieceLibrary lib;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* env = std::getenv("PIPESWAP_SENTENCEPIECE_SHIM");
+    const std::string path = env != nullptr && env[0] != '\0' ? env : PIPESWAP_SENTENCEPIECE_SHIM;
+    // Never closed: the processors it makes live as long as the tokenizers that hold them.
+    void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    if (handle == nullptr) {
+      const char* why = ::dlerror();
+      lib.error = fmt::format("cannot load '{}' ({})", path, why != nullptr ? why : "unknown error");
+      return;
+    }
+    bind(handle, "ps_spm_open", lib.open, lib.error);
+    bind(handle, "ps_spm_close", lib.close, lib.error);
+    bind(handle, "ps_spm_encode", lib.encode, lib.error);
+    bind(handle, "ps_spm_piece_size", lib.piece_size, lib.error);
+    bind(handle, "ps_spm_piece_to_id", lib.piece_to_id, lib.error);
+    bind(handle, "ps_spm_id_to_piece", lib.id_to_piece, lib.error);
+    bind(handle, "ps_spm_special_ids", lib.special_ids, lib.error);
+    if (!lib.error.empty()) lib.error = fmt::format("'{}' is not pipeswap's SentencePiece shim: {}", path, lib.error);
+  });
+  return lib;
+}
+
+// One loaded SentencePiece model.
+class SentencePieceModel {
+ public:
+  explicit SentencePieceModel(const std::string& path) : lib_(sentencepiece_library()) {
+    PS_CHECK(lib_.error.empty(), ConfigError,
+             "cannot use SentencePiece: {}. Build pipeswap with libsentencepiece-dev installed (it makes "
+             "libpipeswap_sentencepiece.so), or set PIPESWAP_SENTENCEPIECE_SHIM to that library",
+             lib_.error);
+    std::array<char, 512> error{};
+    spm_ = lib_.open(path.c_str(), error.data(), error.size());
+    PS_CHECK(spm_ != nullptr, ConfigError,
+             "'{}' is not a SentencePiece model ({}): re-download the repo's tokenizer/ folder", path, error.data());
+  }
+  ~SentencePieceModel() { lib_.close(spm_); }
+  SentencePieceModel(const SentencePieceModel&) = delete;
+  SentencePieceModel& operator=(const SentencePieceModel&) = delete;
+
+  void encode(std::string_view text, std::vector<int64_t>& ids) const {
+    std::array<char, 512> error{};
+    auto emit = [](void* context, const int* p, size_t n) {
+      auto* out = static_cast<std::vector<int64_t>*>(context);
+      out->insert(out->end(), p, p + n);
+    };
+    PS_CHECK(lib_.encode(spm_, text.data(), text.size(), emit, &ids, error.data(), error.size()) == 0, ConfigError,
+             "SentencePiece could not encode the prompt: {}", error.data());
+  }
+  int64_t piece_size() const { return lib_.piece_size(spm_); }
+  int64_t piece_to_id(const std::string& piece) const { return lib_.piece_to_id(spm_, piece.c_str()); }
+  std::string id_to_piece(int64_t id) const { return lib_.id_to_piece(spm_, static_cast<int>(id)); }
+  // <pad>, </s>, <unk> (-1: none)
+  std::array<int64_t, 3> special_ids() const {
+    int pad = -1, eos = -1, unk = -1;
+    lib_.special_ids(spm_, &pad, &eos, &unk);
+    return {pad, eos, unk};
+  }
+
+ private:
+  const SentencePieceLibrary& lib_;
+  ps_spm* spm_ = nullptr;
+};
+
+}  // namespace
+
 struct T5Tokenizer::Impl {
   std::string dir;
-  sentencepiece::SentencePieceProcessor sp;
+  std::unique_ptr<SentencePieceModel> sp;
   std::vector<AddedToken> added;  // longest content first: the first match at a position is the longest
   std::array<bool, 256> starts{};  // first bytes of the added tokens (most text bytes start none)
   int64_t pad_id = 0;
@@ -276,8 +379,9 @@ struct T5Tokenizer::Impl {
   int64_t id_of(const std::string& token) const {
     for (const auto& a : added)
       if (a.content == token) return a.id;
-    const int id = sp.PieceToId(token);
-    PS_CHECK(id != sp.unk_id() || token == sp.IdToPiece(sp.unk_id()), ConfigError,
+    const int64_t id = sp->piece_to_id(token);
+    const int64_t unk = sp->special_ids()[2];
+    PS_CHECK(id != unk || token == sp->id_to_piece(unk), ConfigError,
              "tokenizer '{}': special token '{}' is neither an added token nor in spiece.model: re-download the "
              "repo's tokenizer/ folder",
              dir, token);
@@ -285,11 +389,7 @@ struct T5Tokenizer::Impl {
   }
 
   void encode_piece(std::string_view text, std::vector<int64_t>& ids) const {
-    if (text.empty()) return;
-    std::vector<int> piece_ids;
-    const auto status = sp.Encode(std::string(text), &piece_ids);
-    PS_CHECK(status.ok(), ConfigError, "SentencePiece could not encode the prompt: {}", status.ToString());
-    ids.insert(ids.end(), piece_ids.begin(), piece_ids.end());
+    if (!text.empty()) sp->encode(text, ids);
   }
 };
 
@@ -307,10 +407,8 @@ std::shared_ptr<const T5Tokenizer> T5Tokenizer::open(const std::string& dir) {
            dir);
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
-  const auto status = impl->sp.Load(model);
-  PS_CHECK(status.ok(), ConfigError, "'{}' is not a SentencePiece model ({}): re-download the repo's tokenizer/ folder",
-           model, status.ToString());
-  impl->vocab_size = impl->sp.GetPieceSize();
+  impl->sp = std::make_unique<SentencePieceModel>(model);
+  impl->vocab_size = impl->sp->piece_size();
 
   const nlohmann::json config = read_json_if_present(dir + "/tokenizer_config.json");
   const nlohmann::json special = read_json_if_present(dir + "/special_tokens_map.json");
@@ -333,8 +431,8 @@ std::shared_ptr<const T5Tokenizer> T5Tokenizer::open(const std::string& dir) {
   } else {
     // No added_tokens_decoder (older exports): T5's convention, the model's <pad>, </s>, <unk> and extra_ids
     // sentinels after the vocabulary, the highest first.
-    for (int id : {impl->sp.pad_id(), impl->sp.eos_id(), impl->sp.unk_id()})
-      if (id >= 0) impl->added.push_back(AddedToken{impl->sp.IdToPiece(id), id});
+    for (int64_t id : impl->sp->special_ids())
+      if (id >= 0) impl->added.push_back(AddedToken{impl->sp->id_to_piece(id), id});
     const int64_t extra = config.is_object() ? config.value("extra_ids", int64_t{0}) : 0;
     for (int64_t i = 0; i < extra; ++i)
       impl->added.push_back(AddedToken{fmt::format("<extra_id_{}>", i), impl->vocab_size + extra - 1 - i});
@@ -347,7 +445,7 @@ std::shared_ptr<const T5Tokenizer> T5Tokenizer::open(const std::string& dir) {
                    [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
   impl->eos_id = impl->id_of(token_text(special, "eos_token", token_text(config, "eos_token", "</s>")));
   impl->pad_id = impl->id_of(token_text(special, "pad_token", token_text(config, "pad_token", "<pad>")));
-  log().debug("tokenizer '{}': {} pieces, {} added tokens, </s> {}, <pad> {}", dir, impl->sp.GetPieceSize(),
+  log().debug("tokenizer '{}': {} pieces, {} added tokens, </s> {}, <pad> {}", dir, impl->sp->piece_size(),
               impl->added.size(), impl->eos_id, impl->pad_id);
   return std::shared_ptr<const T5Tokenizer>(new T5Tokenizer(std::move(impl)));
 }

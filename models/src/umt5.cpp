@@ -19,8 +19,7 @@ namespace {
 using nlohmann::json;
 
 // T5's LayerNorm: x / rms(x) with the statistics in fp32, rounded to the weight's dtype when that is a half
-// type, then times the weight. The result has the weight's dtype even where x is fp32 (the residual stream
-// of a bf16 run), as transformers' UMT5LayerNorm gives it.
+// type, then times the weight, as transformers' UMT5LayerNorm does.
 torch::Tensor t5_layer_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   auto xf = x.to(torch::kFloat32);
   auto y = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
@@ -33,6 +32,20 @@ torch::Tensor t5_layer_norm(const torch::Tensor& x, const torch::Tensor& weight,
 torch::Tensor gelu_new(const torch::Tensor& x) {
   const double k = std::sqrt(2.0 / M_PI);
   return 0.5 * x * (1.0 + torch::tanh(k * (x + 0.044715 * torch::pow(x, 3.0))));
+}
+
+// The lowest finite value of a floating dtype (torch.finfo(dtype).min).
+double lowest(c10::ScalarType t) {
+  switch (t) {
+    case torch::kBFloat16:
+      return static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest());
+    case torch::kHalf:
+      return static_cast<double>(std::numeric_limits<c10::Half>::lowest());
+    case torch::kFloat64:
+      return std::numeric_limits<double>::lowest();
+    default:
+      return std::numeric_limits<float>::lowest();
+  }
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -122,7 +135,7 @@ class UMT5 final : public Architecture {
   }
 
   // inputs {input_ids int64 [B, T], attention_mask [B, T] (optional)} ->
-  // activation {x [B, T, d] (compute dtype; fp32 from the first bf16 FFN on), padding bool [B, 1, 1, T]
+  // activation {x [B, T, d] compute dtype, padding bool [B, 1, 1, T]
   // (true: a key to mask) or undefined, buckets int64 [T, T]}.
   Activation prologue(const WeightView& w, const Activation& inputs,
                       const torch::TensorOptions& options) const override {
@@ -163,8 +176,8 @@ class UMT5 final : public Architecture {
   }
 
   int64_t activation_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
-    // The residual stream is fp32 in a bf16 run (the fp32 wo), the buckets int64.
-    return batch * seq * c_.d_model * 4 + batch * seq + seq * seq * 8;
+    // The residual stream, the padding mask (bool) and the buckets (int64).
+    return batch * seq * c_.d_model * static_cast<int64_t>(c10::elementSize(dtype)) + batch * seq + seq * seq * 8;
   }
   int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
     const int64_t el = static_cast<int64_t>(c10::elementSize(dtype));
@@ -218,8 +231,8 @@ class UMT5 final : public Architecture {
     auto bias = torch::embedding(w["relative_attention_bias.weight"], buckets).permute({2, 0, 1}).unsqueeze(0);
     scores = scores + bias.to(scores.scalar_type());
     if (padding.defined()) {
-      // transformers adds the dtype's lowest value; exp() of either is exactly 0 beside any real key.
-      scores = scores.masked_fill(padding, std::numeric_limits<float>::lowest());
+      // transformers adds the dtype's lowest value: exp() of it is exactly 0 beside any real key.
+      scores = scores.masked_fill(padding, lowest(scores.scalar_type()));
     }
     auto out = torch::matmul(torch::softmax(scores, -1), v);
     return dense(out.transpose(1, 2).reshape({b, t, h * dk}), w["o.weight"]);
@@ -327,10 +340,7 @@ std::unique_ptr<UMT5Encoder> UMT5Encoder::load(const std::string& dir, torch::De
     PS_CHECK(t.sizes().vec() == ref.shape, CheckpointError,
              "checkpoint {}: tensor '{}' is {}, but config.json implies {}: config.json and the weights disagree", dir,
              ref.checkpoint, shape_str(t), shape_str(torch::empty(ref.shape, torch::TensorOptions().device(torch::kMeta))));
-    // transformers keeps the FFN output projections in fp32 (_keep_in_fp32_modules = ["wo"]) when it loads
-    // umT5 in a half type; the numerics follow that.
-    const bool keep_fp32 = ends_with(ref.local, "wo.weight");
-    view.add(ref.local, t.to(device, keep_fp32 ? torch::kFloat32 : dtype));
+    view.add(ref.local, t.to(device, dtype));
   };
   for (const auto& part : arch.prologue_parts())
     for (const auto& ref : part.tensors) read(ref, enc->prologue_);

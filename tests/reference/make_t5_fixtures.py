@@ -4,19 +4,20 @@ repo has them in tokenizer/ and text_encoder/, run by transformers and diffusers
 
 Writes two fixture directories:
 
-  umt5-tokenizer/     spiece.model (a unigram SentencePiece model of 400 pieces trained here, with the `sentencepiece`
+  umt5-tokenizer/     spiece.model (a unigram SentencePiece model of 200 pieces trained here, with the `sentencepiece`
                       package, on a seeded corpus of English, German, Chinese and Wan's negative prompt; pad 0, </s> 1,
                       <unk> 2, no <s>, nmt_nfkc normalisation, as umT5's), and the files transformers' T5Tokenizer
                       writes for it with 12 extra ids (tokenizer_config.json, special_tokens_map.json, tokenizer.json)
     prompts.json      the prompts (plain, unicode, empty, longer than 512 tokens, HTML entities and odd whitespace,
                       special tokens in the text, Wan's default negative prompt); max_length 512; clean_cases: texts
                       and diffusers' prompt_clean of them (every HTML5 entity name, numeric references, every Python
-                      whitespace character); python_whitespace: the code points Python's re matches with \\s
+                      whitespace character); whitespace: the code points of str.isspace (what strip() strips)
+                      and of the `regex` module's \\s (what diffusers' whitespace_clean collapses)
     tokens.safetensors  input_ids, attention_mask (int64 [7, 512]) from WanPipeline's tokenizer call
 
   umt5-text-encoder/  config.json, model-0000N-of-00002.safetensors + model.safetensors.index.json: a random
                       UMT5EncoderModel (d_model 16, 4 heads of 4, d_ff 24, 2 layers, 8 buckets, max distance 20,
-                      vocabulary 416 = 400 pieces + 12 extra ids + 4 unused), saved by save_pretrained
+                      vocabulary 216 = 200 pieces + 12 extra ids + 4 unused), saved by save_pretrained
     encoder.safetensors   input_ids, attention_mask (the tokens above), output: last_hidden_state in fp32 on the CPU;
                       buckets_tiny / buckets_umt5: transformers' relative position bucket of every relative position
                       -511..511 for this config and for umT5-XXL's (32 buckets, max distance 128); the metadata holds
@@ -41,7 +42,6 @@ import html.entities
 import io
 import json
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -59,7 +59,7 @@ from transformers.models.umt5.modeling_umt5 import UMT5Attention
 
 OUT = Path(__file__).resolve().parent / "fixtures"
 MAX_LENGTH = 512
-PIECES = 400
+PIECES = 200
 EXTRA_IDS = 12
 
 # Wan2.1's default negative prompt (its generate.py / diffusers' examples).
@@ -101,6 +101,7 @@ def clean_cases():
         "&#x1FFFE;&#8203;",
         "&amp;amp;lt; &ampx &notin &noti &notit; &a; &; & &&amp; &#38;#65; " + "&" + "x" * 40 + ";",
         "\u00a0lead and trail\u2029 " + "".join("a" + chr(c) for c in range(0x110000) if chr(c).isspace()) + "z ",
+        "\x1c\x1d a\x1c b \x1f\x1e",
         "ＡＢＣ ﬁ “curly” ‘single’ — Ã© mojibake",
     ]
     return [{"raw": c, "clean": pipeline_wan.prompt_clean(c)} for c in cases]
@@ -120,15 +121,23 @@ def train_tokenizer(rng, out):
             {"tokenizer_class": "T5Tokenizer", "extra_ids": EXTRA_IDS, "model_max_length": MAX_LENGTH,
              "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "legacy": True}))
         converted = AutoTokenizer.from_pretrained(tmp)
-        converted.save_pretrained(out)
-    # The Wan repo ships spiece.model beside tokenizer.json; pipeswap reads it.
-    if not (out / "spiece.model").exists():
-        (out / "spiece.model").write_bytes(model.getvalue())
-    if not (out / "special_tokens_map.json").exists():
-        extra = [f"<extra_id_{i}>" for i in range(EXTRA_IDS)]
-        (out / "special_tokens_map.json").write_text(json.dumps(
-            {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "additional_special_tokens": extra},
-            indent=2) + "\n")
+        converted.save_pretrained(out)  # tokenizer.json
+    # The Wan repo's tokenizer_config.json and special_tokens_map.json were written by transformers 4: the added
+    # tokens with their ids and flags in "added_tokens_decoder" (transformers 5 writes neither). Its spiece.model
+    # lies beside tokenizer.json; pipeswap reads it.
+    extra = [f"<extra_id_{i}>" for i in range(EXTRA_IDS)]
+    added = {str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                      "single_word": t.single_word, "special": t.special}
+             for i, t in sorted(converted.added_tokens_decoder.items())}
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"added_tokens_decoder": added, "additional_special_tokens": extra, "clean_up_tokenization_spaces": True,
+         "eos_token": "</s>", "extra_ids": EXTRA_IDS, "legacy": True, "model_max_length": MAX_LENGTH,
+         "pad_token": "<pad>", "sp_model_kwargs": {}, "tokenizer_class": "T5Tokenizer", "unk_token": "<unk>"},
+        indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(
+        {"additional_special_tokens": extra, "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"},
+        indent=2) + "\n")
+    (out / "spiece.model").write_bytes(model.getvalue())
     # The reference: the folder as diffusers loads it (AutoTokenizer on tokenizer/), which must agree with the
     # tokenizer converted from spiece.model alone.
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -201,10 +210,12 @@ def main():
     full = len(tokenizer(cleaned[3]).input_ids)
     if full <= MAX_LENGTH:
         sys.exit(f"make_t5_fixtures: the long prompt has only {full} tokens; it must exceed {MAX_LENGTH}")
-    ws = [c for c in range(0x110000) if re.match(r"\s", chr(c))]
+    # str.strip() strips isspace; whitespace_clean collapses the `regex` module's \s (diffusers imports regex).
+    ws = {"isspace": [c for c in range(0x110000) if chr(c).isspace()],
+          "regex_s": [c for c in range(0x110000) if pipeline_wan.re.match(r"\s", chr(c))]}
     (tok_dir / "prompts.json").write_text(json.dumps(
         {"max_length": MAX_LENGTH, "prompts": texts, "cleaned": cleaned, "long_prompt_tokens": full,
-         "clean_cases": clean_cases(), "python_whitespace": ws}, indent=1) + "\n")
+         "clean_cases": clean_cases(), "whitespace": ws}, indent=1) + "\n")
     save_file({"input_ids": ids, "attention_mask": mask}, str(tok_dir / "tokens.safetensors"), metadata=meta)
 
     encoder = tiny_encoder(a.seed)

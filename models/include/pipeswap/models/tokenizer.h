@@ -2,7 +2,8 @@
 // special_tokens_map.json), giving the ids that diffusers' WanPipeline feeds its text encoder
 // (pipeline_wan.py, _get_t5_prompt_embeds, diffusers 0.42.1, with transformers 5.17's T5Tokenizer):
 //
-//   prompt_clean      html.unescape twice, strip, every run of whitespace one space, strip
+//   prompt_clean      html.unescape twice, strip, every run of whitespace one space, strip (ftfy first,
+//                     where it is installed: not mirrored, see below)
 //   tokenizer(...)    the added tokens (<pad>, </s>, <unk>, <extra_id_N>) split out of the raw text and
 //                     given their ids; every piece of text between them through SentencePiece (the model's
 //                     own normaliser, a "▁" before each word, unigram segmentation); then </s>, truncation
@@ -11,7 +12,7 @@
 //
 // What is mirrored exactly (tests/text_encoder_test.cpp checks ids against transformers itself):
 // Python's html.unescape (numeric references with HTML5's replacements, every HTML5 named reference,
-// the longest known prefix of an unknown name), Python's notion of whitespace (str.isspace / re's \s),
+// the longest known prefix of an unknown name), the whitespace of str.strip and of the `regex` module's \s,
 // transformers' added-token matching (leftmost-longest in the raw text, lstrip/rstrip where a token
 // asks for it) and its ids, truncation and padding.
 //
@@ -47,11 +48,15 @@ namespace pipeswap::models {
 
 // Python's html.unescape on UTF-8 text. Throws ConfigError when the text is not valid UTF-8.
 std::string html_unescape(std::string_view text);
-// diffusers' prompt_clean (pipeline_wan.py) without ftfy: html_unescape twice, strip, collapse every run of
-// Python whitespace (str.isspace) into one space, strip. Throws ConfigError when the text is not valid UTF-8.
+// diffusers' prompt_clean (pipeline_wan.py) without ftfy: html_unescape twice, strip (Python's str.strip),
+// every run of Unicode White_Space one space (diffusers' `regex` module's \s), strip. Throws ConfigError when
+// the text is not valid UTF-8.
 std::string clean_prompt(std::string_view text);
-// Python's str.isspace for one code point (what re's \s matches in a str pattern).
+// Python's str.isspace for one code point: what str.strip() strips.
 bool is_python_space(char32_t c);
+// The Unicode White_Space property: what the `regex` module's \s matches, and Rust's char::is_whitespace (the
+// tokenizers library strips it around an added token that asks for it). Python's isspace adds U+001C..U+001F.
+bool is_unicode_white_space(char32_t c);
 
 // What the text encoder takes for a batch of prompts, as the WanPipeline's tokenizer call returns it.
 struct PromptTokens {

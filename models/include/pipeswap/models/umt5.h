@@ -13,11 +13,10 @@
 // relative_attention_max_distance). Padding keys are masked; padding queries are computed as transformers
 // computes them.
 //
-// Dtypes as transformers runs them: in fp32 everything is fp32. In bf16 (what WanPipeline loads), each
-// FFN's output projection `wo` stays in fp32 (transformers' _keep_in_fp32_modules): its input is upcast and
-// its output, added to the residual, makes the residual stream fp32 from the first FFN on; the norms round
-// to bf16 again for every projection, and the final norm's output is bf16. UMT5's clamp of fp16 infinities
-// does not exist for bf16 and fp32, the two dtypes pipeswap runs it in (fp16 is refused).
+// Dtypes as transformers runs them: every operation in the compute dtype (fp32, or bf16 as WanPipeline loads
+// it), the norms' statistics and the softmax accumulated in fp32. transformers keeps the FFN's `wo` in fp32
+// only when it loads umT5 in fp16 (_keep_in_fp32_modules), which pipeswap refuses: its activations overflow
+// there and transformers clamps them, which neither bf16 nor fp32 needs.
 //
 // The encoder is a block list (Architecture): prologue the token embedding, blocks the layers with phases
 // "attn" and "ffn", epilogue the final norm, so that it can be swapped block by block like the DiT later.
