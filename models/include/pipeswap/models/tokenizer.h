@@ -30,10 +30,17 @@
 //    matches such non-special tokens after normalisation); umT5 has none.
 //  - SentencePiece's whitespace rules stand in for transformers' whitespace split: they agree when the
 //    model removes extra whitespace and adds a dummy prefix, as every T5-family model does.
+//  - The tokenizers library's quirk with combining marks: its normaliser maps a whole grapheme cluster
+//    (under 6 bytes) through the longest prefix the character map knows and drops the rest, so fullwidth
+//    "Ａ" + U+0301 becomes "A" there and "Á" in SentencePiece. Text with combining marks after characters
+//    that NFKC changes can tokenize differently: 330 of 20000 random strings drawn from an alphabet rich in
+//    such clusters did, none of 20000 without combining marks (tests/reference/make_t5_fixtures.py's
+//    model, 2026-12-07).
 //
 // SentencePiece (Debian: libsentencepiece-dev) is optional at build time: without it
 // (PIPESWAP_HAVE_SENTENCEPIECE undefined) T5Tokenizer::open throws a ConfigError saying what to install.
-// clean_prompt and html_unescape work either way.
+// With it, pipeswap loads it at run time through libpipeswap_sentencepiece.so (sentencepiece_shim.cpp
+// says why it is not linked). clean_prompt and html_unescape work either way.
 #pragma once
 
 #include <torch/types.h>
