@@ -177,16 +177,6 @@ std::u32string unescape(const std::u32string& s) {
   return out;
 }
 
-bool is_regular_file(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-bool is_directory(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 }  // namespace
 
 bool is_unicode_white_space(char32_t c) {
@@ -233,7 +223,19 @@ std::string clean_prompt(std::string_view text) {
 
 // ---- the tokenizer ----------------------------------------------------------------------------------
 
+#ifdef PIPESWAP_HAVE_SENTENCEPIECE
+
 namespace {
+
+bool is_regular_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
 
 // An added token of tokenizer_config.json ("added_tokens_decoder"): matched in the raw text before
 // SentencePiece sees it.
@@ -273,7 +275,6 @@ std::string token_text(const nlohmann::json& j, const std::string& key, const st
 
 }  // namespace
 
-#ifdef PIPESWAP_HAVE_SENTENCEPIECE
 
 namespace {
 
