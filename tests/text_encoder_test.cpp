@@ -218,6 +218,8 @@ TEST(T5Tokenizer, BadFolders) {
   fs::copy_file(tokenizer_dir() + "/spiece.model", bad_json.path / "spiece.model");
   write_file(bad_json.path / "tokenizer_config.json", "{");
   EXPECT_ERROR(T5Tokenizer::open(bad_json.str()), ConfigError, "tokenizer_config.json", "not valid JSON");
+  write_file(bad_json.path / "tokenizer_config.json", R"({"extra_ids": "many"})");
+  EXPECT_ERROR(T5Tokenizer::open(bad_json.str()), ConfigError, "tokenizer_config.json", "not as transformers writes it");
   EXPECT_ERROR(T5Tokenizer::open(tokenizer_dir())->tokenize({"x"}, 0), ConfigError, "max_length");
 }
 

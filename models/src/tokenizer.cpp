@@ -366,6 +366,39 @@ class SentencePieceModel {
   ps_spm* spm_ = nullptr;
 };
 
+// The added tokens of tokenizer_config.json, or T5's convention where it has none.
+std::vector<AddedToken> read_added_tokens(const nlohmann::json& config, const SentencePieceModel& sp,
+                                          const std::string& dir) {
+  std::vector<AddedToken> added;
+  if (config.is_object() && config.contains("added_tokens_decoder") && config["added_tokens_decoder"].is_object()) {
+    for (const auto& [key, tok] : config["added_tokens_decoder"].items()) {
+      AddedToken a;
+      try {
+        a.id = std::stoll(key);
+      } catch (const std::exception&) {
+        PS_THROW(ConfigError, "tokenizer_config.json in '{}': added token id '{}' is not a number", dir, key);
+      }
+      PS_CHECK(tok.is_object() && tok.contains("content") && tok["content"].is_string() && a.id >= 0, ConfigError,
+               "tokenizer_config.json in '{}': added token {} has no \"content\" text", dir, key);
+      a.content = tok["content"].get<std::string>();
+      a.lstrip = tok.value("lstrip", false);
+      a.rstrip = tok.value("rstrip", false);
+      PS_CHECK(!a.content.empty(), ConfigError, "tokenizer_config.json in '{}': added token {} is empty", dir, key);
+      added.push_back(std::move(a));
+    }
+  } else {
+    // No added_tokens_decoder (older exports): T5's convention, the model's <pad>, </s>, <unk> and extra_ids
+    // sentinels after the vocabulary, the highest first.
+    for (int64_t id : sp.special_ids())
+      if (id >= 0) added.push_back(AddedToken{sp.id_to_piece(id), id});
+    const int64_t extra =
+        config.is_object() && config.contains("extra_ids") ? config["extra_ids"].get<int64_t>() : 0;
+    for (int64_t i = 0; i < extra; ++i)
+      added.push_back(AddedToken{fmt::format("<extra_id_{}>", i), sp.piece_size() + extra - 1 - i});
+  }
+  return added;
+}
+
 }  // namespace
 
 struct T5Tokenizer::Impl {
@@ -413,30 +446,11 @@ std::shared_ptr<const T5Tokenizer> T5Tokenizer::open(const std::string& dir) {
 
   const nlohmann::json config = read_json_if_present(dir + "/tokenizer_config.json");
   const nlohmann::json special = read_json_if_present(dir + "/special_tokens_map.json");
-  if (config.is_object() && config.contains("added_tokens_decoder") && config["added_tokens_decoder"].is_object()) {
-    for (const auto& [key, tok] : config["added_tokens_decoder"].items()) {
-      AddedToken a;
-      try {
-        a.id = std::stoll(key);
-      } catch (const std::exception&) {
-        PS_THROW(ConfigError, "tokenizer_config.json in '{}': added token id '{}' is not a number", dir, key);
-      }
-      PS_CHECK(tok.is_object() && tok.contains("content") && tok["content"].is_string() && a.id >= 0, ConfigError,
-               "tokenizer_config.json in '{}': added token {} has no \"content\" text", dir, key);
-      a.content = tok["content"].get<std::string>();
-      a.lstrip = tok.value("lstrip", false);
-      a.rstrip = tok.value("rstrip", false);
-      PS_CHECK(!a.content.empty(), ConfigError, "tokenizer_config.json in '{}': added token {} is empty", dir, key);
-      impl->added.push_back(std::move(a));
-    }
-  } else {
-    // No added_tokens_decoder (older exports): T5's convention, the model's <pad>, </s>, <unk> and extra_ids
-    // sentinels after the vocabulary, the highest first.
-    for (int64_t id : impl->sp->special_ids())
-      if (id >= 0) impl->added.push_back(AddedToken{impl->sp->id_to_piece(id), id});
-    const int64_t extra = config.is_object() ? config.value("extra_ids", int64_t{0}) : 0;
-    for (int64_t i = 0; i < extra; ++i)
-      impl->added.push_back(AddedToken{fmt::format("<extra_id_{}>", i), impl->vocab_size + extra - 1 - i});
+  try {
+    impl->added = read_added_tokens(config, *impl->sp, dir);
+  } catch (const nlohmann::json::exception& e) {
+    PS_THROW(ConfigError, "tokenizer_config.json in '{}' is not as transformers writes it ({}): re-download the repo's "
+             "tokenizer/ folder", dir, e.what());
   }
   for (const auto& a : impl->added) {
     impl->vocab_size = std::max(impl->vocab_size, a.id + 1);
@@ -459,7 +473,7 @@ std::vector<int64_t> T5Tokenizer::encode(std::string_view text) const {
   while (i < text.size()) {
     const AddedToken* hit = nullptr;
     for (const auto& a : impl_->added) {
-      if (!impl_->starts[static_cast<unsigned char>(text[i])]) break;
+      if (!impl_->starts[static_cast<unsigned char>(text[i])]) break;  // no added token starts with this byte
       if (text.compare(i, a.content.size(), a.content) == 0) {
         hit = &a;
         break;

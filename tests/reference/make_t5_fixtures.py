@@ -165,24 +165,12 @@ def buckets(num_buckets, max_distance):
     return attn._relative_position_bucket(torch.arange(-(MAX_LENGTH - 1), MAX_LENGTH)).to(torch.int64)
 
 
-class Pipe:
-    """What WanPipeline._get_t5_prompt_embeds reads of its pipeline: the tokenizer and the text encoder."""
-
-    def __init__(self, tokenizer, text_encoder):
-        self.tokenizer, self.text_encoder = tokenizer, text_encoder
-        self._execution_device = torch.device("cpu")
-
-
 def prompt_embeds(tokenizer, encoder, texts):
-    try:
-        pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, scheduler=None)
-    except Exception as e:  # the pipeline's constructor wants more than the two parts it needs here
-        print(f"make_t5_fixtures: WanPipeline() refused ({e}); calling _get_t5_prompt_embeds on the two parts",
-              file=sys.stderr)
-        pipe = Pipe(tokenizer, encoder)
+    """diffusers' own WanPipeline._get_t5_prompt_embeds, on a pipeline of the two parts it uses."""
+    pipe = diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=None, scheduler=None)
     with torch.no_grad():
-        return diffusers.WanPipeline._get_t5_prompt_embeds(pipe, texts, max_sequence_length=MAX_LENGTH,
-                                                           device=torch.device("cpu"), dtype=torch.float32)
+        return pipe._get_t5_prompt_embeds(texts, max_sequence_length=MAX_LENGTH, device=torch.device("cpu"),
+                                          dtype=torch.float32)
 
 
 def main():
