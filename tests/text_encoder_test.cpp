@@ -101,24 +101,26 @@ class LogCapture {
   std::vector<spdlog::level::level_enum> sink_levels_;
 };
 
-#define SKIP_WITHOUT_SENTENCEPIECE()                                                                           \
-  do {                                                                                                         \
-    if (!T5Tokenizer::available()) GTEST_SKIP() << "built without SentencePiece (libsentencepiece-dev)";       \
+#define SKIP_WITHOUT_SENTENCEPIECE()                                                                     \
+  do {                                                                                                   \
+    if (!T5Tokenizer::available()) GTEST_SKIP() << "built without SentencePiece (libsentencepiece-dev)"; \
   } while (0)
 
 // ---- prompt cleaning ---------------------------------------------------------------------------------------
 
 TEST(PromptClean, HandPickedCases) {
   EXPECT_EQ(html_unescape("Fish &amp; chips"), "Fish & chips");
-  EXPECT_EQ(html_unescape("&amp;amp;"), "&amp;");         // once
-  EXPECT_EQ(clean_prompt("&amp;amp;lt;"), "&lt;");        // diffusers unescapes twice
-  EXPECT_EQ(html_unescape("&notit;"), "\xC2\xACit;");     // the longest known prefix ("not")
-  EXPECT_EQ(html_unescape("&amp"), "&");                  // a legacy name without ';'
-  EXPECT_EQ(html_unescape("&bogus;"), "&bogus;");         // unknown names stay
+  EXPECT_EQ(html_unescape("&amp;amp;"), "&amp;");                      // once
+  EXPECT_EQ(clean_prompt("&amp;amp;lt;"), "&lt;");                     // diffusers unescapes twice
+  EXPECT_EQ(html_unescape("&notit;"), "\xC2\xACit;");                  // the longest known prefix ("not")
+  EXPECT_EQ(html_unescape("&amp"), "&");                               // a legacy name without ';'
+  EXPECT_EQ(html_unescape("&bogus;"), "&bogus;");                      // unknown names stay
   EXPECT_EQ(html_unescape("&#128;&#0;"), "\xE2\x82\xAC\xEF\xBF\xBD");  // windows-1252's euro; NUL -> U+FFFD
-  EXPECT_EQ(html_unescape("&#x1F600;&#11;x"), "\xF0\x9F\x98\x80x");  // an emoji; U+000B dropped
+  EXPECT_EQ(html_unescape("&#x1F600;&#11;x"), "\xF0\x9F\x98\x80x");    // an emoji; U+000B dropped
   EXPECT_EQ(html_unescape("&#;&#x;"), "&#;&#x;");
-  EXPECT_EQ(clean_prompt("  a\t\n b\xE3\x80\x80" "c \xC2\xA0"), "a b c");  // tab, newline, U+3000, U+00A0
+  EXPECT_EQ(clean_prompt("  a\t\n b\xE3\x80\x80"
+                         "c \xC2\xA0"),
+            "a b c");                                       // tab, newline, U+3000, U+00A0
   EXPECT_EQ(clean_prompt("\x1C a\x1C b \x1F"), "a\x1C b");  // U+001C..U+001F: stripped, never collapsed
   EXPECT_EQ(clean_prompt(""), "");
   EXPECT_ERROR(clean_prompt("bad \xFF byte"), ConfigError, "not valid UTF-8");
@@ -219,7 +221,8 @@ TEST(T5Tokenizer, BadFolders) {
   write_file(bad_json.path / "tokenizer_config.json", "{");
   EXPECT_ERROR(T5Tokenizer::open(bad_json.str()), ConfigError, "tokenizer_config.json", "not valid JSON");
   write_file(bad_json.path / "tokenizer_config.json", R"({"extra_ids": "many"})");
-  EXPECT_ERROR(T5Tokenizer::open(bad_json.str()), ConfigError, "tokenizer_config.json", "not as transformers writes it");
+  EXPECT_ERROR(T5Tokenizer::open(bad_json.str()), ConfigError, "tokenizer_config.json",
+               "not as transformers writes it");
   EXPECT_ERROR(T5Tokenizer::open(tokenizer_dir())->tokenize({"x"}, 0), ConfigError, "max_length");
 }
 
@@ -384,9 +387,9 @@ TEST(UMT5, BadInput) {
   write_file(original.path / "models_t5_umt5-xxl-enc-bf16.pth", "PK");
   EXPECT_ERROR(UMT5Encoder::load(original.str(), torch::kCPU, torch::kFloat32), CheckpointError,
                "models_t5_umt5-xxl-enc-bf16.pth", "never unpickles", "diffusers layout");
-  EXPECT_ERROR(UMT5Encoder::load((original.path / "models_t5_umt5-xxl-enc-bf16.pth").string(), torch::kCPU,
-                                 torch::kFloat32),
-               CheckpointError, "pickled", "diffusers layout");
+  EXPECT_ERROR(
+      UMT5Encoder::load((original.path / "models_t5_umt5-xxl-enc-bf16.pth").string(), torch::kCPU, torch::kFloat32),
+      CheckpointError, "pickled", "diffusers layout");
   EXPECT_ERROR(UMT5Encoder::load(encoder_dir(), torch::kCPU, torch::kHalf), ConfigError, "float32 or bfloat16");
   // A config of another family.
   TempDir t5;

@@ -87,8 +87,8 @@ constexpr Entity kEntities[] = {
 
 const std::string_view* find_entity(std::string_view name) {
   const Entity* end = std::end(kEntities);
-  const Entity* it =
-      std::lower_bound(std::begin(kEntities), end, name, [](const Entity& e, std::string_view n) { return e.name < n; });
+  const Entity* it = std::lower_bound(std::begin(kEntities), end, name,
+                                      [](const Entity& e, std::string_view n) { return e.name < n; });
   return it != end && it->name == name ? &it->value : nullptr;
 }
 
@@ -275,7 +275,6 @@ std::string token_text(const nlohmann::json& j, const std::string& key, const st
 
 }  // namespace
 
-
 namespace {
 
 // SentencePiece through libpipeswap_sentencepiece.so (sentencepiece_shim.cpp says why it is loaded, not
@@ -391,8 +390,7 @@ std::vector<AddedToken> read_added_tokens(const nlohmann::json& config, const Se
     // sentinels after the vocabulary, the highest first.
     for (int64_t id : sp.special_ids())
       if (id >= 0) added.push_back(AddedToken{sp.id_to_piece(id), id});
-    const int64_t extra =
-        config.is_object() && config.contains("extra_ids") ? config["extra_ids"].get<int64_t>() : 0;
+    const int64_t extra = config.is_object() && config.contains("extra_ids") ? config["extra_ids"].get<int64_t>() : 0;
     for (int64_t i = 0; i < extra; ++i)
       added.push_back(AddedToken{fmt::format("<extra_id_{}>", i), sp.piece_size() + extra - 1 - i});
   }
@@ -404,7 +402,7 @@ std::vector<AddedToken> read_added_tokens(const nlohmann::json& config, const Se
 struct T5Tokenizer::Impl {
   std::string dir;
   std::unique_ptr<SentencePieceModel> sp;
-  std::vector<AddedToken> added;  // longest content first: the first match at a position is the longest
+  std::vector<AddedToken> added;   // longest content first: the first match at a position is the longest
   std::array<bool, 256> starts{};  // first bytes of the added tokens (most text bytes start none)
   int64_t pad_id = 0;
   int64_t eos_id = 1;
@@ -449,8 +447,10 @@ std::shared_ptr<const T5Tokenizer> T5Tokenizer::open(const std::string& dir) {
   try {
     impl->added = read_added_tokens(config, *impl->sp, dir);
   } catch (const nlohmann::json::exception& e) {
-    PS_THROW(ConfigError, "tokenizer_config.json in '{}' is not as transformers writes it ({}): re-download the repo's "
-             "tokenizer/ folder", dir, e.what());
+    PS_THROW(ConfigError,
+             "tokenizer_config.json in '{}' is not as transformers writes it ({}): re-download the repo's "
+             "tokenizer/ folder",
+             dir, e.what());
   }
   for (const auto& a : impl->added) {
     impl->vocab_size = std::max(impl->vocab_size, a.id + 1);
@@ -551,15 +551,15 @@ PromptTokens T5Tokenizer::tokenize(const std::vector<std::string>& prompts, int6
   auto ids_acc = out.input_ids.accessor<int64_t, 2>();
   auto mask_acc = out.attention_mask.accessor<int64_t, 2>();
   for (int64_t p = 0; p < b; ++p) {
-    std::vector<int64_t> ids =
-        encode(cleaning == PromptCleaning::kWanPipeline ? clean_prompt(prompts[p]) : prompts[p]);
+    std::vector<int64_t> ids = encode(cleaning == PromptCleaning::kWanPipeline ? clean_prompt(prompts[p]) : prompts[p]);
     // transformers keeps room for the </s> it appends: max_length - 1 tokens of text at most.
     const int64_t keep = std::min<int64_t>(static_cast<int64_t>(ids.size()), max_length - 1);
     const int64_t dropped = static_cast<int64_t>(ids.size()) - keep;
     if (dropped > 0) {
-      log().warn("prompt {} has {} tokens with its </s>, the text encoder takes {}: its last {} tokens are dropped "
-                 "(as diffusers' WanPipeline drops them)",
-                 p, ids.size() + 1, max_length, dropped);
+      log().warn(
+          "prompt {} has {} tokens with its </s>, the text encoder takes {}: its last {} tokens are dropped "
+          "(as diffusers' WanPipeline drops them)",
+          p, ids.size() + 1, max_length, dropped);
     }
     ids.resize(keep);
     ids.push_back(eos_id());

@@ -122,7 +122,8 @@ class UMT5 final : public Architecture {
   }
 
   std::vector<PartSpec> prologue_parts() const override {
-    return {PartSpec{"embed_tokens", {TensorRef{"embed_tokens.weight", c_.embedding, {c_.vocab_size, c_.d_model}}}, ""}};
+    return {
+        PartSpec{"embed_tokens", {TensorRef{"embed_tokens.weight", c_.embedding, {c_.vocab_size, c_.d_model}}}, ""}};
   }
   std::vector<PartSpec> epilogue_parts() const override {
     return {PartSpec{"final_layer_norm",
@@ -191,8 +192,8 @@ class UMT5 final : public Architecture {
   }
 
   void check_inputs(const Activation& in) const override {
-    PS_CHECK(!in.empty() && in[0].defined() && in[0].dim() == 2 && in[0].size(0) > 0 && in[0].size(1) > 0,
-             ConfigError, "umt5 takes token ids [batch, tokens], got {}",
+    PS_CHECK(!in.empty() && in[0].defined() && in[0].dim() == 2 && in[0].size(0) > 0 && in[0].size(1) > 0, ConfigError,
+             "umt5 takes token ids [batch, tokens], got {}",
              !in.empty() && in[0].defined() ? shape_str(in[0]) : std::string("none"));
     const auto& ids = in[0];
     PS_CHECK(!at::isFloatingType(ids.scalar_type()) && ids.scalar_type() != torch::kBool, ConfigError,
@@ -339,7 +340,8 @@ std::unique_ptr<UMT5Encoder> UMT5Encoder::load(const std::string& dir, torch::De
     torch::Tensor t = ckpt->locate(ref.checkpoint).file->read(ref.checkpoint);
     PS_CHECK(t.sizes().vec() == ref.shape, CheckpointError,
              "checkpoint {}: tensor '{}' is {}, but config.json implies {}: config.json and the weights disagree", dir,
-             ref.checkpoint, shape_str(t), shape_str(torch::empty(ref.shape, torch::TensorOptions().device(torch::kMeta))));
+             ref.checkpoint, shape_str(t),
+             shape_str(torch::empty(ref.shape, torch::TensorOptions().device(torch::kMeta))));
     view.add(ref.local, t.to(device, dtype));
   };
   for (const auto& part : arch.prologue_parts())
@@ -360,8 +362,8 @@ std::unique_ptr<UMT5Encoder> UMT5Encoder::load(const std::string& dir, torch::De
 
 torch::Tensor UMT5Encoder::forward(const torch::Tensor& input_ids, const torch::Tensor& attention_mask) const {
   torch::NoGradGuard no_grad;
-  const Activation inputs{input_ids.to(torch::kCPU), attention_mask.defined() ? attention_mask.to(torch::kCPU)
-                                                                              : torch::Tensor()};
+  const Activation inputs{input_ids.to(torch::kCPU),
+                          attention_mask.defined() ? attention_mask.to(torch::kCPU) : torch::Tensor()};
   Activation act = arch_->prologue(prologue_, inputs, torch::TensorOptions().device(device_).dtype(dtype_));
   for (int b = 0; b < arch_->num_blocks(); ++b)
     for (size_t p = 0; p < blocks_[b].size(); ++p) arch_->phase_forward(b, static_cast<int>(p), blocks_[b][p], act);

@@ -26,8 +26,8 @@
 // (the attention mask's ones) and pads with zeros back to max_sequence_length: wan_prompt_embeds.
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <memory>
