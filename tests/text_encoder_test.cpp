@@ -198,7 +198,7 @@ TEST(T5Tokenizer, EncodeIsWithoutCleaningOrEos) {
   const auto ids = tok->encode("a <extra_id_0>");
   ASSERT_FALSE(ids.empty());
   EXPECT_NE(ids.back(), tok->eos_id());
-  EXPECT_GE(ids.back(), 200);  // the sentinel is an added token past the 200 pieces, not text
+  EXPECT_GE(ids.back(), 400);  // the sentinel is an added token past the 400 pieces, not text
   EXPECT_TRUE(tok->encode("").empty());
   const PromptTokens raw = tok->tokenize({"a&amp;b"}, 16, PromptCleaning::kNone);
   const PromptTokens clean = tok->tokenize({"a&amp;b"}, 16);
@@ -233,9 +233,9 @@ TEST(T5Tokenizer, SpieceModelAlone) {
   fs::copy_file(tokenizer_dir() + "/spiece.model", dir.path / "spiece.model");
   write_file(dir.path / "tokenizer_config.json", R"({"extra_ids": 12})");
   const auto tok = T5Tokenizer::open(dir.str());
-  EXPECT_EQ(tok->vocab_size(), 212);
-  EXPECT_EQ(tok->encode("<extra_id_0>"), std::vector<int64_t>{211});
-  EXPECT_EQ(tok->encode("<extra_id_11>"), std::vector<int64_t>{200});
+  EXPECT_EQ(tok->vocab_size(), 412);
+  EXPECT_EQ(tok->encode("<extra_id_0>"), std::vector<int64_t>{411});
+  EXPECT_EQ(tok->encode("<extra_id_11>"), std::vector<int64_t>{400});
   const auto full = T5Tokenizer::open(tokenizer_dir());
   const auto prompts = fixture_prompts();
   EXPECT_TRUE(tok->tokenize(prompts).input_ids.equal(full->tokenize(prompts).input_ids));
@@ -273,7 +273,7 @@ TEST(UMT5, Config) {
   EXPECT_EQ(c.d_kv, 4);
   EXPECT_EQ(c.num_buckets, 8);
   EXPECT_EQ(c.max_distance, 20);
-  EXPECT_EQ(c.vocab_size, 216);
+  EXPECT_EQ(c.vocab_size, 416);
   // Every layer has its own relative position bias (T5 has one in the first only).
   const auto arch = make_umt5_encoder(c);
   EXPECT_EQ(arch->kind(), "text_encoder");
@@ -402,7 +402,7 @@ TEST(UMT5, BadInput) {
   EXPECT_ERROR(UMT5Encoder::load(t5.str(), torch::kCPU, torch::kFloat32), CheckpointError, "not umt5");
   // Ids past the vocabulary, a mask of the wrong shape, a sample with no token.
   const auto enc = UMT5Encoder::load(encoder_dir(), torch::kCPU, torch::kFloat32);
-  EXPECT_ERROR(enc->forward(torch::full({1, 4}, 216, torch::kInt64)), ConfigError, "outside umt5's vocabulary");
+  EXPECT_ERROR(enc->forward(torch::full({1, 4}, 416, torch::kInt64)), ConfigError, "outside umt5's vocabulary");
   EXPECT_ERROR(enc->forward(torch::ones({1, 4}, torch::kInt64), torch::ones({1, 3}, torch::kInt64)), ConfigError,
                "attention mask");
   EXPECT_ERROR(enc->forward(torch::ones({1, 4}, torch::kInt64), torch::zeros({1, 4}, torch::kInt64)), ConfigError,

@@ -70,6 +70,11 @@ __attribute__((visibility("default"))) const char* ps_spm_id_to_piece(const ps_s
   return spm->processor.IdToPiece(id).c_str();
 }
 
+// Whether the id is a byte piece (<0xNN>) of a model trained with byte fallback.
+__attribute__((visibility("default"))) int ps_spm_is_byte(const ps_spm* spm, int id) {
+  return spm->processor.IsByte(id) ? 1 : 0;
+}
+
 // <pad>, </s> and <unk>'s ids (-1 where the model has none).
 __attribute__((visibility("default"))) void ps_spm_special_ids(const ps_spm* spm, int* pad, int* eos, int* unk) {
   *pad = spm->processor.pad_id();

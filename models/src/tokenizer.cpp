@@ -289,6 +289,7 @@ struct SentencePieceLibrary {
   int (*piece_size)(const ps_spm*) = nullptr;
   int (*piece_to_id)(const ps_spm*, const char*) = nullptr;
   const char* (*id_to_piece)(const ps_spm*, int) = nullptr;
+  int (*is_byte)(const ps_spm*, int) = nullptr;
   void (*special_ids)(const ps_spm*, int*, int*, int*) = nullptr;
   std::string error;  // why it could not be loaded ("" once loaded)
 };
@@ -318,6 +319,7 @@ const SentencePieceLibrary& sentencepiece_library() {
     bind(handle, "ps_spm_piece_size", lib.piece_size, lib.error);
     bind(handle, "ps_spm_piece_to_id", lib.piece_to_id, lib.error);
     bind(handle, "ps_spm_id_to_piece", lib.id_to_piece, lib.error);
+    bind(handle, "ps_spm_is_byte", lib.is_byte, lib.error);
     bind(handle, "ps_spm_special_ids", lib.special_ids, lib.error);
     if (!lib.error.empty()) lib.error = fmt::format("'{}' is not pipeswap's SentencePiece shim: {}", path, lib.error);
   });
@@ -353,6 +355,7 @@ class SentencePieceModel {
   int64_t piece_size() const { return lib_.piece_size(spm_); }
   int64_t piece_to_id(const std::string& piece) const { return lib_.piece_to_id(spm_, piece.c_str()); }
   std::string id_to_piece(int64_t id) const { return lib_.id_to_piece(spm_, static_cast<int>(id)); }
+  bool is_byte(int64_t id) const { return lib_.is_byte(spm_, static_cast<int>(id)) != 0; }
   // <pad>, </s>, <unk> (-1: none)
   std::array<int64_t, 3> special_ids() const {
     int pad = -1, eos = -1, unk = -1;
@@ -406,6 +409,7 @@ struct T5Tokenizer::Impl {
   std::array<bool, 256> starts{};  // first bytes of the added tokens (most text bytes start none)
   int64_t pad_id = 0;
   int64_t eos_id = 1;
+  int64_t unk_id = 2;
   int64_t vocab_size = 0;
 
   int64_t id_of(const std::string& token) const {
@@ -420,8 +424,21 @@ struct T5Tokenizer::Impl {
     return id;
   }
 
+  // transformers 5's T5Tokenizer builds its unigram model without byte fallback: a character the vocabulary
+  // lacks is <unk> there, a run of them one <unk>. SentencePiece spells such a run in its UTF-8 bytes (<0xNN>
+  // pieces) when the model was trained with byte fallback, as umT5's was: each run of byte pieces becomes
+  // one <unk> here. (transformers 4's fast tokenizer kept the bytes.)
   void encode_piece(std::string_view text, std::vector<int64_t>& ids) const {
-    if (!text.empty()) sp->encode(text, ids);
+    if (text.empty()) return;
+    std::vector<int64_t> pieces;
+    sp->encode(text, pieces);
+    bool in_bytes = false;
+    for (int64_t id : pieces) {
+      const bool byte = sp->is_byte(id);
+      if (!byte) ids.push_back(id);
+      if (byte && !in_bytes) ids.push_back(unk_id);
+      in_bytes = byte;
+    }
   }
 };
 
@@ -441,6 +458,7 @@ std::shared_ptr<const T5Tokenizer> T5Tokenizer::open(const std::string& dir) {
   impl->dir = dir;
   impl->sp = std::make_unique<SentencePieceModel>(model);
   impl->vocab_size = impl->sp->piece_size();
+  impl->unk_id = impl->sp->special_ids()[2];
 
   const nlohmann::json config = read_json_if_present(dir + "/tokenizer_config.json");
   const nlohmann::json special = read_json_if_present(dir + "/special_tokens_map.json");

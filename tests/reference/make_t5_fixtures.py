@@ -4,10 +4,11 @@ repo has them in tokenizer/ and text_encoder/, run by transformers and diffusers
 
 Writes two fixture directories:
 
-  umt5-tokenizer/     spiece.model (a unigram SentencePiece model of 200 pieces trained here, with the `sentencepiece`
-                      package, on a seeded corpus of English, German, Chinese and Wan's negative prompt; pad 0, </s> 1,
-                      <unk> 2, no <s>, nmt_nfkc normalisation, as umT5's), and the files transformers' T5Tokenizer
-                      writes for it with 12 extra ids (tokenizer_config.json, special_tokens_map.json, tokenizer.json)
+  umt5-tokenizer/     spiece.model: a unigram SentencePiece model of 400 pieces (256 of them byte fallback's
+                      <0xNN>) trained here with the `sentencepiece` package on a seeded corpus of English, German,
+                      Chinese and Wan's negative prompt; pad 0, </s> 1, <unk> 2, no <s>, nmt_nfkc normalisation, as
+                      umT5's; and the files a Wan repo has beside it for 12 extra ids (tokenizer_config.json and
+                      special_tokens_map.json as transformers 4 wrote them, tokenizer.json as transformers 5 does)
     prompts.json      the prompts (plain, unicode, empty, longer than 512 tokens, HTML entities and odd whitespace,
                       special tokens in the text, Wan's default negative prompt); max_length 512; clean_cases: texts
                       and diffusers' prompt_clean of them (every HTML5 entity name, numeric references, every Python
@@ -17,12 +18,12 @@ Writes two fixture directories:
 
   umt5-text-encoder/  config.json, model-0000N-of-00002.safetensors + model.safetensors.index.json: a random
                       UMT5EncoderModel (d_model 16, 4 heads of 4, d_ff 24, 2 layers, 8 buckets, max distance 20,
-                      vocabulary 216 = 200 pieces + 12 extra ids + 4 unused), saved by save_pretrained
+                      vocabulary 416 = 400 pieces + 12 extra ids + 4 unused), saved by save_pretrained
     encoder.safetensors   input_ids, attention_mask (the tokens above), output: last_hidden_state in fp32 on the CPU;
                       buckets_tiny / buckets_umt5: transformers' relative position bucket of every relative position
                       -511..511 for this config and for umT5-XXL's (32 buckets, max distance 128); the metadata holds
-                      bf16_error: transformers' own bf16 run (wo kept in fp32) against its fp32 one, max abs
-                      difference over the largest magnitude
+                      bf16_error: transformers' own bf16 run against its fp32 one, max abs difference over the
+                      largest magnitude
     prompt_embeds.safetensors  output: diffusers' WanPipeline._get_t5_prompt_embeds for the prompts, fp32 (the
                       encoder output trimmed to each prompt's length and padded with zeros to 512)
 
@@ -34,7 +35,8 @@ of scripts/pyenv):
     python3 tests/reference/make_t5_fixtures.py [--out DIR] [--seed N]
 
 --out writes elsewhere; --seed N changes the corpus, the weights (N) and nothing else (default 0, the committed
-fixtures' seed). Deterministic: the same versions write the same bytes (fixed seeds, one CPU thread).
+fixtures' seed). Deterministic: the same versions write the same tensors and JSON (fixed seeds, one CPU thread; the
+order of the safetensors metadata varies).
 """
 
 import argparse
@@ -59,7 +61,7 @@ from transformers.models.umt5.modeling_umt5 import UMT5Attention
 
 OUT = Path(__file__).resolve().parent / "fixtures"
 MAX_LENGTH = 512
-PIECES = 200
+PIECES = 400
 EXTRA_IDS = 12
 
 # Wan2.1's default negative prompt (its generate.py / diffusers' examples).
@@ -83,7 +85,7 @@ def prompts():
     long_prompt = " ".join(["Ein Hund läuft am Strand entlang, cinematic slow motion, 夕日 und Wellen."] * 40)
     return [
         "A cat walks on the grass, realistic style.",
-        "Ein Hund läuft am Strand 🐕 — 夕日, ﬁne ｆｕｌｌｗｉｄｔｈ “quotes” ½",
+        "Ein Hund läuft am Strand 🐕 — 夕日, ﬁne ｆｕｌｌｗｉｄｔｈ “quotes” ½ 😀🐕x",
         "",
         long_prompt,
         "  Fish &amp;amp; chips &lt;b&gt;&#x1F600;&notit; &#128;&#0;&#xD800;\t\n tabs   and\u3000spaces\u00a0 &bogus; ",
@@ -113,7 +115,7 @@ def train_tokenizer(rng, out):
         sentence_iterator=iter(corpus(rng)), model_writer=model, vocab_size=PIECES, model_type="unigram",
         pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
         normalization_rule_name="nmt_nfkc", character_coverage=0.9995, num_threads=1, minloglevel=2,
-        shuffle_input_sentence=False, hard_vocab_limit=True)
+        shuffle_input_sentence=False, hard_vocab_limit=True, byte_fallback=True)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "spiece.model").write_bytes(model.getvalue())
         # What the Wan repo's tokenizer_config.json says (umT5: extra_ids 300, model_max_length 512).
