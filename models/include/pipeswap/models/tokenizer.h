@@ -14,7 +14,13 @@
 // Python's html.unescape (numeric references with HTML5's replacements, every HTML5 named reference,
 // the longest known prefix of an unknown name), the whitespace of str.strip and of the `regex` module's \s,
 // transformers' added-token matching (leftmost-longest in the raw text, lstrip/rstrip where a token
-// asks for it) and its ids, truncation and padding.
+// asks for it) and its ids, truncation and padding, and its lack of byte fallback: transformers 5 builds
+// T5's unigram model without it, so a character the vocabulary lacks is <unk> (a run of them one <unk>),
+// where SentencePiece spells it in <0xNN> byte pieces for a model trained with byte fallback (umT5's);
+// each run of byte pieces becomes one <unk> here. transformers 4's fast tokenizer kept the bytes.
+// Beside the fixtures, 40000 random strings of 0-30 characters from an alphabet of ASCII, German, CJK,
+// emoji, special tokens, compatibility and odd whitespace characters gave transformers' ids exactly
+// (the fixture's SentencePiece model, 2026-12-07).
 //
 // What is not mirrored:
 //  - ftfy. diffusers runs ftfy.fix_text first when the ftfy package is installed (it is optional and not
@@ -33,9 +39,8 @@
 //  - The tokenizers library's quirk with combining marks: its normaliser maps a whole grapheme cluster
 //    (under 6 bytes) through the longest prefix the character map knows and drops the rest, so fullwidth
 //    "Ａ" + U+0301 becomes "A" there and "Á" in SentencePiece. Text with combining marks after characters
-//    that NFKC changes can tokenize differently: 330 of 20000 random strings drawn from an alphabet rich in
-//    such clusters did, none of 20000 without combining marks (tests/reference/make_t5_fixtures.py's
-//    model, 2026-12-07).
+//    that NFKC changes can tokenize differently: 591 of 40000 random strings did when U+0301 joined the
+//    alphabet above.
 //
 // SentencePiece (Debian: libsentencepiece-dev) is optional at build time: without it
 // (PIPESWAP_HAVE_SENTENCEPIECE undefined) T5Tokenizer::open throws a ConfigError saying what to install.
