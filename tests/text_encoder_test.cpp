@@ -178,6 +178,22 @@ TEST(T5Tokenizer, MatchesTransformers) {
     }
 }
 
+// Random strings over an alphabet of the awkward cases (tokenizer.h): the ids of transformers' tokenizer(text,
+// add_special_tokens=False) for each.
+TEST(T5Tokenizer, RandomStringsMatchTransformers) {
+  SKIP_WITHOUT_SENTENCEPIECE();
+  const auto tok = T5Tokenizer::open(tokenizer_dir());
+  const json cases = prompts_json().at("random_cases");
+  ASSERT_GE(cases.size(), 100u);
+  int wrong = 0;
+  for (const auto& c : cases) {
+    const auto text = c.at("text").get<std::string>();
+    const auto ids = tok->encode(text);
+    if (ids != c.at("ids").get<std::vector<int64_t>>() && ++wrong <= 5) ADD_FAILURE() << "ids differ for: " << text;
+  }
+  EXPECT_EQ(wrong, 0) << "of " << cases.size();
+}
+
 TEST(T5Tokenizer, LongPromptTruncatedWithWarning) {
   SKIP_WITHOUT_SENTENCEPIECE();
   const auto tok = T5Tokenizer::open(tokenizer_dir());

@@ -13,7 +13,8 @@ Writes two fixture directories:
                       special tokens in the text, Wan's default negative prompt); max_length 512; clean_cases: texts
                       and diffusers' prompt_clean of them (every HTML5 entity name, numeric references, every Python
                       whitespace character); whitespace: the code points of str.isspace (what strip() strips)
-                      and of the `regex` module's \\s (what diffusers' whitespace_clean collapses)
+                      and of the `regex` module's \\s (what diffusers' whitespace_clean collapses); random_cases:
+                      500 random strings and transformers' ids for each (no cleaning, no </s>)
     tokens.safetensors  input_ids, attention_mask (int64 [7, 512]) from WanPipeline's tokenizer call
 
   umt5-text-encoder/  config.json, model-0000N-of-00002.safetensors + model.safetensors.index.json: a random
@@ -107,6 +108,20 @@ def clean_cases():
         "ＡＢＣ ﬁ “curly” ‘single’ — Ã© mojibake",
     ]
     return [{"raw": c, "clean": pipeline_wan.prompt_clean(c)} for c in cases]
+
+
+def random_cases(rng, tokenizer, count=500):
+    """Random strings of 0-30 characters over ASCII, German, CJK, emoji, special tokens (whole and cut),
+    compatibility characters (NFKC changes them) and odd whitespace, and transformers' ids for each
+    (tokenizer(text, add_special_tokens=False): no cleaning, no </s>). No combining marks: tokenizer.h says
+    where SentencePiece and the tokenizers library part there."""
+    alphabet = (list("abcdefghijklmnop ABC  ..,!?'\"-") + list("äöüß夕日海边猫城市🐕😀–—“”½ﬁＡｆ¨´‗\u200b\ufeff\u00ad\u3000"
+                "\u00a0\t\n") + ["<extra_id_0>", "</s>", "<pad>", "<unk>", " <extra_id_3> ", "<extra_id_", "</s"])
+    cases = []
+    for _ in range(count):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        cases.append({"text": text, "ids": tokenizer(text, add_special_tokens=False).input_ids})
+    return cases
 
 
 def train_tokenizer(rng, out):
@@ -205,7 +220,9 @@ def main():
           "regex_s": [c for c in range(0x110000) if pipeline_wan.re.match(r"\s", chr(c))]}
     (tok_dir / "prompts.json").write_text(json.dumps(
         {"max_length": MAX_LENGTH, "prompts": texts, "cleaned": cleaned, "long_prompt_tokens": full,
-         "clean_cases": clean_cases(), "whitespace": ws}, indent=1) + "\n")
+         "clean_cases": clean_cases(), "whitespace": ws,
+         "random_cases": random_cases(random.Random(a.seed + 1), tokenizer)},
+        ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
     save_file({"input_ids": ids, "attention_mask": mask}, str(tok_dir / "tokens.safetensors"), metadata=meta)
 
     encoder = tiny_encoder(a.seed)
