@@ -5,13 +5,12 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
+#include "pipeswap/core/weights.h"
 #include "pipeswap/pipeline/denoise_job.h"
 #include "pipeswap/pipeline/inputs.h"
 
 namespace pipeswap::launcher {
 namespace {
-
-std::string shape_str(const torch::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ", ")); }
 
 // A per-sample input with one row (shared by every sample) or one row per sample.
 void check_batch(const torch::Tensor& t, int64_t batch, const std::string& flag) {

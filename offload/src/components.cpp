@@ -6,10 +6,10 @@
 
 namespace pipeswap::offload {
 
-std::map<std::string, ComponentMode> component_modes(const models::Architecture& arch, const OffloadOptions& opts) {
+std::map<std::string, ComponentMode> component_modes(const ModelParts& arch, const OffloadOptions& opts) {
   std::map<std::string, ComponentMode> modes;
   std::map<std::string, std::string> roles;
-  std::vector<models::PartSpec> all = arch.prologue_parts();
+  std::vector<PartSpec> all = arch.prologue_parts();
   for (auto& p : arch.epilogue_parts()) all.push_back(p);
   std::string names;
   for (const auto& p : all) {
@@ -38,15 +38,14 @@ std::map<std::string, ComponentMode> component_modes(const models::Architecture&
   return modes;
 }
 
-Components::Components(const models::Architecture& arch, std::shared_ptr<const Checkpoint> ckpt,
-                       const OwnedParts& owned, c10::ScalarType dtype, torch::Device device,
-                       const OffloadOptions& opts)
+Components::Components(const ModelParts& arch, std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
+                       c10::ScalarType dtype, torch::Device device, const OffloadOptions& opts)
     : ckpt_(std::move(ckpt)), device_(device) {
   const auto modes = component_modes(arch, opts);
   // Tied embeddings: a part whose tensors another part of this rank already holds uses them (in the
   // holder's mode), so a single rank keeps one copy, as the plan counts it.
   std::map<std::string, size_t> holder;  // checkpoint name -> part
-  auto add_side = [&](const std::vector<models::PartSpec>& specs, Side& side) {
+  auto add_side = [&](const std::vector<PartSpec>& specs, Side& side) {
     for (const auto& spec : specs) {
       Use use;
       bool shared = !spec.tensors.empty();
@@ -91,7 +90,7 @@ void Components::load_resident(Part& p) {
 }
 
 void Components::build_view(Side& side) {
-  side.view = models::WeightView();
+  side.view = WeightView();
   for (const Use& u : side.uses) {
     const Part& p = parts_[u.part];
     for (const auto& e : p.layout.entries) {
@@ -102,7 +101,7 @@ void Components::build_view(Side& side) {
   }
 }
 
-const models::WeightView& Components::acquire(bool prologue) {
+const WeightView& Components::acquire(bool prologue) {
   Side& side = prologue ? prologue_ : epilogue_;
   if (!side.transient) return side.view;
   for (const Use& u : side.uses) {
@@ -125,7 +124,7 @@ const models::WeightView& Components::acquire(bool prologue) {
 void Components::release(bool prologue) {
   Side& side = prologue ? prologue_ : epilogue_;
   if (!side.transient) return;
-  side.view = models::WeightView();
+  side.view = WeightView();
   for (const Use& u : side.uses) {
     Part& p = parts_[u.part];
     if (p.mode != ComponentMode::kResident) p.slab = torch::Tensor();  // freed

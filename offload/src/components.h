@@ -12,9 +12,9 @@ namespace pipeswap::offload {
 
 class Components {
  public:
-  Components(const models::Architecture& arch, std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
+  Components(const ModelParts& arch, std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
              c10::ScalarType dtype, torch::Device device, const OffloadOptions& opts);
-  const models::WeightView& acquire(bool prologue);
+  const WeightView& acquire(bool prologue);
   void release(bool prologue);
   int64_t device_bytes() const { return device_bytes_; }  // resident components
   int64_t host_bytes() const { return host_bytes_; }      // offloaded components
@@ -32,7 +32,7 @@ class Components {
   };
   struct Side {
     std::vector<Use> uses;
-    models::WeightView view;  // complete while acquired (always, when everything is resident)
+    WeightView view;          // complete while acquired (always, when everything is resident)
     bool transient = false;   // some part moves in at acquire
   };
   void load_resident(Part& p);

@@ -10,13 +10,13 @@ namespace {
 // Every owned block phase in a slab of its own on the compute device, loaded once at construction.
 class ResidentWeights final : public BlockWeights {
  public:
-  ResidentWeights(const models::Architecture& arch, std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
+  ResidentWeights(const ModelParts& arch, std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
                   c10::ScalarType dtype, torch::Device device, const OffloadOptions& opts)
       : first_block_(owned.first_block), components_(arch, ckpt, owned, dtype, device, opts) {
     nphases_ = static_cast<int>(arch.phase_names().size());
     bytes_ = components_.device_bytes();
     for (int b = owned.first_block; b < owned.end_block; ++b) {
-      const auto parts = models::block_parts(arch, b);
+      const auto parts = block_parts(arch, b);
       for (size_t p = 0; p < parts.size(); ++p) {
         const SlabLayout layout = make_layout(parts[p], dtype);
         trace::Args what;
@@ -32,15 +32,15 @@ class ResidentWeights final : public BlockWeights {
     }
   }
 
-  const models::WeightView& acquire(int block, int phase) override {
+  const WeightView& acquire(int block, int phase) override {
     const size_t i = static_cast<size_t>((block - first_block_) * nphases_ + phase);
     PS_CHECK(block >= first_block_ && i < blocks_.size(), Error, "block {} is not owned by this rank", block);
     return blocks_[i];
   }
   void release(int, int) override {}
-  const models::WeightView& acquire_prologue() override { return components_.acquire(true); }
+  const WeightView& acquire_prologue() override { return components_.acquire(true); }
   void release_prologue() override { components_.release(true); }
-  const models::WeightView& acquire_epilogue() override { return components_.acquire(false); }
+  const WeightView& acquire_epilogue() override { return components_.acquire(false); }
   void release_epilogue() override { components_.release(false); }
   int64_t device_bytes() const override { return bytes_; }
   OffloadStats stats() const override {
@@ -54,16 +54,15 @@ class ResidentWeights final : public BlockWeights {
   int first_block_ = 0;
   int nphases_ = 1;
   Components components_;
-  std::vector<models::WeightView> blocks_;
+  std::vector<WeightView> blocks_;
   int64_t bytes_ = 0;
 };
 
 }  // namespace
 
-std::unique_ptr<BlockWeights> make_resident_weights(const models::Architecture& arch,
-                                                    std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
-                                                    c10::ScalarType dtype, torch::Device device,
-                                                    const OffloadOptions& opts) {
+std::unique_ptr<BlockWeights> make_resident_weights(const ModelParts& arch, std::shared_ptr<const Checkpoint> ckpt,
+                                                    const OwnedParts& owned, c10::ScalarType dtype,
+                                                    torch::Device device, const OffloadOptions& opts) {
   return std::make_unique<ResidentWeights>(arch, std::move(ckpt), owned, dtype, device, opts);
 }
 

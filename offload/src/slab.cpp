@@ -9,16 +9,8 @@
 #include "pipeswap/core/error.h"
 
 namespace pipeswap::offload {
-namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-}  // namespace
-
-SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype) {
+SlabLayout make_layout(const PartSpec& part, c10::ScalarType dtype) {
   SlabLayout layout;
   layout.part = part.name;
   layout.dtype = dtype;
@@ -28,9 +20,7 @@ SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype) {
     e.local = t.local;
     e.checkpoint = t.checkpoint;
     e.shape = t.shape;
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    e.nbytes = n * static_cast<int64_t>(c10::elementSize(dtype));
+    e.nbytes = tensor_bytes(t.shape, dtype);
     e.offset = off;
     off = align_up(off + e.nbytes, kSlabAlignment);
     layout.entries.push_back(std::move(e));
@@ -39,7 +29,7 @@ SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype) {
   return layout;
 }
 
-void add_views(const SlabLayout& layout, const torch::Tensor& slab, models::WeightView& view) {
+void add_views(const SlabLayout& layout, const torch::Tensor& slab, WeightView& view) {
   for (const auto& e : layout.entries) {
     view.add(e.local, slab.narrow(0, e.offset, e.nbytes).view(layout.dtype).view(e.shape));
   }

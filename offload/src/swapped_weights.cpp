@@ -34,9 +34,9 @@ struct Unit {
 };
 
 // `disk_dtype`: what the checkpoint stores, for tensor_bytes.
-std::vector<Unit> make_units(const models::Architecture& arch, int block, Granularity g, c10::ScalarType dtype,
+std::vector<Unit> make_units(const ModelParts& arch, int block, Granularity g, c10::ScalarType dtype,
                              c10::ScalarType disk_dtype) {
-  const auto parts = models::block_parts(arch, block);
+  const auto parts = block_parts(arch, block);
   const int nphases = static_cast<int>(parts.size());
   std::vector<Unit> units;
   auto add_unit = [&](int p0, int p1) {
@@ -47,11 +47,7 @@ std::vector<Unit> make_units(const models::Architecture& arch, int block, Granul
     for (int p = p0; p < p1; ++p) {
       u.base.push_back(u.bytes);
       u.phases.push_back(make_layout(parts[p], dtype));
-      for (const auto& e : u.phases.back().entries) {
-        int64_t n = 1;
-        for (int64_t d : e.shape) n *= d;
-        u.tensor_bytes += n * static_cast<int64_t>(c10::elementSize(disk_dtype));
-      }
+      for (const auto& e : u.phases.back().entries) u.tensor_bytes += pipeswap::tensor_bytes(e.shape, disk_dtype);
       u.bytes = align_up(u.bytes + u.phases.back().bytes, kSlabAlignment);
     }
     units.push_back(std::move(u));
@@ -287,7 +283,7 @@ class LazySource final : public HostSource {
 
 class SwappedWeightsImpl final : public BlockWeights {
  public:
-  SwappedWeightsImpl(const models::Architecture& arch, std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
+  SwappedWeightsImpl(const ModelParts& arch, std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
                      c10::ScalarType dtype, torch::Device device, const OffloadOptions& opts,
                      std::unique_ptr<SwapBackend> backend)
       : backend_(std::move(backend)),
@@ -351,7 +347,7 @@ class SwappedWeightsImpl final : public BlockWeights {
     if (copier_.joinable()) copier_.join();
   }
 
-  const models::WeightView& acquire(int block, int phase) override {
+  const WeightView& acquire(int block, int phase) override {
     const size_t idx = index(block, phase);
     const int u = unit_of_phase_[idx];
     if (u < 0) return views_[idx];
@@ -395,9 +391,9 @@ class SwappedWeightsImpl final : public BlockWeights {
     cv_.notify_all();
   }
 
-  const models::WeightView& acquire_prologue() override { return components_.acquire(true); }
+  const WeightView& acquire_prologue() override { return components_.acquire(true); }
   void release_prologue() override { components_.release(true); }
-  const models::WeightView& acquire_epilogue() override { return components_.acquire(false); }
+  const WeightView& acquire_epilogue() override { return components_.acquire(false); }
   void release_epilogue() override { components_.release(false); }
   int64_t device_bytes() const override { return device_bytes_; }
 
@@ -431,7 +427,7 @@ class SwappedWeightsImpl final : public BlockWeights {
   }
 
   // Views of unit u's tensors in a slot, built once per (slot, unit).
-  const models::WeightView& slot_view(int slot, int u, int phase) {
+  const WeightView& slot_view(int slot, int u, int phase) {
     auto& per_phase = slot_views_[static_cast<size_t>(slot) * units_.size() + static_cast<size_t>(u)];
     const Unit& unit = units_[static_cast<size_t>(u)];
     if (per_phase.empty()) {
@@ -493,12 +489,12 @@ class SwappedWeightsImpl final : public BlockWeights {
   SwapLayout layout_;
   Components components_;
   std::vector<torch::Tensor> resident_slabs_;
-  std::vector<models::WeightView> views_;  // resident blocks, per (block, phase)
+  std::vector<WeightView> views_;          // resident blocks, per (block, phase)
   std::vector<int> unit_of_phase_;         // (block, phase) -> swapped unit, -1 when resident
   std::vector<Unit> units_;                // swapped units in compute order
   std::unique_ptr<HostSource> source_;
   std::vector<torch::Tensor> slots_;
-  std::vector<std::vector<models::WeightView>> slot_views_;
+  std::vector<std::vector<WeightView>> slot_views_;
   int64_t device_bytes_ = 0;
   OffloadStats stats_;
 
@@ -521,7 +517,7 @@ class SwappedWeightsImpl final : public BlockWeights {
 
 }  // namespace
 
-SwapLayout plan_swapping(const models::Architecture& arch, int first_block, int end_block, c10::ScalarType dtype,
+SwapLayout plan_swapping(const ModelParts& arch, int first_block, int end_block, c10::ScalarType dtype,
                          const OffloadOptions& opts) {
   SwapLayout l;
   const int n = end_block - first_block;
@@ -582,10 +578,9 @@ SwapLayout plan_swapping(const models::Architecture& arch, int first_block, int 
   return l;
 }
 
-std::unique_ptr<BlockWeights> make_swapped_weights(const models::Architecture& arch,
-                                                     std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
-                                                     c10::ScalarType dtype, torch::Device device,
-                                                     const OffloadOptions& opts) {
+std::unique_ptr<BlockWeights> make_swapped_weights(const ModelParts& arch, std::shared_ptr<const Checkpoint> ckpt,
+                                                   const OwnedParts& owned, c10::ScalarType dtype, torch::Device device,
+                                                   const OffloadOptions& opts) {
   std::unique_ptr<SwapBackend> backend;
   if (device.is_cpu()) {
     backend = make_cpu_backend();

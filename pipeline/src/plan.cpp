@@ -12,16 +12,6 @@
 
 namespace pipeswap::pipeline {
 
-int64_t part_bytes(const models::PartSpec& part, c10::ScalarType dtype) {
-  int64_t bytes = 0;
-  for (const auto& t : part.tensors) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    bytes += n * static_cast<int64_t>(c10::elementSize(dtype));
-  }
-  return bytes;
-}
-
 std::string format_bytes(int64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(bytes);

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "pipeswap/core/checkpoint.h"
-#include "pipeswap/models/architecture.h"
+#include "pipeswap/core/weights.h"
 #include "pipeswap/offload/residency.h"
 
 namespace pipeswap::offload {
@@ -27,13 +27,13 @@ class BlockWeights {
  public:
   virtual ~BlockWeights() = default;
   // Weights of one phase of one block, valid until release(block, phase).
-  virtual const models::WeightView& acquire(int block, int phase) = 0;
+  virtual const WeightView& acquire(int block, int phase) = 0;
   virtual void release(int block, int phase) = 0;
   // Non-block components of the first / last stage, valid until the matching release. Offloaded
   // components are moved in here and dropped at release; on-demand ones are read from disk.
-  virtual const models::WeightView& acquire_prologue() = 0;
+  virtual const WeightView& acquire_prologue() = 0;
   virtual void release_prologue() = 0;
-  virtual const models::WeightView& acquire_epilogue() = 0;
+  virtual const WeightView& acquire_epilogue() = 0;
   virtual void release_epilogue() = 0;
   // Bytes this rank holds on its device for weights (slabs, slots, components).
   virtual int64_t device_bytes() const = 0;
@@ -52,14 +52,13 @@ struct OwnedParts {
 
 // Every owned block loaded once into its own slab on `device` and kept there; components as the
 // options say (resident unless offloaded or on demand).
-std::unique_ptr<BlockWeights> make_resident_weights(const models::Architecture& arch,
-                                                    std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
-                                                    c10::ScalarType dtype, torch::Device device,
-                                                    const OffloadOptions& opts = {});
+std::unique_ptr<BlockWeights> make_resident_weights(const ModelParts& arch, std::shared_ptr<const Checkpoint> ckpt,
+                                                    const OwnedParts& owned, c10::ScalarType dtype,
+                                                    torch::Device device, const OffloadOptions& opts = {});
 
 enum class ComponentMode { kResident, kHost, kOnDemand };
 // Mode of every component part (by part name) of the architecture. Throws ConfigError naming an
 // unknown component and listing the known ones.
-std::map<std::string, ComponentMode> component_modes(const models::Architecture& arch, const OffloadOptions& opts);
+std::map<std::string, ComponentMode> component_modes(const ModelParts& arch, const OffloadOptions& opts);
 
 }  // namespace pipeswap::offload

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "pipeswap/core/checkpoint.h"
-#include "pipeswap/models/architecture.h"
+#include "pipeswap/core/weights.h"
 
 namespace pipeswap::offload {
 
@@ -31,10 +31,10 @@ struct SlabLayout {
   int64_t bytes = 0;
 };
 
-SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype);
+SlabLayout make_layout(const PartSpec& part, c10::ScalarType dtype);
 
 // Adds a view of every tensor in `slab` (a uint8 tensor of layout.bytes, any device) to `view`.
-void add_views(const SlabLayout& layout, const torch::Tensor& slab, models::WeightView& view);
+void add_views(const SlabLayout& layout, const torch::Tensor& slab, WeightView& view);
 
 // Fills a CPU slab from the checkpoint: reads each tensor once (straight into the slab when the
 // dtypes agree, else through a converted temporary). Checks every tensor's shape against the

@@ -46,12 +46,11 @@ struct SwapLayout {
 // The same arithmetic the engine follows; the plan prints it. Throws ConfigError when max_memory is
 // too small for lazy loading (naming the minimum), or when swapping without lazy_load would need more
 // host memory than max_memory.
-SwapLayout plan_swapping(const models::Architecture& arch, int first_block, int end_block, c10::ScalarType dtype,
+SwapLayout plan_swapping(const ModelParts& arch, int first_block, int end_block, c10::ScalarType dtype,
                          const OffloadOptions& opts);
 
-std::unique_ptr<BlockWeights> make_swapped_weights(const models::Architecture& arch,
-                                                     std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
-                                                     c10::ScalarType dtype, torch::Device device,
-                                                     const OffloadOptions& opts);
+std::unique_ptr<BlockWeights> make_swapped_weights(const ModelParts& arch, std::shared_ptr<const Checkpoint> ckpt,
+                                                   const OwnedParts& owned, c10::ScalarType dtype, torch::Device device,
+                                                   const OffloadOptions& opts);
 
 }  // namespace pipeswap::offload

@@ -77,9 +77,6 @@ struct Plan {
 // Throws ConfigError when the chain does not fit the model (more ranks than blocks, empty chain).
 Plan make_plan(const models::Architecture& arch, const PlanInputs& in);
 
-// Bytes of one part in `dtype`, from its declared shapes.
-int64_t part_bytes(const models::PartSpec& part, c10::ScalarType dtype);
-
 std::string format_bytes(int64_t bytes);
 
 }  // namespace pipeswap::pipeline
