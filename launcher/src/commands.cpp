@@ -31,7 +31,6 @@
 #include "pipeswap/models/architecture.h"
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/residency.h"
-#include "pipeswap/offload/swapped_weights.h"
 #include "pipeswap/pipeline/forward_job.h"
 #include "pipeswap/pipeline/inputs.h"
 #include "pipeswap/pipeline/plan.h"
@@ -317,16 +316,8 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
   // --trace: records from here (weight loading included)
   rt.trace = std::make_unique<comm::JobTrace>(o.trace, rt.device, world.rank);
   const auto t_load = Clock::now();
-  offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
-  if (me.swapped_blocks.empty()) {
-    rt.weights =
-        offload::make_resident_weights(*job.arch, job.ckpt, owned, job.plan.dtype, rt.device, job.plan.offload);
-  } else {
-    offload::OffloadOptions off = job.plan.offload;
-    off.blocks_to_swap = static_cast<int>(me.swapped_blocks.size());  // the plan decided (maybe from a budget)
-    off.offload_ratio.reset();
-    rt.weights = offload::make_swapped_weights(*job.arch, job.ckpt, owned, job.plan.dtype, rt.device, off);
-  }
+  const offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
+  rt.weights = offload::make_block_weights(*job.arch, job.ckpt, owned, me.layout, rt.device, job.plan.offload);
   log().info("loaded {} of weights ({} read from {}) in {:.2f} s", pipeline::format_bytes(rt.weights->device_bytes()),
              pipeline::format_bytes(static_cast<int64_t>(job.ckpt->bytes_read())), job.model_dir, since(t_load));
   transport->barrier();
@@ -336,13 +327,13 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
 std::string rank_lines(const pipeline::Plan& plan) {
   std::string s;
   for (const auto& r : plan.ranks) {
-    s += fmt::format("  rank {} {:<6} {}\n", r.rank, r.device.str(),
-                     r.idle() ? std::string("idle")
-                              : fmt::format("blocks {}..{} ({}){}{}{}", r.first_block, r.end_block - 1, r.num_blocks(),
-                                            r.prologue ? " +prologue" : "", r.epilogue ? " +epilogue" : "",
-                                            r.swapped_blocks.empty()
-                                                ? ""
-                                                : fmt::format(", {} swapped", r.swapped_blocks.size())));
+    s += fmt::format(
+        "  rank {} {:<6} {}\n", r.rank, r.device.str(),
+        r.idle()
+            ? std::string("idle")
+            : fmt::format("blocks {}..{} ({}){}{}{}", r.first_block, r.end_block - 1, r.num_blocks(),
+                          r.prologue ? " +prologue" : "", r.epilogue ? " +epilogue" : "",
+                          r.swapped_blocks().empty() ? "" : fmt::format(", {} swapped", r.swapped_blocks().size())));
   }
   return s;
 }

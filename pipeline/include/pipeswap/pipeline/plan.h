@@ -26,9 +26,9 @@ struct RankPlan {
   bool epilogue = false;  // last stage: final norm + head
   int64_t weight_bytes = 0;      // every part this rank owns, in the compute dtype
   int64_t activation_bytes = 0;  // one micro-batch's activation (in + out), when the input shape is known
-  std::vector<int> swapped_blocks;  // global block indices that stream in from host memory or disk
-  int swap_slots = 0;               // device slots for swapped units (K+1), 0 when nothing swaps
-  int64_t slot_bytes = 0;
+  // Which blocks stay and which stream in from host memory or disk, decided once for this rank; the
+  // rank's block store is built from it (offload::make_block_weights).
+  offload::SwapLayout layout;
   // Predicted peaks: device (components + resident slabs + slots + activations), host memory held
   // for swapped units, and bytes read from disk while the job runs (lazy_load).
   int64_t device_bytes = 0;
@@ -36,6 +36,8 @@ struct RankPlan {
   int64_t disk_read_bytes = 0;
   bool idle() const { return end_block <= first_block; }
   int num_blocks() const { return end_block - first_block; }
+  // Global indices of the blocks that swap.
+  std::vector<int> swapped_blocks() const { return layout.swapped_block_ids(); }
 };
 
 struct PlanInputs {
