@@ -19,18 +19,19 @@
 #include "job.h"
 #include <torch/cuda.h>
 
-#include "pipeswap/comm/trace_file.h"
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/cuda_info.h"
 #include "pipeswap/core/device_memory.h"
 #include "pipeswap/core/dtype.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
 #include "pipeswap/core/identity.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/models/architecture.h"
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/residency.h"
+#include "pipeswap/pipeline/collective.h"
 #include "pipeswap/pipeline/forward_job.h"
 #include "pipeswap/pipeline/inputs.h"
 #include "pipeswap/pipeline/plan.h"
@@ -97,7 +98,7 @@ std::vector<pipeline::ChainEntry> resolve_chain(const Options& o, const World& w
   pipeline::DeviceSpec& mine = chain.entries.at(world.rank).device;
   mine = resolve_device(mine, world);
   if (world.size > 1) {
-    auto all = comm::allgather_strings(t, fmt::format("{} {}", rank_identity().host, mine.str()));
+    auto all = pipeline::allgather_strings(t, fmt::format("{} {}", rank_identity().host, mine.str()));
     std::map<std::string, int> owner;
     for (int r = 0; r < n; ++r) {
       const std::string device = all[r].substr(all[r].find(' ') + 1);
@@ -112,7 +113,7 @@ std::vector<pipeline::ChainEntry> resolve_chain(const Options& o, const World& w
   }
   if (chain.automatic || o.auto_vram_balance) {
     // Every rank's free memory, gathered so that all ranks build the same plan.
-    auto all = comm::allgather_strings(t, std::to_string(free_bytes(mine, world)));
+    auto all = pipeline::allgather_strings(t, std::to_string(free_bytes(mine, world)));
     for (int r = 0; r < n && r < static_cast<int>(all.size()); ++r) chain.entries[r].weight = std::stod(all[r]);
   }
   return chain.entries;
@@ -174,7 +175,8 @@ std::vector<int64_t> vram_budgets(const Options& o, const World& world, comm::Tr
   if (world.size == 1) {
     out.assign(chain.size(), free_bytes(mine, world));
   } else {
-    for (const auto& s : comm::allgather_strings(t, std::to_string(free_bytes(mine, world)))) out.push_back(std::stoll(s));
+    for (const auto& s : pipeline::allgather_strings(t, std::to_string(free_bytes(mine, world))))
+      out.push_back(std::stoll(s));
   }
   return out;
 }
@@ -263,7 +265,7 @@ Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_
     shape = fmt::format("{} {}", job.input_ids.size(0), job.input_ids.size(1));
   }
   if (world.rank == 0) shape += fmt::format(" {}", stored_dtype_code(job, /*read_header=*/!plan_only));
-  if (!plan_only && world.size > 1) shape = comm::allgather_strings(t, shape).at(0);
+  if (!plan_only && world.size > 1) shape = pipeline::allgather_strings(t, shape).at(0);
   int64_t batch = 0, seq = 0;
   int stored = -1;
   std::sscanf(shape.c_str(), "%ld %ld %d", &batch, &seq, &stored);
@@ -274,17 +276,6 @@ Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_
 }
 
 }  // namespace
-
-void write_text_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  {
-    std::ofstream out(tmp);
-    out << text;
-    out.flush();
-    PS_CHECK(out.good(), IoError, "cannot write {} (is the directory writable, is the disk full?)", path);
-  }
-  PS_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IoError, "cannot rename {} to {}", tmp, path);
-}
 
 RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport,
                        const Job& job) {
@@ -314,7 +305,7 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
     }
   }
   // --trace: records from here (weight loading included)
-  rt.trace = std::make_unique<comm::JobTrace>(o.trace, rt.device, world.rank);
+  rt.trace = std::make_unique<pipeline::JobTrace>(o.trace, rt.device, world.rank);
   const auto t_load = Clock::now();
   const offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
   rt.weights = offload::make_block_weights(*job.arch, job.ckpt, owned, me.layout, rt.device, job.plan.offload);
@@ -360,7 +351,7 @@ int cmd_plan(const Options& o, const World& world, comm::Transport& t) {
   Job job = prepare(o, world, t, /*plan_only=*/true);
   if (world.rank == 0) {
     std::cout << job.plan.to_text() << std::flush;
-    if (!o.json.empty()) write_text_atomically(o.json, job.plan.to_json().dump(2) + "\n");
+    if (!o.json.empty()) write_text_atomically(o.json, "plan JSON", job.plan.to_json().dump(2) + "\n");
   }
   return 0;
 }

@@ -6,6 +6,7 @@
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/core/weights.h"
+#include "pipeswap/pipeline/collective.h"
 #include "pipeswap/pipeline/denoise_job.h"
 #include "pipeswap/pipeline/inputs.h"
 
@@ -81,7 +82,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
     shape = fmt::format("{} {} {}", in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)),
                         stored_dtype_code(job, /*read_header=*/true));
   }
-  if (world.size > 1) shape = comm::allgather_strings(*transport, shape).at(0);
+  if (world.size > 1) shape = pipeline::allgather_strings(*transport, shape).at(0);
   int64_t batch = 0, tokens = 0;
   int stored = 0;
   PS_CHECK(std::sscanf(shape.c_str(), "%ld %ld %d", &batch, &tokens, &stored) == 3 && batch > 0, CommError,

@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "options.h"
-#include "pipeswap/comm/trace_file.h"
 #include "pipeswap/comm/transport.h"
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/models/architecture.h"
 #include "pipeswap/offload/block_weights.h"
+#include "pipeswap/pipeline/job_trace.h"
 #include "pipeswap/pipeline/plan.h"
 #include "world.h"
 
@@ -45,7 +45,7 @@ void set_threads(const Options& o, const World& world);
 
 struct RankRuntime {
   torch::Device device{torch::kCPU};
-  std::unique_ptr<comm::JobTrace> trace;  // --trace (off when the path is empty)
+  std::unique_ptr<pipeline::JobTrace> trace;  // --trace (off when the path is empty)
   std::unique_ptr<offload::BlockWeights> weights;
 };
 // This rank's device made current, the NCCL transport in place when every rank is a GPU, --trace
@@ -57,8 +57,6 @@ void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weigh
 
 // The summary's line per rank: device, blocks, prologue/epilogue, swapped blocks.
 std::string rank_lines(const pipeline::Plan& plan);
-
-void write_text_atomically(const std::string& path, const std::string& text);
 
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
 

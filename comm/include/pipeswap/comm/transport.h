@@ -82,10 +82,4 @@ std::unique_ptr<Transport> make_nccl_transport(std::unique_ptr<Transport> contro
 // A world of one: send/recv to self are errors, barrier is a no-op.
 std::unique_ptr<Transport> make_self_transport();
 
-// Every rank's string, in rank order, built from send/recv through rank 0.
-std::vector<std::string> allgather_strings(Transport& t, const std::string& mine);
-// Rank 0 gets every rank's string, in rank order; the others get an empty vector (for large
-// per-rank payloads such as traces, which only rank 0 needs).
-std::vector<std::string> gather_strings(Transport& t, const std::string& mine);
-
 }  // namespace pipeswap::comm
