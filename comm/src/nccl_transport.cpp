@@ -48,6 +48,7 @@
 #include "pipeswap/core/torch_compat.h"
 #include "pipeswap/core/trace.h"
 #include "pipeswap/core/weights.h"
+#include "wire.h"
 
 #ifdef PIPESWAP_TORCH_CUDA  // PyTorch's LibTorch: its CUDA allocator can hand out buffers on our stream
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -130,21 +131,20 @@ class NcclTransport final : public Transport {
   int world_size() const override { return control_->world_size(); }
   const std::vector<std::string>& hosts() const override { return control_->hosts(); }
   const char* name() const override { return "nccl"; }
-  bool device_native() const override { return true; }
 
   void send(int dst, Message msg) override {
     if (msg.kind != MessageKind::kActivation) {  // host-bound: over the control transport
-      for (auto& t : msg.tensors) t = t.to(torch::kCPU);
       control_->send(dst, std::move(msg));
       return;
     }
     check_lost();
     reap();
-    // The header goes over the control transport: per tensor an int64 vector {dtype, shape...}.
+    // The header goes over the control transport: per tensor an int64 vector {dtype, shape...}, the
+    // dtype as the wire's versioned code (wire.h).
     Message header{msg.kind, msg.micro_batch, msg.step, {}};
     for (const auto& t : msg.tensors) {
       auto meta = torch::empty({t.dim() + 1}, torch::kInt64);
-      meta[0] = static_cast<int64_t>(t.scalar_type());
+      meta[0] = static_cast<int64_t>(wire::dtype_code(t.scalar_type()));
       for (int64_t d = 0; d < t.dim(); ++d) meta[d + 1] = t.size(d);
       header.tensors.push_back(meta);
     }
@@ -169,10 +169,11 @@ class NcclTransport final : public Transport {
     pending_.push_back(std::move(p));
   }
 
-  Message recv(int src) override {
+  Message recv(int src, c10::Device device) override {
     check_lost();
-    Message header = control_->recv(src);
-    if (header.kind != MessageKind::kActivation) return header;  // host-bound messages came whole
+    Message header = control_->recv(src);  // on the host: the activation headers are read here
+    if (header.kind != MessageKind::kActivation) return wire::on_device(std::move(header), device);
+    const std::string from = fmt::format("rank {} ({})", src, host_of(src));
     Message msg{header.kind, header.micro_batch, header.step, {}};
     const auto options = torch::TensorOptions().device(torch::kCUDA, static_cast<int8_t>(device_));
     cudaStream_t compute = compute_stream();
@@ -197,7 +198,7 @@ class NcclTransport final : public Transport {
 #ifdef PIPESWAP_TORCH_CUDA
         c10::cuda::CUDAStreamGuard on_comm(comm_stream);
 #endif
-        t = torch::empty(shape, options.dtype(static_cast<c10::ScalarType>(m[0])));
+        t = torch::empty(shape, options.dtype(wire::scalar_type_of(static_cast<uint8_t>(m[0]), from)));
       }
       msg.tensors.push_back(t);
     }
@@ -218,6 +219,9 @@ class NcclTransport final : public Transport {
 #endif
     watch_op(arrived, src, "receive an activation from");
     check_async_error();
+    if (device != options.device()) {
+      for (auto& t : msg.tensors) t = t.to(device);
+    }
     return msg;
   }
 

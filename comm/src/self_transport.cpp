@@ -16,7 +16,7 @@ class SelfTransport final : public Transport {
   void send(int dst, Message) override {
     PS_THROW(CommError, "send to rank {} in a world of one rank: a single rank has no peer to send to", dst);
   }
-  Message recv(int src) override {
+  Message recv(int src, c10::Device) override {
     PS_THROW(CommError, "recv from rank {} in a world of one rank: a single rank has no peer to receive from", src);
   }
   void barrier() override {}

@@ -147,7 +147,7 @@ class TcpTransport final : public Transport {
     enqueue_locked(p, std::move(f));
   }
 
-  Message recv(int src) override {
+  Message recv(int src, c10::Device device) override {
     check_peer(src, "recv from");
     Peer& p = *peers_[src];
     // src answers (else the watchdog throws first): it waits on another rank or computes. A second
@@ -159,7 +159,8 @@ class TcpTransport final : public Transport {
       if (!p.inbox.empty()) {
         Message m = std::move(p.inbox.front());
         p.inbox.pop_front();
-        return m;
+        lk.unlock();  // a copy to the device runs outside the lock
+        return wire::on_device(std::move(m), device);
       }
       await_abort_after_loss_locked(lk, p);
       throw_if_lost_locked(p);  // only once its queued messages have been taken
