@@ -51,7 +51,7 @@ def ncu_summary(a):
             print(f"{us / 1e3:9.3f} ms {short(n)}")
 
 
-def profile(fn, title, top=30):
+def profile(fn, title, top=30, table_too=True):
     import torch
     from torch.profiler import ProfilerActivity, profile as tprof
     for _ in range(3):
@@ -66,6 +66,9 @@ def profile(fn, title, top=30):
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e))
     times.sort()
+    if not table_too:
+        print(f"{title}: median forward {times[len(times) // 2]:.3f} ms (7 timed after 3 warm-up)")
+        return times[len(times) // 2]
     with tprof(activities=[ProfilerActivity.CUDA]) as p:
         fn()
         torch.cuda.synchronize()
@@ -88,7 +91,7 @@ def peers(a):
     out = {}
     with torch.inference_mode():
         from transformers import LlamaConfig, LlamaForCausalLM
-        cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=2, num_attention_heads=32,
+        cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=a.layers, num_attention_heads=32,
                           num_key_value_heads=32, vocab_size=32000, max_position_embeddings=8192)
         cfg._attn_implementation = "sdpa"
         with torch.device(dev):
@@ -96,13 +99,13 @@ def peers(a):
         for t in [int(x) for x in a.llama_tokens.split(",")]:
             ids = torch.randint(0, 32000, (1, t), device=dev)
             out[f"llama_{t}"] = profile(lambda: m(input_ids=ids, use_cache=False).logits,
-                                        f"transformers LlamaForCausalLM 2 layers, {t} tokens")
+                                        f"transformers LlamaForCausalLM {a.layers} layers, {t} tokens", table_too=a.tables)
         del m
         torch.cuda.empty_cache()
         from diffusers import WanTransformer3DModel
         with torch.device(dev):
             w = WanTransformer3DModel(num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-                                      text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=2, cross_attn_norm=True,
+                                      text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=a.layers, cross_attn_norm=True,
                                       qk_norm="rms_norm_across_heads", eps=1e-6).to(torch.bfloat16).eval()
         for t in [int(x) for x in a.tokens.split(",")]:
             frames = t // (32 * 32)
@@ -111,7 +114,8 @@ def peers(a):
             ts = torch.tensor([500.0], device=dev)
             out[f"wan_{t}"] = profile(lambda: w(hidden_states=lat, timestep=ts, encoder_hidden_states=ctx,
                                                 return_dict=False)[0],
-                                      f"diffusers WanTransformer3DModel 2 layers, {t} tokens")
+                                      f"diffusers WanTransformer3DModel {a.layers} layers, {t} tokens",
+                                      table_too=a.tables)
     if a.out:
         with open(os.path.join(a.out, "peer_times.json"), "w") as f:
             json.dump(out, f, indent=1)
@@ -124,6 +128,8 @@ def main():
     p.add_argument("--tokens", default="4096")
     p.add_argument("--llama-tokens", default="2048")
     p.add_argument("--out", default="")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--no-tables", dest="tables", action="store_false", help="timings only")
     n = sub.add_parser("ncu")
     n.add_argument("csv")
     n.add_argument("--sequence", type=int, default=0, help="also list the first N kernels in launch order")

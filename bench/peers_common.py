@@ -1,19 +1,31 @@
-"""What the peer benchmarks share: the swapping methods users run today, applied to a list of blocks
-(nn.Modules), the pinned host -> device bandwidth of this machine, timing and JSON rows.
+"""What the peer benchmarks share: swapping methods applied to a list of blocks (nn.Modules) of the
+frameworks' own models, the pinned host -> device bandwidth of this machine, timing, the same-computation
+check and JSON rows.
 
-The methods (each puts a stack's blocks on the device only around their own forward):
-  resident    every block on the device: the compute floor.
+The generic methods (the frameworks' own offloading, diffusers' group offload and model CPU offload,
+live in wan_peers.py):
   naive       block.to(device) before its forward, block.to("cpu") after: synchronous, pageable
               memory (what a plain block-swap loop does).
-  accelerate  accelerate.cpu_offload on every block: Accelerate's hooks move each submodule's
-              weights in for its forward and drop them after.
+  accelerate  accelerate.cpu_offload: Accelerate's hooks move each submodule's weights in for its
+              forward and drop them after.
   prefetch    weights in page-locked host memory; while block i computes, a side stream copies
               block i+1 in (two blocks on the device at once), the compute stream waits on an event
-              (LightX2V's block offload and diffusers' group offloading with use_stream=True work so).
-Only the blocks swap; the parts around them (embeddings, head) stay on the device in every mode.
+              (LightX2V's block offload works so). Only the blocks swap; the parts around them
+              (embeddings, head) stay on the device.
+
+Timing: every time is the median of ITERS (>= 5) passes after a warm-up (time_passes).
+
+Same computation (check_output): a row's output against the framework's resident output of the same
+inputs, as the relative L2 error ||out - ref|| / ||ref|| (and the max error over max |ref|, recorded).
+A row passes when the relative L2 error is within tolerance(): max(TOL_FLOOR, TOL_FACTOR x the
+framework's own bf16 error against its float32 run on the same inputs, measured in the same run).
+A bf16 computation differs from another bf16 computation of the same arithmetic by about its own
+rounding error; different weights, inputs, schedules or layouts differ by tens of percent. A float32
+computation is within the tolerance of a bf16 one, so the dtype is checked on its own (check_dtype).
 """
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -160,34 +172,112 @@ def accelerate_remove(blocks, saved):
         b.load_state_dict(sd, assign=True)
 
 
-def time_passes(run_pass, device, iters, warmup=1):
-    """Median seconds of `iters` calls of run_pass() after `warmup` untimed ones."""
+ITERS = 5  # timed passes per row, after the warm-up: every time is a median of at least this many
+TOL_FLOOR = 0.02  # relative L2 error always allowed between two bf16 computations of the same arithmetic
+TOL_FACTOR = 3.0  # times the framework's own bf16-vs-float32 error
+
+
+def time_passes(run_pass, device, iters=ITERS, warmup=1):
+    """(median seconds, every time, the last pass's output) of `iters` timed calls of run_pass() after
+    `warmup` untimed ones; each call is timed from its start until the device is idle."""
     for _ in range(warmup):
         run_pass()
     sync(device)
-    times = []
+    times, out = [], None
     for _ in range(iters):
         t0 = time.perf_counter()
-        run_pass()
+        out = run_pass()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    return statistics.median(times), times, out
 
 
-def check_same(out, ref, what, tol=1e-2):
-    """--check: `out` (a mode's output) equals `ref` (the first mode's) within a relative `tol`;
-    returns the reference to keep. Exits naming the mode otherwise."""
-    out = out.float().cpu()
-    if ref is None:
-        return out
-    err = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-    if not math.isfinite(err) or err > tol:
-        sys.exit(f"{what} differs from the first mode: relative error {err}")
-    return ref
+def rel_err(out, ref):
+    """{"rel_l2": ||out - ref|| / ||ref||, "max_rel": max |out - ref| / max |ref|} in float64 on the CPU."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if out.shape != ref.shape:
+        return {"rel_l2": float("inf"), "max_rel": float("inf"),
+                "shape": f"{list(out.shape)} vs {list(ref.shape)}"}
+    d = out - ref
+    return {"rel_l2": (d.norm() / ref.norm().clamp_min(1e-30)).item(),
+            "max_rel": (d.abs().max() / ref.abs().max().clamp_min(1e-30)).item()}
+
+
+def tolerance(yardstick):
+    """The relative L2 tolerance of the same-computation check, from the framework's own bf16 error."""
+    return max(TOL_FLOOR, TOL_FACTOR * yardstick) if yardstick is not None and math.isfinite(yardstick) else TOL_FLOOR
+
+
+def check_output(out, ref, tol, against):
+    """The same-computation check of a row: {"against", "rel_l2", "max_rel", "tolerance", "ok"}."""
+    e = rel_err(out, ref)
+    ok = math.isfinite(e["rel_l2"]) and e["rel_l2"] <= tol
+    return {"against": against, **{k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+                                   for k, v in e.items()}, "tolerance": round(tol, 6), "ok": bool(ok)}
+
+
+def check_dtype(mine, expected, against="the peer"):
+    """The dtype check of a row: it computed in `expected` ("bfloat16", ...): the peer's dtype for a
+    pipeswap row, the dtype stored on disk for a peer row."""
+    return {"row": mine, "expected": expected, "against": against, "ok": bool(mine and mine == expected)}
+
+
+def status(row):
+    """"ok", or "FAILED: why" from a row's error, dtype and output checks (failed rows fail their step)."""
+    why = []
+    if row.get("error"):
+        why.append("the run failed (rc %s)" % row.get("rc"))
+    d = row.get("dtype_check")
+    if d and not d["ok"]:
+        why.append(f"computed in {d['row']}, {d['against']} in {d['expected']}")
+    c = row.get("check")
+    if c and not c["ok"]:
+        why.append(f"output differs from {c.get('against', 'the reference')}: relative error "
+                   f"{c.get('rel_l2', c.get('max_rel_err'))} > {c.get('tolerance', 'the tolerance')}")
+    if not c and not row.get("error") and row.get("check_required"):
+        why.append("no output check")
+    return "FAILED: " + "; ".join(why) if why else "ok"
+
+
+def dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def params_dtype(module):
+    """The compute dtype of a module: the dtype of most of its parameter bytes (the matmul weights).
+    diffusers keeps a few small modules in float32 on purpose (_keep_in_fp32_modules: the time
+    embedder, modulation tables and norms), as pipeswap computes those parts in float32 too."""
+    by = {}
+    for p in module.parameters():
+        if p.is_floating_point():
+            by[dtype_name(p.dtype)] = by.get(dtype_name(p.dtype), 0) + p.numel() * p.element_size()
+    return max(by, key=by.get) if by else None
+
+
+def peak_bytes(device):
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def llama_ids(tokens, vocab):
+    """The token ids of the Llama rows (one sequence), the same for pipeswap and transformers."""
+    return [(i * 7919) % vocab for i in range(tokens)]
+
+
+def logit_positions(tokens, count=256):
+    """The positions whose logits the Llama check compares (every T/count-th and the last)."""
+    return sorted(set(range(0, tokens, max(1, tokens // count))) | {tokens - 1})
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def row(workload, mode, tokens, seconds, bytes_moved, resident_seconds, bw_gbs, **extra):
-    """One JSON row: seconds over the bound max(resident compute, bytes / pinned bandwidth)."""
+    """One JSON row: seconds over the bound max(resident_seconds, bytes / pinned bandwidth), where
+    resident_seconds is always the framework's own resident time at that length (never pipeswap's)."""
     transfer = bytes_moved / (bw_gbs * 1e9) if bw_gbs and bytes_moved else 0.0
     bound = max(resident_seconds or 0.0, transfer)
     r = {"workload": workload, "mode": mode, "tokens": tokens, "seconds": round(seconds, 6),
@@ -198,10 +288,27 @@ def row(workload, mode, tokens, seconds, bytes_moved, resident_seconds, bw_gbs, 
     return r
 
 
+def save_partial(rows, out):
+    """The rows so far (a step cut short by its time limit keeps what it measured)."""
+    if out:
+        for r in rows:
+            r.setdefault("status", status(r))
+        with open(out + ".tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(out + ".tmp", out)
+
+
 def emit(rows, out):
+    """Writes the rows; returns 1 (the step's exit status) when any row FAILED, else 0."""
+    for r in rows:
+        r.setdefault("status", status(r))
     text = json.dumps(rows, indent=1)
     if out:
         with open(out, "w") as f:
             f.write(text + "\n")
     for r in rows:
         print(json.dumps(r), flush=True)
+    for r in rows:  # last, so that a log's tail names them
+        if r["status"].startswith("FAILED"):
+            print(f"{r['workload']} {r['mode']} {r['tokens']}: {r['status']}", flush=True)
+    return 1 if any(r["status"].startswith("FAILED") for r in rows) else 0

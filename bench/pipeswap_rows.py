@@ -1,22 +1,39 @@
 #!/usr/bin/env python3
 """The pipeswap side of docs/benchmarks.md: runs the pipeswap executable on the benchmark weights and
-turns its output into the same JSON rows as the peers (peers_common.row).
+turns its output into the same JSON rows as the peers (peers_common.row), each checked against the
+framework (diffusers / transformers) on the same weights and inputs.
 
     pipeswap_rows.py inputs --out DIR --tokens 1024,4096,16384        # latents + text context files
-    pipeswap_rows.py wan    --exe build-gpu/pipeswap --model WAN --inputs DIR --peers wan_peers.json --out F
-    pipeswap_rows.py llama  --exe build-gpu/pipeswap --model LLAMA --peers llama_peers.json --out F
+    pipeswap_rows.py wan    --exe build-gpu/pipeswap --model WAN --inputs DIR --peers wan_peers.json --ref-dir REF --out F
+    pipeswap_rows.py llama  --exe build-gpu/pipeswap --model LLAMA --peers llama_peers.json --ref-dir REF --out F
     pipeswap_rows.py disk   --exe build-gpu/pipeswap --model WAN --inputs DIR --disk disk_bw.json --out F
     pipeswap_rows.py two-gpu --exe build-gpu/pipeswap --model WAN --inputs DIR --out F
     pipeswap_rows.py scale  --exe build-gpu/pipeswap --model WAN40 --inputs DIR --out F   # 40 blocks, 1 and 2 GPUs
     pipeswap_rows.py transfer --trace wan_2gpu_transfer_1024.json[.gz]   # stage-to-stage bytes/s
+    pipeswap_rows.py trace-summary --trace wan_resident_1024.json[.gz]   # per-phase ms per step
 
-The Wan rows call `pipeswap denoise --model DIR --latents FILE --context FILE --steps S --guidance 1`
-and read its per-step progress lines ("step 2/3 sigma 0.6667: 0.123 s"); the first step is left out
-(it pays for the first copies and kernel selection), the rest give the median seconds per step, which
-compare with the peers' seconds per pass over the same blocks (one step = one pass; the embeddings
-and head are a few MB beside the blocks). Every row can also write a --trace timeline.
-TODO(lead): if `denoise` changes its flag spellings or its progress line, update DENOISE_FLAGS and
-STEP_LINE below (one place each).
+The Wan rows call `pipeswap denoise --model DIR --latents FILE --context FILE --steps S --guidance 1
+--shift X` (one forward per step, no CFG: one step is one diffusers forward) and read its per-step
+progress lines ("step 2/6 sigma 0.9615: 0.123456 s"); step 1 is the warm-up (first copies, kernel
+selection), the median of steps 2..S (S = 6: five) is the row's time. A step also holds what one
+diffusers forward does not: the velocity's copy to the host and the Euler update there (a few MB).
+The Llama rows call `pipeswap run --repeat 6` and take the median of passes 2..6 ("forward pass k/6").
+A pass is timed until its logits are on the host in float32 (the peer's: until they are on the device).
+
+Every row is checked, and FAILED (status, and this script's exit status 1) unless both hold:
+  * dtype: the compute dtype in pipeswap's plan line ("plan: DIR (wan), 12 blocks, bfloat16, ...")
+    equals the peer's (wan_peers.py / llama_peers.py record it).
+  * same computation: Wan: the final latents against diffusers running the same S-step loop on the
+    same files (wan_peers.py --ref-dir), compared as displacements x_0 - x_S (the noise cancels);
+    Llama: the logits at peers_common.logit_positions against transformers' (llama_peers.py
+    --ref-dir). Relative L2 error within peers_common.tolerance() of the framework's own bf16 error.
+Settings: --settings "NAME:FLAGS;..." (default: resident, all swapped, half swapped, each with
+--dtype bf16) and one row with pipeswap's default flags (no --dtype: what a user gets) at the first
+length, named "defaults".
+The bound of every row: max(the framework's resident time at that length, bytes the row moved to
+the device per step / the pinned host-to-device GB/s the peers measured in the same run).
+Every row writes a --trace timeline; trace_summary() turns it into milliseconds per step per phase
+(render.py prints it beside a missed target).
 """
 import argparse
 import gzip
@@ -34,32 +51,52 @@ import peers_common as pc  # noqa: E402
 # The denoise command line (flags as launcher/src/cli.cpp spells them); CFG_FLAGS are added when the
 # guidance is not 1 (each sample's conditional and unconditional passes are then two micro-batches).
 DENOISE_FLAGS = ["denoise", "--model", "{model}", "--latents", "{latents}", "--context", "{context}",
-                 "--steps", "{steps}", "--guidance", "{guidance}"]
+                 "--steps", "{steps}", "--guidance", "{guidance}", "--shift", "{shift}"]
 CFG_FLAGS = ["--context-null", "{context_null}"]
 GUIDANCE = 5  # as bench/wan_gpipe.py mixes the pair
+SHIFT = 5.0  # pipeswap's default, passed explicitly (the peers' reference loop uses the same)
 STEP_LINE = re.compile(r"step (\d+)/(\d+) sigma [-0-9.e]+: ([0-9.]+) s")
 FORWARD_LINE = re.compile(r"forward ([0-9.]+) s")
+PASS_LINE = re.compile(r"forward pass (\d+)/(\d+): ([0-9.]+) s")
+PLAN_LINE = re.compile(r"^plan: .* \((\w+)\), (\d+) blocks, ([A-Za-z0-9_]+)", re.M)
 PEAK_LINE = re.compile(r"device memory peak (\d+) bytes allocated \(plan (\d+) bytes")
 DISK_LINE = re.compile(r"read from disk during the run ([0-9.]+) ?([KMGT]?i?B)")
 SWAPPED = re.compile(r"(\d+) swapped")
+UNIT_SUFFIX = re.compile(r"( (b|mb|s)\d+)+$")
 UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30,
          "TiB": 1 << 40}
+SETTINGS = ("resident:--dtype bf16;swap all:--dtype bf16 --offload-ratio 1 --prefetch-depth 2;"
+            "swap half:--dtype bf16 --offload-ratio 0.5 --resident-policy interleaved;defaults:")
 
 
 def run(cmd, timeout, env=None):
     t0 = time.time()
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                       env={**os.environ, **(env or {})})
-    return p.returncode, p.stdout, time.time() - t0
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                           env={**os.environ, **(env or {})})
+        return p.returncode, p.stdout, time.time() - t0
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return 124, out + f"\n(timed out after {timeout} s)", time.time() - t0
+
+
+def load_rows(path):
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
 
 
 def peers_bw(path):
     """The pinned host -> device GB/s the peers measured in this run (one figure for every row)."""
-    if not path or not os.path.exists(path):
-        return None
-    with open(path) as f:
-        rows = json.load(f)
-    return next((r.get("pinned_h2d_gbs") for r in rows if r.get("pinned_h2d_gbs")), None)
+    return next((r.get("pinned_h2d_gbs") for r in load_rows(path) if r.get("pinned_h2d_gbs")), None)
+
+
+def framework(path):
+    """From the peers' JSON: {tokens: the framework's resident seconds}, its compute dtype, its name."""
+    rows = [r for r in load_rows(path) if r.get("mode") == "resident"]
+    return ({r["tokens"]: r["seconds"] for r in rows}, next((r.get("dtype") for r in rows), None),
+            next((r.get("framework") for r in rows), None))
 
 
 def make_inputs(a):
@@ -83,19 +120,31 @@ def latents_name(tokens, samples):
     return f"latents_{tokens}.safetensors" if samples == 1 else f"latents_{tokens}_b{samples}.safetensors"
 
 
+def common_info(text, r):
+    """What every pipeswap run prints: its plan's compute dtype, swapped blocks, device peak vs plan."""
+    m = PLAN_LINE.search(text)
+    r["pipeswap_dtype"] = m.group(3) if m else None
+    sw = SWAPPED.findall(text)
+    r["swapped_blocks"] = sum(int(s) for s in sw) if sw else 0
+    peaks = PEAK_LINE.findall(text)
+    if peaks:
+        r["device_peak_bytes"] = [int(p) for p, _ in peaks]
+        r["plan_device_bytes"] = [int(q) for _, q in peaks]
+
+
 def denoise_row(a, name, tokens, extra, chain="cuda", launcher=(), steps=None, traced=True, samples=1, guidance=1):
     steps = steps or a.steps
     flags = DENOISE_FLAGS + (CFG_FLAGS if guidance != 1 else [])
     flags = [f.format(model=a.model, latents=os.path.join(a.inputs, latents_name(tokens, samples)),
                       context=os.path.join(a.inputs, "context.safetensors"),
                       context_null=os.path.join(a.inputs, "context_null.safetensors"), steps=steps,
-                      guidance=guidance) for f in flags]
-    out_file = os.path.join(a.scratch, f"{name}_{tokens}.safetensors")
+                      guidance=guidance, shift=getattr(a, "shift", SHIFT)) for f in flags]
+    out_file = os.path.join(a.scratch, f"{name.replace(' ', '_')}_{tokens}.safetensors")
     cmd = list(launcher) + [a.exe] + flags + ["--device-chain", chain, "--output", out_file] + extra
     r = {"output": out_file}
     if traced and a.trace_dir:
         os.makedirs(a.trace_dir, exist_ok=True)
-        r["trace"] = os.path.join(a.trace_dir, f"wan_{name}_{tokens}.json")
+        r["trace"] = os.path.join(a.trace_dir, f"wan_{name.replace(' ', '_')}_{tokens}.json")
         cmd += ["--trace", r["trace"]]
     rc, text, wall = run(cmd, a.timeout)
     r.update({"command": " ".join(cmd), "rc": rc, "wall_seconds": round(wall, 2)})
@@ -104,70 +153,128 @@ def denoise_row(a, name, tokens, extra, chain="cuda", launcher=(), steps=None, t
         r["error"] = text[-2000:]
         return r, None
     r["step_seconds"] = steps_s
-    sw = SWAPPED.findall(text)
-    r["swapped_blocks"] = sum(int(s) for s in sw) if sw else 0
-    peaks = PEAK_LINE.findall(text)
-    if peaks:
-        r["device_peak_bytes"] = [int(p) for p, _ in peaks]
-        r["plan_device_bytes"] = [int(q) for _, q in peaks]
+    common_info(text, r)
     d = DISK_LINE.findall(text)
     if d:
         r["disk_bytes_read"] = int(sum(float(v) * UNITS.get(u, 1) for v, u in d))
-    return r, statistics.median(steps_s[1:] if len(steps_s) > 1 else steps_s)
+    timed = steps_s[1:] if len(steps_s) > 1 else steps_s
+    r["iters"], r["warmup"] = len(timed), len(steps_s) - len(timed)
+    return r, statistics.median(timed)
+
+
+def settings_of(a):
+    return [s.split(":", 1) for s in a.settings.split(";") if s]
+
+
+def ref_info(a, name):
+    p = os.path.join(a.ref_dir, name) if a.ref_dir else ""
+    if not p or not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
 
 
 def wan_rows(a):
-    from wan_stack import block_bytes
+    from safetensors.torch import load_file
+    from wan_stack import block_bytes, sizes
     with open(os.path.join(a.model, "config.json")) as f:
         cfg = json.load(f)
-    bb = block_bytes(cfg["dim"], cfg["ffn_dim"])
+    blocks, dim, ffn, _ = sizes(cfg)
+    bb = block_bytes(dim, ffn)
     bw = peers_bw(a.peers)
+    fw_seconds, fw_dtype, fw_name = framework(a.peers)
+    ref = ref_info(a, "wan_ref.json")
+    if ref:
+        a.shift = ref["shift"]
+        if ref["steps"] != a.steps:
+            sys.exit(f"pipeswap_rows: --steps {a.steps} but the reference loop ran {ref['steps']} steps")
+    tol = pc.tolerance(ref and ref.get("bf16_error_vs_fp32"))
     rows = []
-    settings = [s.split(":", 1) for s in a.settings.split(";")]
-    for tokens in [int(t) for t in a.tokens.split(",")]:
-        resident = None
-        for name, extra in settings:
-            info, secs = denoise_row(a, name, tokens, extra.split())
+    lengths = [int(t) for t in a.tokens.split(",")]
+    for tokens in lengths:
+        for name, extra in settings_of(a):
+            if name == "defaults" and tokens != lengths[0]:
+                continue
+            info, secs = denoise_row(a, name, tokens, extra.split(), chain=a.one_chain)
             moved = info.get("swapped_blocks", 0) * bb
-            if name == "resident" and secs:
-                resident = secs
-            rows.append(pc.row("wan", "pipeswap " + name, tokens, secs or float("nan"), moved, resident, bw,
-                               blocks=cfg["num_layers"], block_bytes=bb, **info))
-    pc.emit(rows, a.out)
+            if not info.get("error"):
+                info["dtype_check"] = pc.check_dtype(info.get("pipeswap_dtype"), fw_dtype, fw_name or "the peer")
+                ref_file = os.path.join(a.ref_dir, f"wan_ref_{tokens}.safetensors") if a.ref_dir else ""
+                if os.path.exists(ref_file):
+                    try:
+                        x0 = load_file(os.path.join(a.inputs, latents_name(tokens, 1)))["latents"].float()
+                        mine = load_file(info["output"])["latents"].float()
+                        theirs = load_file(ref_file)["latents"].float()
+                        info["check"] = pc.check_output(x0 - mine, x0 - theirs, tol,
+                                                        f"{fw_name}, the same {a.steps}-step loop")
+                    except Exception as e:  # noqa: BLE001 - a check that cannot run fails the row
+                        info["check"] = {"against": fw_name, "ok": False, "error": f"{type(e).__name__}: {e}"}
+                if info.get("trace"):
+                    info["trace_summary"] = trace_summary(info["trace"])
+            rows.append(pc.row("wan", "pipeswap " + name, tokens, secs if secs is not None else float("nan"), moved,
+                               fw_seconds.get(tokens), bw, blocks=blocks, block_bytes=bb, flags=extra,
+                               framework=fw_name, check_required=True,
+                               per_step="one forward per step, guidance 1 (no CFG), "
+                               "median of steps 2..S", **info))
+            pc.save_partial(rows, a.out)
+    return pc.emit(rows, a.out)
 
 
 def llama_rows(a):
+    import torch
+    from safetensors.torch import load_file
     with open(os.path.join(a.model, "config.json")) as f:
         cfg = json.load(f)
     bw = peers_bw(a.peers)
+    fw_seconds, fw_dtype, fw_name = framework(a.peers)
+    ref = ref_info(a, "llama_ref.json")
+    tol = pc.tolerance(ref and ref.get("bf16_error_vs_fp32"))
+    layer_bytes = _llama_layer_bytes(cfg)
     rows = []
-    for tokens in [int(t) for t in a.tokens.split(",")]:
+    lengths = [int(t) for t in a.tokens.split(",")]
+    for tokens in lengths:
         ids = os.path.join(a.scratch, f"llama_ids_{tokens}.json")
         os.makedirs(a.scratch, exist_ok=True)
         with open(ids, "w") as f:
-            json.dump([[(i * 7919) % cfg["vocab_size"] for i in range(tokens)]], f)
-        resident = None
-        for name, extra in [s.split(":", 1) for s in a.settings.split(";")]:
-            cmd = [a.exe, "run", "--model", a.model, "--input", ids, "--device-chain", "cuda", "--dtype", "bf16",
-                   "--repeat", "4", "--output", os.path.join(a.scratch, f"llama_{name}_{tokens}.safetensors")] + extra.split()
+            json.dump([pc.llama_ids(tokens, cfg["vocab_size"])], f)
+        for name, extra in settings_of(a):
+            if name == "defaults" and tokens != lengths[0]:
+                continue
+            out_file = os.path.join(a.scratch, f"llama_{name.replace(' ', '_')}_{tokens}.safetensors")
+            cmd = [a.exe, "run", "--model", a.model, "--input", ids, "--device-chain", a.one_chain,
+                   "--repeat", str(a.repeat), "--output", out_file] + extra.split()
+            info = {}
             if a.trace_dir:
                 os.makedirs(a.trace_dir, exist_ok=True)
-                cmd += ["--trace", os.path.join(a.trace_dir, f"llama_{name}_{tokens}.json")]
+                info["trace"] = os.path.join(a.trace_dir, f"llama_{name.replace(' ', '_')}_{tokens}.json")
+                cmd += ["--trace", info["trace"]]
             rc, text, wall = run(cmd, a.timeout)
-            m = FORWARD_LINE.search(text)
-            info = {"command": " ".join(cmd), "rc": rc, "wall_seconds": round(wall, 2)}
-            secs = float(m.group(1)) if rc == 0 and m else float("nan")
-            if rc != 0 or not m:
+            info.update({"command": " ".join(cmd), "rc": rc, "wall_seconds": round(wall, 2)})
+            passes = [float(m.group(3)) for m in PASS_LINE.finditer(text)]
+            secs = statistics.median(passes[1:]) if rc == 0 and len(passes) > 1 else float("nan")
+            if rc != 0 or len(passes) < 2:
                 info["error"] = text[-2000:]
-            sw = SWAPPED.findall(text)
-            info["swapped_blocks"] = sum(int(s) for s in sw) if sw else 0
-            layer_bytes = _llama_layer_bytes(cfg)
-            if name == "resident" and rc == 0 and m:
-                resident = secs
-            rows.append(pc.row("llama", "pipeswap " + name, tokens, secs, info["swapped_blocks"] * layer_bytes,
-                               resident, bw, blocks=cfg["num_hidden_layers"], block_bytes=layer_bytes,
-                               note="median of 3 warm forward passes (--repeat 4)", **info))
-    pc.emit(rows, a.out)
+            else:
+                info.update(pass_seconds=passes, iters=len(passes) - 1, warmup=1)
+                common_info(text, info)
+                info["dtype_check"] = pc.check_dtype(info.get("pipeswap_dtype"), fw_dtype, fw_name or "the peer")
+                ref_file = os.path.join(a.ref_dir, f"llama_ref_{tokens}.safetensors") if a.ref_dir else ""
+                if os.path.exists(ref_file):
+                    try:
+                        pos = torch.tensor(pc.logit_positions(tokens))
+                        mine = load_file(out_file)["logits"].reshape(-1, cfg["vocab_size"])[pos].float()
+                        theirs = load_file(ref_file)["logits"].float()
+                        info["check"] = pc.check_output(mine, theirs, tol, f"{fw_name} logits")
+                    except Exception as e:  # noqa: BLE001 - a check that cannot run fails the row
+                        info["check"] = {"against": fw_name, "ok": False, "error": f"{type(e).__name__}: {e}"}
+                if info.get("trace"):
+                    info["trace_summary"] = trace_summary(info["trace"])
+            rows.append(pc.row("llama", "pipeswap " + name, tokens, secs, info.get("swapped_blocks", 0) * layer_bytes,
+                               fw_seconds.get(tokens), bw, blocks=cfg["num_hidden_layers"], block_bytes=layer_bytes,
+                               flags=extra, framework=fw_name, check_required=True,
+                               note=f"median of passes 2..{a.repeat} (--repeat {a.repeat}), logits on the host", **info))
+            pc.save_partial(rows, a.out)
+    return pc.emit(rows, a.out)
 
 
 def _llama_layer_bytes(cfg, esize=2):
@@ -176,13 +283,49 @@ def _llama_layer_bytes(cfg, esize=2):
     return esize * (2 * h * h + 2 * h * kv + 3 * h * f + 2 * h)
 
 
+def trace_summary(trace_path, skip=1):
+    """Milliseconds per step (Wan) or pass (Llama) from a 1-rank --trace file, the first `skip` left out:
+    each compute range name (the architecture's phases summed over blocks, "prologue", "epilogue"), the
+    compute stream's waits for copies ("wait"), the copy lane's fills ("copy", beside compute), and
+    "other": the time between one step's first compute and the next one's that no compute or wait
+    range covers (host work, syncs, the velocity's or logits' copy to the host, launch gaps).
+    Steps are told apart by their "prologue" ranges (one per micro-batch)."""
+    opener = gzip.open if trace_path.endswith(".gz") else open
+    try:
+        with opener(trace_path, "rt") as f:
+            trace = json.load(f)
+    except (OSError, ValueError) as e:
+        return {"error": f"cannot read {trace_path}: {e}"}
+    ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("pid", 0) == 0]
+    for e in ev:  # "self_attn b3 mb0 s2" -> "self_attn" (the merged trace appends the unit)
+        e["base"] = UNIT_SUFFIX.sub("", e.get("name", ""))
+    starts = sorted(e["ts"] for e in ev if e.get("cat") == "compute" and e["base"] == "prologue")
+    if len(starts) <= skip:
+        return {"error": f"{len(starts)} prologue ranges in {trace_path}: nothing after the warm-up"}
+    begin = starts[skip]
+    compute_end = max(e["ts"] + e["dur"] for e in ev if e.get("cat") == "compute")
+    n = len(starts) - skip
+    acc = {}
+    for e in ev:
+        if e["ts"] < begin:
+            continue
+        if e.get("cat") in ("compute", "wait", "copy"):
+            key = e["base"] if e.get("cat") == "compute" else e["cat"]
+            acc[key] = acc.get(key, 0.0) + e["dur"]
+    ms = {k: round(v / n / 1e3, 3) for k, v in sorted(acc.items(), key=lambda kv: -kv[1])}
+    span = (compute_end - begin) / n / 1e3
+    busy = sum(v for k, v in ms.items() if k != "copy")
+    return {"steps": n, "span_ms": round(span, 3), "ms": ms, "other_ms": round(max(0.0, span - busy), 3),
+            "device_timing": all(r.get("device_timing", True) for r in trace.get("otherData", {}).get("ranks", []))}
+
+
 def disk_rows(a):
     with open(a.disk) as f:
         raw = json.load(f)
     rows = []
     tokens = int(a.tokens.split(",")[0])
     extra = f"--offload-ratio 1 --lazy-load --max-memory {a.max_memory} --num-disk-workers {a.disk_workers}".split()
-    info, secs = denoise_row(a, "disk", tokens, extra, steps=a.steps)
+    info, secs = denoise_row(a, "disk", tokens, extra + a.dtype_flags.split(), chain=a.one_chain, steps=a.steps)
     total = sum(info.get("step_seconds", [])) or float("nan")
     read = info.get("disk_bytes_read", 0)
     achieved = read / total / 1e9 if read and total == total else None
@@ -191,7 +334,7 @@ def disk_rows(a):
                  "achieved_read_gbs": achieved and round(achieved, 3), "raw_direct_gbs": ref,
                  "fraction_of_raw": round(achieved / ref, 3) if achieved and ref else None,
                  "max_memory": a.max_memory, "raw": raw, **info})
-    pc.emit(rows, a.out)
+    return pc.emit(rows, a.out)
 
 
 def pipe_settings(text):
@@ -227,7 +370,7 @@ def two_gpu_rows(a):
         out = []
         for gpus, chain, launch in ((1, a.one_chain, ()), (2, a.two_chain, launcher))[0 if both else 1:]:
             name = f"{key}_{gpus}gpu_b{samples}{'cfg' if cfg else ''}"
-            info, _ = denoise_row(a, name, tokens, extra, chain=chain, launcher=launch, steps=steps,
+            info, _ = denoise_row(a, name, tokens, extra + a.dtype_flags.split(), chain=chain, launcher=launch, steps=steps,
                                   samples=samples, guidance=GUIDANCE if cfg else 1)
             steady = info.get("step_seconds", [])[1:]
             r = {"workload": "wan", "tokens": tokens, "gpus": gpus, "samples": samples, "cfg": cfg,
@@ -251,7 +394,7 @@ def two_gpu_rows(a):
     for tokens in [int(t) for t in a.tokens.split(",")]:
         (r,) = run_pair("transfer", tokens, [], a.steps, 1, False, both=False)
         rows.append({**r, "mode": "pipeswap stage transfer"})
-    pc.emit(rows, a.out)
+    return pc.emit(rows, a.out)
 
 
 def scale_rows(a):
@@ -268,7 +411,8 @@ def scale_rows(a):
         gpus, flags = setting.split(":", 1)
         gpus = int(gpus)
         chain, launch = (a.one_chain, ()) if gpus == 1 else (a.two_chain, launcher)
-        info, _ = denoise_row(a, f"scale{k}_{gpus}gpu", tokens, flags.split(), chain=chain, launcher=launch,
+        info, _ = denoise_row(a, f"scale{k}_{gpus}gpu", tokens, flags.split() + a.dtype_flags.split(), chain=chain,
+                              launcher=launch,
                               steps=a.steps, guidance=GUIDANCE, traced=False)
         steady = info.get("step_seconds", [])[1:]
         r = {"workload": "wan", "mode": "pipeswap scale", "tokens": tokens, "gpus": gpus, "flags": flags,
@@ -282,7 +426,7 @@ def scale_rows(a):
             else:
                 r["same_latents_as_first_row"] = bool(latents.equal(first))
         rows.append(r)
-    pc.emit(rows, a.out)
+    return pc.emit(rows, a.out)
 
 
 def stage_transfer(trace_path, skip_steps=1):
@@ -424,19 +568,27 @@ def main():
     t.add_argument("--trace", required=True)
     t.add_argument("--skip-steps", type=int, default=1)
     t.add_argument("--out", default="")
+    ts = sub.add_parser("trace-summary", help="milliseconds per step and phase from a 1-rank --trace file")
+    ts.add_argument("--trace", required=True)
+    ts.add_argument("--skip", type=int, default=1)
     for name in ("wan", "llama", "disk", "two-gpu", "scale"):
         p = sub.add_parser(name)
         p.add_argument("--exe", required=True)
         p.add_argument("--model", required=True)
         p.add_argument("--inputs", default="")
-        p.add_argument("--tokens", default="1024,4096,16384" if name != "llama" else "512,2048")
-        p.add_argument("--steps", type=int, default=3)
+        p.add_argument("--tokens", default="1024,4096,16384" if name != "llama" else "512,2048,8192")
+        p.add_argument("--steps", type=int, default=6 if name == "wan" else 3,
+                       help="denoising steps (wan: 6, the first a warm-up, the median of the other five)")
+        p.add_argument("--repeat", type=int, default=6, help="llama: forward passes (the first a warm-up)")
+        p.add_argument("--shift", type=float, default=SHIFT)
+        p.add_argument("--ref-dir", default="", help="wan, llama: the peers' reference outputs (--ref-dir there)")
+        p.add_argument("--dtype-flags", default="--dtype bf16",
+                       help="disk, two-gpu, scale: added to every pipeswap command (the peers run bf16)")
         p.add_argument("--peers", default="", help="the peers' JSON of this run (its pinned bandwidth)")
         p.add_argument("--disk", default="", help="disk_bw.sh's JSON of this run")
         p.add_argument("--max-memory", default="4GB")
         p.add_argument("--disk-workers", type=int, default=4)
-        p.add_argument("--settings", default="resident:;swap all:--offload-ratio 1 --prefetch-depth 2;"
-                                             "swap half:--offload-ratio 0.5 --resident-policy interleaved")
+        p.add_argument("--settings", default=SETTINGS, help="wan, llama: NAME:FLAGS rows, ';'-separated")
         p.add_argument("--pipe-tokens", default="4096", help="two-gpu: lengths of the pipeline rows")
         p.add_argument("--pipe-settings", default="1:cfg,2:cfg,2:nocfg", help="two-gpu: B:cfg|nocfg rows")
         p.add_argument("--pipe-steps", type=int, default=30, help="two-gpu: denoising steps of the pipeline rows")
@@ -453,8 +605,9 @@ def main():
     a = ap.parse_args()
     if hasattr(a, "scratch"):
         os.makedirs(a.scratch, exist_ok=True)
-    cmds = {"inputs": make_inputs, "wan": wan_rows, "llama": llama_rows, "disk": disk_rows, "two-gpu": two_gpu_rows, "scale": scale_rows,
-            "transfer": transfer_cmd}
+    cmds = {"inputs": make_inputs, "wan": wan_rows, "llama": llama_rows, "disk": disk_rows, "two-gpu": two_gpu_rows,
+            "scale": scale_rows, "transfer": transfer_cmd,
+            "trace-summary": lambda a: print(json.dumps(trace_summary(a.trace, a.skip), indent=1))}
     sys.exit(cmds[a.cmd](a))
 
 

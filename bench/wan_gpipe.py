@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The GPipe peer of the 2-GPU pipeline rows (docs/benchmarks.md, scenario 3): the Wan blocks of a
-wan_stack.py checkpoint split into one contiguous stage per rank and run with PyTorch's own pipeline
-parallelism, torch.distributed.pipelining (PipelineStage + ScheduleGPipe: all micro-batches fill the
-pipeline, then it drains), against the same blocks on one device in the same run.
+"""The GPipe peer of the 2-GPU pipeline rows (docs/benchmarks.md, scenario 3): diffusers' own
+WanTransformerBlocks of a wan_stack.py checkpoint (WanTransformer3DModel.from_pretrained, bf16), split
+into one contiguous stage per rank and run with PyTorch's own pipeline parallelism,
+torch.distributed.pipelining (PipelineStage + ScheduleGPipe: all micro-batches fill the pipeline, then
+it drains), against the same blocks on one device in the same run.
 
     python3 -m torch.distributed.run --standalone --nproc-per-node 2 bench/wan_gpipe.py \
         --model /scratch/wan --tokens 4096 --settings 1:cfg,2:cfg,2:nocfg --steps 30 --out gpipe.json
@@ -12,11 +13,12 @@ pipeline, then it drains), against the same blocks on one device in the same run
 The work is pipeswap denoise's (bench/pipeswap_rows.py two-gpu runs the same settings): a setting
 B:cfg is B samples with classifier-free guidance, M = 2B micro-batches per step (each sample's
 conditional then unconditional pass, as pipeswap orders them); B:nocfg is M = B. Each micro-batch
-is one sample's pass: latent tokens [1, L, 64] -> patch embedding (the checkpoint's
-patch_embedding as the linear map it is on 1x2x2 patches) -> the blocks (wan_peers.WanBlock, with
-e [1, 6, d] and the text context [1, 512, d], conditional or negative) -> LayerNorm + the checkpoint's
-head.head -> a velocity [1, L, 64] in float32. The stage activation crossing ranks is (x, e, context),
-what pipeswap's Wan sends (less its e [1, d]); the grid stays in each stage's RoPE table.
+is one sample's pass: latent tokens [1, L, 64] -> patch embedding (the model's patch_embedding as the
+linear map it is on 1x2x2 patches) -> diffusers' WanTransformerBlocks (with a modulation input e
+[1, 6, d] standing in for the time projection, the text context [1, 512, d] standing in for the text
+embedder's output, conditional or negative, and the model's own RoPE of the grid) -> LayerNorm + the
+model's proj_out -> a velocity [1, L, 64] in float32. The stage activation crossing ranks is
+(x, e, context), what pipeswap's Wan sends (less its e [1, d]); each stage computes the RoPE tables.
 
 Per length and setting, two rows (rank 0 writes them):
   gpipe one step   seconds for one step of M micro-batches (median of --iters after a warm-up, each
@@ -52,7 +54,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers_common as pc  # noqa: E402
-from wan_peers import load_blocks, open_weights, rope_table  # noqa: E402
+from wan_stack import sizes  # noqa: E402
 
 GUIDANCE = 5.0
 SHIFT = 5.0
@@ -85,20 +87,27 @@ class Stage(nn.Module):
         if self.first:
             x = F.linear(x.to(self.io["pe_w"].dtype), self.io["pe_w"], self.io["pe_b"])
         for b in self.blocks:
-            x = b(x, e, ctx, self.rope)
+            x = b(x, ctx, e, self.rope)
         if not self.last:
             return x, e, ctx
         n = F.layer_norm(x.float(), (x.shape[-1],), eps=1e-6).to(x.dtype)
         return F.linear(n, self.io["head_w"], self.io["head_b"]).float()
 
 
-def load_io(model_dir, device, dtype):
-    """The patch embedding (as a [d, 64] linear map) and the head's linear layer, from the checkpoint."""
-    cfg, get = open_weights(model_dir)
-    dim = cfg["dim"]
-    return {"pe_w": get("patch_embedding.weight").reshape(dim, -1).to(device, dtype),
-            "pe_b": get("patch_embedding.bias").to(device, dtype),
-            "head_w": get("head.head.weight").to(device, dtype), "head_b": get("head.head.bias").to(device, dtype)}
+def load_io(model, device, dtype):
+    """The patch embedding (as a [d, 64] linear map) and the head's linear layer, from diffusers' model."""
+    dim = model.patch_embedding.weight.shape[0]
+    return {"pe_w": model.patch_embedding.weight.detach().reshape(dim, -1).to(device, dtype),
+            "pe_b": model.patch_embedding.bias.detach().to(device, dtype),
+            "head_w": model.proj_out.weight.detach().to(device, dtype),
+            "head_b": model.proj_out.bias.detach().to(device, dtype)}
+
+
+def rope_table(model, frames, grid_hw, device):
+    """diffusers' own RoPE (cos, sin) of an F x grid x grid token grid (1x2x2 patches), on the device."""
+    lat = torch.empty(1, model.config.in_channels, frames, 2 * grid_hw, 2 * grid_hw, device="meta")
+    cos, sin = model.rope(lat)
+    return cos.to(device), sin.to(device)
 
 
 def units(lat, e, ctx_c, ctx_n, cfg):
@@ -142,17 +151,18 @@ class Run:
         if self.world < 2:
             sys.exit("wan_gpipe.py needs at least 2 ranks (torchrun --nproc-per-node 2)")
         self.a, self.dtype = a, torch.bfloat16
-        cfg, _ = open_weights(a.model)
-        self.cfg = cfg
-        self.ranges = stage_ranges(a.blocks or cfg["num_layers"], self.world)
+        from diffusers import WanTransformer3DModel
+        self.model = WanTransformer3DModel.from_pretrained(a.model, torch_dtype=self.dtype).eval().requires_grad_(False)
+        n, dim, _, heads = sizes(dict(self.model.config))
+        self.cfg = {"dim": dim, "num_heads": heads, "num_layers": n}
+        self.ranges = stage_ranges(a.blocks or n, self.world)
         first, end = self.ranges[self.rank]
-        _, mine = load_blocks(a.model, end - first, self.dtype, first=first)
-        self.mine = [b.to(self.device) for b in mine]
-        self.io = load_io(a.model, self.device, self.dtype)
+        self.mine = [self.model.blocks[i].to(self.device) for i in range(first, end)]
+        self.io = load_io(self.model, self.device, self.dtype)
         self.all_blocks = None
         if self.rank == 0:  # the 1-GPU reference: every block on rank 0's device
-            _, rest = load_blocks(a.model, self.ranges[-1][1] - end, self.dtype, first=end)
-            self.all_blocks = self.mine + [b.to(self.device) for b in rest]
+            self.all_blocks = self.mine + [self.model.blocks[i].to(self.device)
+                                           for i in range(end, self.ranges[-1][1])]
 
     def sync(self):
         pc.sync(self.device)
@@ -207,7 +217,7 @@ def main():
     for tokens in [int(t) for t in a.tokens.split(",")]:
         frames = tokens // (a.grid_hw * a.grid_hw)
         assert frames * a.grid_hw * a.grid_hw == tokens, f"{tokens} tokens is not F x {a.grid_hw} x {a.grid_hw}"
-        rope = rope_table(dim // heads, (frames, a.grid_hw, a.grid_hw), r.device)
+        rope = rope_table(r.model, frames, a.grid_hw, r.device)
         g = torch.Generator().manual_seed(tokens)
         bmax = max(b for b, _ in settings)
         lat0 = torch.randn(bmax, tokens, LATENT_CH, generator=g).to(r.device)

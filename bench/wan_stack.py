@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
-"""Writes a Wan2.1-sized DiT as real safetensors with random weights, in Wan2.1's own naming.
+"""Writes a Wan2.1-sized DiT as real safetensors with random weights, in diffusers' layout: what
+`WanTransformer3DModel.save_pretrained` writes (diffusion_pytorch_model[-0000i-of-0000n].safetensors,
+diffusion_pytorch_model.safetensors.index.json when sharded, and config.json with
+"_class_name": "WanTransformer3DModel"), so that diffusers' own `WanTransformer3DModel.from_pretrained`
+and `pipeswap denoise` read the same files.
 
-The benchmark workload of docs/benchmarks.md: `blocks.N.*` for N blocks of a WanAttentionBlock
-(self-attention with q/k RMSNorm, cross-attention to text with norm3, tanh-GELU FFN, modulation),
-plus the non-block parts (patch, text and time embeddings, time projection, head), and Wan's
-config.json. Shards of about --shard-gb, listed in model.safetensors.index.json, as Wan2.1's own
-releases are. Defaults are the 14B model's sizes (d 5120, ffn 13824, 40 heads): one block is 703 MB
-in bf16.
+The weights are stored in bf16, and config.json carries no torch_dtype (diffusers ships none): a
+reader learns the dtype from the safetensors headers. The config keys are WanTransformer3DModel's own
+(bench/test-peers.sh checks that diffusers loads the directory with no missing or unexpected key and
+that config.json equals what diffusers itself saves for the same model).
 
-The weights are drawn on --device (the GPU when there is one: 16 blocks are 11 GB) with a fixed seed,
+Defaults are the 14B model's sizes (d 5120 = 40 heads x 128, ffn 13824): one block is 703 MB in bf16.
+The weights are drawn on --device (the GPU when there is one: 12 blocks are 8.4 GB) with a fixed seed,
 scaled so that activations stay finite through many blocks (the values are not a trained model's).
 
-    python3 bench/wan_stack.py --out /scratch/wan16 --blocks 16
-    python3 bench/wan_stack.py --out /tmp/tiny --blocks 4 --dim 128 --ffn 256 --heads 4 --device cpu
+    python3 bench/wan_stack.py --out /scratch/wan12 --blocks 12
+    python3 bench/wan_stack.py --out /tmp/tiny --blocks 3 --dim 64 --ffn 128 --heads 4 --device cpu
 """
 import argparse
 import json
@@ -23,52 +26,62 @@ import time
 import torch
 from safetensors.torch import save_file
 
+DIFFUSERS_VERSION = "0.42.1"  # the release the peers run (scripts/python-requirements.txt, .whl on the GPU)
+STEM = "diffusion_pytorch_model"
+
 
 def block_shapes(dim, ffn):
-    """Name -> shape of one block's tensors, relative to `blocks.N.` (Wan2.1 WanAttentionBlock, t2v)."""
-    s = {}
-    for attn in ("self_attn", "cross_attn"):
-        for p in ("q", "k", "v", "o"):
+    """Name -> shape of one block's tensors, relative to `blocks.N.` (diffusers' WanTransformerBlock, t2v,
+    qk_norm "rms_norm_across_heads", cross_attn_norm: norm1 and norm3 have no parameters)."""
+    s = {"scale_shift_table": (1, 6, dim)}
+    for attn in ("attn1", "attn2"):
+        for p in ("to_q", "to_k", "to_v", "to_out.0"):
             s[f"{attn}.{p}.weight"] = (dim, dim)
             s[f"{attn}.{p}.bias"] = (dim,)
         s[f"{attn}.norm_q.weight"] = (dim,)
         s[f"{attn}.norm_k.weight"] = (dim,)
-    s["norm3.weight"] = (dim,)
-    s["norm3.bias"] = (dim,)
-    s["ffn.0.weight"] = (ffn, dim)
-    s["ffn.0.bias"] = (ffn,)
-    s["ffn.2.weight"] = (dim, ffn)
-    s["ffn.2.bias"] = (dim,)
-    s["modulation"] = (1, 6, dim)
+    s["norm2.weight"] = (dim,)
+    s["norm2.bias"] = (dim,)
+    s["ffn.net.0.proj.weight"] = (ffn, dim)
+    s["ffn.net.0.proj.bias"] = (ffn,)
+    s["ffn.net.2.weight"] = (dim, ffn)
+    s["ffn.net.2.bias"] = (dim,)
     return s
 
 
-def other_shapes(dim, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256, patch=(1, 2, 2)):
+def other_shapes(dim, in_ch=16, out_ch=16, text_dim=4096, freq_dim=256, patch=(1, 2, 2)):
+    """The non-block tensors (patch, time and text embeddings, head), diffusers' names."""
+    p = patch[0] * patch[1] * patch[2]
     return {
-        "patch_embedding.weight": (dim, in_dim) + tuple(patch),
+        "patch_embedding.weight": (dim, in_ch) + tuple(patch),
         "patch_embedding.bias": (dim,),
-        "text_embedding.0.weight": (dim, text_dim),
-        "text_embedding.0.bias": (dim,),
-        "text_embedding.2.weight": (dim, dim),
-        "text_embedding.2.bias": (dim,),
-        "time_embedding.0.weight": (dim, freq_dim),
-        "time_embedding.0.bias": (dim,),
-        "time_embedding.2.weight": (dim, dim),
-        "time_embedding.2.bias": (dim,),
-        "time_projection.1.weight": (6 * dim, dim),
-        "time_projection.1.bias": (6 * dim,),
-        "head.head.weight": (out_dim * patch[0] * patch[1] * patch[2], dim),
-        "head.head.bias": (out_dim * patch[0] * patch[1] * patch[2],),
-        "head.modulation": (1, 2, dim),
+        "condition_embedder.time_embedder.linear_1.weight": (dim, freq_dim),
+        "condition_embedder.time_embedder.linear_1.bias": (dim,),
+        "condition_embedder.time_embedder.linear_2.weight": (dim, dim),
+        "condition_embedder.time_embedder.linear_2.bias": (dim,),
+        "condition_embedder.time_proj.weight": (6 * dim, dim),
+        "condition_embedder.time_proj.bias": (6 * dim,),
+        "condition_embedder.text_embedder.linear_1.weight": (dim, text_dim),
+        "condition_embedder.text_embedder.linear_1.bias": (dim,),
+        "condition_embedder.text_embedder.linear_2.weight": (dim, dim),
+        "condition_embedder.text_embedder.linear_2.bias": (dim,),
+        "proj_out.weight": (out_ch * p, dim),
+        "proj_out.bias": (out_ch * p,),
+        "scale_shift_table": (1, 2, dim),
     }
 
 
 def random_tensor(name, shape, gen, device, dtype):
-    """Norm weights near 1, biases and modulation small, matrices ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """Norm weights near 1, biases and the head's modulation table small, matrices ~ U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)); the blocks' modulation tables ~ N(0, 0.5^2), so that the gates of self-attention and
+    the FFN are O(1) as in a trained model and every block changes the output (with small gates the blocks
+    would add a few percent to it, and the same-computation check would hardly see a wrong block)."""
     leaf = name.rsplit(".", 1)[-1]
-    if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
+    if name.endswith(("norm_q.weight", "norm_k.weight", "norm2.weight")):
         t = 1 + 0.05 * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
-    elif leaf == "bias" or leaf == "modulation":
+    elif name.startswith("blocks.") and leaf == "scale_shift_table":
+        t = 0.5 * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+    elif leaf in ("bias", "scale_shift_table"):
         t = 0.02 * torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
     else:
         fan_in = 1
@@ -80,28 +93,40 @@ def random_tensor(name, shape, gen, device, dtype):
 
 
 def config(dim, ffn, heads, blocks):
+    """config.json as diffusers' save_pretrained writes it for WanTransformer3DModel (no torch_dtype)."""
     return {
-        "_class_name": "WanModel",
-        "model_type": "t2v",
-        "dim": dim,
-        "ffn_dim": ffn,
-        "num_heads": heads,
-        "num_layers": blocks,
-        "in_dim": 16,
-        "out_dim": 16,
-        "text_len": 512,
-        "freq_dim": 256,
-        "eps": 1e-6,
-        "patch_size": [1, 2, 2],
-        "text_dim": 4096,
-        "qk_norm": True,
+        "_class_name": "WanTransformer3DModel",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "added_kv_proj_dim": None,
+        "attention_head_dim": dim // heads,
         "cross_attn_norm": True,
-        "window_size": [-1, -1],
+        "eps": 1e-06,
+        "ffn_dim": ffn,
+        "freq_dim": 256,
+        "image_dim": None,
+        "in_channels": 16,
+        "num_attention_heads": heads,
+        "num_layers": blocks,
+        "out_channels": 16,
+        "patch_size": [1, 2, 2],
+        "pos_embed_seq_len": None,
+        "qk_norm": "rms_norm_across_heads",
+        "rope_max_seq_len": 1024,
+        "text_dim": 4096,
     }
+
+
+def sizes(cfg):
+    """(blocks, dim, ffn, heads) of a config.json written here (or by diffusers)."""
+    return (cfg["num_layers"], cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["ffn_dim"],
+            cfg["num_attention_heads"])
 
 
 def write(out, blocks, dim, ffn, heads, device, shard_gb=4.5, seed=0, dtype=torch.bfloat16, log=print):
     os.makedirs(out, exist_ok=True)
+    for f in os.listdir(out):  # a stale layout (e.g. an older Wan2.1-named stack) must not stay beside this one
+        if f.endswith(".safetensors") or f.endswith(".safetensors.index.json"):
+            os.remove(os.path.join(out, f))
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     # Units (the non-block parts, then each block) go whole into shards of about shard_gb.
@@ -124,7 +149,7 @@ def write(out, blocks, dim, ffn, heads, device, shard_gb=4.5, seed=0, dtype=torc
     weight_map, total_bytes = {}, 0
     t0 = time.time()
     for i, shard in enumerate(shards):
-        fname = "model.safetensors" if total == 1 else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+        fname = f"{STEM}.safetensors" if total == 1 else f"{STEM}-{i + 1:05d}-of-{total:05d}.safetensors"
         tensors = {n: random_tensor(n, s, gen, device, dtype).cpu() for n, s in shard}
         for n, t in tensors.items():
             weight_map[n] = fname
@@ -133,10 +158,12 @@ def write(out, blocks, dim, ffn, heads, device, shard_gb=4.5, seed=0, dtype=torc
         del tensors
         log(f"wan_stack: wrote {fname} ({i + 1}/{total}) after {time.time() - t0:.1f} s")
     if total > 1:
-        with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, f, indent=1)
+        with open(os.path.join(out, f"{STEM}.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}, f,
+                      indent=2)
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config(dim, ffn, heads, blocks), f, indent=1)
+        json.dump(config(dim, ffn, heads, blocks), f, indent=2, sort_keys=True)
+        f.write("\n")
     return total_bytes
 
 
@@ -172,8 +199,9 @@ def main():
                 return
     t0 = time.time()
     n = write(a.out, a.blocks, a.dim, a.ffn, a.heads, a.device, a.shard_gb, a.seed)
-    print(json.dumps({"wan_stack": a.out, "blocks": a.blocks, "dim": a.dim, "ffn": a.ffn, "heads": a.heads,
-                      "bytes": n, "block_bytes": block_bytes(a.dim, a.ffn), "seconds": round(time.time() - t0, 1)}))
+    print(json.dumps({"wan_stack": a.out, "layout": "diffusers", "dtype": "bfloat16", "blocks": a.blocks,
+                      "dim": a.dim, "ffn": a.ffn, "heads": a.heads, "bytes": n,
+                      "block_bytes": block_bytes(a.dim, a.ffn), "seconds": round(time.time() - t0, 1)}))
 
 
 if __name__ == "__main__":

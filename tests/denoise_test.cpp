@@ -12,6 +12,7 @@
 
 #include <fstream>
 #include <regex>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -236,6 +237,94 @@ TEST_F(DenoiseTest, PlannedDiskReadsMatchMeasured) {
   ASSERT_TRUE(std::regex_search(r.output, m, line)) << r.output;
   EXPECT_EQ(m[1].str(), m[2].str()) << r.output;
   EXPECT_NE(m[1].str(), "0 B");
+}
+
+// --dtype auto is the dtype the block weights are stored in (safetensors headers), not config.json's
+// torch_dtype, which Wan2.1's and diffusers' configs do not carry: bf16 checkpoints without it plan in bf16
+// on a GPU chain (plan only: no GPU needed), with host and disk bytes in bf16. CPU ranks compute 16-bit
+// weights in float32, and a float32 DiT computes in bf16 on GPUs; each says why.
+TEST_F(DenoiseTest, DefaultDtypeIsTheStoredOne) {
+  using nlohmann::json;
+  auto write = [&](const std::string& name, const json& config, c10::ScalarType dtype) {
+    const std::string model = path(name);
+    fs::create_directories(model);
+    std::ofstream(model + "/config.json") << config.dump(2);
+    auto arch = pipeswap::models::make_architecture(config);
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    std::set<std::string> seen;
+    auto add = [&](const std::vector<pipeswap::models::PartSpec>& parts) {
+      for (const auto& p : parts)
+        for (const auto& t : p.tensors)
+          if (seen.insert(t.checkpoint).second) tensors.emplace_back(t.checkpoint, torch::randn(t.shape).to(dtype));
+    };
+    add(arch->prologue_parts());
+    for (int b = 0; b < arch->num_blocks(); ++b) add(pipeswap::models::block_parts(*arch, b));
+    add(arch->epilogue_parts());
+    const bool llm = arch->kind() == "llm";
+    pipeswap::write_safetensors(model + (llm ? "/model.safetensors" : "/diffusion_pytorch_model.safetensors"),
+                                tensors, {});
+    int64_t block_bytes = 0;  // block 0's tensors as stored
+    for (const auto& p : pipeswap::models::block_parts(*arch, 0))
+      for (const auto& t : p.tensors) block_bytes += torch::empty(t.shape, dtype).nbytes();
+    return std::make_pair(model, block_bytes);
+  };
+  const json wan21 = {{"_class_name", "WanModel"}, {"model_type", "t2v"}, {"dim", 64},     {"ffn_dim", 96},
+                      {"num_heads", 2},            {"num_layers", 4},     {"in_dim", 4},   {"out_dim", 4},
+                      {"text_dim", 16},            {"freq_dim", 16},      {"text_len", 6}};
+  const json wan_diffusers = {{"_class_name", "WanTransformer3DModel"}, {"num_attention_heads", 2},
+                              {"attention_head_dim", 32}, {"ffn_dim", 96}, {"num_layers", 4}, {"in_channels", 4},
+                              {"out_channels", 4}, {"text_dim", 16}, {"freq_dim", 16},
+                              {"qk_norm", "rms_norm_across_heads"}};
+  const json llama = {{"model_type", "llama"}, {"hidden_size", 64}, {"intermediate_size", 96},
+                      {"num_hidden_layers", 4}, {"num_attention_heads", 2}, {"vocab_size", 100}};
+  auto plan = [&](const std::string& model, const std::string& flags) {
+    const std::string out = path("plan.json");
+    fs::remove(out);
+    Result r = sh(exe() + " plan --model " + model + " " + flags + " --json " + out);
+    EXPECT_EQ(r.code, 0) << r.output;
+    std::ifstream in(out);
+    json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
+    j["output"] = r.output;
+    return j;
+  };
+  for (const auto& [name, config] : {std::make_pair("wan21_bf16", wan21), std::make_pair("wan_diffusers_bf16",
+                                                                                          wan_diffusers),
+                                     std::make_pair("llama_bf16", llama)}) {
+    SCOPED_TRACE(name);
+    const auto [model, block_bytes] = write(name, config, torch::kBFloat16);
+    json j = plan(model, "--device-chain cuda --blocks-to-swap 2 --lazy-load");
+    EXPECT_EQ(j.value("dtype", ""), "bfloat16") << j.dump(1);
+    EXPECT_THAT(j.value("dtype_source", ""), HasSubstr("stored bfloat16 in the safetensors files"));
+    EXPECT_THAT(j.value("output", ""), HasSubstr("compute dtype bfloat16: stored bfloat16"));
+    const json& r0 = j.at("ranks").at(0);
+    // Host memory holds the 2 swapped blocks as stored (slabs align each tensor: a little above, far below
+    // the float32 size); a lazy pass reads them from disk as stored.
+    const int64_t host = r0.at("predicted_host_bytes").get<int64_t>();
+    EXPECT_GE(host, 2 * block_bytes);
+    EXPECT_LT(host, 2 * block_bytes * 5 / 4);
+    EXPECT_EQ(r0.at("predicted_disk_read_bytes").get<int64_t>() % block_bytes, 0);
+    EXPECT_GT(r0.at("predicted_disk_read_bytes").get<int64_t>(), 0);
+
+    j = plan(model, "--device-chain cpu");
+    EXPECT_EQ(j.value("dtype", ""), "float32");
+    EXPECT_THAT(j.value("dtype_source", ""), HasSubstr("CPU ranks compute 16-bit weights in float32"));
+    j = plan(model, "--device-chain cuda --dtype fp32");
+    EXPECT_EQ(j.value("dtype", ""), "float32");
+    EXPECT_EQ(j.value("dtype_source", ""), "--dtype fp32");
+  }
+  // Wan2.1's own releases store float32: GPUs compute them in bf16, as Wan2.1's code and diffusers do.
+  const auto [fp32_wan, unused] = write("wan21_fp32", wan21, torch::kFloat32);
+  json j = plan(fp32_wan, "--device-chain cuda");
+  EXPECT_EQ(j.value("dtype", ""), "bfloat16");
+  EXPECT_THAT(j.value("dtype_source", ""), HasSubstr("compute a float32 DiT in bfloat16"));
+  // config.json's torch_dtype is a cross-check only: the stored dtype wins, with a warning.
+  json lying = llama;
+  lying["torch_dtype"] = "float16";
+  const auto [lying_model, unused2] = write("llama_lying", lying, torch::kBFloat16);
+  j = plan(lying_model, "--device-chain cuda");
+  EXPECT_EQ(j.value("dtype", ""), "bfloat16");
+  EXPECT_THAT(j.value("output", ""), HasSubstr("config.json says torch_dtype float16 but the weights are stored in "
+                                               "bfloat16"));
 }
 
 }  // namespace

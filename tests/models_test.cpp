@@ -26,6 +26,7 @@
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/safetensors.h"
+#include "fused.h"
 #include "pipeswap/core/torch_compat.h"
 #include "pipeswap/models/architecture.h"
 // Internal to the models library (config and RoPE helpers): reached through the source tree.
@@ -536,7 +537,7 @@ TEST(LlamaForward, Bf16RunsOnCpu) {
   Activation act = half.arch->prologue(half.prologue, {ids}, torch::TensorOptions().dtype(torch::kBFloat16));
   EXPECT_EQ(act[0].scalar_type(), torch::kBFloat16);
   auto out = forward(half, ids);
-  EXPECT_EQ(out.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(out.scalar_type(), torch::kBFloat16);  // logits stay in the compute dtype until the job writes them
   EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
   // bf16 keeps 8 bits of mantissa: a loose bound, relative to the logits' range.
   EXPECT_LE(max_abs_diff(out, ref), 0.05 * ref.abs().max().item<double>());
@@ -833,6 +834,56 @@ TEST(WanForward, BadInputsNamed) {
   EXPECT_ERROR(arch->check_inputs({lat, t, ctx, torch::zeros({1, 3, 10})}), ConfigError, "text-to-video model");
   auto i2v = make_architecture(Checkpoint::open(wan_fixture("wan-i2v-diffusers").string())->config());
   EXPECT_ERROR(i2v->check_inputs({torch::zeros({1, 8, 2, 4, 4}), t, ctx}), ConfigError, "image-to-video model");
+}
+
+// The fused DiT steps (models/src/fused.h): their CUDA kernels against the ATen path on the CPU, on random
+// inputs of two widths (a small one and Wan2.1-14B's 5120), in fp32 and bf16. Skipped without a GPU.
+TEST(FusedSteps, CudaKernelsMatchAten) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no GPU";
+  torch::manual_seed(7);
+  const torch::Device cuda(torch::kCUDA, 0);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    // fp32: the two paths differ only in summation order; bf16: by at most a rounding of the output.
+    const double tol = dtype == torch::kFloat32 ? 1e-5 : 1e-2;
+    for (const int64_t d : {256, 5120}) {
+      const int64_t b = 2, l = 37, heads = d / 128, hd = 128;
+      auto x = (torch::randn({b, l, d}) * 3 + 0.5).to(dtype);
+      auto shift = torch::randn({b, 1, d}), scale = torch::randn({b, 1, d}) * 0.1;
+      auto w = torch::randn({d}).to(dtype), bias = torch::randn({d}).to(dtype);
+      auto rel = [](const torch::Tensor& got, const torch::Tensor& want) {
+        EXPECT_EQ(got.sizes(), want.sizes());
+        EXPECT_EQ(got.scalar_type(), want.scalar_type());
+        const auto g = got.to(torch::kCPU, torch::kFloat64), e = want.to(torch::kFloat64);
+        EXPECT_FALSE(g.isnan().any().item<bool>());
+        return ((g - e).abs().max() / e.abs().max()).item<double>();
+      };
+      const auto mln_cpu = fused::modulated_layer_norm(x, 1e-6, shift, scale);
+      EXPECT_LE(rel(fused::modulated_layer_norm(x.to(cuda), 1e-6, shift.to(cuda), scale.to(cuda)), mln_cpu), tol)
+          << "modulated layer norm, d " << d;
+      const auto ln_cpu = fused::modulated_layer_norm(x, 1e-6, {}, {}, w, bias);
+      EXPECT_LE(rel(fused::modulated_layer_norm(x.to(cuda), 1e-6, {}, {}, w.to(cuda), bias.to(cuda)), ln_cpu), tol)
+          << "affine layer norm, d " << d;
+
+      auto y = torch::randn({b, l, d}).to(dtype);
+      auto gate = torch::randn({b, 1, d});
+      torch::Tensor res_cpu = x.clone(), res_cuda = x.to(cuda);
+      const auto x_before = res_cuda.clone();
+      fused::gated_residual_(res_cpu, y, gate);
+      fused::gated_residual_(res_cuda, y.to(cuda), gate.to(cuda));
+      EXPECT_LE(rel(res_cuda, res_cpu), tol) << "gated residual, d " << d;
+      EXPECT_TRUE(torch::equal(x.to(cuda), x_before)) << "the residual must not write into its input";
+
+      const auto angles = torch::rand({l, hd / 2}) * 20;
+      const auto cos = angles.cos(), sin = angles.sin();
+      auto wn = (torch::rand({d}) + 0.5).to(dtype);
+      for (const bool norm : {true, false}) {
+        const auto want = fused::rms_norm_rope(x, norm ? wn : torch::Tensor(), 1e-6, cos, sin, heads);
+        const auto got = fused::rms_norm_rope(x.to(cuda), norm ? wn.to(cuda) : torch::Tensor(), 1e-6, cos.to(cuda),
+                                              sin.to(cuda), heads);
+        EXPECT_LE(rel(got, want), tol) << "rms_norm_rope, norm " << norm << ", d " << d;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -45,4 +45,13 @@ std::optional<c10::ScalarType> parse_float_dtype(const std::string& w) {
   return std::nullopt;
 }
 
+const char* dtype_word(c10::ScalarType t) {
+  switch (t) {
+    case c10::ScalarType::Float: return "float32";
+    case c10::ScalarType::BFloat16: return "bfloat16";
+    case c10::ScalarType::Half: return "float16";
+    default: return c10::toString(t);
+  }
+}
+
 }  // namespace pipeswap

@@ -119,22 +119,56 @@ std::vector<pipeline::ChainEntry> resolve_chain(const Options& o, const World& w
   return chain.entries;
 }
 
-c10::ScalarType resolve_dtype(const Options& o, const nlohmann::json& config, bool on_cpu) {
+// The compute dtype and where it came from. `stored`: the dtype most of block 0's bytes are stored in
+// (-1: unknown). With --dtype auto the stored dtype wins; config.json's torch_dtype/dtype is only a
+// cross-check (Wan2.1's and diffusers' configs carry none). Two exceptions, said in the source text:
+// CPU ranks compute 16-bit weights in float32 (exact, and LibTorch's fp32 CPU kernels are the fast ones
+// where the processor has no native bf16), and a diffusion transformer stored in float32 (Wan2.1's own
+// releases) computes in bf16 on GPUs, as Wan2.1's generate.py (param_dtype bf16), diffusers' examples
+// and ComfyUI do: float32 is an order of magnitude slower there for no visible gain.
+std::pair<c10::ScalarType, std::string> resolve_dtype(const Options& o, const nlohmann::json& config, int stored,
+                                                      bool any_cpu, const std::string& kind) {
   if (o.dtype != "auto") {
     auto t = parse_float_dtype(o.dtype);
     PS_CHECK(t.has_value(), ConfigError, "unknown --dtype '{}': use auto, fp32, bf16 or fp16", o.dtype);
-    PS_CHECK(!(on_cpu && *t == c10::ScalarType::Half), ConfigError,
+    PS_CHECK(!(any_cpu && *t == c10::ScalarType::Half), ConfigError,
              "--dtype fp16 is not supported on CPU ranks (LibTorch has no fp16 matmul there): use fp32 or bf16");
-    return *t;
+    return {*t, "--dtype " + o.dtype};
   }
-  std::string name = config.value("torch_dtype", config.value("dtype", std::string("float32")));
-  auto t = parse_float_dtype(name);
-  c10::ScalarType st = t.value_or(c10::ScalarType::Float);
-  if (on_cpu && st == c10::ScalarType::Half) {
-    log().info("checkpoint is float16; CPU ranks compute in float32");
+  std::optional<c10::ScalarType> declared;
+  std::string declared_key;
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    if (declared || !config.contains(key) || !config.at(key).is_string()) continue;
+    declared = parse_float_dtype(config.at(key).get<std::string>());
+    declared_key = key;
+  }
+  c10::ScalarType st = c10::ScalarType::Float;
+  std::string source;
+  if (stored >= 0) {
+    st = static_cast<c10::ScalarType>(stored);
+    source = fmt::format("stored {} in the safetensors files", dtype_word(st));
+    if (declared && *declared != st) {
+      log().warn("config.json says {} {} but the weights are stored in {}: computing in {} (--dtype to choose)",
+                 declared_key, dtype_word(*declared), dtype_word(st), dtype_word(st));
+    }
+  } else if (declared) {
+    st = *declared;
+    source = fmt::format("config.json {}", declared_key);
+  } else {
+    source = "no stored or declared dtype: float32";
+  }
+  if (st != c10::ScalarType::Float && st != c10::ScalarType::BFloat16 && st != c10::ScalarType::Half) {
+    source += fmt::format("; {} is not a compute dtype: float32", dtype_word(st));
     st = c10::ScalarType::Float;
   }
-  return st;
+  if (any_cpu && st != c10::ScalarType::Float) {
+    source += "; CPU ranks compute 16-bit weights in float32 (exact, and the fast CPU kernels)";
+    st = c10::ScalarType::Float;
+  } else if (!any_cpu && st == c10::ScalarType::Float && kind == "dit") {
+    source += "; GPUs compute a float32 DiT in bfloat16, as Wan2.1's own code and diffusers do (--dtype fp32 to keep it)";
+    st = c10::ScalarType::BFloat16;
+  }
+  return {st, source};
 }
 
 offload::OffloadOptions offload_options(const Options& o) {
@@ -205,18 +239,22 @@ Job open_model(const Options& o, const World& world, comm::Transport& t, bool pl
   return job;
 }
 
-int stored_dtype_code(const Job& job, bool read_header) {
-  if (read_header) {
-    const auto parts = job.arch->num_blocks() > 0 ? models::block_parts(*job.arch, 0) : job.arch->prologue_parts();
-    for (const auto& part : parts)
-      for (const auto& t : part.tensors)
-        return static_cast<int>(to_scalar_type(job.ckpt->locate(t.checkpoint).info->dtype));
+int stored_dtype_code(const Job& job) {
+  // The dtype of most of block 0's bytes (the weight matrices; a norm kept in fp32 does not decide). A
+  // header read, not a weight read: rank 0 owns block 0 (or the prologue of a model without blocks).
+  const auto parts = job.arch->num_blocks() > 0 ? models::block_parts(*job.arch, 0) : job.arch->prologue_parts();
+  std::map<int, int64_t> bytes;
+  for (const auto& part : parts) {
+    for (const auto& t : part.tensors) {
+      const auto info = job.ckpt->locate(t.checkpoint).info;
+      bytes[static_cast<int>(to_scalar_type(info->dtype))] += static_cast<int64_t>(info->nbytes());
+    }
   }
-  const nlohmann::json& c = job.ckpt->config();
-  const auto it = c.find("torch_dtype") != c.end() ? c.find("torch_dtype") : c.find("dtype");
-  if (it != c.end() && it->is_string())
-    if (auto t = parse_float_dtype(it->get<std::string>())) return static_cast<int>(*t);
-  return -1;
+  int best = -1;
+  int64_t most = -1;
+  for (const auto& [code, n] : bytes)
+    if (n > most) best = code, most = n;
+  return best;
 }
 
 pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job, int64_t batch,
@@ -228,7 +266,7 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
   // One compute dtype for all ranks (activations cross between them): CPU limits apply if any rank is a CPU.
   const bool any_cpu =
       std::any_of(job.chain.begin(), job.chain.end(), [](const auto& e) { return !e.device.is_cuda(); });
-  in.dtype = resolve_dtype(o, job.ckpt->config(), any_cpu);
+  std::tie(in.dtype, in.dtype_source) = resolve_dtype(o, job.ckpt->config(), stored_dtype, any_cpu, job.arch->kind());
   in.micro_batches = micro_batches;
   in.batch = batch;
   in.seq = seq;
@@ -264,7 +302,17 @@ Job prepare(const Options& o, const World& world, comm::Transport& t, bool plan_
     pipeline::micro_batch_sizes(job.input_ids.size(0), o.micro_batches);  // validates --micro-batches
     shape = fmt::format("{} {}", job.input_ids.size(0), job.input_ids.size(1));
   }
-  if (world.rank == 0) shape += fmt::format(" {}", stored_dtype_code(job, /*read_header=*/!plan_only));
+  if (world.rank == 0) {
+    int stored = -1;
+    try {
+      stored = stored_dtype_code(job);
+    } catch (const CheckpointError& e) {
+      if (!plan_only) throw;
+      // A plan needs no weights: a shard not (yet) readable leaves the dtype to config.json.
+      log().warn("{}; the plan takes the dtype from config.json", e.what());
+    }
+    shape += fmt::format(" {}", stored);
+  }
   if (!plan_only && world.size > 1) shape = pipeline::allgather_strings(t, shape).at(0);
   int64_t batch = 0, seq = 0;
   int stored = -1;
@@ -316,7 +364,7 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
 }
 
 std::string rank_lines(const pipeline::Plan& plan) {
-  std::string s;
+  std::string s = fmt::format("  compute dtype {} ({})\n", dtype_word(plan.dtype), plan.dtype_source);
   for (const auto& r : plan.ranks) {
     s += fmt::format(
         "  rank {} {:<6} {}\n", r.rank, r.device.str(),
@@ -399,7 +447,8 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
                      o.repeat > 1 ? fmt::format(" (median of {} warm passes)", o.repeat - 1) : "",
                      tokens / result.seconds,
                      since(t_start));
-    s += fmt::format("  logits {} float32 -> {}\n", fmt::join(result.logits.sizes(), "x"), o.output);
+    s += fmt::format("  logits {} float32 -> {} (to the host in {:.3f} s)\n", fmt::join(result.logits.sizes(), "x"),
+                     o.output, result.copy_seconds);
     std::cout << s << std::flush;
   }
   return 0;

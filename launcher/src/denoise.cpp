@@ -80,7 +80,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   if (world.rank == 0) {
     in = read_inputs(o, *job.arch);
     shape = fmt::format("{} {} {}", in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)),
-                        stored_dtype_code(job, /*read_header=*/true));
+                        stored_dtype_code(job));
   }
   if (world.size > 1) shape = pipeline::allgather_strings(*transport, shape).at(0);
   int64_t batch = 0, tokens = 0;

@@ -37,10 +37,10 @@ Job open_model(const Options& o, const World& world, comm::Transport& t, bool pl
 // each micro-batch (denoising steps). Collective for automatic VRAM budgets.
 pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job, int64_t batch,
                              int64_t seq, int micro_batches, int sweeps, int stored_dtype);
-// What the checkpoint stores (the plan's disk-read figures use it), as an int c10::ScalarType for the
-// strings ranks agree on: from the header of block 0's first tensor (rank 0 owns it) when
-// `read_header`, else from config.json's torch_dtype; -1 when unknown (the compute dtype is assumed).
-int stored_dtype_code(const Job& job, bool read_header);
+// What the checkpoint stores (the compute dtype under --dtype auto, the plan's disk-read figures), as an
+// int c10::ScalarType for the strings ranks agree on: the dtype of most of block 0's bytes, from the
+// safetensors header (rank 0 owns block 0); -1 when unknown.
+int stored_dtype_code(const Job& job);
 void set_threads(const Options& o, const World& world);
 
 struct RankRuntime {

@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "pipeswap/core/torch_compat.h"
+
 namespace pipeswap::models {
 
 std::string shape_str(const torch::Tensor& t) {
@@ -11,10 +13,7 @@ std::string shape_str(const torch::Tensor& t) {
 }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  auto xf = x.to(torch::kFloat32);
-  auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
-  xf = xf * torch::rsqrt(variance + eps);
-  return weight * xf.to(x.scalar_type());
+  return compat::rms_norm(x, weight, eps);
 }
 
 torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {

@@ -8,6 +8,7 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/torch_compat.h"
 #include "config_json.h"
+#include "fused.h"
 #include "layers.h"
 
 namespace pipeswap::models {
@@ -244,11 +245,6 @@ torch::Tensor dynamic_inv_freq(const RopeConfig& r, int64_t dim, int64_t seq_len
   return default_inv_freq(base, dim);
 }
 
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return torch::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
-}
-
 class Llama final : public Architecture {
  public:
   explicit Llama(LlamaConfig c) : c_(std::move(c)) {}
@@ -349,7 +345,7 @@ class Llama final : public Architecture {
     PS_CHECK(!act.empty() && act[0].defined() && act[0].dim() == 3, Error,
              "{} epilogue expects the hidden state [batch, tokens, {}]", c_.family, c_.hidden_size);
     auto x = rms_norm(act[0], w["norm.weight"], c_.rms_norm_eps);
-    return dense(x, w["lm_head.weight"]).to(torch::kFloat32);
+    return dense(x, w["lm_head.weight"]);  // the compute dtype: the job makes float32 on the host
   }
 
   bool ignores_tensor(const std::string& name) const override {
@@ -361,6 +357,26 @@ class Llama final : public Architecture {
 
   int64_t activation_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
     return batch * seq * c_.hidden_size * static_cast<int64_t>(c10::elementSize(dtype));
+  }
+
+  // Attention: the normalised input, q/k/v, roped q/k, GQA's expanded k/v, the output and its copy, the
+  // projection; MLP: gate, silu(gate), up and their product alive at once, and the projection.
+  int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
+    const int64_t el = static_cast<int64_t>(c10::elementSize(dtype));
+    const int64_t tokens = batch * seq;
+    const int64_t q = c_.num_heads * c_.head_dim, kv = c_.num_kv_heads * c_.head_dim;
+    const int64_t attn = 2 * c_.hidden_size + 3 * q + 2 * kv + 2 * kv + (kv != q ? 2 * q : 0);
+    const int64_t mlp = 3 * c_.intermediate_size + 2 * c_.hidden_size;
+    return tokens * el * std::max(attn, mlp);
+  }
+
+  int64_t output_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
+    return batch * seq * c_.vocab_size * static_cast<int64_t>(c10::elementSize(dtype));
+  }
+
+  // The logits in the compute dtype and their float32 copy for the output file.
+  int64_t epilogue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
+    return batch * seq * c_.vocab_size * (static_cast<int64_t>(c10::elementSize(dtype)) + 4);
   }
 
  private:
@@ -378,13 +394,14 @@ class Llama final : public Architecture {
     auto bias = [&](const char* name) { return c_.qkv_bias ? w[name] : torch::Tensor(); };
 
     auto x = rms_norm(h, w["input_layernorm.weight"], c_.rms_norm_eps);
-    auto q = dense(x, w["q_proj.weight"], bias("q_proj.bias")).view({b, t, heads, d}).transpose(1, 2);
-    auto k = dense(x, w["k_proj.weight"], bias("k_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
-    auto v = dense(x, w["v_proj.weight"], bias("v_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
-
+    // RoPE on the [B, T, heads, D] projections (one pass each on CUDA), then the [B, heads, T, D] views SDPA takes.
     const auto [cos_t, sin_t] = rope_tables(t, h.device(), h.scalar_type());
-    q = q * cos_t + rotate_half(q) * sin_t;
-    k = k * cos_t + rotate_half(k) * sin_t;
+    auto q = fused::rope_half(dense(x, w["q_proj.weight"], bias("q_proj.bias")).view({b, t, heads, d}), cos_t, sin_t)
+                 .transpose(1, 2);
+    auto k = fused::rope_half(dense(x, w["k_proj.weight"], bias("k_proj.bias")).view({b, t, kv_heads, d}), cos_t,
+                              sin_t)
+                 .transpose(1, 2);
+    auto v = dense(x, w["v_proj.weight"], bias("v_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
     if (kv_heads != heads) {
       // HF's repeat_kv: kv head j serves query heads j*n .. j*n+n-1.
       const int64_t n = heads / kv_heads;

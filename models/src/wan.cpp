@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "config_json.h"
+#include "fused.h"
 #include "layers.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/torch_compat.h"
@@ -24,17 +25,6 @@ torch::Tensor layer_norm32(const torch::Tensor& x, double eps, const torch::Tens
 }
 
 torch::Tensor gelu_tanh(const torch::Tensor& x) { return torch::gelu(x, "tanh"); }
-
-// Interleaved-pair rotation (Wan's view_as_complex pairing, diffusers' apply_rotary_emb) in fp32.
-// x [B, L, H, D]; cos/sin [L, D/2] fp32.
-torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  auto xf = x.to(torch::kFloat32).unflatten(-1, {-1, 2});
-  auto x1 = xf.select(-1, 0);
-  auto x2 = xf.select(-1, 1);
-  auto c = cos.unsqueeze(1);  // [L, 1, D/2] broadcasts over batch and heads
-  auto s = sin.unsqueeze(1);
-  return torch::stack({x1 * c - x2 * s, x1 * s + x2 * c}, -1).flatten(-2).to(x.scalar_type());
-}
 
 class Wan final : public Architecture {
  public:
@@ -136,7 +126,6 @@ class Wan final : public Architecture {
     const auto dtype = options.dtype().toScalarType();
     const auto device = options.device();
     const torch::Tensor latents = inputs[0].to(device, dtype);
-    const int64_t b = latents.size(0);
 
     // Patch embedding: [B, C, F, H, W] -> [B, dim, f, h, w] -> [B, L, dim].
     auto x = torch::conv3d(latents, w["patch_embedding.weight"], w["patch_embedding.bias"],
@@ -144,33 +133,24 @@ class Wan final : public Architecture {
     const int64_t f = x.size(2), h = x.size(3), wd = x.size(4);
     x = x.flatten(2).transpose(1, 2).contiguous();
 
-    // Time embedding and its projection, in fp32 (Wan computes them under autocast(float32)).
+    // The time embedding in fp32 (Wan computes it under autocast(float32); diffusers keeps its time_embedder
+    // in fp32). The projection to the six modulation vectors runs in the compute dtype, as diffusers' does
+    // (its time_proj is not among the modules it keeps in fp32): upcasting its [6 dim, dim] weight each
+    // step would cost 629 MB at Wan2.1-14B's width. In fp32 both are fp32, as before.
     auto f32 = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
     auto sinus = sinusoidal(inputs[1].to(torch::kFloat64)).to(device, torch::kFloat32);
     auto e = dense(torch::silu(dense(sinus, f32(w["time_embedding.0.weight"]), f32(w["time_embedding.0.bias"]))),
                    f32(w["time_embedding.2.weight"]), f32(w["time_embedding.2.bias"]));
-    auto e0 = dense(torch::silu(e), f32(w["time_projection.1.weight"]), f32(w["time_projection.1.bias"]))
+    const auto& wp = w["time_projection.1.weight"];
+    auto e0 = dense(torch::silu(e).to(wp.scalar_type()), wp, w["time_projection.1.bias"])
+                  .to(torch::kFloat32)
                   .unflatten(1, {6, c_.dim});
 
-    // Text context, padded with zeros to text_len as Wan2.1 does (diffusers' pipeline pads before the model).
-    auto ctx = inputs[2].to(device, dtype);
-    if (c_.text_len > 0 && ctx.size(1) < c_.text_len) {
-      ctx = torch::cat({ctx, torch::zeros({b, c_.text_len - ctx.size(1), ctx.size(2)}, ctx.options())}, 1);
-    }
-    ctx = dense(gelu_tanh(dense(ctx, w["text_embedding.0.weight"], w["text_embedding.0.bias"])),
-                w["text_embedding.2.weight"], w["text_embedding.2.bias"]);
-    int64_t img_len = 0;
-    if (c_.i2v()) {
-      auto img = inputs[3].to(device, dtype);
-      img = layer_norm32(img, 1e-5, w["img_emb.proj.0.weight"], w["img_emb.proj.0.bias"]).to(dtype);
-      img = dense(torch::gelu(dense(img, w["img_emb.proj.1.weight"], w["img_emb.proj.1.bias"])),
-                  w["img_emb.proj.3.weight"], w["img_emb.proj.3.bias"]);
-      img = layer_norm32(img, 1e-5, w["img_emb.proj.4.weight"], w["img_emb.proj.4.bias"]).to(dtype);
-      img_len = img.size(1);
-      ctx = torch::cat({img, ctx}, 1);
-    }
-    // The grid travels as the shape of an empty tensor: reading it never waits for the device.
-    auto grid = torch::empty({0, f, h, wd, img_len}, torch::TensorOptions().dtype(torch::kInt64).device(device));
+    const int64_t key = inputs.size() > 4 && inputs[4].defined() ? inputs[4].item<int64_t>() + 1 : 0;
+    const auto [ctx, img_len] = cached_context(w, inputs, options, key);
+    // The grid travels as the shape of an empty tensor: reading it never waits for the device. Its last
+    // entry is the context key + 1 (0: none), under which each block caches the cross-attention K/V.
+    auto grid = torch::empty({0, f, h, wd, img_len, key}, torch::TensorOptions().dtype(torch::kInt64).device(device));
     return {x, e, e0, ctx, grid};
   }
 
@@ -178,24 +158,24 @@ class Wan final : public Architecture {
     check_block(block);
     check_activation(act, block);
     torch::Tensor& x = act[0];
-    const auto dtype = x.scalar_type();
     if (phase == 0) {
       // modulation + e0: (shift, scale, gate) for self-attention, then (shift, scale, gate) for the FFN.
       auto mod = w["modulation"].to(torch::kFloat32) + act[2];
       auto m = mod.chunk(6, 1);
-      auto n = (layer_norm32(x, c_.eps) * (1 + m[1]) + m[0]).to(dtype);
-      auto y = self_attention(w, n, grid_of(act));
-      x = (x.to(torch::kFloat32) + y * m[2]).to(dtype);
+      auto n = fused::modulated_layer_norm(x, c_.eps, m[0], m[1]);
+      fused::gated_residual_(x, self_attention(w, n, grid_of(act)), m[2]);
       act.push_back(mod.narrow(1, 3, 3));  // the FFN phase's modulation, consumed by phase 2
     } else if (phase == 1) {
-      auto n = c_.cross_attn_norm ? layer_norm32(x, c_.eps, w["norm3.weight"], w["norm3.bias"]).to(dtype) : x;
-      x = x + cross_attention(w, n, act[3], grid_of(act)[3]);
+      auto n = c_.cross_attn_norm ? fused::modulated_layer_norm(x, c_.eps, {}, {}, w["norm3.weight"], w["norm3.bias"])
+                                  : x;
+      x = x + cross_attention(block, w, n, act[3], grid_of(act));
     } else if (phase == 2) {
       PS_CHECK(act.size() == 6, Error, "wan block {}: the ffn phase ran without its self_attn phase", block);
       auto m = act[5].chunk(3, 1);
-      auto n = (layer_norm32(x, c_.eps) * (1 + m[1]) + m[0]).to(dtype);
-      auto y = dense(gelu_tanh(dense(n, w["ffn.0.weight"], w["ffn.0.bias"])), w["ffn.2.weight"], w["ffn.2.bias"]);
-      x = (x.to(torch::kFloat32) + y.to(torch::kFloat32) * m[2]).to(dtype);
+      auto n = fused::modulated_layer_norm(x, c_.eps, m[0], m[1]);
+      auto y = dense(compat::linear_gelu_tanh(n, w["ffn.0.weight"], w["ffn.0.bias"]), w["ffn.2.weight"],
+                     w["ffn.2.bias"]);
+      fused::gated_residual_(x, y, m[2]);
       act.pop_back();
     } else {
       PS_THROW(Error, "wan blocks have phases 0 (self_attn), 1 (cross_attn) and 2 (ffn), not {}", phase);
@@ -206,7 +186,7 @@ class Wan final : public Architecture {
     check_activation(act, num_blocks());
     const torch::Tensor& x = act[0];
     auto m = (w["head.modulation"].to(torch::kFloat32) + act[1].unsqueeze(1)).chunk(2, 1);
-    auto n = (layer_norm32(x, c_.eps) * (1 + m[1]) + m[0]).to(x.scalar_type());
+    auto n = fused::modulated_layer_norm(x, c_.eps, m[0], m[1]);
     auto y = dense(n, w["head.head.weight"], w["head.head.bias"]);
     // Unpatchify: [B, f*h*w, pt*ph*pw*C] -> [B, C, f*pt, h*ph, w*pw].
     const auto g = grid_of(act);
@@ -222,6 +202,26 @@ class Wan final : public Architecture {
     const int64_t ctx = std::max<int64_t>(c_.text_len, 512) + (c_.i2v() ? 257 : 0);
     // x and the context in the compute dtype, e / e0 / the ffn modulation in fp32.
     return batch * (seq * c_.dim * el + ctx * c_.dim * el + (1 + 6 + 3) * c_.dim * 4);
+  }
+
+  // Measured on an H100 (docs/gpu-runs.md, 2026-12-07): a block's peak above its input is about 4 x [L, dim]
+  // in self-attention (q/k/v and their roped copies, freed as they are replaced) and [L, ffn] + 2 x [L, dim]
+  // in the FFN (the GELU is the GEMM's epilogue, so one [L, ffn] tensor lives).
+  int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
+    const int64_t el = static_cast<int64_t>(c10::elementSize(dtype));
+    return batch * seq * el * std::max<int64_t>(4 * c_.dim, c_.ffn_dim + 2 * c_.dim);
+  }
+
+  // The time embedding runs in float32 (as Wan2.1 does): its two weights are upcast for it when the
+  // compute dtype is narrower.
+  int64_t prologue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
+    return dtype == c10::ScalarType::Float ? 0 : 4 * (c_.freq_dim * c_.dim + c_.dim * c_.dim);
+  }
+
+  int64_t cache_bytes(int64_t blocks, int64_t micro_batches, int64_t batch, c10::ScalarType dtype) const override {
+    const int64_t ctx = std::max<int64_t>(c_.text_len, 512) + (c_.i2v() ? 257 : 0);
+    // K and V per block and micro-batch, and the embedded context per micro-batch (first stage).
+    return (2 * blocks + 1) * micro_batches * batch * ctx * c_.dim * static_cast<int64_t>(c10::elementSize(dtype));
   }
 
   int64_t sequence_length(const Activation& in) const override {
@@ -280,8 +280,8 @@ class Wan final : public Architecture {
   }
 
   std::vector<int64_t> grid_of(const Activation& act) const {
-    PS_CHECK(act[4].dim() == 5 && act[4].size(0) == 0, Error, "wan: the activation's grid entry is malformed");
-    return {act[4].size(1), act[4].size(2), act[4].size(3), act[4].size(4)};
+    PS_CHECK(act[4].dim() == 6 && act[4].size(0) == 0, Error, "wan: the activation's grid entry is malformed");
+    return {act[4].size(1), act[4].size(2), act[4].size(3), act[4].size(4), act[4].size(5)};
   }
 
   // [cos, sin] of t * 10000^(-i/half), i < half, computed in fp64 (Wan's sinusoidal_embedding_1d).
@@ -292,45 +292,116 @@ class Wan final : public Architecture {
     return torch::cat({torch::cos(s), torch::sin(s)}, 1);
   }
 
+  // The embedded context (text, after the image's for I2V) and the image tokens' count.
+  std::pair<torch::Tensor, int64_t> embedded_context(const WeightView& w, const Activation& inputs,
+                                                     const torch::TensorOptions& options) const {
+    const auto dtype = options.dtype().toScalarType();
+    const auto device = options.device();
+    // Text context, padded with zeros to text_len as Wan2.1 does (diffusers' pipeline pads before the model).
+    auto ctx = inputs[2].to(device, dtype);
+    const int64_t b = ctx.size(0);
+    if (c_.text_len > 0 && ctx.size(1) < c_.text_len) {
+      ctx = torch::cat({ctx, torch::zeros({b, c_.text_len - ctx.size(1), ctx.size(2)}, ctx.options())}, 1);
+    }
+    ctx = dense(gelu_tanh(dense(ctx, w["text_embedding.0.weight"], w["text_embedding.0.bias"])),
+                w["text_embedding.2.weight"], w["text_embedding.2.bias"]);
+    int64_t img_len = 0;
+    if (c_.i2v()) {
+      auto img = inputs[3].to(device, dtype);
+      img = layer_norm32(img, 1e-5, w["img_emb.proj.0.weight"], w["img_emb.proj.0.bias"]).to(dtype);
+      img = dense(torch::gelu(dense(img, w["img_emb.proj.1.weight"], w["img_emb.proj.1.bias"])),
+                  w["img_emb.proj.3.weight"], w["img_emb.proj.3.bias"]);
+      img = layer_norm32(img, 1e-5, w["img_emb.proj.4.weight"], w["img_emb.proj.4.bias"]).to(dtype);
+      img_len = img.size(1);
+      ctx = torch::cat({img, ctx}, 1);
+    }
+    return {ctx, img_len};
+  }
+
+  // With a context key the embedded context is made once per branch and kept for the job's later steps
+  // (no host-to-device copy of the encoder output per step either).
+  std::pair<torch::Tensor, int64_t> cached_context(const WeightView& w, const Activation& inputs,
+                                                   const torch::TensorOptions& options, int64_t key) const {
+    if (key <= 0) return embedded_context(w, inputs, options);
+    std::lock_guard<std::mutex> lock(kv_mutex_);
+    start_job_locked(key);
+    auto it = ctx_cache_.find(key);
+    if (it != ctx_cache_.end()) return it->second;
+    return ctx_cache_.emplace(key, embedded_context(w, inputs, options)).first->second;
+  }
+
+  // Keys carry their job's serial in the bits above 20 (pipeline/src/denoise_job.cpp): a key of another
+  // job drops what the previous one kept.
+  void start_job_locked(int64_t key) const {
+    if ((key >> 20) == kv_job_) return;
+    kv_cache_.clear();
+    ctx_cache_.clear();
+    kv_job_ = key >> 20;
+  }
+
   torch::Tensor self_attention(const WeightView& w, const torch::Tensor& n, const std::vector<int64_t>& g) const {
     const int64_t b = n.size(0), l = n.size(1), heads = c_.num_heads, hd = c_.head_dim();
     auto q = dense(n, w["self_attn.q.weight"], w["self_attn.q.bias"]);
     auto k = dense(n, w["self_attn.k.weight"], w["self_attn.k.bias"]);
     auto v = dense(n, w["self_attn.v.weight"], w["self_attn.v.bias"]);
-    if (c_.qk_norm) {
-      q = rms_norm(q, w["self_attn.norm_q.weight"], c_.eps);
-      k = rms_norm(k, w["self_attn.norm_k.weight"], c_.eps);
-    }
     const auto [cos, sin] = rope_tables(g[0], g[1], g[2], n.device());
     PS_CHECK(cos.size(0) == l, Error, "wan: the grid {}x{}x{} does not match {} tokens", g[0], g[1], g[2], l);
-    q = apply_rope(q.view({b, l, heads, hd}), cos, sin).transpose(1, 2);
-    k = apply_rope(k.view({b, l, heads, hd}), cos, sin).transpose(1, 2);
-    v = v.view({b, l, heads, hd}).transpose(1, 2);
-    auto o = compat::attention(q, k, v, /*causal=*/false, 1.0 / std::sqrt(static_cast<double>(hd)));
+    const torch::Tensor none;
+    q = fused::rms_norm_rope(q, c_.qk_norm ? w["self_attn.norm_q.weight"] : none, c_.eps, cos, sin, heads);
+    k = fused::rms_norm_rope(k, c_.qk_norm ? w["self_attn.norm_k.weight"] : none, c_.eps, cos, sin, heads);
+    v = v.view({b, l, heads, hd});
+    auto o = compat::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), /*causal=*/false,
+                               1.0 / std::sqrt(static_cast<double>(hd)));
     o = o.transpose(1, 2).reshape({b, l, c_.dim});
     return dense(o, w["self_attn.o.weight"], w["self_attn.o.bias"]);
   }
 
-  torch::Tensor cross_attention(const WeightView& w, const torch::Tensor& n, const torch::Tensor& context,
-                                int64_t img_len) const {
-    const int64_t b = n.size(0), l = n.size(1), heads = c_.num_heads, hd = c_.head_dim();
-    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  // K and V of the context for one block, [B, heads, tokens, head_dim] each: text, then the image's (I2V).
+  struct ContextKV {
+    torch::Tensor k, v, k_img, v_img;
+  };
+  ContextKV context_kv(const WeightView& w, const torch::Tensor& context, int64_t img_len) const {
+    const int64_t b = context.size(0), heads = c_.num_heads, hd = c_.head_dim();
     auto split = [&](const torch::Tensor& t) { return t.view({b, t.size(1), heads, hd}).transpose(1, 2); };
-    auto q = dense(n, w["cross_attn.q.weight"], w["cross_attn.q.bias"]);
-    if (c_.qk_norm) q = rms_norm(q, w["cross_attn.norm_q.weight"], c_.eps);
-    q = split(q);
+    ContextKV kv;
     auto text = context.narrow(1, img_len, context.size(1) - img_len);
     auto k = dense(text, w["cross_attn.k.weight"], w["cross_attn.k.bias"]);
     if (c_.qk_norm) k = rms_norm(k, w["cross_attn.norm_k.weight"], c_.eps);
-    auto v = dense(text, w["cross_attn.v.weight"], w["cross_attn.v.bias"]);
-    auto o = compat::attention(q, split(k), split(v), false, scale);
+    kv.k = split(k);
+    kv.v = split(dense(text, w["cross_attn.v.weight"], w["cross_attn.v.bias"]));
     if (c_.i2v() && img_len > 0) {
       auto img = context.narrow(1, 0, img_len);
       auto ki = dense(img, w["cross_attn.k_img.weight"], w["cross_attn.k_img.bias"]);
       if (c_.qk_norm) ki = rms_norm(ki, w["cross_attn.norm_k_img.weight"], c_.eps);
-      auto vi = dense(img, w["cross_attn.v_img.weight"], w["cross_attn.v_img.bias"]);
-      o = o + compat::attention(q, split(ki), split(vi), false, scale);
+      kv.k_img = split(ki);
+      kv.v_img = split(dense(img, w["cross_attn.v_img.weight"], w["cross_attn.v_img.bias"]));
     }
+    return kv;
+  }
+
+  // The context is the same at every denoising step of a branch, so with a context key (g[4] > 0) its K/V
+  // are computed at the first step and kept: one cache entry per block and key.
+  ContextKV cached_context_kv(int block, const WeightView& w, const torch::Tensor& context, int64_t img_len,
+                              int64_t key) const {
+    if (key <= 0) return context_kv(w, context, img_len);
+    std::lock_guard<std::mutex> lock(kv_mutex_);
+    start_job_locked(key);
+    auto it = kv_cache_.find({block, key});
+    if (it != kv_cache_.end()) return it->second;
+    return kv_cache_.emplace(std::make_pair(block, key), context_kv(w, context, img_len)).first->second;
+  }
+
+  torch::Tensor cross_attention(int block, const WeightView& w, const torch::Tensor& n, const torch::Tensor& context,
+                                const std::vector<int64_t>& g) const {
+    const int64_t b = n.size(0), l = n.size(1), heads = c_.num_heads, hd = c_.head_dim();
+    const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+    const int64_t img_len = g[3];
+    auto q = dense(n, w["cross_attn.q.weight"], w["cross_attn.q.bias"]);
+    if (c_.qk_norm) q = rms_norm(q, w["cross_attn.norm_q.weight"], c_.eps);
+    q = q.view({b, l, heads, hd}).transpose(1, 2);
+    const ContextKV kv = cached_context_kv(block, w, context, img_len, g[4]);
+    auto o = compat::attention(q, kv.k, kv.v, false, scale);
+    if (kv.k_img.defined()) o = o + compat::attention(q, kv.k_img, kv.v_img, false, scale);
     o = o.transpose(1, 2).reshape({b, l, c_.dim});
     return dense(o, w["cross_attn.o.weight"], w["cross_attn.o.bias"]);
   }
@@ -408,6 +479,10 @@ class Wan final : public Architecture {
 
   WanConfig c_;
   mutable std::mutex rope_mutex_;
+  mutable std::mutex kv_mutex_;
+  mutable int64_t kv_job_ = -1;
+  mutable std::map<std::pair<int, int64_t>, ContextKV> kv_cache_;
+  mutable std::map<int64_t, std::pair<torch::Tensor, int64_t>> ctx_cache_;
   mutable std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, std::pair<torch::Tensor, torch::Tensor>>
       rope_cache_;
 };

@@ -1,5 +1,6 @@
 #include "pipeswap/pipeline/denoise_job.h"
 
+#include <atomic>
 #include <chrono>
 
 #include "pipeswap/core/error.h"
@@ -42,6 +43,11 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   const torch::Tensor sigmas = flow_sigmas(steps, settings.shift);
   auto sigma = [&](int i) { return sigmas[i].item<double>(); };
   at::NoGradGuard no_grad;
+  // A unit's context is the same at every step: its key (unique to this job in this process) lets each
+  // block keep the context's cross-attention K/V from the first step (models/src/wan.cpp).
+  static std::atomic<int64_t> jobs{0};
+  const int64_t serial = ++jobs;
+  auto context_key = [&](int u) { return torch::full({}, (serial << 20) | u, torch::kInt64); };
 
   // Rank 0's state: the latents of every sample, and each unit's velocity of the current step.
   torch::Tensor x;
@@ -56,6 +62,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     for (int b = 0; b < branches; ++b) {
       const int u = i * branches + b;
       if (!stage.keeps_outputs()) velocity[u] = stage.output(s, u);
+      velocity[u] = velocity[u].to(torch::kCPU, torch::kFloat32);
     }
     torch::Tensor v = velocity[i * branches];
     if (settings.cfg) {
@@ -88,8 +95,8 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
           if (done_step[i] < s) finish_sample_step(s - 1, i);
           torch::Tensor lat = x.narrow(0, i, 1);
           if (in.image_cond.defined()) lat = torch::cat({lat, row(in.image_cond, i).to(torch::kFloat32)}, 1);
-          models::Activation inputs{lat, t, row(uncond ? in.context_null : in.context, i)};
-          if (in.clip_fea.defined()) inputs.push_back(row(in.clip_fea, i));
+          models::Activation inputs{lat, t, row(uncond ? in.context_null : in.context, i),
+                                    in.clip_fea.defined() ? row(in.clip_fea, i) : torch::Tensor(), context_key(u)};
           return inputs;
         });
         if (out.defined()) velocity[u] = out;  // rank 0 is the last stage

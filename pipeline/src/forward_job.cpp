@@ -4,10 +4,23 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/torch_compat.h"
 #include "pipeswap/core/trace.h"
 #include "stage.h"
 
 namespace pipeswap::pipeline {
+namespace {
+
+// Logits as the output file holds them: float32 on the CPU (from GPUs through page-locked memory).
+torch::Tensor to_host_float(const torch::Tensor& t) {
+  if (!t.is_cuda()) return t.to(torch::kFloat32);
+  const auto f = t.to(torch::kFloat32);
+  auto host = torch::empty(f.sizes(), f.options().device(torch::kCPU).pinned_memory(true));
+  host.copy_(f);
+  return host;
+}
+
+}  // namespace
 
 ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture& arch, offload::BlockWeights& weights,
                           comm::Transport& transport, const torch::Tensor& input_ids, torch::Device device) {
@@ -40,8 +53,16 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
     for (int j = 0; j < m; ++j) outputs[j] = stage.output(0, j);
   }
   transport.flush();
-  if (rank == 0) result.logits = torch::cat(outputs, 0);
+  // The forward's time ends when the logits are on rank 0's device (as transformers' is timed); the
+  // float32 copy to the host that the output file needs is counted apart.
+  if (rank == 0) compat::synchronize_device(device);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (rank == 0) {
+    const auto t1 = std::chrono::steady_clock::now();
+    for (auto& o : outputs) o = to_host_float(o);
+    result.logits = torch::cat(outputs, 0);
+    result.copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  }
   return result;
 }
 

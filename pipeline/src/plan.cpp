@@ -1,5 +1,7 @@
 #include "pipeswap/pipeline/plan.h"
 
+#include "pipeswap/core/dtype.h"
+
 #include <c10/util/typeid.h>
 
 #include <algorithm>
@@ -10,6 +12,8 @@
 #include "pipeswap/offload/slab.h"
 
 namespace pipeswap::pipeline {
+
+constexpr int64_t kLibraryWorkspaceBytes = int64_t{40} << 20;
 
 std::string format_bytes(int64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -45,14 +49,6 @@ int Plan::next_stage(int rank) const {
 
 namespace {
 
-const char* dtype_word(c10::ScalarType t) {
-  switch (t) {
-    case c10::ScalarType::Float: return "float32";
-    case c10::ScalarType::BFloat16: return "bfloat16";
-    case c10::ScalarType::Half: return "float16";
-    default: return c10::toString(t);
-  }
-}
 
 // Component bytes a rank holds: resident ones on the device, host-kept ones on the host, and the
 // largest part that moves in for a use (host-kept or on demand) on the device while it is used.
@@ -94,7 +90,7 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
   offload::OffloadOptions opts = in.offload;
   offload::SwapLayout layout;
   auto device_for = [&](const offload::SwapLayout& l) {
-    return components + l.resident_bytes + l.slot_bytes * l.num_slots + rp.activation_bytes;
+    return components + l.resident_bytes + l.slot_bytes * l.num_slots + rp.activation_bytes + rp.workspace_bytes;
   };
   const int64_t budget = rp.rank < static_cast<int>(in.vram_budget.size()) ? in.vram_budget[rp.rank] : 0;
   if (budget > 0) {
@@ -130,6 +126,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
   plan.family = arch.family();
   plan.num_blocks = arch.num_blocks();
   plan.dtype = in.dtype;
+  plan.dtype_source = in.dtype_source;
   plan.micro_batches = in.micro_batches;
   plan.offload = in.offload;
 
@@ -164,7 +161,18 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     for (const auto& part : held.parts) rp.weight_bytes += part_bytes(part, in.dtype);
     for (int b = rp.first_block; b < rp.end_block; ++b)
       for (const auto& part : block_parts(arch, b)) rp.weight_bytes += part_bytes(part, in.dtype);
-    if (!rp.idle()) rp.activation_bytes = 2 * act;
+    if (!rp.idle() && act > 0) {
+      rp.activation_bytes = 2 * act + arch.cache_bytes(rp.num_blocks(), in.micro_batches, in.batch, in.dtype);
+      rp.workspace_bytes = std::max({arch.block_workspace_bytes(in.batch, in.seq, in.dtype),
+                                     rp.prologue ? arch.prologue_workspace_bytes(in.batch, in.seq, in.dtype) : 0,
+                                     rp.epilogue ? arch.epilogue_workspace_bytes(in.batch, in.seq, in.dtype) : 0});
+      // Rank 0 keeps every micro-batch's output on its device until the forward ends.
+      if (rp.epilogue && r == 0 && in.micro_batches > 1)
+        rp.workspace_bytes += (in.micro_batches - 1) * arch.output_bytes(in.batch, in.seq, in.dtype);
+    }
+    // cuBLAS and cuDNN take workspaces through LibTorch's caching allocator (about 35 MB measured on an
+    // H100 with LibTorch 2.11, docs/gpu-runs.md 2026-11-22).
+    if (!rp.idle() && rp.device.is_cuda()) rp.workspace_bytes += kLibraryWorkspaceBytes;
     plan_residency(arch, in, held, rp);
     plan.ranks.push_back(rp);
   }
@@ -177,6 +185,7 @@ nlohmann::json Plan::to_json() const {
   j["family"] = family;
   j["num_blocks"] = num_blocks;
   j["dtype"] = dtype_word(dtype);
+  j["dtype_source"] = dtype_source;
   j["micro_batches"] = micro_batches;
   j["offload"] = {{"granularity", offload::to_string(offload.granularity)},
                   {"resident_policy", offload::to_string(offload.policy)},
@@ -198,6 +207,7 @@ nlohmann::json Plan::to_json() const {
     jr["idle"] = r.idle();
     jr["weight_bytes"] = r.weight_bytes;
     jr["activation_bytes"] = r.activation_bytes;
+    jr["workspace_bytes"] = r.workspace_bytes;
     const std::vector<int> swapped = r.swapped_blocks();
     jr["swapped_blocks"] = swapped;
     jr["resident_blocks"] = nlohmann::json::array();
@@ -216,6 +226,7 @@ nlohmann::json Plan::to_json() const {
 std::string Plan::to_text() const {
   std::string s = fmt::format("plan: {} ({}), {} blocks, {}, {} micro-batch(es), {} rank(s)\n", model_dir, family,
                               num_blocks, dtype_word(dtype), micro_batches, ranks.size());
+  if (!dtype_source.empty()) s += fmt::format("  compute dtype {}: {}\n", dtype_word(dtype), dtype_source);
   s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", "rank", "device",
                    "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk read");
   for (const auto& r : ranks) {

@@ -98,7 +98,6 @@ torch::Tensor Stage::leave(int step, int micro_batch, const models::Activation& 
     trace::DeviceRange traced(trace::Kind::kCompute, "epilogue");
     out = arch_.epilogue(w, act);
   }
-  out = out.to(torch::kCPU).contiguous();
   weights_.release_epilogue();
   if (rank_ == 0) return out;
   send_traced(transport_, 0, comm::Message{comm::MessageKind::kOutput, micro_batch, step, {out}}, "send output");

@@ -32,13 +32,14 @@ class Stage {
   models::Activation enter(int step, int micro_batch, const std::function<models::Activation()>& inputs);
   // This stage's blocks on `act`.
   void run_blocks(models::Activation& act);
-  // The last stage: the epilogue's output (on the CPU), sent to rank 0 unless this is rank 0, which
+  // The last stage: the epilogue's output on the compute device (Llama: logits in the compute dtype;
+  // Wan: the velocity in float32), nothing waiting for it; sent to rank 0 unless this is rank 0, which
   // gets it back. Other stages: `act` on to the next stage; an undefined tensor back.
   torch::Tensor leave(int step, int micro_batch, const models::Activation& act);
   // enter, run_blocks, leave.
   torch::Tensor pass(int step, int micro_batch, const std::function<models::Activation()>& inputs);
 
-  // Rank 0: the last stage's output for (step, micro_batch), received from it (CPU, float32).
+  // Rank 0: the last stage's output for (step, micro_batch), received from it (on the CPU).
   torch::Tensor output(int step, int micro_batch);
 
  private:

@@ -21,5 +21,7 @@ DType from_scalar_type(c10::ScalarType t);
 
 // User-facing dtype words: "fp32"/"float32", "bf16"/"bfloat16", "fp16"/"float16".
 std::optional<c10::ScalarType> parse_float_dtype(const std::string& word);
+// "float32", "bfloat16", "float16" (torch's names), else LibTorch's own.
+const char* dtype_word(c10::ScalarType t);
 
 }  // namespace pipeswap

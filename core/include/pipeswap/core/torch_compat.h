@@ -5,6 +5,7 @@
 #include <torch/version.h>
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <optional>
 #include <thread>
@@ -50,6 +51,21 @@ inline torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, c
 #endif
 }
 
+// RMSNorm over the last axis as HF's LlamaRMSNorm and Wan's WanRMSNorm compute it: statistics in fp32, the
+// normalised value rounded to the input dtype, then times the weight. On CUDA with LibTorch >= 2.4 this is
+// at::rms_norm (one fused kernel where the version has it, diffusers' torch.nn.RMSNorm path) instead of the
+// 6-8 kernels of the written-out form; CPU keeps the written-out form, bit for bit as before.
+inline torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+#if PIPESWAP_TORCH_AT_LEAST(2, 4)
+  if (x.is_cuda() && weight.scalar_type() == x.scalar_type())
+    return at::rms_norm(x, {x.size(-1)}, weight, eps);
+#endif
+  auto xf = x.to(torch::kFloat32);
+  auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * torch::rsqrt(variance + eps);
+  return weight * xf.to(x.scalar_type());
+}
+
 inline std::string torch_version() { return TORCH_VERSION; }
 
 // The CUDA stream handle (cudaStream_t) behind a LibTorch stream, for libraries that take one
@@ -89,6 +105,34 @@ inline double event_elapsed_ms(const c10::Event& from, const c10::Event& to) {
   (void)from;
   (void)to;
   return std::numeric_limits<double>::quiet_NaN();
+#endif
+}
+
+// gelu(x W^T + b, approximate="tanh") (Wan's FFN). On CUDA with LibTorch >= 2.0: one cuBLASLt GEMM with
+// the bias and tanh-GELU in its epilogue (the [tokens, ffn] output is written once, not written, read and
+// written again); the activation is applied to the fp32 accumulator before rounding, so the two forms
+// agree to a rounding of the output.
+inline torch::Tensor linear_gelu_tanh(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+#if PIPESWAP_TORCH_AT_LEAST(2, 0)
+  if (x.is_cuda() && b.defined() && x.dim() >= 2) {
+    auto sizes = x.sizes().vec();
+    sizes.back() = w.size(0);
+    return at::_addmm_activation(b, x.reshape({-1, x.size(-1)}), w.t(), 1, 1, /*use_gelu=*/true).view(sizes);
+  }
+#endif
+  return torch::gelu(b.defined() ? torch::linear(x, w, b) : torch::linear(x, w), "tanh");
+}
+
+// Blocks until every stream of `device` has finished its work (a job's end, not its steady state).
+inline void synchronize_device(const c10::Device& device) {
+  if (device.is_cpu()) return;
+  const auto* impl = c10::impl::getDeviceGuardImpl(device.type());
+#if PIPESWAP_TORCH_AT_LEAST(2, 2)
+  impl->synchronizeDevice(device.index());
+#else
+  c10::Event done(device.type());
+  done.record(impl->getStream(device));
+  synchronize_event(done);
 #endif
 }
 

@@ -38,12 +38,25 @@ class Architecture : public ModelParts {
   virtual Activation prologue(const WeightView& w, const Activation& inputs,
                               const torch::TensorOptions& options) const = 0;
   virtual void phase_forward(int block, int phase, const WeightView& w, Activation& act) const = 0;
-  // Returns the float32 output on the compute device: Llama logits [B, T, vocab]; Wan the velocity
-  // [B, C, F, H, W].
+  // Returns the output on the compute device: Llama logits [B, T, vocab] in the compute dtype (the
+  // jobs make float32 where they need it); Wan the velocity [B, C, F, H, W] in float32.
   virtual torch::Tensor epilogue(const WeightView& w, const Activation& act) const = 0;
 
   // Bytes of the activation for a micro-batch of `batch` sequences of `seq` tokens (plan estimate).
   virtual int64_t activation_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const = 0;
+  // Transient device bytes while one block of a micro-batch runs (its phases' intermediates: attention
+  // projections, FFN hidden state), and while the epilogue runs (Llama: the logits, and their float32
+  // copy for the output file), and while the prologue runs. The plan adds the largest that a rank runs.
+  virtual int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
+  virtual int64_t epilogue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
+  virtual int64_t prologue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
+  // Bytes of the epilogue's output on the device (Llama: the logits in the compute dtype).
+  virtual int64_t output_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
+  // Bytes a rank keeps across passes for `blocks` of its blocks and `micro_batches` micro-batches of
+  // `batch` samples (Wan: each block's cross-attention K/V of each branch's context).
+  virtual int64_t cache_bytes(int64_t blocks, int64_t micro_batches, int64_t batch, c10::ScalarType dtype) const {
+    return 0;
+  }
 
   // Validates a forward pass's inputs before any weights load (ConfigError naming what is wrong), and
   // the tokens they make per sample (the plan sizes activations from it).

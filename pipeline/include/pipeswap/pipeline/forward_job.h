@@ -18,7 +18,8 @@ namespace pipeswap::pipeline {
 
 struct ForwardResult {
   torch::Tensor logits;  // rank 0 only: float32 [B, T, vocab] on the CPU
-  double seconds = 0;    // this rank's wall time in the job
+  double seconds = 0;    // this rank's wall time in the job, to the logits on rank 0's device
+  double copy_seconds = 0;  // rank 0: the logits to float32 on the host after that
 };
 
 // Runs this rank's stage over `input_ids` (rank 0: CPU int64 [B, T]; others: ignored).

@@ -25,7 +25,10 @@ struct RankPlan {
   bool prologue = false;  // first stage: embeddings
   bool epilogue = false;  // last stage: final norm + head
   int64_t weight_bytes = 0;      // every part this rank owns, in the compute dtype
-  int64_t activation_bytes = 0;  // one micro-batch's activation (in + out), when the input shape is known
+  int64_t activation_bytes = 0;  // one micro-batch's activation (in + out) and the architecture's caches (Wan:
+                                 // context K/V per block and branch), when the input shape is known
+  int64_t workspace_bytes = 0;   // transient: a block's, the prologue's or the epilogue's, whichever is largest,
+                                 // and on GPUs the libraries' workspaces (cuBLAS, cuDNN)
   // Which blocks stay and which stream in from host memory or disk, decided once for this rank; the
   // rank's block store is built from it (offload::make_block_weights).
   offload::SwapLayout layout;
@@ -45,6 +48,7 @@ struct PlanInputs {
   std::vector<ChainEntry> chain;  // resolved: one entry per rank
   bool workload_split = true;     // false: every block on the first entry
   c10::ScalarType dtype = c10::ScalarType::Float;
+  std::string dtype_source;  // why this dtype ("stored bfloat16 in the safetensors files", "--dtype bf16")
   int micro_batches = 1;
   int64_t batch = 0;  // sequences per micro-batch (0 when unknown: plan without --input)
   int64_t seq = 0;
@@ -60,6 +64,7 @@ struct Plan {
   std::string family;
   int num_blocks = 0;
   c10::ScalarType dtype = c10::ScalarType::Float;
+  std::string dtype_source;
   int micro_batches = 1;
   offload::OffloadOptions offload;
   std::vector<RankPlan> ranks;
