@@ -31,16 +31,27 @@ const char* to_string(ResidentPolicy p) {
 }
 const char* to_string(Granularity g) { return g == Granularity::kPhase ? "phase" : "block"; }
 
-int blocks_to_swap_for(const OffloadOptions& o, int n) {
+void check_offload_options(const OffloadOptions& o) {
+  if (o.blocks_to_swap) {
+    PS_CHECK(*o.blocks_to_swap >= 0, ConfigError,
+             "--blocks-to-swap {} is negative: give how many of each rank's blocks swap", *o.blocks_to_swap);
+  }
+  PS_CHECK(!(o.blocks_to_swap && o.offload_ratio), ConfigError,
+           "--blocks-to-swap and --offload-ratio both given: use one of them");
   if (o.offload_ratio) {
     const double r = *o.offload_ratio;
     PS_CHECK(r >= 0 && r <= 1 && !std::isnan(r), ConfigError,
              "--offload-ratio {} is outside [0, 1]: it is the fraction of each rank's blocks that swap", r);
-    return static_cast<int>(std::lround(r * n));
   }
+  PS_CHECK(o.prefetch_depth >= 1, ConfigError, "--prefetch-depth must be at least 1 (got {})", o.prefetch_depth);
+  PS_CHECK(o.num_disk_workers >= 1, ConfigError, "--num-disk-workers must be at least 1 (got {})", o.num_disk_workers);
+}
+
+int blocks_to_swap_for(const OffloadOptions& o, int n) {
+  check_offload_options(o);
+  if (o.offload_ratio) return static_cast<int>(std::lround(*o.offload_ratio * n));
   if (!o.blocks_to_swap) return 0;
   const int s = *o.blocks_to_swap;
-  PS_CHECK(s >= 0, ConfigError, "--blocks-to-swap {} is negative: give how many of each rank's blocks swap", s);
   PS_CHECK(s <= n, ConfigError,
            "--blocks-to-swap {} is more than the {} block(s) this rank owns: use at most {} (or --offload-ratio 1)", s,
            n, n);
@@ -159,9 +170,6 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
     }
   }
   if (swapped_units.empty()) return l;
-  PS_CHECK(opts.prefetch_depth >= 1, ConfigError, "--prefetch-depth must be at least 1 (got {})", opts.prefetch_depth);
-  PS_CHECK(opts.num_disk_workers >= 1, ConfigError, "--num-disk-workers must be at least 1 (got {})",
-           opts.num_disk_workers);
   l.num_slots = opts.use_non_blocking ? opts.prefetch_depth + 1 : 1;
   if (!opts.lazy_load) {
     l.host_bytes = l.swapped_bytes;

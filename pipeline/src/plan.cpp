@@ -119,8 +119,8 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
 }  // namespace
 
 Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
-  PS_CHECK(!in.chain.empty(), ConfigError,
-           "Model is None or device_chain is empty: give --model DIR and a --device-chain with one entry per rank");
+  PS_CHECK(!in.chain.empty(), Error, "make_plan needs one device chain entry per rank, got none");
+  offload::check_offload_options(in.offload);  // before automatic VRAM mode replaces blocks_to_swap
   Plan plan;
   plan.model_dir = in.model_dir;
   plan.family = arch.family();

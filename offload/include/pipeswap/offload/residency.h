@@ -49,8 +49,13 @@ struct OffloadOptions {
   bool any_swapping() const { return (blocks_to_swap && *blocks_to_swap > 0) || (offload_ratio && *offload_ratio > 0); }
 };
 
+// The options' own checks, the one place each offload flag is validated: throws ConfigError naming
+// the flag for a negative --blocks-to-swap, both it and --offload-ratio, a ratio outside [0, 1], or
+// --prefetch-depth / --num-disk-workers below 1.
+void check_offload_options(const OffloadOptions& o);
+
 // Number of this rank's `n` blocks to swap: blocks_to_swap, or round(offload_ratio * n). Throws
-// ConfigError for a negative count, a count above n, or a ratio outside [0, 1].
+// ConfigError as check_offload_options does, and for a count above n.
 int blocks_to_swap_for(const OffloadOptions& o, int n);
 
 // Marks which of blocks [0, n) (rank-local indices) are swapped: suffix swaps the last `swap`,
