@@ -31,7 +31,6 @@
 #include "pipeswap/models/architecture.h"
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/residency.h"
-#include "pipeswap/offload/swapped_weights.h"
 #include "pipeswap/pipeline/forward_job.h"
 
 namespace fs = std::filesystem;
@@ -122,8 +121,8 @@ int main(int argc, char** argv) {
     opts.prefetch_depth = s.depth;
     opts.granularity = s.granularity;
     if (s.swap) opts.blocks_to_swap = blocks;
-    auto weights = s.swap ? offload::make_swapped_weights(arch, ckpt, owned, torch::kFloat32, device, opts)
-                          : offload::make_resident_weights(arch, ckpt, owned, torch::kFloat32, device, opts);
+    auto weights = offload::make_block_weights(
+        arch, ckpt, owned, offload::plan_swapping(arch, 0, blocks, torch::kFloat32, opts), device, opts);
     const int warm = std::max(1, sweeps / 10);
     weights->expect_sweeps(warm + sweeps);
     torch::NoGradGuard no_grad;

@@ -20,11 +20,13 @@
 #include "pipeswap/comm/transport.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/identity.h"
+#include "pipeswap/pipeline/collective.h"
 #include "wire.h"
 
 namespace pipeswap::comm {
 namespace {
 
+using pipeswap::pipeline::allgather_strings;  // the collectives over a transport (pipeline/collective.h)
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;

@@ -20,7 +20,6 @@
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/offload/block_weights.h"
-#include "pipeswap/offload/swapped_weights.h"
 #include "test_util.h"
 #include "tiny_arch.h"
 
@@ -61,8 +60,10 @@ TEST_F(GpuTest, SwappingOnCudaIsBitIdenticalToResident) {
   const torch::Device cuda(torch::kCUDA, 0);
   const torch::Tensor input = torch::randn({64, 128, kDim}).to(cuda);
   auto ckpt = Checkpoint::open(model);
-  auto ref = run_tiny(arch, *make_resident_weights(arch, ckpt, {0, kBlocks, true, true}, torch::kFloat32, cuda), input,
-                      kBlocks, kSweeps);
+  auto ref = run_tiny(arch,
+                      *make_block_weights(arch, ckpt, {0, kBlocks, true, true},
+                                          plan_swapping(arch, 0, kBlocks, torch::kFloat32, {}), cuda, {}),
+                      input, kBlocks, kSweeps);
   int combos = 0;
   for (auto gran : {Granularity::kBlock, Granularity::kPhase})
     for (int depth : {1, 2, 3})
@@ -78,8 +79,8 @@ TEST_F(GpuTest, SwappingOnCudaIsBitIdenticalToResident) {
             o.use_non_blocking = non_blocking;
             o.policy = swap == kBlocks ? ResidentPolicy::kSuffix : ResidentPolicy::kInterleaved;
             if (lazy) o.max_memory = 5 * (kTinyUnit);
-            auto w = make_swapped_weights(arch, Checkpoint::open(model), {0, kBlocks, true, true}, torch::kFloat32,
-                                          cuda, o);
+            auto w = make_block_weights(arch, Checkpoint::open(model), {0, kBlocks, true, true},
+                                        plan_swapping(arch, 0, kBlocks, torch::kFloat32, o), cuda, o);
             auto got = run_tiny(arch, *w, input, kBlocks, kSweeps);
             for (int s = 0; s < kSweeps; ++s)
               ASSERT_TRUE(torch::equal(got[s], ref[s]))

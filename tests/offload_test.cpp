@@ -13,7 +13,6 @@
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/residency.h"
-#include "pipeswap/offload/swapped_weights.h"
 #include "tiny_arch.h"
 
 using namespace pipeswap;
@@ -38,12 +37,12 @@ class OffloadTest : public ::testing::Test {
   std::vector<torch::Tensor> run(BlockWeights& w, int sweeps) { return run_tiny(arch_, w, input_, kBlocks, sweeps); }
 
   std::unique_ptr<BlockWeights> resident() {
-    return make_resident_weights(arch_, Checkpoint::open(dir_), {0, kBlocks, true, true}, torch::kFloat32,
-                                 torch::kCPU);
+    return make_block_weights(arch_, Checkpoint::open(dir_), {0, kBlocks, true, true},
+                              plan_swapping(arch_, 0, kBlocks, torch::kFloat32, {}), torch::kCPU, {});
   }
   std::unique_ptr<BlockWeights> swapped(const OffloadOptions& o, std::shared_ptr<Checkpoint> ckpt = nullptr) {
-    return make_swapped_weights(arch_, ckpt ? ckpt : Checkpoint::open(dir_), {0, kBlocks, true, true},
-                                torch::kFloat32, torch::kCPU, o);
+    return make_block_weights(arch_, ckpt ? ckpt : Checkpoint::open(dir_), {0, kBlocks, true, true},
+                              plan_swapping(arch_, 0, kBlocks, torch::kFloat32, o), torch::kCPU, o);
   }
 
   static constexpr int kBlocks = 7;
@@ -195,7 +194,8 @@ TEST_F(OffloadTest, OffloadedAndOnDemandComponentsGiveTheSameResults) {
   o.offload_components = {"embed"};
   o.on_demand_components = {"head"};
   auto ckpt = Checkpoint::open(dir_);
-  auto w = make_resident_weights(arch_, ckpt, {0, kBlocks, true, true}, torch::kFloat32, torch::kCPU, o);
+  auto w = make_block_weights(arch_, ckpt, {0, kBlocks, true, true},
+                              plan_swapping(arch_, 0, kBlocks, torch::kFloat32, o), torch::kCPU, o);
   const uint64_t before = ckpt->bytes_read();
   auto got = run(*w, kSweeps);
   for (int s = 0; s < kSweeps; ++s) EXPECT_TRUE(torch::equal(got[s], ref[s]));

@@ -13,11 +13,11 @@
 #include <nlohmann/json.hpp>
 
 #include "expect_error.h"
-#include "pipeswap/comm/trace_file.h"
 #include "pipeswap/comm/transport.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/trace.h"
+#include "pipeswap/pipeline/job_trace.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -146,7 +146,7 @@ TEST_F(TraceRecorder, JobTraceWritesOneFileAtomicallyAndChecksThePathFirst) {
   const std::string dir = temp_dir("job");
   auto self = comm::make_self_transport();
   {
-    comm::JobTrace off("", c10::Device(c10::kCPU), 0);
+    pipeline::JobTrace off("", c10::Device(c10::kCPU), 0);
     EXPECT_FALSE(off.on());
     EXPECT_FALSE(trace::enabled());
     off.finish(*self);
@@ -154,7 +154,7 @@ TEST_F(TraceRecorder, JobTraceWritesOneFileAtomicallyAndChecksThePathFirst) {
   EXPECT_TRUE(fs::is_empty(dir));
   const std::string path = dir + "/t.json";
   {
-    comm::JobTrace on(path, c10::Device(c10::kCPU), 0);
+    pipeline::JobTrace on(path, c10::Device(c10::kCPU), 0);
     EXPECT_TRUE(trace::enabled());
     { trace::Range r(trace::Kind::kSend, "send"); }
     on.finish(*self);
@@ -170,7 +170,7 @@ TEST_F(TraceRecorder, JobTraceWritesOneFileAtomicallyAndChecksThePathFirst) {
     EXPECT_EQ(e.path().filename(), "t.json");
   }
   EXPECT_EQ(files, 1u);  // no temporary left behind
-  EXPECT_ERROR(comm::JobTrace(dir + "/missing/t.json", c10::Device(c10::kCPU), 0), IoError, "does not exist");
+  EXPECT_ERROR(pipeline::JobTrace(dir + "/missing/t.json", c10::Device(c10::kCPU), 0), IoError, "does not exist");
   EXPECT_FALSE(trace::enabled());
   fs::remove_all(dir);
 }

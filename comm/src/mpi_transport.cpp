@@ -206,7 +206,7 @@ class MpiTransport final : public Transport {
     }
   }
 
-  Message recv(int src) override {
+  Message recv(int src, c10::Device device) override {
     check_peer(src, "recv from");
     PS_CHECK(!out_of_step_[src], CommError,
              "recv from {}: an earlier message from it broke off half-way, so its stream is out of step", peer(src));
@@ -259,7 +259,7 @@ class MpiTransport final : public Transport {
       abandon(Abandoned{{}, std::move(msg.tensors), std::move(reqs)});
       throw;
     }
-    return msg;
+    return wire::on_device(std::move(msg), device);
   }
 
   void barrier() override {

@@ -37,37 +37,24 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 
-#include <optional>
-
+#include "pipeswap/core/cuda_handles.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/torch_compat.h"
 #include "pipeswap/core/trace.h"
+#include "pipeswap/core/weights.h"
+#include "wire.h"
 
 #ifdef PIPESWAP_TORCH_CUDA  // PyTorch's LibTorch: its CUDA allocator can hand out buffers on our stream
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
-
-#define PS_CHECK_CUDA(expr)                                                                   \
-  do {                                                                                        \
-    cudaError_t ps_cuda_rc_ = (expr);                                                         \
-    if (ps_cuda_rc_ != cudaSuccess) {                                                         \
-      PS_THROW(DeviceError, "{} failed: {}", #expr, cudaGetErrorString(ps_cuda_rc_));         \
-    }                                                                                         \
-  } while (0)
-#define PS_CHECK_NCCL(expr)                                                                   \
-  do {                                                                                        \
-    ncclResult_t ps_nccl_rc_ = (expr);                                                        \
-    if (ps_nccl_rc_ != ncclSuccess && ps_nccl_rc_ != ncclInProgress) {                        \
-      PS_THROW(CommError, "{} failed: {} ({})", #expr, ncclGetErrorString(ps_nccl_rc_),       \
-               ncclGetLastError(nullptr));                                                    \
-    }                                                                                         \
-  } while (0)
 #endif
 
 namespace pipeswap::comm {
@@ -79,32 +66,48 @@ std::unique_ptr<Transport> make_nccl_transport(std::unique_ptr<Transport>, int, 
 #else
 namespace {
 
-struct EventDeleter {
-  void operator()(CUevent_st* e) const noexcept { cudaEventDestroy(e); }
-};
-using EventPtr = std::shared_ptr<CUevent_st>;  // shared with the watchdog
-
-EventPtr make_event() {
-  cudaEvent_t e = nullptr;
-  PS_CHECK_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-  return EventPtr(e, EventDeleter());
-}
+using cuda::EventPtr;  // shared with the watchdog
+using cuda::make_event;
 
 ncclDataType_t bytes_type() { return ncclUint8; }
+
+// The communicator, destroyed at the end unless abort() ended it first (ncclCommAbort).
+struct CommDestroy {
+  void operator()(ncclComm_t c) const noexcept { ncclCommDestroy(c); }
+};
+using CommPtr = std::unique_ptr<ncclComm, CommDestroy>;
+
+// The bootstrap: rank 0's unique id, handed to every other rank over the control transport.
+ncclUniqueId share_unique_id(Transport& control) {
+  ncclUniqueId id{};
+  if (control.rank() == 0) {
+    PS_CHECK_NCCL(ncclGetUniqueId(&id));
+    torch::Tensor bytes = torch::empty({static_cast<int64_t>(sizeof(id.internal))}, torch::kUInt8);
+    std::memcpy(bytes.data_ptr(), id.internal, sizeof(id.internal));
+    for (int r = 1; r < control.world_size(); ++r) control.send(r, Message{MessageKind::kControl, 0, 0, {bytes}});
+    return id;
+  }
+  const Message m = control.recv(0);
+  PS_CHECK(m.kind == MessageKind::kControl && m.tensors.size() == 1 && m.tensors[0].scalar_type() == torch::kUInt8 &&
+               m.tensors[0].numel() == static_cast<int64_t>(sizeof(id.internal)),
+           CommError,
+           "NCCL bootstrap: rank 0 sent something other than its {}-byte unique id (ranks are out of step: are all "
+           "running the same build and arguments?)",
+           sizeof(id.internal));
+  std::memcpy(id.internal, m.tensors[0].data_ptr(), sizeof(id.internal));
+  return id;
+}
 
 class NcclTransport final : public Transport {
  public:
   NcclTransport(std::unique_ptr<Transport> control, int device, const TransportOptions& opts)
       : control_(std::move(control)), device_(device), opts_(opts) {
     PS_CHECK_CUDA(cudaSetDevice(device_));
-    // Bootstrap: rank 0's unique id reaches every rank over the control transport.
-    ncclUniqueId id{};
-    if (control_->rank() == 0) PS_CHECK_NCCL(ncclGetUniqueId(&id));
-    auto ids = allgather_strings(*control_, control_->rank() == 0 ? std::string(id.internal, sizeof(id.internal))
-                                                                  : std::string());
-    std::copy(ids.at(0).begin(), ids.at(0).end(), id.internal);
-    PS_CHECK_NCCL(ncclCommInitRank(&comm_, control_->world_size(), id, control_->rank()));
-    PS_CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    const ncclUniqueId id = share_unique_id(*control_);
+    ncclComm_t comm = nullptr;
+    PS_CHECK_NCCL(ncclCommInitRank(&comm, control_->world_size(), id, control_->rank()));
+    comm_.reset(comm);
+    stream_ = cuda::make_stream(cudaStreamNonBlocking);
     watchdog_ = std::thread([this] { watch(); });
     log().info("NCCL {} communicator ready on cuda:{}", NCCL_VERSION_CODE, device_);
   }
@@ -121,33 +124,27 @@ class NcclTransport final : public Transport {
     }
     watch_cv_.notify_all();
     if (watchdog_.joinable()) watchdog_.join();
-    std::lock_guard<std::mutex> lock(comm_mutex_);
-    if (comm_) {
-      if (aborted_) ncclCommAbort(comm_);
-      else ncclCommDestroy(comm_);
-    }
-    if (stream_) cudaStreamDestroy(stream_);
+    // Then the members: comm_ (destroyed unless abort() ended it) before stream_.
   }
 
   int rank() const override { return control_->rank(); }
   int world_size() const override { return control_->world_size(); }
   const std::vector<std::string>& hosts() const override { return control_->hosts(); }
   const char* name() const override { return "nccl"; }
-  bool device_native() const override { return true; }
 
   void send(int dst, Message msg) override {
     if (msg.kind != MessageKind::kActivation) {  // host-bound: over the control transport
-      for (auto& t : msg.tensors) t = t.to(torch::kCPU);
       control_->send(dst, std::move(msg));
       return;
     }
     check_lost();
     reap();
-    // The header goes over the control transport: per tensor an int64 vector {dtype, shape...}.
+    // The header goes over the control transport: per tensor an int64 vector {dtype, shape...}, the
+    // dtype as the wire's versioned code (wire.h).
     Message header{msg.kind, msg.micro_batch, msg.step, {}};
     for (const auto& t : msg.tensors) {
       auto meta = torch::empty({t.dim() + 1}, torch::kInt64);
-      meta[0] = static_cast<int64_t>(t.scalar_type());
+      meta[0] = static_cast<int64_t>(wire::dtype_code(t.scalar_type()));
       for (int64_t d = 0; d < t.dim(); ++d) meta[d + 1] = t.size(d);
       header.tensors.push_back(meta);
     }
@@ -155,26 +152,28 @@ class NcclTransport final : public Transport {
     cudaStream_t compute = compute_stream();
     EventPtr computed = make_event();
     PS_CHECK_CUDA(cudaEventRecord(computed.get(), compute));
-    PS_CHECK_CUDA(cudaStreamWaitEvent(stream_, computed.get(), 0));
+    PS_CHECK_CUDA(cudaStreamWaitEvent(stream_.get(), computed.get(), 0));
     TracedTransfer traced(*this, trace::Kind::kSend, "nccl send", dst, msg.tensors);
     Pending p;
     for (auto& t : msg.tensors) {
       torch::Tensor c = t.contiguous();
       if (c.nbytes() > 0)  // an empty tensor carries only its shape (the header has it)
-        PS_CHECK_NCCL(ncclSend(c.data_ptr(), static_cast<size_t>(c.nbytes()), bytes_type(), dst, comm_, stream_));
+        PS_CHECK_NCCL(
+            ncclSend(c.data_ptr(), static_cast<size_t>(c.nbytes()), bytes_type(), dst, comm_.get(), stream_.get()));
       p.tensors.push_back(c);
     }
     traced.end();
     p.done = make_event();
-    PS_CHECK_CUDA(cudaEventRecord(p.done.get(), stream_));
+    PS_CHECK_CUDA(cudaEventRecord(p.done.get(), stream_.get()));
     p.since = std::chrono::steady_clock::now();
     pending_.push_back(std::move(p));
   }
 
-  Message recv(int src) override {
+  Message recv(int src, c10::Device device) override {
     check_lost();
-    Message header = control_->recv(src);
-    if (header.kind != MessageKind::kActivation) return header;  // host-bound messages came whole
+    Message header = control_->recv(src);  // on the host: the activation headers are read here
+    if (header.kind != MessageKind::kActivation) return wire::on_device(std::move(header), device);
+    const std::string from = fmt::format("rank {} ({})", src, host_of(src));
     Message msg{header.kind, header.micro_batch, header.step, {}};
     const auto options = torch::TensorOptions().device(torch::kCUDA, static_cast<int8_t>(device_));
     cudaStream_t compute = compute_stream();
@@ -183,13 +182,13 @@ class NcclTransport final : public Transport {
     // the compute already queued: the next micro-batch's activation arrives while this stage still
     // computes the current one. recordStream below keeps a buffer from being reused before compute
     // has read it.
-    const c10::cuda::CUDAStream comm_stream = c10::cuda::getStreamFromExternal(stream_, device_);
+    const c10::cuda::CUDAStream comm_stream = c10::cuda::getStreamFromExternal(stream_.get(), device_);
 #else
     // The buffers come from LibTorch's allocator on the compute stream: comm waits for compute so
     // that a buffer is not written while its previous use is still running.
     EventPtr before = make_event();
     PS_CHECK_CUDA(cudaEventRecord(before.get(), compute));
-    PS_CHECK_CUDA(cudaStreamWaitEvent(stream_, before.get(), 0));
+    PS_CHECK_CUDA(cudaStreamWaitEvent(stream_.get(), before.get(), 0));
 #endif
     for (const auto& meta : header.tensors) {
       const auto* m = meta.data_ptr<int64_t>();
@@ -199,7 +198,7 @@ class NcclTransport final : public Transport {
 #ifdef PIPESWAP_TORCH_CUDA
         c10::cuda::CUDAStreamGuard on_comm(comm_stream);
 #endif
-        t = torch::empty(shape, options.dtype(static_cast<c10::ScalarType>(m[0])));
+        t = torch::empty(shape, options.dtype(wire::scalar_type_of(static_cast<uint8_t>(m[0]), from)));
       }
       msg.tensors.push_back(t);
     }
@@ -207,10 +206,11 @@ class NcclTransport final : public Transport {
       TracedTransfer traced(*this, trace::Kind::kRecv, "nccl recv", src, msg.tensors);
       for (const auto& t : msg.tensors)
         if (t.nbytes() > 0)
-          PS_CHECK_NCCL(ncclRecv(t.data_ptr(), static_cast<size_t>(t.nbytes()), bytes_type(), src, comm_, stream_));
+          PS_CHECK_NCCL(
+              ncclRecv(t.data_ptr(), static_cast<size_t>(t.nbytes()), bytes_type(), src, comm_.get(), stream_.get()));
     }
     EventPtr arrived = make_event();
-    PS_CHECK_CUDA(cudaEventRecord(arrived.get(), stream_));
+    PS_CHECK_CUDA(cudaEventRecord(arrived.get(), stream_.get()));
     PS_CHECK_CUDA(cudaStreamWaitEvent(compute, arrived.get(), 0));
 #ifdef PIPESWAP_TORCH_CUDA
     const c10::cuda::CUDAStream compute_c10 = c10::cuda::getStreamFromExternal(compute, device_);
@@ -219,6 +219,9 @@ class NcclTransport final : public Transport {
 #endif
     watch_op(arrived, src, "receive an activation from");
     check_async_error();
+    if (device != options.device()) {
+      for (auto& t : msg.tensors) t = t.to(device);
+    }
     return msg;
   }
 
@@ -258,9 +261,8 @@ class NcclTransport final : public Transport {
       if (!trace::enabled()) return;
       trace::Args what;
       what.peer = peer;
-      what.bytes = 0;
-      for (const auto& x : tensors) what.bytes += static_cast<int64_t>(x.nbytes());
-      range_.emplace(kind, name, what, c10::Stream(c10::cuda::getStreamFromExternal(t.stream_, t.device_)),
+      what.bytes = total_nbytes(tensors);
+      range_.emplace(kind, name, what, c10::Stream(c10::cuda::getStreamFromExternal(t.stream_.get(), t.device_)),
                      trace::Lane::kNccl);
 #else
       (void)t, (void)kind, (void)name, (void)peer, (void)tensors;
@@ -299,11 +301,7 @@ class NcclTransport final : public Transport {
   // Ends every outstanding NCCL kernel of this communicator (from the watchdog or on an error).
   void abort_comm() noexcept {
     std::lock_guard<std::mutex> lock(comm_mutex_);
-    if (comm_ && !aborted_) {
-      aborted_ = true;
-      ncclCommAbort(comm_);
-      comm_ = nullptr;
-    }
+    if (comm_) ncclCommAbort(comm_.release());
   }
 
   void watch_op(const EventPtr& done, int peer, const char* what) {
@@ -359,7 +357,7 @@ class NcclTransport final : public Transport {
   void check_async_error() {
     check_lost();
     ncclResult_t async = ncclSuccess;
-    PS_CHECK_NCCL(ncclCommGetAsyncError(comm_, &async));
+    PS_CHECK_NCCL(ncclCommGetAsyncError(comm_.get(), &async));
     if (async != ncclSuccess && async != ncclInProgress) {
       abort("NCCL asynchronous error");
       PS_THROW(CommError, "NCCL reported an asynchronous error: {}", ncclGetErrorString(async));
@@ -369,11 +367,10 @@ class NcclTransport final : public Transport {
   std::unique_ptr<Transport> control_;
   int device_;
   TransportOptions opts_;
-  ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;
-  std::deque<Pending> pending_;
+  cuda::StreamPtr stream_;
+  CommPtr comm_;           // empty once aborted
   std::mutex comm_mutex_;  // comm_ against a concurrent abort from the watchdog
-  bool aborted_ = false;
+  std::deque<Pending> pending_;
 
   struct Watched {
     EventPtr done;

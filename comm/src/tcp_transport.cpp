@@ -1,12 +1,6 @@
-// The TCP transport: activations between CPU ranks started without MPI (torchrun-style environment,
-// srun without PMIx, the single-node spawner).
-//
-// Start-up (bounded by the comm timeout): rank 0 listens on master_addr:master_port; every other rank
-// opens its own listener on an ephemeral port, connects to rank 0 (retrying: rank 0 may start later)
-// and sends a Hello with its rank, host name and listener port. Rank 0 answers with the table of every
-// rank's address, port and host. Then rank i connects to the listener of every rank 0 < j < i and
-// says who it is; the rendezvous sockets are the connections to rank 0. The result is one socket
-// per pair of ranks, so messages between a pair arrive in order.
+// The TCP transport's data path: activations between CPU ranks started without MPI (torchrun-style
+// environment, srun without PMIx, the single-node spawner). The connections come from the rendezvous
+// (tcp_rendezvous.h), the socket calls from tcp_socket.h.
 //
 // Threads: each peer has a sender thread that owns writes to its socket (send() only queues, and the
 // queue keeps the tensors alive) and a reader thread that owns reads: it reads whole frames as they
@@ -24,41 +18,33 @@
 //
 // Frames: [u32 type][u64 length][payload]. DATA carries one wire message (wire.h: headers, then
 // tensor bytes), BARRIER and HEARTBEAT nothing, ABORT the reason as text.
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
-#include <climits>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <mutex>
 #include <optional>
-#include <system_error>
 #include <thread>
 
 #include "pipeswap/comm/transport.h"
 #include "pipeswap/core/error.h"
-#include "pipeswap/core/identity.h"
+#include "pipeswap/core/files.h"
 #include "pipeswap/core/log.h"
+#include "tcp_rendezvous.h"
+#include "tcp_socket.h"
 #include "wire.h"
 
 namespace pipeswap::comm {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
+using tcp::Clock;
+using tcp::HeardAt;
 
-constexpr size_t kHostLen = 256;
 constexpr uint64_t kMaxAbortText = 64 * 1024;
 // A DATA frame longer than this is a corrupt length field, not a real activation.
 constexpr uint64_t kMaxDataFrame = uint64_t{1} << 40;
@@ -68,356 +54,21 @@ constexpr milliseconds kAbortGrace{1000};
 // that ABORT and exited): how long the error waits for such an ABORT, so it names the rank that
 // started it rather than a bystander.
 constexpr milliseconds kLossGrace{250};
-// How long rank 0 waits for the hello of a connection before it takes it for a stray caller.
-constexpr milliseconds kHelloWait{5000};
 // How long the destructor lets queued sends drain before it cuts the connections.
 constexpr milliseconds kCloseGrace{10000};
 
 double seconds(milliseconds ms) { return std::chrono::duration<double>(ms).count(); }
-std::string errno_text(int err) { return std::generic_category().message(err); }
 
-int remaining_ms(Clock::time_point deadline) {
-  const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-  return static_cast<int>(std::clamp<int64_t>(left, 0, INT_MAX));
-}
-
-// Owns one file descriptor; closing never throws.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() { reset(); }
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Frames and rendezvous records: packed, fixed-size, checked like the wire headers.
-
+// Frames: packed, fixed-size, checked like the wire headers.
 enum class FrameType : uint32_t { kData = 1, kBarrier = 2, kAbort = 3, kHeartbeat = 4 };
-
-constexpr char kHelloMagic[4] = {'P', 'S', 'W', 'T'};
-constexpr uint16_t kHelloVersion = 2;  // 2: HEARTBEAT frames
 
 #pragma pack(push, 1)
 struct FrameHeader {
   uint32_t type;    // FrameType
   uint64_t length;  // payload bytes after this header
 };
-
-// First bytes on every connection: who is calling. Rank 0 answers a rendezvous Hello with its own
-// Hello followed by world_size TableEntry records.
-struct Hello {
-  char magic[4];         // "PSWT"
-  uint16_t version;      // kHelloVersion
-  uint16_t listen_port;  // rendezvous: this rank's mesh listener; otherwise 0
-  int32_t rank;
-  int32_t world_size;
-  char host[kHostLen];  // NUL-terminated
-};
-
-struct TableEntry {
-  char ip[64];  // numeric address as rank 0 saw the connection come from; NUL-terminated
-  uint16_t port;
-  char host[kHostLen];
-};
 #pragma pack(pop)
-
 static_assert(sizeof(FrameHeader) == 12 && offsetof(FrameHeader, length) == 4, "frame header layout");
-static_assert(sizeof(Hello) == 16 + kHostLen && offsetof(Hello, rank) == 8 && offsetof(Hello, host) == 16,
-              "hello layout");
-static_assert(sizeof(TableEntry) == 66 + kHostLen && offsetof(TableEntry, port) == 64, "table entry layout");
-
-template <size_t N>
-void copy_cstr(char (&dst)[N], const std::string& s) {
-  std::memset(dst, 0, N);
-  std::memcpy(dst, s.data(), std::min(s.size(), N - 1));
-}
-template <size_t N>
-std::string from_cstr(const char (&src)[N]) {
-  return std::string(src, strnlen(src, N));
-}
-
-Hello make_hello(int rank, int world, uint16_t listen_port) {
-  Hello h{};
-  std::memcpy(h.magic, kHelloMagic, sizeof(kHelloMagic));
-  h.version = kHelloVersion;
-  h.listen_port = listen_port;
-  h.rank = rank;
-  h.world_size = world;
-  copy_cstr(h.host, local_hostname());
-  return h;
-}
-
-bool hello_is_ours(const Hello& h) {
-  return std::memcmp(h.magic, kHelloMagic, sizeof(kHelloMagic)) == 0 && h.version == kHelloVersion;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Socket helpers for start-up: every one bounded by a deadline.
-
-void set_nodelay(int fd) {
-  // Activations are latency-bound between stages: do not let Nagle hold back a header.
-  int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
-// Waits until fd is ready for `events`; false at the deadline.
-bool wait_fd(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    pollfd p{fd, events, 0};
-    const int rc = ::poll(&p, 1, remaining_ms(deadline));
-    if (rc > 0) return true;
-    if (rc == 0) return false;
-    if (errno != EINTR) return true;  // let the following call report the error
-  }
-}
-
-void read_exact(int fd, void* buf, size_t n, Clock::time_point deadline, const std::string& what) {
-  auto* p = static_cast<uint8_t*>(buf);
-  size_t done = 0;
-  while (done < n) {
-    PS_CHECK(wait_fd(fd, POLLIN, deadline), CommError, "{}: timed out", what);
-    const ssize_t got = ::recv(fd, p + done, n - done, 0);
-    if (got < 0 && errno == EINTR) continue;
-    PS_CHECK(got != 0, CommError, "{}: the other side closed the connection", what);
-    PS_CHECK(got > 0, CommError, "{}: {}", what, errno_text(errno));
-    done += static_cast<size_t>(got);
-  }
-}
-
-void write_exact(int fd, const void* buf, size_t n, Clock::time_point deadline, const std::string& what) {
-  const auto* p = static_cast<const uint8_t*>(buf);
-  size_t done = 0;
-  while (done < n) {
-    PS_CHECK(wait_fd(fd, POLLOUT, deadline), CommError, "{}: timed out", what);
-    const ssize_t put = ::send(fd, p + done, n - done, MSG_NOSIGNAL);
-    if (put < 0 && errno == EINTR) continue;
-    PS_CHECK(put > 0, CommError, "{}: {}", what, errno_text(errno));
-    done += static_cast<size_t>(put);
-  }
-}
-
-struct Address {
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-  int family() const { return addr.ss_family; }
-};
-
-std::vector<Address> resolve(const std::string& host, int port) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  const std::string service = std::to_string(port);
-  const int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &res);
-  PS_CHECK(rc == 0, CommError, "cannot resolve the rendezvous address {}:{}: {} (check MASTER_ADDR)", host, port,
-           gai_strerror(rc));
-  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> owned(res, &::freeaddrinfo);
-  std::vector<Address> out;
-  for (addrinfo* a = res; a; a = a->ai_next) {
-    Address x;
-    std::memcpy(&x.addr, a->ai_addr, a->ai_addrlen);
-    x.len = a->ai_addrlen;
-    out.push_back(x);
-  }
-  PS_CHECK(!out.empty(), CommError, "the rendezvous address {}:{} resolves to nothing", host, port);
-  return out;
-}
-
-// One non-blocking connect attempt bounded by the deadline. Returns an invalid Fd and sets *err on
-// failure (ECONNREFUSED while the listener is not up yet is the usual one).
-Fd try_connect(const Address& a, Clock::time_point deadline, int* err) {
-  Fd fd(::socket(a.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (!fd) {
-    *err = errno;
-    return Fd();
-  }
-  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&a.addr), a.len) != 0) {
-    if (errno != EINPROGRESS) {
-      *err = errno;
-      return Fd();
-    }
-    if (!wait_fd(fd.get(), POLLOUT, deadline)) {
-      *err = ETIMEDOUT;
-      return Fd();
-    }
-    int soerr = 0;
-    socklen_t len = sizeof(soerr);
-    ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &soerr, &len);
-    if (soerr != 0) {
-      *err = soerr;
-      return Fd();
-    }
-  }
-  // The data path uses blocking I/O in its own threads; start-up reads and writes poll first.
-  const int flags = ::fcntl(fd.get(), F_GETFL);
-  ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK);
-  set_nodelay(fd.get());
-  return fd;
-}
-
-// Connects, retrying until the deadline: the listener may not be up yet.
-Fd connect_until(const std::vector<Address>& addrs, Clock::time_point deadline, int* last_err) {
-  milliseconds nap{10};
-  for (;;) {
-    for (const Address& a : addrs) {
-      Fd fd = try_connect(a, deadline, last_err);
-      if (fd) return fd;
-    }
-    const auto now = Clock::now();
-    if (now >= deadline) return Fd();
-    std::this_thread::sleep_for(std::min<Clock::duration>(nap, deadline - now));  // one last try at the deadline
-    nap = std::min(nap * 2, milliseconds(200));
-  }
-}
-
-// A listener on every interface of `family` (port 0: an ephemeral port).
-Fd listen_on(int family, int port, const std::string& what) {
-  Fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  PS_CHECK(fd, CommError, "{}: cannot create a socket: {}", what, errno_text(errno));
-  int one = 1;
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  if (family == AF_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    a->sin6_addr = in6addr_any;
-    a->sin6_port = htons(static_cast<uint16_t>(port));
-    len = sizeof(*a);
-  } else {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    a->sin_family = AF_INET;
-    a->sin_addr.s_addr = htonl(INADDR_ANY);
-    a->sin_port = htons(static_cast<uint16_t>(port));
-    len = sizeof(*a);
-  }
-  PS_CHECK(::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0, CommError,
-           "{}: cannot listen on port {}: {} (is another job using it? set MASTER_PORT)", what, port,
-           errno_text(errno));
-  PS_CHECK(::listen(fd.get(), SOMAXCONN) == 0, CommError, "{}: listen failed: {}", what, errno_text(errno));
-  return fd;
-}
-
-uint16_t local_port(int fd) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof(ss);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
-  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-}
-
-int local_family(int fd) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof(ss);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  return ss.ss_family;
-}
-
-std::string peer_ip(int fd) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof(ss);
-  char buf[INET6_ADDRSTRLEN] = {0};
-  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
-  if (ss.ss_family == AF_INET6) {
-    ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, buf, sizeof(buf));
-  } else {
-    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, buf, sizeof(buf));
-  }
-  return buf;
-}
-
-// Accepts one connection before the deadline; an invalid Fd on timeout.
-Fd accept_until(int listen_fd, Clock::time_point deadline) {
-  for (;;) {
-    if (!wait_fd(listen_fd, POLLIN, deadline)) return Fd();
-    Fd fd(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
-    if (fd) {
-      set_nodelay(fd.get());
-      return fd;
-    }
-    if (errno != EINTR && errno != ECONNABORTED && errno != EAGAIN) {
-      PS_THROW(CommError, "accepting a peer connection failed: {}", errno_text(errno));
-    }
-  }
-}
-
-std::string list_ranks(const std::vector<int>& ranks) { return fmt::format("{}", fmt::join(ranks, ", ")); }
-
-// ---------------------------------------------------------------------------------------------
-// Data-path I/O (blocking, in the peer threads).
-
-// Writes every byte described by iov, advancing it over partial writes. Returns 0 or an errno.
-int send_all(int fd, std::vector<iovec> iov) {
-  size_t i = 0;
-  while (i < iov.size()) {
-    if (iov[i].iov_len == 0) {
-      ++i;
-      continue;
-    }
-    msghdr mh{};
-    mh.msg_iov = &iov[i];
-    mh.msg_iovlen = std::min<size_t>(iov.size() - i, IOV_MAX);
-    const ssize_t n = ::sendmsg(fd, &mh, MSG_NOSIGNAL);  // a dead peer is an error code, not SIGPIPE
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    size_t left = static_cast<size_t>(n);
-    while (left > 0) {
-      if (left >= iov[i].iov_len) {
-        left -= iov[i].iov_len;
-        ++i;
-      } else {
-        iov[i].iov_base = static_cast<uint8_t*>(iov[i].iov_base) + left;
-        iov[i].iov_len -= left;
-        left = 0;
-      }
-    }
-  }
-  return 0;
-}
-
-// When a peer was last heard from (any byte it sent), as steady-clock ticks.
-using HeardAt = std::atomic<Clock::rep>;
-void note_heard(HeardAt& at) { at.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed); }
-
-// Reads exactly n bytes, noting in `heard` every time some arrive (a big message keeps its sender
-// heard while it moves). Returns 0, -1 for end of stream, or an errno.
-int recv_all(int fd, void* buf, uint64_t n, HeardAt& heard) {
-  auto* p = static_cast<uint8_t*>(buf);
-  uint64_t done = 0;
-  while (done < n) {
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(n - done, size_t{1} << 30));
-    const ssize_t got = ::recv(fd, p + done, want, 0);
-    if (got > 0) {
-      done += static_cast<uint64_t>(got);
-      note_heard(heard);
-    } else if (got == 0) {
-      return -1;
-    } else if (errno != EINTR) {
-      return errno;
-    }
-  }
-  return 0;
-}
 
 struct OutFrame {
   std::vector<uint8_t> head;  // FrameHeader, then the wire header or the abort text
@@ -443,22 +94,17 @@ class TcpTransport final : public Transport {
              "TCP transport: rank {} is outside a world of {} (check RANK and WORLD_SIZE)", rank, world);
     PS_CHECK(master_port > 0 && master_port < 65536, ConfigError,
              "TCP transport: MASTER_PORT {} is not a port number (1..65535)", master_port);
-    hosts_.assign(world, std::string());
-    hosts_[rank] = local_hostname();
+    tcp::Mesh mesh = tcp::connect_mesh(rank, world, master_addr, master_port, opts_.timeout);
+    hosts_ = std::move(mesh.hosts);
     for (int r = 0; r < world; ++r) {
       peers_.push_back(std::make_unique<Peer>());
       peers_.back()->rank = r;
+      peers_.back()->fd = std::move(mesh.fds[static_cast<size_t>(r)]);
     }
     if (world == 1) return;
-    const auto deadline = Clock::now() + opts_.timeout;
-    const std::string rendezvous = fmt::format("{}:{}", master_addr, master_port);
-    if (rank == 0) {
-      serve_rendezvous(master_addr, master_port, rendezvous, deadline);
-    } else {
-      join_rendezvous(master_addr, master_port, rendezvous, deadline);
-    }
     start_threads();
-    log().debug("tcp transport: rank {} of {} connected to every peer (rendezvous {})", rank_, world_, rendezvous);
+    log().debug("tcp transport: rank {} of {} connected to every peer (rendezvous {}:{})", rank_, world_, master_addr,
+                master_port);
   }
 
   ~TcpTransport() override {
@@ -501,7 +147,7 @@ class TcpTransport final : public Transport {
     enqueue_locked(p, std::move(f));
   }
 
-  Message recv(int src) override {
+  Message recv(int src, c10::Device device) override {
     check_peer(src, "recv from");
     Peer& p = *peers_[src];
     // src answers (else the watchdog throws first): it waits on another rank or computes. A second
@@ -513,7 +159,8 @@ class TcpTransport final : public Transport {
       if (!p.inbox.empty()) {
         Message m = std::move(p.inbox.front());
         p.inbox.pop_front();
-        return m;
+        lk.unlock();  // a copy to the device runs outside the lock
+        return wire::on_device(std::move(m), device);
       }
       await_abort_after_loss_locked(lk, p);
       throw_if_lost_locked(p);  // only once its queued messages have been taken
@@ -632,7 +279,7 @@ class TcpTransport final : public Transport {
  private:
   struct Peer {
     int rank = 0;
-    Fd fd;
+    UniqueFd fd;
     std::thread reader, sender;
     // Everything below is guarded by TcpTransport::mu_.
     std::deque<OutFrame> outbox;
@@ -742,135 +389,13 @@ class TcpTransport final : public Transport {
     }
   }
 
-  // ----- start-up
-
-  void serve_rendezvous(const std::string& addr, int port, const std::string& rendezvous, Clock::time_point deadline) {
-    const std::vector<Address> addrs = resolve(addr, port);
-    // Prefer IPv4 when the name has both: peers try every address, and most clusters route v4.
-    int family = addrs.front().family();
-    for (const Address& a : addrs)
-      if (a.family() == AF_INET) family = AF_INET;
-    Fd listener = listen_on(family, port, fmt::format("rank 0 rendezvous at {}", rendezvous));
-    std::vector<TableEntry> table(world_);
-    copy_cstr(table[0].host, hosts_[0]);
-    int joined = 0;
-    while (joined < world_ - 1) {
-      Fd c = accept_until(listener.get(), deadline);
-      if (!c) {
-        std::vector<int> missing;
-        for (int r = 1; r < world_; ++r)
-          if (!peers_[r]->fd) missing.push_back(r);
-        PS_THROW(CommError,
-                 "rendezvous at {}: rank(s) {} did not connect within {} s (are they running with MASTER_ADDR={} "
-                 "MASTER_PORT={} and WORLD_SIZE={}?)",
-                 rendezvous, list_ranks(missing), seconds(opts_.timeout), addr, port, world_);
-      }
-      const std::string from = peer_ip(c.get());
-      Hello h{};
-      try {
-        // A real rank sends its hello right after connecting: a silent caller must not hold up the others.
-        read_exact(c.get(), &h, sizeof(h), std::min(deadline, Clock::now() + kHelloWait),
-                   fmt::format("rendezvous: reading the hello from {}", from));
-      } catch (const CommError& e) {
-        log().warn("{} (ignored)", e.what());
-        continue;
-      }
-      if (!hello_is_ours(h)) {
-        log().warn("rendezvous at {}: ignoring a connection from {} that is not a pipeswap rank of this build",
-                   rendezvous, from);
-        continue;
-      }
-      PS_CHECK(h.world_size == world_, CommError,
-               "rendezvous at {}: rank {} from {} was started with WORLD_SIZE={} but rank 0 with {}: start every rank "
-               "with the same world size",
-               rendezvous, h.rank, from, h.world_size, world_);
-      PS_CHECK(h.rank > 0 && h.rank < world_ && !peers_[h.rank]->fd, CommError,
-               "rendezvous at {}: {} claims rank {}, which is {} (two ranks with the same RANK, or a leftover process "
-               "of an earlier job on this port?)",
-               rendezvous, from, h.rank, h.rank > 0 && h.rank < world_ ? "taken already" : "out of range");
-      copy_cstr(table[h.rank].ip, from);
-      table[h.rank].port = h.listen_port;
-      std::memcpy(table[h.rank].host, h.host, kHostLen);
-      table[h.rank].host[kHostLen - 1] = '\0';
-      hosts_[h.rank] = from_cstr(table[h.rank].host);
-      peers_[h.rank]->fd = std::move(c);
-      ++joined;
-    }
-    const Hello mine = make_hello(0, world_, 0);
-    for (int r = 1; r < world_; ++r) {
-      const std::string what = fmt::format("rendezvous: sending the rank table to {}", who(r));
-      write_exact(peers_[r]->fd.get(), &mine, sizeof(mine), deadline, what);
-      write_exact(peers_[r]->fd.get(), table.data(), table.size() * sizeof(TableEntry), deadline, what);
-    }
-  }
-
-  void join_rendezvous(const std::string& addr, int port, const std::string& rendezvous, Clock::time_point deadline) {
-    const std::vector<Address> addrs = resolve(addr, port);
-    int err = 0;
-    Fd root = connect_until(addrs, deadline, &err);
-    PS_CHECK(
-        root, CommError,
-        "rank {} cannot reach the rendezvous at {} (rank 0) within {} s (last error: {}): is rank 0 running, and do "
-        "MASTER_ADDR and MASTER_PORT point to it?",
-        rank_, rendezvous, seconds(opts_.timeout), errno_text(err));
-    // The mesh listener speaks the family that reaches rank 0, so the address rank 0 sees is usable.
-    Fd listener = listen_on(local_family(root.get()), 0, fmt::format("rank {} mesh listener", rank_));
-    const Hello mine = make_hello(rank_, world_, local_port(listener.get()));
-    write_exact(root.get(), &mine, sizeof(mine), deadline, fmt::format("rendezvous at {}: sending hello", rendezvous));
-
-    Hello h0{};
-    const std::string waiting = fmt::format(
-        "rendezvous at {}: waiting for rank 0's table of every rank (rank 0 sends it once all {} ranks have connected)",
-        rendezvous, world_);
-    read_exact(root.get(), &h0, sizeof(h0), deadline, waiting);
-    PS_CHECK(hello_is_ours(h0) && h0.rank == 0 && h0.world_size == world_, CommError,
-             "rendezvous at {}: the answer is not from a pipeswap rank 0 of this build with WORLD_SIZE={}", rendezvous,
-             world_);
-    std::vector<TableEntry> table(world_);
-    read_exact(root.get(), table.data(), table.size() * sizeof(TableEntry), deadline, waiting);
-    for (int r = 0; r < world_; ++r) {
-      table[r].host[kHostLen - 1] = '\0';
-      table[r].ip[sizeof(table[r].ip) - 1] = '\0';
-      hosts_[r] = from_cstr(table[r].host);
-    }
-    hosts_[rank_] = local_hostname();
-    peers_[0]->fd = std::move(root);
-
-    // Connect to every lower rank's listener (they exist: each was opened before its rank joined).
-    const Hello hello = make_hello(rank_, world_, 0);
-    for (int j = 1; j < rank_; ++j) {
-      const std::string ip = from_cstr(table[j].ip);
-      Fd c = connect_until(resolve(ip, table[j].port), deadline, &err);
-      PS_CHECK(c, CommError, "rank {} cannot connect to {} at {}:{} within {} s: {}", rank_, who(j), ip, table[j].port,
-               seconds(opts_.timeout), errno_text(err));
-      write_exact(c.get(), &hello, sizeof(hello), deadline, fmt::format("connecting to {}", who(j)));
-      peers_[j]->fd = std::move(c);
-    }
-    // Accept every higher rank; each says who it is.
-    for (int n = rank_ + 1; n < world_; ++n) {
-      Fd c = accept_until(listener.get(), deadline);
-      if (!c) {
-        std::vector<int> missing;
-        for (int r = rank_ + 1; r < world_; ++r)
-          if (!peers_[r]->fd) missing.push_back(r);
-        PS_THROW(CommError, "rank(s) {} did not connect to rank {} within {} s", list_ranks(missing), rank_,
-                 seconds(opts_.timeout));
-      }
-      Hello h{};
-      read_exact(c.get(), &h, sizeof(h), deadline,
-                 fmt::format("reading the hello of a peer from {}", peer_ip(c.get())));
-      PS_CHECK(hello_is_ours(h) && h.world_size == world_ && h.rank > rank_ && h.rank < world_ && !peers_[h.rank]->fd,
-               CommError, "rank {}: unexpected connection from {} claiming rank {} of {}", rank_, peer_ip(c.get()),
-               h.rank, h.world_size);
-      peers_[h.rank]->fd = std::move(c);
-    }
-  }
+  // ----- threads
 
   void start_threads() {
     try {
       for (auto& p : peers_) {
         if (p->rank == rank_) continue;
-        note_heard(p->heard);  // connected just now
+        tcp::note_heard(p->heard);  // connected just now
         p->sender = std::thread([this, peer = p.get()] { send_loop(*peer); });
         p->reader = std::thread([this, peer = p.get()] { read_loop(*peer); });
       }
@@ -909,7 +434,7 @@ class TcpTransport final : public Transport {
         // Idle for a heartbeat interval: tell the peer this rank is alive. Not counted as a frame
         // sent (drain() must not take heartbeats for progress).
         lk.unlock();
-        const int err = send_all(p.fd.get(), {{&beat, sizeof(beat)}});
+        const int err = tcp::send_all(p.fd.get(), {{&beat, sizeof(beat)}});
         last_write = Clock::now();
         lk.lock();
         if (err != 0) return record_send_error_locked(p, err);
@@ -924,7 +449,7 @@ class TcpTransport final : public Transport {
       iov.reserve(1 + f.payloads.size());
       iov.push_back({f.head.data(), f.head.size()});
       for (torch::Tensor& t : f.payloads) iov.push_back({t.data_ptr(), static_cast<size_t>(wire::payload_bytes(t))});
-      const int err = send_all(p.fd.get(), std::move(iov));
+      const int err = tcp::send_all(p.fd.get(), std::move(iov));
       last_write = Clock::now();
       f = OutFrame();  // release the tensors outside the lock
       lk.lock();
@@ -950,9 +475,9 @@ class TcpTransport final : public Transport {
     try {
       for (;;) {
         FrameHeader fh{};
-        int err = recv_all(p.fd.get(), &fh, sizeof(fh), p.heard);
+        int err = tcp::recv_all(p.fd.get(), &fh, sizeof(fh), p.heard);
         if (err != 0) {
-          lost = describe_read_error(p.rank, err, /*mid_frame=*/false);
+          lost = describe_read_error(p.rank, err, Where::kBetweenFrames);
           break;
         }
         if (fh.type == static_cast<uint32_t>(FrameType::kData)) {
@@ -969,9 +494,9 @@ class TcpTransport final : public Transport {
           cv_.notify_all();
         } else if (fh.type == static_cast<uint32_t>(FrameType::kAbort) && fh.length <= kMaxAbortText) {
           std::string reason(static_cast<size_t>(fh.length), '\0');
-          err = recv_all(p.fd.get(), reason.data(), fh.length, p.heard);
+          err = tcp::recv_all(p.fd.get(), reason.data(), fh.length, p.heard);
           if (err != 0) {
-            lost = describe_read_error(p.rank, err, true);
+            lost = describe_read_error(p.rank, err, Where::kMidFrame);
             break;
           }
           std::lock_guard<std::mutex> lk(mu_);
@@ -1005,18 +530,18 @@ class TcpTransport final : public Transport {
     PS_CHECK(length >= sizeof(wire::MessageHeader) && length <= kMaxDataFrame, CommError,
              "{} sent a data frame of impossible length {}: the stream is corrupt", from, length);
     std::vector<uint8_t> header(sizeof(wire::MessageHeader));
-    int err = recv_all(p.fd.get(), header.data(), header.size(), p.heard);
+    int err = tcp::recv_all(p.fd.get(), header.data(), header.size(), p.heard);
     if (err == 0) {
       const wire::MessageHeader mh = wire::decode_message_header(header.data(), header.size(), from);
       const size_t full = wire::header_bytes(mh.num_tensors);
       PS_CHECK(length >= full, CommError, "{} sent a data frame of {} bytes, shorter than its {}-byte header", from,
                length, full);
       header.resize(full);
-      err = recv_all(p.fd.get(), header.data() + sizeof(wire::MessageHeader), full - sizeof(wire::MessageHeader),
-                     p.heard);
+      err = tcp::recv_all(p.fd.get(), header.data() + sizeof(wire::MessageHeader), full - sizeof(wire::MessageHeader),
+                          p.heard);
     }
     if (err != 0) {
-      *lost = describe_read_error(p.rank, err, true);
+      *lost = describe_read_error(p.rank, err, Where::kMidFrame);
       return std::nullopt;
     }
     Message m = wire::decode(header.data(), header.size(), from);
@@ -1025,19 +550,21 @@ class TcpTransport final : public Transport {
     PS_CHECK(total == length, CommError, "{} sent a data frame of {} bytes whose header describes {} bytes", from,
              length, total);
     for (torch::Tensor& t : m.tensors) {
-      err = recv_all(p.fd.get(), t.data_ptr(), wire::payload_bytes(t), p.heard);
+      err = tcp::recv_all(p.fd.get(), t.data_ptr(), wire::payload_bytes(t), p.heard);
       if (err != 0) {
-        *lost = describe_read_error(p.rank, err, true);
+        *lost = describe_read_error(p.rank, err, Where::kMidFrame);
         return std::nullopt;
       }
     }
     return m;
   }
 
-  std::string describe_read_error(int r, int err, bool mid_frame) const {
+  // Where in the stream a read failed: a connection closed between frames is a peer that left.
+  enum class Where { kBetweenFrames, kMidFrame };
+  std::string describe_read_error(int r, int err, Where where) const {
     if (err == -1 || err == ECONNRESET) {
       return fmt::format("{} closed its connection{}: it exited or was killed", who(r),
-                         mid_frame ? " in the middle of a message" : "");
+                         where == Where::kMidFrame ? " in the middle of a message" : "");
     }
     return fmt::format("reading from {} failed: {}", who(r), errno_text(err));
   }

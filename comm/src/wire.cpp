@@ -148,4 +148,25 @@ Message decode(const uint8_t* data, size_t size, const std::string& from) {
   return msg;
 }
 
+uint8_t dtype_code(c10::ScalarType t) {
+  const auto code = code_for(t);
+  PS_CHECK(code.has_value(), CommError, "cannot send a tensor of type {}: the wire carries F64..BOOL only",
+           c10::toString(t));
+  return static_cast<uint8_t>(*code);
+}
+
+c10::ScalarType scalar_type_of(uint8_t code, const std::string& from) {
+  const auto dtype = dtype_for(code);
+  PS_CHECK(dtype.has_value(), CommError, "{} sent a tensor with unknown dtype code {} (known: 1..10): {}", from, code,
+           kSameBuild);
+  return to_scalar_type(*dtype);
+}
+
+Message on_device(Message msg, c10::Device device) {
+  if (!device.is_cpu()) {
+    for (auto& t : msg.tensors) t = t.to(device);
+  }
+  return msg;
+}
+
 }  // namespace pipeswap::comm::wire

@@ -105,4 +105,13 @@ Message decode(const uint8_t* data, size_t size, const std::string& from);
 // Raw byte size of a tensor as it travels (numel * element size).
 inline uint64_t payload_bytes(const torch::Tensor& t) { return static_cast<uint64_t>(t.nbytes()); }
 
+// The wire code of an element type, for headers that travel apart from their payload (the NCCL
+// transport's). Throws CommError for a type the wire cannot carry.
+uint8_t dtype_code(c10::ScalarType t);
+// The element type of a wire code; CommError naming `from` and the code when it is unknown.
+c10::ScalarType scalar_type_of(uint8_t code, const std::string& from);
+
+// A received message (CPU tensors) with its tensors moved to `device`.
+Message on_device(Message msg, c10::Device device);
+
 }  // namespace pipeswap::comm::wire

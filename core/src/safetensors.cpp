@@ -16,36 +16,17 @@
 
 #include "direct_read.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
 #include "pipeswap/core/log.h"
 
 namespace pipeswap {
 namespace {
 
-// One pread/write call moves at most this much: Linux caps a single call near 2 GiB anyway, and
-// smaller calls keep partial-transfer handling exercised the same way for every size.
+// One pread call moves at most this much: Linux caps a single call near 2 GiB anyway, and smaller
+// calls keep partial-transfer handling exercised the same way for every size.
 constexpr size_t kMaxIoChunk = size_t{1} << 30;
 
 constexpr const char* kCheckpointFix = "re-download or re-save the checkpoint";
-
-std::string errno_text(int err) { return std::generic_category().message(err); }
-
-// Closes the descriptor it owns; never throws (used on error paths).
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd = -1) : fd_(fd) {}
-  ~UniqueFd() { reset(); }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-};
 
 // Reads up to n bytes at offset, retrying on EINTR and partial reads. Returns the bytes read (less
 // than n only at end of file), or -errno.
@@ -63,24 +44,6 @@ int64_t pread_full(int fd, void* dst, uint64_t n, uint64_t offset) {
     done += static_cast<uint64_t>(got);
   }
   return static_cast<int64_t>(done);
-}
-
-// Writes all n bytes, retrying on EINTR and partial writes. Returns 0 or errno.
-int write_full(int fd, const void* src, uint64_t n) {
-  const auto* in = static_cast<const char*>(src);
-  uint64_t done = 0;
-  while (done < n) {
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(n - done, kMaxIoChunk));
-    const ssize_t put = ::write(fd, in + done, want);
-    if (put < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    // write() returning 0 for a non-zero request means no progress is possible: treat as a full disk.
-    if (put == 0) return ENOSPC;
-    done += static_cast<uint64_t>(put);
-  }
-  return 0;
 }
 
 // The format fixes the length prefix as little-endian, whatever the host is.
@@ -113,14 +76,14 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& 
   // lives in the object from the start so that every failed check below closes it.
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f->fd_ < 0) {
+  f->fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!f->fd_) {
     const int err = errno;
     PS_THROW(CheckpointError, "cannot open safetensors file '{}': {}: check the path and its permissions", path,
              errno_text(err));
   }
   struct stat st {};
-  if (::fstat(f->fd_, &st) != 0) {
+  if (::fstat(f->fd_.get(), &st) != 0) {
     const int err = errno;
     PS_THROW(CheckpointError, "cannot stat safetensors file '{}': {}", path, errno_text(err));
   }
@@ -131,7 +94,7 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& 
            "safetensors file '{}' is {} bytes, shorter than the 8-byte header length: {}", path, f->file_size_,
            kCheckpointFix);
   unsigned char len_bytes[8];
-  const int64_t got = pread_full(f->fd_, len_bytes, 8, 0);
+  const int64_t got = pread_full(f->fd_.get(), len_bytes, 8, 0);
   PS_CHECK(got == 8, CheckpointError, "cannot read the header length of safetensors file '{}': {}", path,
            got < 0 ? errno_text(static_cast<int>(-got)) : std::string("short read"));
   // Bounded (and within the file) before anything is allocated: a corrupt prefix may claim terabytes.
@@ -139,7 +102,7 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& 
   f->data_offset_ = 8 + header_len;
 
   std::string text(static_cast<size_t>(header_len), '\0');
-  const int64_t hgot = pread_full(f->fd_, text.data(), header_len, 8);
+  const int64_t hgot = pread_full(f->fd_.get(), text.data(), header_len, 8);
   PS_CHECK(hgot == static_cast<int64_t>(header_len), CheckpointError,
            "cannot read the {}-byte header of safetensors file '{}': {}", header_len, path,
            hgot < 0 ? errno_text(static_cast<int>(-hgot)) : std::string("short read"));
@@ -151,11 +114,6 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& 
   log().debug("opened safetensors '{}': {} tensors, {} header bytes, {} bytes", path, f->tensors_.size(), header_len,
               f->file_size_);
   return f;
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (fd_ >= 0) ::close(fd_);
-  if (direct_fd_ >= 0) ::close(direct_fd_);
 }
 
 const TensorInfo* SafetensorsFile::find(const std::string& name) const {
@@ -173,13 +131,13 @@ const TensorInfo& SafetensorsFile::at(const std::string& name) const {
 void SafetensorsFile::read_into(const TensorInfo& info, void* dst) const {
   const uint64_t n = info.nbytes();
   if (n == 0) return;
-  const int64_t got = pread_full(fd_, dst, n, data_offset_ + info.begin);
+  const int64_t got = pread_full(fd_.get(), dst, n, data_offset_ + info.begin);
   if (got == static_cast<int64_t>(n)) {
     bytes_read_.fetch_add(n, std::memory_order_relaxed);
     return;
   }
   if (got < 0) throw_read_failed(path_, info, static_cast<int>(-got));
-  throw_truncated(path_, fd_, info, data_offset_, file_size_);
+  throw_truncated(path_, fd_.get(), info, data_offset_, file_size_);
 }
 
 int SafetensorsFile::direct_fd() const {
@@ -188,27 +146,27 @@ int SafetensorsFile::direct_fd() const {
       log().debug("PIPESWAP_NO_DIRECT_IO is set: reading safetensors '{}' with buffered pread", path_);
       return;
     }
-    const int fd = detail::open_direct(path_);
-    if (fd < 0) {
+    const int rc = detail::open_direct(path_);
+    if (rc < 0) {
       // tmpfs before Linux 6.6, some FUSE and network filesystems: nothing wrong, just no O_DIRECT.
       log().debug("O_DIRECT open of safetensors '{}' refused ({}): reading it with buffered pread", path_,
-                  errno_text(-fd));
+                  errno_text(-rc));
       return;
     }
+    UniqueFd fd(rc);
     // The path is opened again, so it may now name another file (a checkpoint re-saved by rename):
     // only use the descriptor when it is the inode that open() validated.
     struct stat a {};
     struct stat b {};
-    if (::fstat(fd_, &a) != 0 || ::fstat(fd, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
-      ::close(fd);
+    if (::fstat(fd_.get(), &a) != 0 || ::fstat(fd.get(), &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
       log().debug("safetensors '{}' was replaced since it was opened: reading the opened file with buffered pread",
                   path_);
       return;
     }
-    direct_fd_ = fd;
+    direct_fd_ = std::move(fd);
     direct_ok_.store(true, std::memory_order_relaxed);
   });
-  return direct_ok_.load(std::memory_order_relaxed) ? direct_fd_ : -1;
+  return direct_ok_.load(std::memory_order_relaxed) ? direct_fd_.get() : -1;
 }
 
 void SafetensorsFile::give_up_direct(const char* why) const {
@@ -349,7 +307,7 @@ bool SafetensorsFile::read_extent_direct(int dfd, const std::vector<ReadRequest>
     if (bad.got < 0) throw_read_failed(path_, *sorted[next].info, static_cast<int>(-bad.got));
     // End of file before a tensor's last byte: the file shrank since open. (A short read that
     // only missed the alignment tail past the last tensor is the normal end of file.)
-    throw_truncated(path_, fd_, *sorted[next].info, data_offset_, file_size_);
+    throw_truncated(path_, fd_.get(), *sorted[next].info, data_offset_, file_size_);
   }
   return true;
 }
@@ -397,34 +355,15 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   unsigned char len_bytes[8];
   encode_le64(text.size(), len_bytes);
 
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  const char* hint = "check that the directory exists, is writable and has free space";
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.get() < 0) {
-    const int err = errno;
-    PS_THROW(IoError, "cannot write safetensors file '{}': creating '{}' failed: {}: {}", path, tmp, errno_text(err),
-             hint);
-  }
-  // From here on a failure must not leave the partial temp file behind.
-  auto fail = [&](const std::string& what, int err) {
-    fd.reset();
-    ::unlink(tmp.c_str());
-    PS_THROW(IoError, "cannot write safetensors file '{}': {} failed: {}: {}", path, what, errno_text(err), hint);
-  };
-  int err = write_full(fd.get(), len_bytes, sizeof(len_bytes));
-  if (err == 0) err = write_full(fd.get(), text.data(), text.size());
-  for (size_t i = 0; err == 0 && i < data.size(); ++i) {
-    err = write_full(fd.get(), data[i].data_ptr(), static_cast<uint64_t>(data[i].numel()) * data[i].element_size());
-  }
-  if (err != 0) fail(fmt::format("writing '{}'", tmp), err);
-  // errno is read right after the call: building the message allocates and may clobber it.
-  if (::fsync(fd.get()) != 0) err = errno;
-  if (err != 0) fail(fmt::format("fsync of '{}'", tmp), err);
-  // close() can report a deferred write error (e.g. on network file systems), so check it.
-  if (::close(fd.release()) != 0) err = errno;
-  if (err != 0) fail(fmt::format("closing '{}'", tmp), err);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
-  if (err != 0) fail(fmt::format("renaming '{}' to it", tmp), err);
+  write_file_atomically(
+      path, "safetensors file", "check that the directory exists, is writable and has free space", [&](int fd) {
+        int err = write_full(fd, len_bytes, sizeof(len_bytes));
+        if (err == 0) err = write_full(fd, text.data(), text.size());
+        for (size_t i = 0; err == 0 && i < data.size(); ++i) {
+          err = write_full(fd, data[i].data_ptr(), static_cast<uint64_t>(data[i].numel()) * data[i].element_size());
+        }
+        return err;
+      });
   log().debug("wrote safetensors '{}': {} tensors, {} data bytes", path, tensors.size(), offset);
 }
 

@@ -1,7 +1,6 @@
 #include "pipeswap/core/safetensors_header.h"
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include <nlohmann/json.hpp>
 
@@ -9,6 +8,7 @@
 #include <limits>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/shape.h"
 
 namespace pipeswap {
 namespace {
@@ -48,8 +48,6 @@ std::string known_dtypes() {
   }
   return out;
 }
-
-std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
 // A JSON value that is an integer >= 0 and fits in uint64 (negative ones parse as number_integer).
 bool as_uint(const json& v, uint64_t* out) {
@@ -122,7 +120,7 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
   PS_CHECK(!overflow && bytes == end - begin, CheckpointError,
            "safetensors file '{}': shape/bytes mismatch for tensor '{}': shape {} of {} needs {} bytes, but "
            "data_offsets [{}, {}] hold {}: {}",
-           path, name, shape_text(info.shape), dtype_name(info.dtype),
+           path, name, shape_str(info.shape), dtype_name(info.dtype),
            overflow ? std::string("more than 2^64") : std::to_string(bytes), begin, end, end - begin, kCheckpointFix);
   return info;
 }

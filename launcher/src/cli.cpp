@@ -12,11 +12,11 @@
 namespace pipeswap::launcher {
 namespace {
 
-void add_common(CLI::App* cmd, Options& o) {
+void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
   cmd->add_option("--model", o.model, "Hugging Face checkpoint directory (config.json + *.safetensors); "
                                       "default: the built-in demo model")
       ->expected(0, 1);  // "--model" with nothing after it is the "Model is None" error, not the demo
-  cmd->add_option("--device-chain", o.device_chain,
+  cmd->add_option("--device-chain", chain_text,
                   "one entry per rank, device=weight: cpu=3,cpu=1 or cuda:0=60,cuda:1=40; 'auto' weighs by free "
                   "memory (default: every rank on cpu, equal weights)")
       ->expected(0, 1);  // an empty value must reach the chain parser, which names the problem
@@ -131,8 +131,9 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   CLI::App* denoise = app.add_subcommand(
       "denoise", "sample a diffusion transformer (Wan): flow-matching Euler steps with classifier-free guidance");
   std::string config_path;
+  std::string chain_text;  // --device-chain as written; parsed below, once
   for (CLI::App* cmd : {run, plan, denoise}) {
-    add_common(cmd, o);
+    add_common(cmd, o, chain_text);
     cmd->add_option("--config", config_path, "JSON file of options with snake_case keys (flags win)");
   }
   run->add_option("--output", o.output, "safetensors file for the logits (written atomically)")
@@ -186,6 +187,7 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     for (size_t i = 1; i < args.size(); ++i) merged.push_back(args[i]);
     Options fresh;
     o = fresh;
+    chain_text.clear();
     app.clear();
     try {
       app.parse(std::vector<std::string>(merged.rbegin(), merged.rend()));
@@ -194,7 +196,8 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     }
     o.command = cmd->get_name();
   }
-  if (cmd->count("--device-chain") > 0 && o.device_chain.empty()) o.device_chain = " ";  // given, but empty
+  // Given (even empty: that is the kNoModelOrChain error, not the default chain): parsed here only.
+  if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
   PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
   if (cmd == denoise) {
@@ -206,8 +209,9 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
              o.guidance);
   }
   PS_CHECK(cmd->count("--model") == 0 || !o.model.empty(), ConfigError,
-           "Model is None or device_chain is empty: --model was given without a directory; pass --model DIR with a "
-           "Hugging Face checkpoint (config.json + model.safetensors), or leave it out to run the built-in demo");
+           "{}: --model was given without a directory; pass --model DIR with a Hugging Face checkpoint (config.json + "
+           "model.safetensors), or leave it out to run the built-in demo",
+           pipeline::kNoModelOrChain);
   PS_CHECK(o.micro_batches >= 1, ConfigError, "--micro-batches must be at least 1 (got {})", o.micro_batches);
   PS_CHECK(o.comm_timeout > 0, ConfigError, "--comm-timeout must be positive seconds (got {})", o.comm_timeout);
   PS_CHECK(o.threads >= 0, ConfigError, "--threads must be 0 (automatic) or positive (got {})", o.threads);

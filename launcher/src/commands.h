@@ -1,4 +1,4 @@
-// The subcommands: run and plan.
+// The subcommands (run, plan, denoise) and the transport a rank starts with.
 #pragma once
 
 #include <memory>

@@ -5,13 +5,12 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
+#include "pipeswap/core/weights.h"
 #include "pipeswap/pipeline/denoise_job.h"
 #include "pipeswap/pipeline/inputs.h"
 
 namespace pipeswap::launcher {
 namespace {
-
-std::string shape_str(const torch::Tensor& t) { return fmt::format("[{}]", fmt::join(t.sizes(), ", ")); }
 
 // A per-sample input with one row (shared by every sample) or one row per sample.
 void check_batch(const torch::Tensor& t, int64_t batch, const std::string& flag) {
@@ -63,7 +62,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   const auto t_start = Clock::now();
   if (world.rank == 0) pipeline::check_output_path(o.output);
   set_threads(o, world);
-  Job job = open_model(o, world, *transport, /*plan_only=*/false);
+  Job job = open_model(o, world, *transport, JobUse::kRun);
   PS_CHECK(job.arch->kind() == "dit", ConfigError,
            "{} is a {} language model: `pipeswap denoise` samples diffusion transformers; use `pipeswap run --model "
            "{} --input FILE`",
@@ -76,20 +75,17 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   settings.cfg = o.guidance != 1.0;
   pipeline::DenoiseInputs in;
   // Rank 0 reads the inputs; every rank learns the batch and the tokens per sample (the plan needs them).
-  std::string shape = "0 0";
+  JobShape shape;
   if (world.rank == 0) {
     in = read_inputs(o, *job.arch);
-    shape = fmt::format("{} {} {}", in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)),
-                        stored_dtype_code(job));
+    shape = JobShape{in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)), stored_dtype(job)};
   }
-  if (world.size > 1) shape = comm::allgather_strings(*transport, shape).at(0);
-  int64_t batch = 0, tokens = 0;
-  int stored = 0;
-  PS_CHECK(std::sscanf(shape.c_str(), "%ld %ld %d", &batch, &tokens, &stored) == 3 && batch > 0, CommError,
-           "rank 0 could not read the inputs (see its error)");
-  settings.batch = static_cast<int>(batch);
+  if (world.size > 1) shape = agree_shape(*transport, shape);
+  PS_CHECK(shape.batch > 0, CommError, "rank 0 could not read the inputs (see its error)");
+  settings.batch = static_cast<int>(shape.batch);
   const int units = pipeline::denoise_units(settings);
-  job.plan = make_job_plan(o, world, *transport, job, 1, tokens, units, settings.steps, stored);
+  job.plan =
+      make_job_plan(o, world, *transport, job, JobShape{1, shape.seq, shape.stored_dtype}, units, settings.steps);
 
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
@@ -109,9 +105,10 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   }
   t.barrier();
   if (world.rank == 0) {
-    std::string s = fmt::format("pipeswap denoise: {} ({}), {} blocks on {} rank(s), {} sample(s) x {} tokens, {} "
-                                "micro-batches per step\n",
-                                job.model_dir, job.plan.family, job.plan.num_blocks, world.size, batch, tokens, units);
+    std::string s = fmt::format(
+        "pipeswap denoise: {} ({}), {} blocks on {} rank(s), {} sample(s) x {} tokens, {} "
+        "micro-batches per step\n",
+        job.model_dir, job.plan.family, job.plan.num_blocks, world.size, shape.batch, shape.seq, units);
     s += rank_lines(job.plan);
     const double per_step = result.seconds / settings.steps;
     s += fmt::format("  {} steps in {:.3f} s ({:.3f} s/step), guidance {}, shift {}, total {:.2f} s\n", settings.steps,

@@ -1,18 +1,21 @@
-// What the commands that run a job share: the model opened and checked, the plan, and each rank's
-// device, transport and weights.
+// What the commands that run a job share (launcher/src/run.cpp, plan.cpp, denoise.cpp): the model
+// opened and checked, the plan and its inputs (plan_inputs.cpp), and each rank's device, transport
+// and weights (rank.cpp).
 #pragma once
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "agree.h"
 #include "options.h"
-#include "pipeswap/comm/trace_file.h"
 #include "pipeswap/comm/transport.h"
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/models/architecture.h"
 #include "pipeswap/offload/block_weights.h"
+#include "pipeswap/pipeline/job_trace.h"
 #include "pipeswap/pipeline/plan.h"
 #include "world.h"
 
@@ -30,26 +33,36 @@ struct Job {
   pipeline::Plan plan;
 };
 
-// The device chain resolved and agreed, the checkpoint opened and its tensor names checked against
-// the architecture. Collective when plan_only is false.
-Job open_model(const Options& o, const World& world, comm::Transport& t, bool plan_only);
-// The plan for micro-batches of `batch` sequences of `seq` tokens (0: unknown); `sweeps` passes of
-// each micro-batch (denoising steps). Collective for automatic VRAM budgets.
-pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job, int64_t batch,
-                             int64_t seq, int micro_batches, int sweeps, int stored_dtype);
-// What the checkpoint stores (the compute dtype under --dtype auto, the plan's disk-read figures), as an
-// int c10::ScalarType for the strings ranks agree on: the dtype of most of block 0's bytes, from the
-// safetensors header (rank 0 owns block 0); -1 when unknown.
-int stored_dtype_code(const Job& job);
+// ----- plan_inputs.cpp
+
+// The device chain agreed, the checkpoint opened and its tensor names checked against the
+// architecture. Collective for JobUse::kRun.
+Job open_model(const Options& o, const World& world, comm::Transport& t, JobUse use);
+// What most of block 0's bytes are stored in (the compute dtype under --dtype auto, the plan's
+// disk-read figures), from the safetensors headers (rank 0 owns block 0); unset when unknown.
+std::optional<c10::ScalarType> stored_dtype(const Job& job);
+// The plan for micro-batches of shape.batch samples of shape.seq tokens (0: unknown); `sweeps` passes
+// of each micro-batch (denoising steps). Collective for automatic VRAM budgets of "auto".
+pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job,
+                             const JobShape& shape, int micro_batches, int sweeps);
+
+// ----- run.cpp
+
+// `pipeswap run` and `plan`: the model opened, rank 0's token input read and checked, the shape
+// agreed (kRun) and the plan made.
+Job prepare_forward(const Options& o, const World& world, comm::Transport& t, JobUse use);
+
+// ----- rank.cpp
+
 void set_threads(const Options& o, const World& world);
 
 struct RankRuntime {
   torch::Device device{torch::kCPU};
-  std::unique_ptr<comm::JobTrace> trace;  // --trace (off when the path is empty)
+  std::unique_ptr<pipeline::JobTrace> trace;  // --trace (off when the path is empty)
   std::unique_ptr<offload::BlockWeights> weights;
 };
 // This rank's device made current, the NCCL transport in place when every rank is a GPU, --trace
-// started, and its weights loaded; ends with a barrier. Collective.
+// started, and its weights loaded as its plan's layout says; ends with a barrier. Collective.
 RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport,
                        const Job& job);
 // Measured memory beside the plan's prediction (and the CUDA allocator's peak on GPU ranks).
@@ -58,8 +71,10 @@ void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weigh
 // The summary's line per rank: device, blocks, prologue/epilogue, swapped blocks.
 std::string rank_lines(const pipeline::Plan& plan);
 
-void write_text_atomically(const std::string& path, const std::string& text);
+// ----- the commands, one file each: the process exit code; throw on error.
 
+int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+int cmd_plan(const Options& o, const World& world, comm::Transport& t);
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
 
 }  // namespace pipeswap::launcher

@@ -11,7 +11,6 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/identity.h"
 #include "pipeswap/core/log.h"
-#include "pipeswap/pipeline/device_chain.h"
 #include "spawn.h"
 #include "world.h"
 
@@ -41,12 +40,10 @@ int main(int argc, char** argv) {
     if (!opts) return 0;
     set_log_level(opts->log_level);
     launcher::World world = launcher::discover_world();
-    if (world.launcher == launcher::World::Launcher::kAlone && opts->command != "plan" && !opts->device_chain.empty()) {
+    if (world.launcher == launcher::World::Launcher::kAlone && opts->command != "plan" && opts->device_chain &&
+        !opts->device_chain->automatic && opts->device_chain->entries.size() > 1) {
       // No launcher and several chain entries: single-node mode, one worker process per entry.
-      const auto chain = pipeline::parse_device_chain(opts->device_chain);
-      if (!chain.automatic && chain.entries.size() > 1) {
-        return launcher::run_workers(argc, argv, static_cast<int>(chain.entries.size()));
-      }
+      return launcher::run_workers(argc, argv, static_cast<int>(opts->device_chain->entries.size()));
     }
     RankIdentity id;
     id.host = local_hostname();

@@ -2,8 +2,11 @@
 // snake_case config keys).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "pipeswap/pipeline/device_chain.h"
 
 namespace pipeswap::launcher {
 
@@ -12,7 +15,8 @@ struct Options {
   std::string model;    // empty: the built-in demo model
   std::string input;    // empty with the demo model: the demo's built-in prompt batch
   std::string output = "logits.safetensors";
-  std::string device_chain;  // empty: every rank on cpu with equal weights
+  // --device-chain, parsed once (by the CLI); unset: every rank on cpu with equal weights.
+  std::optional<pipeline::DeviceChain> device_chain;
   bool workload_split = true;
   bool auto_vram_balance = false;
   std::string dtype = "auto";

@@ -1,7 +1,7 @@
 // Swapping on a GPU through LibTorch's device-generic stream and event API, so this file compiles
 // and links against a CPU-only LibTorch too (CI) and runs against a CUDA one.
 //
-// Streams and events (the contract of swapped_weights.h, made concrete):
+// Streams and events (the contract of block_weights.h, made concrete):
 //  - compute: the device's current stream (where the model's kernels run).
 //  - copy: one stream from the pool, used only by the copy thread for host -> slot copies.
 //  - ready[s]: recorded on the copy stream after slot s was filled; compute waits on it before

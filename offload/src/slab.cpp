@@ -7,18 +7,11 @@
 
 #include "pipeswap/core/dtype.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/shape.h"
 
 namespace pipeswap::offload {
-namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-}  // namespace
-
-SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype) {
+SlabLayout make_layout(const PartSpec& part, c10::ScalarType dtype) {
   SlabLayout layout;
   layout.part = part.name;
   layout.dtype = dtype;
@@ -28,9 +21,7 @@ SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype) {
     e.local = t.local;
     e.checkpoint = t.checkpoint;
     e.shape = t.shape;
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    e.nbytes = n * static_cast<int64_t>(c10::elementSize(dtype));
+    e.nbytes = tensor_bytes(t.shape, dtype);
     e.offset = off;
     off = align_up(off + e.nbytes, kSlabAlignment);
     layout.entries.push_back(std::move(e));
@@ -39,10 +30,12 @@ SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype) {
   return layout;
 }
 
-void add_views(const SlabLayout& layout, const torch::Tensor& slab, models::WeightView& view) {
-  for (const auto& e : layout.entries) {
-    view.add(e.local, slab.narrow(0, e.offset, e.nbytes).view(layout.dtype).view(e.shape));
-  }
+torch::Tensor entry_view(const SlabLayout& layout, const SlabLayout::Entry& e, const torch::Tensor& slab) {
+  return slab.narrow(0, e.offset, e.nbytes).view(layout.dtype).view(e.shape);
+}
+
+void add_views(const SlabLayout& layout, const torch::Tensor& slab, WeightView& view) {
+  for (const auto& e : layout.entries) view.add(e.local, entry_view(layout, e, slab));
 }
 
 void read_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Tensor& host_slab) {
@@ -83,14 +76,8 @@ void read_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Tensor& 
     const TensorInfo& info = *c.loc.info;
     torch::Tensor tmp = torch::empty(info.shape, torch::TensorOptions().dtype(to_scalar_type(info.dtype)));
     c.loc.file->read_into(info, tmp.data_ptr());
-    host_slab.narrow(0, c.entry->offset, c.entry->nbytes).view(layout.dtype).view(c.entry->shape).copy_(tmp);
+    entry_view(layout, *c.entry, host_slab).copy_(tmp);
   }
-}
-
-torch::Tensor load_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Device device) {
-  torch::Tensor host = torch::empty({layout.bytes}, torch::kUInt8);
-  read_part(ckpt, layout, host);
-  return device.is_cpu() ? host : host.to(device);
 }
 
 }  // namespace pipeswap::offload

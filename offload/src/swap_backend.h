@@ -1,5 +1,5 @@
 // What differs between a CPU rank and a GPU rank in the swapping engine: where slots live and how a
-// slot is filled and fenced. See swapped_weights.h for the ordering contract.
+// slot is filled and fenced. See block_weights.h for the ordering contract.
 #pragma once
 
 #include <torch/types.h>

@@ -6,8 +6,7 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/trace.h"
-#include "pipeswap/pipeline/forward_job.h"
-#include "stage_io.h"
+#include "stage.h"
 
 namespace pipeswap::pipeline {
 namespace {
@@ -34,17 +33,13 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
                           const std::function<void(const StepReport&)>& on_step) {
   const auto t0 = Clock::now();
   DenoiseResult result;
-  const RankPlan& me = plan.ranks.at(rank);
+  Stage stage(plan, rank, arch, weights, transport, device);
   PS_CHECK(plan.first_stage() == 0, ConfigError,
            "denoise needs rank 0 to hold the first blocks (it keeps the latents): give the first --device-chain "
            "entry a non-zero weight");
-  const int prev = plan.prev_stage(rank);
-  const int next = plan.next_stage(rank);
-  const int last = plan.last_stage();
   const int branches = settings.cfg ? 2 : 1;
   const int units = denoise_units(settings);
   const int steps = settings.steps;
-  const auto options = torch::TensorOptions().dtype(plan.dtype).device(device);
   const torch::Tensor sigmas = flow_sigmas(steps, settings.shift);
   auto sigma = [&](int i) { return sigmas[i].item<double>(); };
   at::NoGradGuard no_grad;
@@ -66,7 +61,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   auto finish_sample_step = [&](int s, int i) {
     for (int b = 0; b < branches; ++b) {
       const int u = i * branches + b;
-      if (last != 0) velocity[u] = expect_message(transport, last, comm::MessageKind::kOutput, s, u).tensors.at(0);
+      if (!stage.keeps_outputs()) velocity[u] = stage.output(s, u);
       velocity[u] = velocity[u].to(torch::kCPU, torch::kFloat32);
     }
     torch::Tensor v = velocity[i * branches];
@@ -86,7 +81,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   };
 
   weights.expect_sweeps(steps * units);
-  if (!me.idle()) {
+  if (!stage.idle()) {
     for (int s = 0; s < steps; ++s) {
       const auto t = torch::full({1}, sigma(s) * 1000.0, torch::kFloat32);
       for (int u = 0; u < units; ++u) {
@@ -96,28 +91,15 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
         tag.micro_batch = u;
         tag.step = s;
         trace::Context traced_unit(tag);
-        models::Activation act;
-        if (me.prologue) {
+        torch::Tensor out = stage.pass(s, u, [&] {
           if (done_step[i] < s) finish_sample_step(s - 1, i);
           torch::Tensor lat = x.narrow(0, i, 1);
           if (in.image_cond.defined()) lat = torch::cat({lat, row(in.image_cond, i).to(torch::kFloat32)}, 1);
           models::Activation inputs{lat, t, row(uncond ? in.context_null : in.context, i),
                                     in.clip_fea.defined() ? row(in.clip_fea, i) : torch::Tensor(), context_key(u)};
-          act = run_prologue(arch, weights, inputs, options);
-        } else {
-          act = receive_activation(transport, prev, s, u, device);
-        }
-        run_blocks(arch, weights, me.first_block, me.end_block, act);
-        if (me.epilogue) {
-          torch::Tensor out = run_epilogue(arch, weights, act);
-          if (rank == 0) {
-            velocity[u] = out;
-          } else {
-            send_output(transport, s, u, out);
-          }
-        } else {
-          send_activation(transport, next, s, u, act);
-        }
+          return inputs;
+        });
+        if (out.defined()) velocity[u] = out;  // rank 0 is the last stage
       }
     }
   }

@@ -82,7 +82,7 @@ std::string DeviceChain::str() const {
 
 DeviceChain parse_device_chain(const std::string& raw) {
   const std::string text = trim(raw);
-  PS_CHECK(!text.empty(), ConfigError, "Model is None or device_chain is empty: {}", kChainHelp);
+  PS_CHECK(!text.empty(), ConfigError, "{}: {}", kNoModelOrChain, kChainHelp);
   DeviceChain chain;
   if (text == "auto") {
     chain.automatic = true;
@@ -109,7 +109,6 @@ DeviceChain parse_device_chain(const std::string& raw) {
 
 std::vector<int> partition_blocks(int num_blocks, const std::vector<double>& weights) {
   const int p = static_cast<int>(weights.size());
-  PS_CHECK(p > 0, ConfigError, "Model is None or device_chain is empty: {}", kChainHelp);
   PS_CHECK(p <= num_blocks, ConfigError,
            "the device chain has {} entries but the model has only {} blocks: every rank needs at least one block; "
            "run with at most {} ranks",

@@ -6,7 +6,7 @@
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/torch_compat.h"
 #include "pipeswap/core/trace.h"
-#include "stage_io.h"
+#include "stage.h"
 
 namespace pipeswap::pipeline {
 namespace {
@@ -26,17 +26,14 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
                           comm::Transport& transport, const torch::Tensor& input_ids, torch::Device device) {
   const auto t0 = std::chrono::steady_clock::now();
   ForwardResult result;
-  const RankPlan& me = plan.ranks.at(rank);
+  Stage stage(plan, rank, arch, weights, transport, device);
+  const RankPlan& me = stage.me();
   const int m = plan.micro_batches;
-  const int prev = plan.prev_stage(rank);
-  const int next = plan.next_stage(rank);
-  const int last = plan.last_stage();
-  const auto options = torch::TensorOptions().dtype(plan.dtype).device(device);
   at::NoGradGuard no_grad;
 
   std::vector<torch::Tensor> outputs(m);
   weights.expect_sweeps(m);  // swapped blocks start streaming in while this stage waits for input
-  if (!me.idle()) {
+  if (!stage.idle()) {
     std::vector<int64_t> sizes;
     if (me.prologue) sizes = micro_batch_sizes(input_ids.size(0), m);
     int64_t row = 0;
@@ -44,30 +41,16 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
       trace::Args tag;
       tag.micro_batch = j;
       trace::Context traced_mb(tag);
-      models::Activation act;
-      if (me.prologue) {
+      outputs[j] = stage.pass(0, j, [&] {
         torch::Tensor ids = input_ids.narrow(0, row, sizes[j]);
         row += sizes[j];
-        act = run_prologue(arch, weights, {ids}, options);
-      } else {
-        act = receive_activation(transport, prev, 0, j, device);
-      }
-      run_blocks(arch, weights, me.first_block, me.end_block, act);
-      if (me.epilogue) {
-        torch::Tensor logits = run_epilogue(arch, weights, act);
-        if (rank == 0) {
-          outputs[j] = logits;
-        } else {
-          send_output(transport, 0, j, logits);
-        }
-      } else {
-        send_activation(transport, next, 0, j, act);
-      }
+        return models::Activation{ids};
+      });
       log().debug("micro-batch {} done on blocks {}..{}", j, me.first_block, me.end_block - 1);
     }
   }
-  if (rank == 0 && last != 0) {
-    for (int j = 0; j < m; ++j) outputs[j] = expect_message(transport, last, comm::MessageKind::kOutput, 0, j).tensors.at(0);
+  if (rank == 0 && !stage.keeps_outputs()) {
+    for (int j = 0; j < m; ++j) outputs[j] = stage.output(0, j);
   }
   transport.flush();
   // The forward's time ends when the logits are on rank 0's device (as transformers' is timed); the
@@ -81,6 +64,16 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
     result.copy_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   }
   return result;
+}
+
+std::vector<int64_t> micro_batch_sizes(int64_t batch, int m) {
+  PS_CHECK(m >= 1, ConfigError, "--micro-batches must be at least 1 (got {})", m);
+  PS_CHECK(m <= batch, ConfigError,
+           "--micro-batches {} is more than the {} sequence(s) in the input: use at most {} micro-batches", m, batch,
+           batch);
+  std::vector<int64_t> sizes(m, batch / m);
+  for (int64_t i = 0; i < batch % m; ++i) sizes[i] += 1;
+  return sizes;
 }
 
 }  // namespace pipeswap::pipeline

@@ -1,12 +1,11 @@
 #include "pipeswap/pipeline/inputs.h"
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
 #include "pipeswap/core/safetensors.h"
 
 namespace pipeswap::pipeline {
@@ -109,13 +108,7 @@ torch::Tensor read_tensor_input(const std::string& path, const std::string& flag
 
 void check_output_path(const std::string& path) {
   PS_CHECK(!path.empty(), ConfigError, "--output is empty: name the safetensors file to write");
-  fs::path p(path);
-  fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
-  PS_CHECK(fs::is_directory(dir), IoError, "cannot write {}: directory {} does not exist (create it first)", path,
-           dir.string());
-  PS_CHECK(::access(dir.c_str(), W_OK) == 0, IoError, "cannot write {}: directory {} is not writable", path,
-           dir.string());
-  PS_CHECK(!fs::is_directory(p), IoError, "cannot write {}: it is a directory; name a file", path);
+  check_writable_path(path);
 }
 
 }  // namespace pipeswap::pipeline

@@ -5,26 +5,15 @@
 #include <c10/util/typeid.h>
 
 #include <algorithm>
-#include <set>
+#include <map>
 
 #include "pipeswap/core/error.h"
-#include "pipeswap/offload/block_weights.h"
+#include "pipeswap/offload/components.h"
 #include "pipeswap/offload/slab.h"
-#include "pipeswap/offload/swapped_weights.h"
 
 namespace pipeswap::pipeline {
 
 constexpr int64_t kLibraryWorkspaceBytes = int64_t{40} << 20;
-
-int64_t part_bytes(const models::PartSpec& part, c10::ScalarType dtype) {
-  int64_t bytes = 0;
-  for (const auto& t : part.tensors) {
-    int64_t n = 1;
-    for (int64_t d : t.shape) n *= d;
-    bytes += n * static_cast<int64_t>(c10::elementSize(dtype));
-  }
-  return bytes;
-}
 
 std::string format_bytes(int64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -68,36 +57,35 @@ struct ComponentBytes {
   int64_t host = 0;
   int64_t transient = 0;
 };
-ComponentBytes component_bytes_of(const models::Architecture& arch, const RankPlan& rp, c10::ScalarType dtype,
-                                  const offload::OffloadOptions& opts) {
-  const auto modes = offload::component_modes(arch, opts);
-  std::set<std::string> seen;
+ComponentBytes component_bytes_of(const offload::RankComponents& held,
+                                  const std::map<std::string, offload::ComponentMode>& modes, c10::ScalarType dtype) {
   ComponentBytes out;
-  auto add = [&](const std::vector<models::PartSpec>& parts) {
-    for (const auto& part : parts) {
-      bool all_seen = true;
-      for (const auto& t : part.tensors) all_seen = seen.insert(t.checkpoint).second ? false : all_seen;
-      if (all_seen) continue;  // tied to a part this rank already holds
-      const int64_t bytes = offload::make_layout(part, dtype).bytes;
-      switch (modes.at(part.name)) {
-        case offload::ComponentMode::kResident: out.device += bytes; break;
-        case offload::ComponentMode::kHost:
-          out.host += bytes;
-          out.transient = std::max(out.transient, bytes);
-          break;
-        case offload::ComponentMode::kOnDemand: out.transient = std::max(out.transient, bytes); break;
-      }
+  for (const auto& part : held.parts) {
+    const int64_t bytes = offload::make_layout(part, dtype).bytes;
+    switch (modes.at(part.name)) {
+      case offload::ComponentMode::kResident:
+        out.device += bytes;
+        break;
+      case offload::ComponentMode::kHost:
+        out.host += bytes;
+        out.transient = std::max(out.transient, bytes);
+        break;
+      case offload::ComponentMode::kOnDemand:
+        out.transient = std::max(out.transient, bytes);
+        break;
     }
-  };
-  if (rp.prologue) add(arch.prologue_parts());
-  if (rp.epilogue) add(arch.epilogue_parts());
+  }
   return out;
 }
 
 // Resident and swapped blocks of one rank, and its predicted peaks.
-void plan_residency(const models::Architecture& arch, const PlanInputs& in, RankPlan& rp) {
+void plan_residency(const models::Architecture& arch, const PlanInputs& in, const offload::RankComponents& held,
+                    RankPlan& rp) {
+  rp.layout.first_block = rp.first_block;
+  rp.layout.end_block = rp.end_block;
+  rp.layout.dtype = in.dtype;
   if (rp.idle()) return;
-  const ComponentBytes comp = component_bytes_of(arch, rp, in.dtype, in.offload);
+  const ComponentBytes comp = component_bytes_of(held, offload::component_modes(arch, in.offload), in.dtype);
   const int64_t components = comp.device + comp.transient;
   offload::OffloadOptions opts = in.offload;
   offload::SwapLayout layout;
@@ -122,20 +110,17 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, Rank
   } else {
     layout = offload::plan_swapping(arch, rp.first_block, rp.end_block, in.dtype, opts);
   }
-  for (int b = 0; b < rp.num_blocks(); ++b)
-    if (layout.swapped_blocks[static_cast<size_t>(b)]) rp.swapped_blocks.push_back(rp.first_block + b);
-  rp.swap_slots = layout.num_slots;
-  rp.slot_bytes = layout.slot_bytes;
   rp.device_bytes = device_for(layout);
   rp.host_bytes = layout.host_bytes + comp.host;
   rp.disk_read_bytes = opts.lazy_load ? layout.disk_bytes(in.micro_batches * in.sweeps) : 0;
+  rp.layout = std::move(layout);
 }
 
 }  // namespace
 
 Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
-  PS_CHECK(!in.chain.empty(), ConfigError,
-           "Model is None or device_chain is empty: give --model DIR and a --device-chain with one entry per rank");
+  PS_CHECK(!in.chain.empty(), Error, "make_plan needs one device chain entry per rank, got none");
+  offload::check_offload_options(in.offload);  // before automatic VRAM mode replaces blocks_to_swap
   Plan plan;
   plan.model_dir = in.model_dir;
   plan.family = arch.family();
@@ -155,19 +140,6 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     counts[0] = plan.num_blocks;  // workload_split=false: the first device runs everything
   }
 
-  // Bytes of every prologue / epilogue tensor, counted once per rank even when shared (tied
-  // embeddings on a single rank).
-  auto component_bytes = [&](const std::vector<models::PartSpec>& parts, std::set<std::string>& seen) {
-    int64_t bytes = 0;
-    for (const auto& part : parts) {
-      for (const auto& t : part.tensors) {
-        if (!seen.insert(t.checkpoint).second) continue;
-        bytes += part_bytes(models::PartSpec{part.name, {t}}, in.dtype);
-      }
-    }
-    return bytes;
-  };
-
   int start = 0;
   int last_busy = 0;
   for (int r = 0; r < p; ++r)
@@ -183,11 +155,12 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     start = rp.end_block;
     rp.prologue = (r == 0);
     rp.epilogue = (r == last_busy);
-    std::set<std::string> seen;
-    if (rp.prologue) rp.weight_bytes += component_bytes(arch.prologue_parts(), seen);
+    // Every block and component this rank holds, tied embeddings once.
+    const offload::RankComponents held =
+        offload::rank_components(arch, {rp.first_block, rp.end_block, rp.prologue, rp.epilogue});
+    for (const auto& part : held.parts) rp.weight_bytes += part_bytes(part, in.dtype);
     for (int b = rp.first_block; b < rp.end_block; ++b)
-      for (const auto& part : models::block_parts(arch, b)) rp.weight_bytes += part_bytes(part, in.dtype);
-    if (rp.epilogue) rp.weight_bytes += component_bytes(arch.epilogue_parts(), seen);
+      for (const auto& part : block_parts(arch, b)) rp.weight_bytes += part_bytes(part, in.dtype);
     if (!rp.idle() && act > 0) {
       rp.activation_bytes = 2 * act + arch.cache_bytes(rp.num_blocks(), in.micro_batches, in.batch, in.dtype);
       rp.workspace_bytes = std::max({arch.block_workspace_bytes(in.batch, in.seq, in.dtype),
@@ -200,7 +173,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // cuBLAS and cuDNN take workspaces through LibTorch's caching allocator (about 35 MB measured on an
     // H100 with LibTorch 2.11, docs/gpu-runs.md 2026-11-22).
     if (!rp.idle() && rp.device.is_cuda()) rp.workspace_bytes += kLibraryWorkspaceBytes;
-    plan_residency(arch, in, rp);
+    plan_residency(arch, in, held, rp);
     plan.ranks.push_back(rp);
   }
   return plan;
@@ -235,13 +208,13 @@ nlohmann::json Plan::to_json() const {
     jr["weight_bytes"] = r.weight_bytes;
     jr["activation_bytes"] = r.activation_bytes;
     jr["workspace_bytes"] = r.workspace_bytes;
-    jr["swapped_blocks"] = r.swapped_blocks;
+    const std::vector<int> swapped = r.swapped_blocks();
+    jr["swapped_blocks"] = swapped;
     jr["resident_blocks"] = nlohmann::json::array();
     for (int b = r.first_block; b < r.end_block; ++b)
-      if (std::find(r.swapped_blocks.begin(), r.swapped_blocks.end(), b) == r.swapped_blocks.end())
-        jr["resident_blocks"].push_back(b);
-    jr["swap_slots"] = r.swap_slots;
-    jr["slot_bytes"] = r.slot_bytes;
+      if (std::find(swapped.begin(), swapped.end(), b) == swapped.end()) jr["resident_blocks"].push_back(b);
+    jr["swap_slots"] = r.layout.num_slots;
+    jr["slot_bytes"] = r.layout.slot_bytes;
     jr["predicted_device_bytes"] = r.device_bytes;
     jr["predicted_host_bytes"] = r.host_bytes;
     jr["predicted_disk_read_bytes"] = r.disk_read_bytes;
@@ -262,12 +235,13 @@ std::string Plan::to_text() const {
     if (r.epilogue) comps += comps.empty() ? "epilogue" : "+epilogue";
     if (comps.empty()) comps = "-";
     std::string blocks = r.idle() ? "idle" : fmt::format("{}..{} ({})", r.first_block, r.end_block - 1, r.num_blocks());
+    const std::vector<int> swapped = r.swapped_blocks();
     s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", r.rank,
-                     r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), r.swapped_blocks.size(),
+                     r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), swapped.size(),
                      format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_bytes));
-    if (!r.swapped_blocks.empty())
-      s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(r.swapped_blocks, ","),
-                       r.swap_slots, format_bytes(r.slot_bytes));
+    if (!swapped.empty())
+      s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(swapped, ","),
+                       r.layout.num_slots, format_bytes(r.layout.slot_bytes));
   }
   return s;
 }

@@ -1,8 +1,40 @@
+#include "stage.h"
+
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/trace.h"
 #include "pipeswap/pipeline/forward_job.h"
 
 namespace pipeswap::pipeline {
+namespace {
+
+// Receives from `src` and checks it is the message of `kind` for (step, micro-batch); CommError
+// otherwise (ranks that disagree on the plan). Traced as the wait (on NCCL ranks: for the header;
+// the transfer itself runs on the comm stream).
+comm::Message expect_message(comm::Transport& t, int src, comm::MessageKind kind, int step, int micro_batch,
+                             torch::Device device) {
+  trace::Args what;
+  what.peer = src;
+  what.micro_batch = micro_batch;
+  trace::Range traced(trace::Kind::kRecv, kind == comm::MessageKind::kOutput ? "recv output" : "recv", what);
+  comm::Message m = t.recv(src, device);
+  if (trace::enabled()) traced.args().bytes = total_nbytes(m.tensors);
+  PS_CHECK(m.kind == kind && m.micro_batch == micro_batch && m.step == step, CommError,
+           "rank {} sent message kind {} for step {} micro-batch {} where kind {} for step {} micro-batch {} was "
+           "expected (ranks disagree on the plan: are all ranks running the same pipeswap build and arguments?)",
+           src, static_cast<int>(m.kind), m.step, m.micro_batch, static_cast<int>(kind), step, micro_batch);
+  return m;
+}
+
+// Traced as the time this stage spent handing a message over; the transports put it on the wire behind.
+void send_traced(comm::Transport& t, int dst, comm::Message msg, const char* name) {
+  trace::Args what;
+  what.peer = dst;
+  what.bytes = total_nbytes(msg.tensors);
+  trace::Range traced(trace::Kind::kSend, name, what);
+  t.send(dst, std::move(msg));
+}
+
+}  // namespace
 
 void run_blocks(const models::Architecture& arch, offload::BlockWeights& weights, int first, int end,
                 models::Activation& act) {
@@ -10,7 +42,7 @@ void run_blocks(const models::Architecture& arch, offload::BlockWeights& weights
   const int nphases = static_cast<int>(phases.size());
   for (int b = first; b < end; ++b) {
     for (int p = 0; p < nphases; ++p) {
-      const models::WeightView& w = weights.acquire(b, p);
+      const WeightView& w = weights.acquire(b, p);
       {
         trace::Args what;
         what.block = b;
@@ -23,14 +55,63 @@ void run_blocks(const models::Architecture& arch, offload::BlockWeights& weights
   }
 }
 
-std::vector<int64_t> micro_batch_sizes(int64_t batch, int m) {
-  PS_CHECK(m >= 1, ConfigError, "--micro-batches must be at least 1 (got {})", m);
-  PS_CHECK(m <= batch, ConfigError,
-           "--micro-batches {} is more than the {} sequence(s) in the input: use at most {} micro-batches", m, batch,
-           batch);
-  std::vector<int64_t> sizes(m, batch / m);
-  for (int64_t i = 0; i < batch % m; ++i) sizes[i] += 1;
-  return sizes;
+Stage::Stage(const Plan& plan, int rank, const models::Architecture& arch, offload::BlockWeights& weights,
+             comm::Transport& transport, torch::Device device)
+    : me_(plan.ranks.at(rank)),
+      rank_(rank),
+      prev_(plan.prev_stage(rank)),
+      next_(plan.next_stage(rank)),
+      last_(plan.last_stage()),
+      arch_(arch),
+      weights_(weights),
+      transport_(transport),
+      device_(device),
+      options_(torch::TensorOptions().dtype(plan.dtype).device(device)) {}
+
+models::Activation Stage::enter(int step, int micro_batch, const std::function<models::Activation()>& inputs) {
+  if (!me_.prologue) {
+    return expect_message(transport_, prev_, comm::MessageKind::kActivation, step, micro_batch, device_).tensors;
+  }
+  const models::Activation in = inputs();
+  const WeightView& w = weights_.acquire_prologue();
+  models::Activation act;
+  {
+    trace::DeviceRange traced(trace::Kind::kCompute, "prologue");
+    act = arch_.prologue(w, in, options_);
+  }
+  weights_.release_prologue();
+  return act;
+}
+
+void Stage::run_blocks(models::Activation& act) {
+  pipeline::run_blocks(arch_, weights_, me_.first_block, me_.end_block, act);
+}
+
+torch::Tensor Stage::leave(int step, int micro_batch, const models::Activation& act) {
+  if (!me_.epilogue) {
+    send_traced(transport_, next_, comm::Message{comm::MessageKind::kActivation, micro_batch, step, act}, "send");
+    return {};
+  }
+  const WeightView& w = weights_.acquire_epilogue();
+  torch::Tensor out;
+  {
+    trace::DeviceRange traced(trace::Kind::kCompute, "epilogue");
+    out = arch_.epilogue(w, act);
+  }
+  weights_.release_epilogue();
+  if (rank_ == 0) return out;
+  send_traced(transport_, 0, comm::Message{comm::MessageKind::kOutput, micro_batch, step, {out}}, "send output");
+  return {};
+}
+
+torch::Tensor Stage::pass(int step, int micro_batch, const std::function<models::Activation()>& inputs) {
+  models::Activation act = enter(step, micro_batch, inputs);
+  run_blocks(act);
+  return leave(step, micro_batch, act);
+}
+
+torch::Tensor Stage::output(int step, int micro_batch) {
+  return expect_message(transport_, last_, comm::MessageKind::kOutput, step, micro_batch, torch::kCPU).tensors.at(0);
 }
 
 }  // namespace pipeswap::pipeline

@@ -5,8 +5,10 @@
 //
 // Contract:
 //  - send() returns at once; the transport keeps the message's tensors alive until they are on the
-//    wire. Messages between one pair of ranks arrive in the order they were sent.
-//  - recv() blocks until the next message from `src` arrives. If none arrives within the comm
+//    wire. Tensors may sit on any device: the CPU transports copy them to the host, NCCL sends
+//    activations from the device. Messages between one pair of ranks arrive in the order they were sent.
+//  - recv(src, device) blocks until the next message from `src` arrives, and returns its tensors on
+//    `device` (NCCL receives activations there directly; the others copy them there). If none arrives within the comm
 //    timeout, or the peer died or aborted, it throws PeerLostError naming the peer's rank and host.
 //  - Watchdog: a rank that stops answering (dead, stopped, hung) is named by every waiting rank,
 //    not only by the ones that wait on it directly: a rank whose wait times out on a peer that still
@@ -37,7 +39,7 @@ struct Message {
   MessageKind kind = MessageKind::kActivation;
   int32_t micro_batch = 0;
   int32_t step = 0;                   // denoising step (0 for single-pass jobs)
-  std::vector<torch::Tensor> tensors;  // CPU, contiguous on the wire; received as CPU tensors
+  std::vector<torch::Tensor> tensors;  // any device when sent; contiguous on the wire
 };
 
 class Transport {
@@ -48,7 +50,8 @@ class Transport {
   // Host name of every rank, gathered at start-up (error messages name the peer's host).
   virtual const std::vector<std::string>& hosts() const = 0;
   virtual void send(int dst, Message msg) = 0;
-  virtual Message recv(int src) = 0;
+  virtual Message recv(int src, c10::Device device) = 0;
+  Message recv(int src) { return recv(src, c10::Device(c10::kCPU)); }
   // Waits for every rank, bounded by the comm timeout (throws PeerLostError naming a missing rank
   // where the implementation can tell which).
   virtual void barrier() = 0;
@@ -56,8 +59,6 @@ class Transport {
   virtual void flush() = 0;
   virtual void abort(const std::string& reason) noexcept = 0;
   virtual const char* name() const = 0;
-  // True when send() takes and recv() returns device tensors (NCCL): stages then skip host copies.
-  virtual bool device_native() const { return false; }
 };
 
 struct TransportOptions {
@@ -81,11 +82,5 @@ std::unique_ptr<Transport> make_nccl_transport(std::unique_ptr<Transport> contro
 
 // A world of one: send/recv to self are errors, barrier is a no-op.
 std::unique_ptr<Transport> make_self_transport();
-
-// Every rank's string, in rank order, built from send/recv through rank 0.
-std::vector<std::string> allgather_strings(Transport& t, const std::string& mine);
-// Rank 0 gets every rank's string, in rank order; the others get an empty vector (for large
-// per-rank payloads such as traces, which only rank 0 needs).
-std::vector<std::string> gather_strings(Transport& t, const std::string& mine);
 
 }  // namespace pipeswap::comm

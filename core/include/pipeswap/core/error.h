@@ -72,6 +72,26 @@ std::string with_location(const std::string& msg, const char* file, int line);
     }                                                                                        \
   } while (0)
 
+// CUDA runtime calls, in files built with the CUDA toolkit (cuda_runtime_api.h included): the error
+// text comes from cudaGetErrorString, only when the call failed.
+#define PS_CHECK_CUDA(expr)                                                           \
+  do {                                                                                \
+    cudaError_t ps_cuda_rc_ = (expr);                                                 \
+    if (ps_cuda_rc_ != cudaSuccess) {                                                 \
+      PS_THROW(DeviceError, "{} failed: {}", #expr, cudaGetErrorString(ps_cuda_rc_)); \
+    }                                                                                 \
+  } while (0)
+
+// NCCL calls, in files that include nccl.h. ncclInProgress is not a failure (non-blocking
+// communicators return it); the text adds NCCL's own last error.
+#define PS_CHECK_NCCL(expr)                                                                                         \
+  do {                                                                                                              \
+    ncclResult_t ps_nccl_rc_ = (expr);                                                                              \
+    if (ps_nccl_rc_ != ncclSuccess && ps_nccl_rc_ != ncclInProgress) {                                              \
+      PS_THROW(CommError, "{} failed: {} ({})", #expr, ncclGetErrorString(ps_nccl_rc_), ncclGetLastError(nullptr)); \
+    }                                                                                                               \
+  } while (0)
+
 namespace pipeswap::detail {
 std::string mpi_error_string(int rc);
 }

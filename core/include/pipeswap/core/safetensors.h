@@ -26,6 +26,7 @@
 
 #include "pipeswap/core/dtype.h"
 #include "pipeswap/core/safetensors_header.h"
+#include "pipeswap/core/unique_fd.h"
 
 namespace pipeswap {
 
@@ -41,7 +42,6 @@ class SafetensorsFile {
   // Opens the file and validates its header; reads no tensor data. Throws CheckpointError whose
   // message names the file and what is wrong with it.
   static std::shared_ptr<const SafetensorsFile> open(const std::string& path);
-  ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
@@ -93,7 +93,7 @@ class SafetensorsFile {
   bool read_extent_direct(int dfd, const std::vector<ReadRequest>& sorted, size_t first, size_t last) const;
 
   std::string path_;
-  int fd_ = -1;
+  UniqueFd fd_;
   uint64_t file_size_ = 0;
   uint64_t data_offset_ = 0;
   std::vector<TensorInfo> tensors_;
@@ -101,7 +101,7 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
   mutable std::atomic<uint64_t> bytes_read_{0};
   mutable std::once_flag direct_once_;
-  mutable int direct_fd_ = -1;                  // written once, under direct_once_
+  mutable UniqueFd direct_fd_;                  // set once, under direct_once_
   mutable std::atomic<bool> direct_ok_{false};  // O_DIRECT open and reads work so far
   mutable std::atomic<bool> direct_used_{false};
 };

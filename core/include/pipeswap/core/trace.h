@@ -14,11 +14,11 @@
 //    anchored to the host clock by one event that start() records and waits for. Where the LibTorch
 //    version cannot time events (compat::kHasEventTiming), DeviceRange falls back to a host range.
 //
-// Writing (comm/trace_file.h): every rank hands collect()'s JSON to rank 0, which merges them with
+// Writing (pipeline/job_trace.h): every rank hands collect()'s JSON to rank 0, which merges them with
 // merge() into one file: pid = rank, tid = lane (compute, copy, disk, comm).
 //
 // Using it from a job (see launcher/src/commands.cpp, cmd_run):
-//   comm::JobTrace trace(o.trace, device, rank);  // starts recording when the path is not empty
+//   pipeline::JobTrace trace(o.trace, device, rank);  // starts recording when the path is not empty
 //   ... load weights, run the job: the engine and the stage loop record themselves ...
 //   trace::Args tag; tag.micro_batch = j; tag.step = s;
 //   trace::Context ctx(tag);                      // optional: tags this thread's events while alive

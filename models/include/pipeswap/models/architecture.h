@@ -3,67 +3,34 @@
 // compute device in the compute dtype, and model code never learns where they came from.
 #pragma once
 
-#include <nlohmann/json.hpp>
-#include "pipeswap/core/checkpoint.h"
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "pipeswap/core/checkpoint.h"
+#include "pipeswap/core/weights.h"
+
 namespace pipeswap::models {
 
-// One tensor of a part: the name model code uses, and the name in the checkpoint.
-struct TensorRef {
-  std::string local;       // "q_proj.weight"
-  std::string checkpoint;  // "model.layers.3.self_attn.q_proj.weight"
-  std::vector<int64_t> shape;  // as config.json implies it: the plan sizes memory from it, the loader
-                               // checks the checkpoint against it
-};
-
-// A unit of weights kept in one slab: one phase of a block, or one non-block component.
-struct PartSpec {
-  std::string name;  // "blocks.3.attn", "embed_tokens", "lm_head"
-  std::vector<TensorRef> tensors;
-  // What a non-block component is, in the block-swap nodes' words: "txt_emb" (offload_txt_emb moves
-  // it), "img_emb" (offload_img_emb), or "" for anything else.
-  std::string role;
-};
-
-// Named tensor views (into one or more slabs). Lookups by local name.
-class WeightView {
- public:
-  void add(const std::string& local, torch::Tensor t);
-  // Throws Error naming the missing tensor (a bug in an architecture's declarations).
-  const torch::Tensor& operator[](const std::string& local) const;
-  const torch::Tensor* find(const std::string& local) const;
-  size_t size() const { return items_.size(); }
-
- private:
-  std::vector<std::pair<std::string, torch::Tensor>> items_;
-};
+// The weight declarations live in core (pipeswap/core/weights.h), beside the stores that fill them.
+using pipeswap::block_parts;
+using pipeswap::PartSpec;
+using pipeswap::TensorRef;
+using pipeswap::WeightView;
 
 // What travels from stage to stage: tensors in an order the architecture defines
 // (Llama: {hidden [B,T,d]}).
 using Activation = std::vector<torch::Tensor>;
 
-class Architecture {
+// Its weights as ModelParts declares them (family, blocks, phases, components), and the compute.
+class Architecture : public ModelParts {
  public:
-  virtual ~Architecture() = default;
-
-  virtual std::string family() const = 0;  // "llama", "qwen2", "mistral", ...
-  virtual int num_blocks() const = 0;
   virtual int64_t hidden_size() const = 0;
   virtual int64_t vocab_size() const = 0;
-
-  // Block structure: every block has the same phases (Llama: {"attn", "mlp"}).
-  virtual std::vector<std::string> phase_names() const = 0;
-  virtual std::vector<TensorRef> phase_tensors(int block, int phase) const = 0;
-  // Non-block components, each a part of its own. The first stage owns the prologue parts, the
-  // last stage the epilogue parts. A tensor may appear in both (tied embeddings).
-  virtual std::vector<PartSpec> prologue_parts() const = 0;
-  virtual std::vector<PartSpec> epilogue_parts() const = 0;
 
   // Compute. `inputs` are CPU tensors as the job read them (Llama: {input_ids int64 [B,T]});
   // `options` carries the compute device and dtype. prologue's WeightView holds every prologue
@@ -111,8 +78,5 @@ void check_checkpoint_tensors(const Architecture& arch, const Checkpoint& ckpt);
 // Picks the architecture from config.json ("model_type" / "architectures"). Throws CheckpointError
 // naming the unsupported type and the supported ones.
 std::unique_ptr<Architecture> make_architecture(const nlohmann::json& config);
-
-// Helper for architectures: every block's parts, in order, with names "blocks.<i>.<phase>".
-std::vector<PartSpec> block_parts(const Architecture& arch, int block);
 
 }  // namespace pipeswap::models

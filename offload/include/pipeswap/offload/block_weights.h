@@ -1,16 +1,31 @@
-// How a stage gets the weights of its blocks. The stage asks for each (block, phase) right before
-// computing it and releases it right after; what happens in between (resident slabs, or a prefetched
-// slot) is the implementation's business. Non-block components are resident on the stage's device.
+// How a stage gets the weights of its blocks: one store per rank, built from the rank's SwapLayout
+// (residency.h). The stage asks for each (block, phase) right before computing it and releases it
+// right after; resident units sit in slabs of their own on the device, swapped ones are streamed
+// into a ring of K+1 fixed device slots ahead of the compute that needs them. A rank that swaps
+// nothing is the same store with zero swapped units. Non-block components live as their modes say.
+//
+// Threads and ordering (the contract):
+//  - The stage thread calls acquire(b, p) / release(b, p) in compute order, sweep after sweep
+//    (one sweep = one micro-batch through the rank's blocks).
+//  - A copy thread fills slots: the copy of sequence position g goes to slot g % (K+1) and starts
+//    only when (1) the stage thread has asked for positions up to g - K (acquire of g - K), (2) the
+//    unit's bytes are in host memory, and (3) position g - (K+1), the slot's previous occupant, has
+//    been released. On a CPU rank the copy is a memcpy on that thread; on a GPU it is a copy on the
+//    copy stream that waits on the slot's `free` event, followed by the slot's `ready` event, and
+//    compute waits on `ready` (events only, no host synchronisation per block).
+//  - With lazy_load, disk worker threads read units from the safetensors files into the host cache,
+//    running ahead of the copy thread as far as the cache budget allows; a unit that fits in the
+//    budget is read once and kept, the rest stream through staging buffers every sweep.
+//  - With use_non_blocking=false, acquire copies synchronously on the stage thread, one slot.
 #pragma once
 
 #include <torch/types.h>
 
-#include <map>
 #include <memory>
-#include <vector>
 
 #include "pipeswap/core/checkpoint.h"
-#include "pipeswap/models/architecture.h"
+#include "pipeswap/core/weights.h"
+#include "pipeswap/offload/components.h"
 #include "pipeswap/offload/residency.h"
 
 namespace pipeswap::offload {
@@ -27,39 +42,26 @@ class BlockWeights {
  public:
   virtual ~BlockWeights() = default;
   // Weights of one phase of one block, valid until release(block, phase).
-  virtual const models::WeightView& acquire(int block, int phase) = 0;
+  virtual const WeightView& acquire(int block, int phase) = 0;
   virtual void release(int block, int phase) = 0;
   // Non-block components of the first / last stage, valid until the matching release. Offloaded
   // components are moved in here and dropped at release; on-demand ones are read from disk.
-  virtual const models::WeightView& acquire_prologue() = 0;
+  virtual const WeightView& acquire_prologue() = 0;
   virtual void release_prologue() = 0;
-  virtual const models::WeightView& acquire_epilogue() = 0;
+  virtual const WeightView& acquire_epilogue() = 0;
   virtual void release_epilogue() = 0;
   // Bytes this rank holds on its device for weights (slabs, slots, components).
   virtual int64_t device_bytes() const = 0;
   // Declares how many more sweeps (micro-batch passes through the rank's blocks) will run, so that
   // prefetching starts early and nothing is fetched for a sweep that never comes.
-  virtual void expect_sweeps(int sweeps) {}
-  virtual OffloadStats stats() const { return OffloadStats{device_bytes()}; }
+  virtual void expect_sweeps(int sweeps) = 0;
+  virtual OffloadStats stats() const = 0;
 };
 
-struct OwnedParts {
-  int first_block = 0;
-  int end_block = 0;
-  bool prologue = false;
-  bool epilogue = false;
-};
-
-// Every owned block loaded once into its own slab on `device` and kept there; components as the
-// options say (resident unless offloaded or on demand).
-std::unique_ptr<BlockWeights> make_resident_weights(const models::Architecture& arch,
-                                                    std::shared_ptr<const Checkpoint> ckpt, const OwnedParts& owned,
-                                                    c10::ScalarType dtype, torch::Device device,
-                                                    const OffloadOptions& opts = {});
-
-enum class ComponentMode { kResident, kHost, kOnDemand };
-// Mode of every component part (by part name) of the architecture. Throws ConfigError naming an
-// unknown component and listing the known ones.
-std::map<std::string, ComponentMode> component_modes(const models::Architecture& arch, const OffloadOptions& opts);
+// The one factory: a rank's block store as `layout` (plan_swapping's answer for the blocks `owned`
+// names, carried by the rank's plan) says, on `device`; components as `opts` says.
+std::unique_ptr<BlockWeights> make_block_weights(const ModelParts& model, std::shared_ptr<const Checkpoint> ckpt,
+                                                 const OwnedParts& owned, const SwapLayout& layout,
+                                                 torch::Device device, const OffloadOptions& opts);
 
 }  // namespace pipeswap::offload

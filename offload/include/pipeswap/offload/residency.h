@@ -1,15 +1,21 @@
 // Which of a rank's blocks stay on its device and which are swapped in from host memory or disk,
 // in users' words: blocks_to_swap, offload_ratio, the resident policy, offload_granularity,
 // prefetch depth (the lookahead buffer), use_non_blocking, lazy_load, num_disk_workers, max_memory.
-// Pure arithmetic: the plan uses it before anything loads, the engine uses the same answer.
+//
+// Decided once: plan_swapping turns the options into a SwapLayout (every unit of the rank's blocks,
+// resident or swapped, and the memory that implies). The plan carries it, `pipeswap plan` prints it,
+// and make_block_weights builds the rank's block store from it. Pure arithmetic: nothing here reads.
 #pragma once
+
+#include <c10/core/ScalarType.h>
 
 #include <cstdint>
 #include <optional>
-
-#include <c10/core/ScalarType.h>
 #include <string>
 #include <vector>
+
+#include "pipeswap/core/weights.h"
+#include "pipeswap/offload/slab.h"
 
 namespace pipeswap::offload {
 
@@ -43,8 +49,13 @@ struct OffloadOptions {
   bool any_swapping() const { return (blocks_to_swap && *blocks_to_swap > 0) || (offload_ratio && *offload_ratio > 0); }
 };
 
+// The options' own checks, the one place each offload flag is validated: throws ConfigError naming
+// the flag for a negative --blocks-to-swap, both it and --offload-ratio, a ratio outside [0, 1], or
+// --prefetch-depth / --num-disk-workers below 1.
+void check_offload_options(const OffloadOptions& o);
+
 // Number of this rank's `n` blocks to swap: blocks_to_swap, or round(offload_ratio * n). Throws
-// ConfigError for a negative count, a count above n, or a ratio outside [0, 1].
+// ConfigError as check_offload_options does, and for a count above n.
 int blocks_to_swap_for(const OffloadOptions& o, int n);
 
 // Marks which of blocks [0, n) (rank-local indices) are swapped: suffix swaps the last `swap`,
@@ -54,5 +65,57 @@ std::vector<bool> choose_swapped(int n, int swap, ResidentPolicy policy);
 
 // Parses "12GB", "512MiB", "1.5G", "1000000" (bytes) into bytes; throws ConfigError naming `flag`.
 int64_t parse_bytes(const std::string& text, const std::string& flag);
+
+// One slab's worth of weights: a whole block (all its phases), one phase of a block, or one non-block
+// component. Its parts sit at aligned offsets in the slab, so moving a unit is one copy.
+struct Unit {
+  int block = -1;       // -1: a component
+  int first_phase = 0;  // phases [first_phase, end_phase) of `block` live in this unit's slab
+  int end_phase = 0;
+  std::vector<SlabLayout> parts;  // one layout per phase (one for a component)
+  std::vector<int64_t> base;      // byte offset of each part's layout inside the slab
+  int64_t bytes = 0;              // slab bytes (aligned)
+  int64_t tensor_bytes = 0;       // bytes of the tensors themselves as stored: what a read from disk moves
+  bool swapped = false;           // streamed through the device slots (else resident)
+  // Appends a part at the next aligned offset. `disk_dtype`: what the checkpoint stores.
+  void add(SlabLayout part, c10::ScalarType disk_dtype);
+};
+
+// The units of one block in `dtype`: one for the whole block, or one per phase.
+std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, c10::ScalarType dtype,
+                             c10::ScalarType disk_dtype);
+// A non-block component as a unit of its own.
+Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype);
+
+// A rank's residency, decided once.
+struct SwapLayout {
+  int first_block = 0;  // the rank's blocks [first_block, end_block)
+  int end_block = 0;
+  // The compute dtype: what the slabs hold.
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  std::vector<Unit> units;           // every unit of the rank's blocks, in compute order
+  std::vector<bool> swapped_blocks;  // rank-local, [end_block - first_block)
+  int64_t resident_bytes = 0;        // resident block slabs
+  int64_t slot_bytes = 0;            // one slot: the largest swapped unit
+  int num_slots = 0;                 // K+1 (1 without non-blocking copies), 0 when nothing swaps
+  int64_t swapped_bytes = 0;         // all swapped units of one sweep
+  int64_t host_bytes = 0;            // host memory for swapped units: all of them, or the cache budget
+  int64_t sticky_bytes = 0;          // lazy_load: units kept in the host cache after their first read
+  int64_t streamed_bytes = 0;        // lazy_load: units read from disk every sweep
+  int staging_buffers = 0;           // lazy_load: buffers streamed units pass through
+  int64_t sticky_disk_bytes = 0;     // tensor bytes (no slab padding) of the sticky units
+  int64_t streamed_disk_bytes = 0;   // ... and of the streamed ones
+  // Tensor bytes read from disk over `sweeps` sweeps (lazy_load): sticky units once, streamed ones
+  // every sweep. Equals what the engine reads when the checkpoint's dtype is the compute dtype.
+  int64_t disk_bytes(int sweeps) const { return sweeps <= 0 ? 0 : sticky_disk_bytes + streamed_disk_bytes * sweeps; }
+  // Global indices of the swapped blocks.
+  std::vector<int> swapped_block_ids() const;
+};
+
+// The one place residency is decided; the engine follows it exactly. Throws ConfigError when
+// max_memory is too small for lazy loading (naming the minimum), or when swapping without lazy_load
+// would need more host memory than max_memory.
+SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block, c10::ScalarType dtype,
+                         const OffloadOptions& opts);
 
 }  // namespace pipeswap::offload

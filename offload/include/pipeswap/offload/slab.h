@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "pipeswap/core/checkpoint.h"
-#include "pipeswap/models/architecture.h"
+#include "pipeswap/core/weights.h"
 
 namespace pipeswap::offload {
 
@@ -31,17 +31,16 @@ struct SlabLayout {
   int64_t bytes = 0;
 };
 
-SlabLayout make_layout(const models::PartSpec& part, c10::ScalarType dtype);
+SlabLayout make_layout(const PartSpec& part, c10::ScalarType dtype);
 
-// Adds a view of every tensor in `slab` (a uint8 tensor of layout.bytes, any device) to `view`.
-void add_views(const SlabLayout& layout, const torch::Tensor& slab, models::WeightView& view);
+// A view of one entry of `layout` in `slab` (a uint8 tensor of layout.bytes, any device).
+torch::Tensor entry_view(const SlabLayout& layout, const SlabLayout::Entry& e, const torch::Tensor& slab);
+// Adds a view of every tensor in `slab` to `view`, under its local name.
+void add_views(const SlabLayout& layout, const torch::Tensor& slab, WeightView& view);
 
 // Fills a CPU slab from the checkpoint: reads each tensor once (straight into the slab when the
 // dtypes agree, else through a converted temporary). Checks every tensor's shape against the
 // layout: a mismatch is a CheckpointError naming the tensor, both shapes and config.json.
 void read_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Tensor& host_slab);
-
-// read_part into a new host slab, then onto `device` (the host slab itself on a CPU rank).
-torch::Tensor load_part(const Checkpoint& ckpt, const SlabLayout& layout, torch::Device device);
 
 }  // namespace pipeswap::offload

@@ -7,6 +7,10 @@
 
 namespace pipeswap::pipeline {
 
+// The block-swap nodes' words for a job without a model or without devices; the errors for an empty
+// --device-chain and for --model without a directory start with them.
+inline constexpr const char* kNoModelOrChain = "Model is None or device_chain is empty";
+
 struct DeviceSpec {
   enum class Kind { kCpu, kCuda };
   Kind kind = Kind::kCpu;
@@ -31,15 +35,15 @@ struct DeviceChain {
   std::string str() const;
 };
 
-// Parses --device-chain. Entries are "device" or "device=weight" separated by commas; weights are
-// relative (need not sum to 100). Throws ConfigError for: an empty chain ("Model is None or
-// device_chain is empty"), a bad device ("Invalid device: ..."), a negative / NaN / non-numeric
-// weight, and a zero or negative total ("Total percentage is zero or negative"); each message
-// says how to fix it.
+// Parses --device-chain (once, in the CLI). Entries are "device" or "device=weight" separated by
+// commas; weights are relative (need not sum to 100). Throws ConfigError for: an empty chain
+// (kNoModelOrChain), a bad device ("Invalid device: ..."), a negative / NaN / non-numeric weight, and
+// a zero or negative total ("Total percentage is zero or negative"); each message says how to fix it.
 DeviceChain parse_device_chain(const std::string& text);
 
 // Number of blocks per entry: proportional to the weights by largest remainder, contiguous in chain
-// order, every entry at least one block. Throws ConfigError when there are more entries than blocks.
+// order, every entry at least one block. Throws ConfigError when there are more entries than blocks,
+// or when the weights sum to zero (no weights at all included).
 std::vector<int> partition_blocks(int num_blocks, const std::vector<double>& weights);
 
 }  // namespace pipeswap::pipeline

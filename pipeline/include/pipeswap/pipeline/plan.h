@@ -29,9 +29,9 @@ struct RankPlan {
                                  // context K/V per block and branch), when the input shape is known
   int64_t workspace_bytes = 0;   // transient: a block's, the prologue's or the epilogue's, whichever is largest,
                                  // and on GPUs the libraries' workspaces (cuBLAS, cuDNN)
-  std::vector<int> swapped_blocks;  // global block indices that stream in from host memory or disk
-  int swap_slots = 0;               // device slots for swapped units (K+1), 0 when nothing swaps
-  int64_t slot_bytes = 0;
+  // Which blocks stay and which stream in from host memory or disk, decided once for this rank; the
+  // rank's block store is built from it (offload::make_block_weights).
+  offload::SwapLayout layout;
   // Predicted peaks: device (components + resident slabs + slots + activations), host memory held
   // for swapped units, and bytes read from disk while the job runs (lazy_load).
   int64_t device_bytes = 0;
@@ -39,6 +39,8 @@ struct RankPlan {
   int64_t disk_read_bytes = 0;
   bool idle() const { return end_block <= first_block; }
   int num_blocks() const { return end_block - first_block; }
+  // Global indices of the blocks that swap.
+  std::vector<int> swapped_blocks() const { return layout.swapped_block_ids(); }
 };
 
 struct PlanInputs {
@@ -81,9 +83,6 @@ struct Plan {
 
 // Throws ConfigError when the chain does not fit the model (more ranks than blocks, empty chain).
 Plan make_plan(const models::Architecture& arch, const PlanInputs& in);
-
-// Bytes of one part in `dtype`, from its declared shapes.
-int64_t part_bytes(const models::PartSpec& part, c10::ScalarType dtype);
 
 std::string format_bytes(int64_t bytes);
 

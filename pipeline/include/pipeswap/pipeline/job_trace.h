@@ -3,7 +3,7 @@
 // Chrome / Perfetto JSON file (pid = rank, tid = compute / copy / disk / comm), to a temporary name
 // first and renamed when complete. See pipeswap/core/trace.h for what is recorded.
 //
-//   comm::JobTrace trace(o.trace, device, world.rank);  // nothing happens when o.trace is empty
+//   pipeline::JobTrace trace(o.trace, device, world.rank);  // nothing happens when o.trace is empty
 //   ... run the job ...
 //   trace.finish(transport);                            // collective: every rank calls it
 #pragma once
@@ -14,7 +14,7 @@
 
 #include "pipeswap/comm/transport.h"
 
-namespace pipeswap::comm {
+namespace pipeswap::pipeline {
 
 class JobTrace {
  public:
@@ -27,7 +27,7 @@ class JobTrace {
   bool on() const { return !path_.empty(); }
   // Every rank: a barrier (which also aligns the clocks of ranks on other hosts), then the gather;
   // rank 0 writes the file. A no-op when tracing is off.
-  void finish(Transport& t);
+  void finish(comm::Transport& t);
 
  private:
   std::string path_;
@@ -35,4 +35,4 @@ class JobTrace {
   bool finished_ = false;
 };
 
-}  // namespace pipeswap::comm
+}  // namespace pipeswap::pipeline

@@ -1,0 +1,146 @@
+// The plan's inputs from the options and the model: the model opened and checked, the compute dtype,
+// the offload options, and the plan itself (the agreed values come from agree.h).
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include "demo_model.h"
+#include "job.h"
+#include "pipeswap/core/dtype.h"
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/log.h"
+
+namespace pipeswap::launcher {
+namespace {
+
+// The compute dtype and where it came from. `stored`: the dtype most of block 0's bytes are stored in
+// (unset: unknown). With --dtype auto the stored dtype wins; config.json's torch_dtype/dtype is only a
+// cross-check (Wan2.1's and diffusers' configs carry none). Two exceptions, said in the source text:
+// CPU ranks compute 16-bit weights in float32 (exact, and LibTorch's fp32 CPU kernels are the fast ones
+// where the processor has no native bf16), and a diffusion transformer stored in float32 (Wan2.1's own
+// releases) computes in bf16 on GPUs, as Wan2.1's generate.py (param_dtype bf16), diffusers' examples
+// and ComfyUI do: float32 is an order of magnitude slower there for no visible gain.
+std::pair<c10::ScalarType, std::string> resolve_dtype(const Options& o, const nlohmann::json& config,
+                                                      std::optional<c10::ScalarType> stored, bool any_cpu,
+                                                      const std::string& kind) {
+  if (o.dtype != "auto") {
+    auto t = parse_float_dtype(o.dtype);
+    PS_CHECK(t.has_value(), ConfigError, "unknown --dtype '{}': use auto, fp32, bf16 or fp16", o.dtype);
+    PS_CHECK(!(any_cpu && *t == c10::ScalarType::Half), ConfigError,
+             "--dtype fp16 is not supported on CPU ranks (LibTorch has no fp16 matmul there): use fp32 or bf16");
+    return {*t, "--dtype " + o.dtype};
+  }
+  std::optional<c10::ScalarType> declared;
+  std::string declared_key;
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    if (declared || !config.contains(key) || !config.at(key).is_string()) continue;
+    declared = parse_float_dtype(config.at(key).get<std::string>());
+    declared_key = key;
+  }
+  c10::ScalarType st = c10::ScalarType::Float;
+  std::string source;
+  if (stored) {
+    st = *stored;
+    source = fmt::format("stored {} in the safetensors files", dtype_word(st));
+    if (declared && *declared != st) {
+      log().warn("config.json says {} {} but the weights are stored in {}: computing in {} (--dtype to choose)",
+                 declared_key, dtype_word(*declared), dtype_word(st), dtype_word(st));
+    }
+  } else if (declared) {
+    st = *declared;
+    source = fmt::format("config.json {}", declared_key);
+  } else {
+    source = "no stored or declared dtype: float32";
+  }
+  if (st != c10::ScalarType::Float && st != c10::ScalarType::BFloat16 && st != c10::ScalarType::Half) {
+    source += fmt::format("; {} is not a compute dtype: float32", dtype_word(st));
+    st = c10::ScalarType::Float;
+  }
+  if (any_cpu && st != c10::ScalarType::Float) {
+    source += "; CPU ranks compute 16-bit weights in float32 (exact, and the fast CPU kernels)";
+    st = c10::ScalarType::Float;
+  } else if (!any_cpu && st == c10::ScalarType::Float && kind == "dit") {
+    source +=
+        "; GPUs compute a float32 DiT in bfloat16, as Wan2.1's own code and diffusers do (--dtype fp32 to keep it)";
+    st = c10::ScalarType::BFloat16;
+  }
+  return {st, source};
+}
+
+offload::OffloadOptions offload_options(const Options& o) {
+  offload::OffloadOptions off;
+  // The flags as given; offload::check_offload_options validates them (make_plan calls it).
+  if (o.blocks_to_swap != -1) off.blocks_to_swap = o.blocks_to_swap;
+  if (o.offload_ratio >= 0) off.offload_ratio = o.offload_ratio;
+  off.policy = offload::parse_resident_policy(o.resident_policy);
+  off.granularity = offload::parse_granularity(o.offload_granularity);
+  off.prefetch_depth = o.prefetch_depth;
+  off.use_non_blocking = o.use_non_blocking;
+  off.lazy_load = o.lazy_load;
+  off.num_disk_workers = o.num_disk_workers;
+  if (!o.max_memory.empty()) off.max_memory = offload::parse_bytes(o.max_memory, "--max-memory");
+  off.offload_txt_emb = o.offload_txt_emb;
+  off.offload_img_emb = o.offload_img_emb;
+  off.offload_components = o.offload_components;
+  off.on_demand_components = o.on_demand_components;
+  return off;
+}
+
+}  // namespace
+
+Job open_model(const Options& o, const World& world, comm::Transport& t, JobUse use) {
+  Job job;
+  job.chain = agree_chain(o.device_chain, o.auto_vram_balance, world, t, use);
+  job.model_dir = o.model.empty() ? ensure_demo_model() : o.model;
+  job.ckpt = Checkpoint::open(job.model_dir);
+  job.arch = models::make_architecture(job.ckpt->config());
+  models::check_checkpoint_tensors(*job.arch, *job.ckpt);
+  return job;
+}
+
+std::optional<c10::ScalarType> stored_dtype(const Job& job) {
+  // The dtype of most of block 0's bytes (the weight matrices; a norm kept in fp32 does not decide). A
+  // header read, not a weight read: rank 0 owns block 0 (or the prologue of a model without blocks).
+  const auto parts = job.arch->num_blocks() > 0 ? models::block_parts(*job.arch, 0) : job.arch->prologue_parts();
+  std::map<int, int64_t> bytes;  // by c10::ScalarType
+  for (const auto& part : parts) {
+    for (const auto& t : part.tensors) {
+      const auto info = job.ckpt->locate(t.checkpoint).info;
+      bytes[static_cast<int>(to_scalar_type(info->dtype))] += static_cast<int64_t>(info->nbytes());
+    }
+  }
+  std::optional<c10::ScalarType> best;
+  int64_t most = -1;
+  for (const auto& [code, n] : bytes) {
+    if (n > most) {
+      best = static_cast<c10::ScalarType>(code);
+      most = n;
+    }
+  }
+  return best;
+}
+
+pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job,
+                             const JobShape& shape, int micro_batches, int sweeps) {
+  pipeline::PlanInputs in;
+  in.model_dir = job.model_dir;
+  in.chain = job.chain;
+  in.workload_split = o.workload_split;
+  // One compute dtype for all ranks (activations cross between them): CPU limits apply if any rank is a CPU.
+  const bool any_cpu =
+      std::any_of(job.chain.begin(), job.chain.end(), [](const auto& e) { return !e.device.is_cuda(); });
+  std::tie(in.dtype, in.dtype_source) =
+      resolve_dtype(o, job.ckpt->config(), shape.stored_dtype, any_cpu, job.arch->kind());
+  in.micro_batches = micro_batches;
+  in.batch = shape.batch;
+  in.seq = shape.seq;
+  in.sweeps = sweeps;
+  in.offload = offload_options(o);
+  in.offload.stored_dtype = shape.stored_dtype;
+  if (!o.vram_budget.empty() && (o.blocks_to_swap >= 0 || o.offload_ratio >= 0))
+    log().warn("blocks_to_swap ignored: automatic VRAM mode decides residency");
+  in.vram_budget = agree_vram_budgets(o.vram_budget, job.chain, world, t);
+  return pipeline::make_plan(*job.arch, in);
+}
+
+}  // namespace pipeswap::launcher

@@ -1,0 +1,102 @@
+// A rank's runtime: its threads, its device, the NCCL transport where every rank is a GPU, --trace,
+// and its weights as the plan's layout says; the memory it used beside the plan's prediction.
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "job.h"
+#include "pipeswap/core/device_memory.h"
+#include "pipeswap/core/dtype.h"
+#include "pipeswap/core/error.h"
+#include "pipeswap/core/identity.h"
+#include "pipeswap/core/log.h"
+
+namespace pipeswap::launcher {
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+void set_threads(const Options& o, const World& world) {
+  int n = o.threads;
+  if (n == 0) {
+    // The cores of this node shared by its ranks, rounded down to a power of two: kernels split
+    // power-of-two thread counts alike, which keeps splits bit-identical to single-rank runs.
+    const unsigned share = std::max(1u, std::thread::hardware_concurrency() / std::max(1, world.local_size));
+    n = 1;
+    while (2u * static_cast<unsigned>(n) <= share) n *= 2;
+  }
+  at::set_num_threads(n);
+}
+
+RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport,
+                       const Job& job) {
+  const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
+  RankIdentity id = rank_identity();
+  id.device = me.device.str();
+  set_rank_identity(id);
+  refresh_log_prefix();
+  if (world.rank == 0) log().info("\n{}", job.plan.to_text());
+  const bool all_gpus = std::all_of(job.plan.ranks.begin(), job.plan.ranks.end(),
+                                    [](const pipeline::RankPlan& r) { return r.device.is_cuda(); });
+  if (all_gpus && world.size > 1 && o.transport != "host") {
+    comm::TransportOptions to;
+    to.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.comm_timeout * 1000));
+    transport = comm::make_nccl_transport(std::move(transport), me.device.index, to);
+  }
+  RankRuntime rt;
+  rt.device = me.device.is_cuda() ? torch::Device(torch::kCUDA, static_cast<int8_t>(me.device.index))
+                                  : torch::Device(torch::kCPU);
+  if (rt.device.is_cuda()) {
+    c10::impl::getDeviceGuardImpl(rt.device.type())->setDevice(rt.device);
+    reset_device_peak(rt.device.index());
+    if (job.plan.dtype == c10::ScalarType::Float) {
+      // fp32 means fp32: no TF32 in cuBLAS or cuDNN (LibTorch lets cuDNN convolutions use it by default).
+      at::globalContext().setAllowTF32CuBLAS(false);
+      at::globalContext().setAllowTF32CuDNN(false);
+    }
+  }
+  // --trace: records from here (weight loading included)
+  rt.trace = std::make_unique<pipeline::JobTrace>(o.trace, rt.device, world.rank);
+  const auto t_load = Clock::now();
+  const offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
+  rt.weights = offload::make_block_weights(*job.arch, job.ckpt, owned, me.layout, rt.device, job.plan.offload);
+  log().info("loaded {} of weights ({} read from {}) in {:.2f} s", pipeline::format_bytes(rt.weights->device_bytes()),
+             pipeline::format_bytes(static_cast<int64_t>(job.ckpt->bytes_read())), job.model_dir, since(t_load));
+  transport->barrier();
+  return rt;
+}
+
+std::string rank_lines(const pipeline::Plan& plan) {
+  std::string s = fmt::format("  compute dtype {} ({})\n", dtype_word(plan.dtype), plan.dtype_source);
+  for (const auto& r : plan.ranks) {
+    s += fmt::format(
+        "  rank {} {:<6} {}\n", r.rank, r.device.str(),
+        r.idle()
+            ? std::string("idle")
+            : fmt::format("blocks {}..{} ({}){}{}{}", r.first_block, r.end_block - 1, r.num_blocks(),
+                          r.prologue ? " +prologue" : "", r.epilogue ? " +epilogue" : "",
+                          r.swapped_blocks().empty() ? "" : fmt::format(", {} swapped", r.swapped_blocks().size())));
+  }
+  return s;
+}
+
+void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device) {
+  const offload::OffloadStats st = weights.stats();
+  if (device.is_cuda()) {
+    if (auto peak = device_peak_allocated(device.index())) {
+      log().info("device memory peak {} bytes allocated (plan {} bytes, {:+.1f}%)", *peak, me.device_bytes,
+                 100.0 * (static_cast<double>(*peak) - me.device_bytes) / std::max<int64_t>(1, me.device_bytes));
+    }
+  }
+  log().info(
+      "memory: device weights {} (plan {} incl. {} activations), host {} (plan {}), read from disk during "
+      "the run {} (plan {}){}",
+      pipeline::format_bytes(st.device_bytes), pipeline::format_bytes(me.device_bytes),
+      pipeline::format_bytes(me.activation_bytes), pipeline::format_bytes(st.host_peak_bytes),
+      pipeline::format_bytes(me.host_bytes), pipeline::format_bytes(st.disk_bytes_read),
+      pipeline::format_bytes(me.disk_read_bytes), st.copies ? fmt::format(", {} slot fills", st.copies) : "");
+}
+
+}  // namespace pipeswap::launcher
