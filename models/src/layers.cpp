@@ -1,16 +1,8 @@
 #include "layers.h"
 
-#include <sstream>
-
 #include "pipeswap/core/torch_compat.h"
 
 namespace pipeswap::models {
-
-std::string shape_str(const torch::Tensor& t) {
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
-}
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   return compat::rms_norm(x, weight, eps);
