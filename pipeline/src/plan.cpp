@@ -264,9 +264,8 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     for (const auto& part : held.parts) rp.weight_bytes += rest_bytes(part, in.dtype, in.offload.storage.part(part));
     for (int b = rp.first_block; b < rp.end_block; ++b) {
       const auto parts = block_parts(arch, b);
-      for (size_t p = 0; p < parts.size(); ++p)
-        rp.weight_bytes +=
-            rest_bytes(parts[p], in.dtype, in.offload.storage.phase(arch, static_cast<int>(p)));
+      for (size_t ph = 0; ph < parts.size(); ++ph)
+        rp.weight_bytes += rest_bytes(parts[ph], in.dtype, in.offload.storage.phase(arch, static_cast<int>(ph)));
     }
     if (!rp.idle() && act > 0) {
       rp.activation_bytes = 2 * act + arch.cache_bytes(rp.num_blocks(), in.micro_batches, in.batch, in.dtype);
