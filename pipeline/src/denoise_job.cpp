@@ -40,8 +40,11 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   const int branches = settings.cfg ? 2 : 1;
   const int units = denoise_units(settings);
   const int steps = settings.steps;
-  const torch::Tensor sigmas = flow_sigmas(steps, settings.shift);
-  auto sigma = [&](int i) { return sigmas[i].item<double>(); };
+  const std::shared_ptr<const Sampler> schedule =
+      settings.sampler ? settings.sampler : std::shared_ptr<const Sampler>(make_flow_euler(steps, settings.shift));
+  PS_CHECK(schedule->steps() == steps, ConfigError, "the {} sampler has {} steps where the job has {}",
+           schedule->name(), schedule->steps(), steps);
+  auto sigma = [&](int i) { return schedule->sigma(i); };
   at::NoGradGuard no_grad;
   // A unit's context is the same at every step: its key (unique to this job in this process) lets each
   // block keep the context's cross-attention K/V from the first step (models/src/wan.cpp).
@@ -49,15 +52,20 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   const int64_t serial = ++jobs;
   auto context_key = [&](int u) { return torch::full({}, (serial << 20) | u, torch::kInt64); };
 
-  // Rank 0's state: the latents of every sample, and each unit's velocity of the current step.
+  // Rank 0's state: the latents of every sample, each sample's sampler, and each unit's velocity of the
+  // current step.
   torch::Tensor x;
+  std::vector<std::unique_ptr<Sampler>> samplers;
   std::vector<torch::Tensor> velocity(units);
   std::vector<int> done_step(settings.batch, 0);  // steps applied to each sample
   auto last_report = t0;
-  if (rank == 0) x = in.latents.to(torch::kFloat32).clone();
+  if (rank == 0) {
+    x = in.latents.to(torch::kFloat32).clone();
+    for (int i = 0; i < settings.batch; ++i) samplers.push_back(schedule->clone());
+  }
 
   // Rank 0: take the velocities of sample i's step s (from the last stage unless rank 0 is it) and
-  // apply the guidance mix and the Euler step, as the fixture script's loop does.
+  // apply the guidance mix and the sampler's step, as the fixture scripts' loops do.
   auto finish_sample_step = [&](int s, int i) {
     for (int b = 0; b < branches; ++b) {
       const int u = i * branches + b;
@@ -69,7 +77,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
       const torch::Tensor& uncond = velocity[i * branches + 1];
       v = uncond + settings.guidance * (v - uncond);
     }
-    x.narrow(0, i, 1).add_((sigma(s + 1) - sigma(s)) * v);
+    samplers[static_cast<size_t>(i)]->step(v, x.narrow(0, i, 1));
     done_step[i] = s + 1;
     if (i == settings.batch - 1) {
       const auto now = Clock::now();
@@ -83,7 +91,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   weights.expect_sweeps(steps * units);
   if (!stage.idle()) {
     for (int s = 0; s < steps; ++s) {
-      const auto t = torch::full({1}, sigma(s) * 1000.0, torch::kFloat32);
+      const auto t = torch::full({1}, schedule->timestep(s), torch::kFloat32);
       for (int u = 0; u < units; ++u) {
         const int i = u / branches;
         const bool uncond = settings.cfg && u % branches == 1;

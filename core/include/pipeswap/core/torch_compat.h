@@ -3,6 +3,7 @@
 
 #include <torch/types.h>
 #include <torch/version.h>
+#include <c10/core/Allocator.h>
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -135,5 +136,19 @@ inline void synchronize_device(const c10::Device& device) {
   synchronize_event(done);
 #endif
 }
+
+// A c10::Allocator written once for both versions: allocate() is const before LibTorch 2.3 and not from
+// 2.3 on, when copy_data() became pure virtual too. Derived allocators implement allocate_bytes().
+struct AllocatorBase : c10::Allocator {
+  virtual c10::DataPtr allocate_bytes(size_t n) const = 0;
+#if PIPESWAP_TORCH_AT_LEAST(2, 3)
+  c10::DataPtr allocate(size_t n) override { return allocate_bytes(n); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+#else
+  c10::DataPtr allocate(size_t n) const override { return allocate_bytes(n); }
+#endif
+};
 
 }  // namespace pipeswap::compat
