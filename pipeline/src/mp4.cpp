@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/weights.h"
 
 #ifdef PIPESWAP_HAVE_FFMPEG
 extern "C" {

@@ -16,6 +16,7 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/files.h"
+#include "pipeswap/core/weights.h"
 
 namespace pipeswap::pipeline {
 namespace {
