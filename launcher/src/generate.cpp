@@ -285,6 +285,7 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
           decoded.frames = torch::Tensor();
           phases.push_back(meter.stop("decode"));
           const auto t_write = Clock::now();
+          reset_host_tensor_peak();
           const int b = static_cast<int>(u8.size(0));
           for (int i = 0; i < b; ++i) {
             const std::string path = pipeline::sample_output(o.output, out_kind, i, b);
