@@ -249,7 +249,7 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
   auto result =
       pipeline::run_denoise(job.plan, world.rank, *job.arch, *rt.weights, t, in, settings, rt.device, progress);
   rt.trace->finish(t);
-  log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device);
+  log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device, settings.steps);
   PhaseMemory dit_phase = dit_meter.stop("denoise");
   dit_phase.seconds = since(t_dit);
   rt.weights.reset();  // the DiT freed before the VAE loads
