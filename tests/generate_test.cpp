@@ -34,6 +34,11 @@ std::string repo() { return fixture("wan-t2v-pipeline/repo"); }
 torch::Tensor expected(const std::string& name) {
   return pipeswap::SafetensorsFile::open(fixture("wan-t2v-pipeline/expected.safetensors"))->read(name);
 }
+// A case's seed from the fixture's metadata (make_generate_fixtures.py --seed N moves them).
+std::string case_seed(const std::string& name) {
+  auto file = pipeswap::SafetensorsFile::open(fixture("wan-t2v-pipeline/expected.safetensors"));
+  return std::to_string(nlohmann::json::parse(file->metadata().at(name)).at("seed").get<int64_t>());
+}
 double rel_error(const torch::Tensor& got, const torch::Tensor& want) {
   return (got.to(torch::kFloat64) - want.to(torch::kFloat64)).abs().max().item<double>() /
          want.abs().max().item<double>();
@@ -48,10 +53,10 @@ class GenerateTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
   static std::string path(const std::string& name) { return dir_ + "/" + name; }
-  // The fixture's single case: one prompt, 9 frames of 48 x 32, seed 42 (the fixture's noise), then `extra`.
+  // The fixture's single case: one prompt, 9 frames of 48 x 32, its seed (the fixture's noise), then `extra`.
   static std::string single(const std::string& extra) {
     return exe() + " generate --model " + repo() + " --prompt \"" + kPrompt +
-           "\" --frames 9 --height 32 --width 48 --seed 42 --log-level warn " + extra;
+           "\" --frames 9 --height 32 --width 48 --seed " + case_seed("single") + " --log-level warn " + extra;
   }
   static torch::Tensor latents(const std::string& file) {
     return pipeswap::SafetensorsFile::open(file)->read("latents");
@@ -95,7 +100,7 @@ TEST_F(GenerateTest, EmbeddingsAndNoiseMatchTheWanPipeline) {
   const int64_t len = expected("mask_batch")[0].sum().item<int64_t>();
   EXPECT_EQ(enc.context[0].narrow(0, len, 512 - len).abs().max().item<double>(), 0.0);
   const auto shape = pipeswap::pipeline::latent_shape(2, 8, {9, 32, 48});
-  EXPECT_TRUE(torch::equal(pipeswap::pipeline::initial_noise(shape, 43), expected("noise_batch")));
+  EXPECT_TRUE(torch::equal(pipeswap::pipeline::initial_noise(shape, std::stoull(case_seed("batch"))), expected("noise_batch")));
 }
 
 // The sampler's update and the decode are the reference's float32 arithmetic in another order: relative 1e-4 on
@@ -131,7 +136,7 @@ TEST_F(GenerateTest, EulerAndNoGuidanceMatch) {
 TEST_F(GenerateTest, PromptBatchMatches) {
   const std::string out = path("batch-frames");
   Result r = sh(exe() + " generate --model " + repo() + " --prompts " + fixture("wan-t2v-pipeline/prompts.jsonl") +
-                " --frames 9 --height 32 --width 48 --seed 43 --steps 3 --guidance 4 --log-level warn --output " +
+                " --frames 9 --height 32 --width 48 --seed " + case_seed("batch") + " --steps 3 --guidance 4 --log-level warn --output " +
                 out + "/");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("2 sample(s)"));
@@ -152,7 +157,7 @@ TEST_F(GenerateTest, PromptIdsFile) {
                                {"negative_attention_mask", expected("mask_null_single")}},
                               {});
   Result r = sh(exe() + " generate --model " + repo() + " --prompt-ids " + ids +
-                " --frames 9 --height 32 --width 48 --seed 42 --steps 2 --log-level warn --output " + a);
+                " --frames 9 --height 32 --width 48 --seed " + case_seed("single") + " --steps 2 --log-level warn --output " + a);
   ASSERT_EQ(r.code, 0) << r.output;
   if (pipeswap::models::T5Tokenizer::available()) {
     r = sh(single("--steps 2 --output " + b));
