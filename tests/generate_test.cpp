@@ -220,6 +220,24 @@ TEST_F(GenerateTest, Mp4) {
   EXPECT_EQ(video.frames.sizes(), torch::IntArrayRef({9, 32, 48, 3}));
 }
 
+// `pipeswap plan` on a repo: the DiT's plan and the components' phases, before anything loads.
+TEST_F(GenerateTest, PlanCoversTheComponents) {
+  const std::string json_path = path("plan.json");
+  Result r = sh(exe() + " plan --model " + repo() + " --frames 9 --height 32 --width 48 --json " + json_path);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("text encoder"));
+  EXPECT_THAT(r.output, HasSubstr("VAE decoder"));
+  EXPECT_THAT(r.output, HasSubstr("2 micro-batch"));
+  std::ifstream in(json_path);
+  const auto j = nlohmann::json::parse(in);
+  ASSERT_EQ(j.at("components").at("phases").size(), 3u);
+  const auto& encode = j["components"]["phases"][0];
+  EXPECT_EQ(encode.at("placement"), "on-demand");
+  // The tiny encoder: 400 x 16 embeddings and 2 layers of 16-wide attention and FFN, float32 on the CPU.
+  EXPECT_GT(encode.at("weight_bytes").get<int64_t>(), 400 * 16 * 4);
+  EXPECT_LT(encode.at("weight_bytes").get<int64_t>(), 200 * 1024);
+}
+
 // A copy of the repo to break: links to the fixture's component folders.
 std::string repo_copy(const std::string& dir, const std::vector<std::string>& components) {
   fs::create_directories(dir);

@@ -150,6 +150,16 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   run->add_option("--repeat", o.repeat, "run the forward N times (benchmarks: the summary reports the median warm pass)")
       ->default_str("1");
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
+  // A diffusers Wan repo (generate's --model): the job's size decides the DiT's tokens and the VAE's memory.
+  plan->add_option("--frames", o.frames, "Wan repo: video frames, 4k+1")->default_str("81");
+  plan->add_option("--height", o.height, "Wan repo: pixels, a multiple of 16")->default_str("480");
+  plan->add_option("--width", o.width, "Wan repo: pixels, a multiple of 16")->default_str("832");
+  plan->add_option("--steps", o.steps, "Wan repo: denoising steps")->default_str("50");
+  plan->add_option("--guidance", o.guidance, "Wan repo: guidance scale (<= 1: no unconditional pass)")
+      ->default_str("5");
+  plan->add_option("--text-encoder-device", o.text_encoder_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
+  plan->add_option("--vae-device", o.vae_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
+  plan->add_flag("--vae-tiling", o.vae_tiling, "Wan repo: the VAE decodes in 256x256 tiles");
   denoise->add_option("--latents", o.latents, "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W]")
       ->required();
   denoise->add_option("--context", o.context,

@@ -10,9 +10,11 @@
 #include <map>
 #include <numeric>
 
+#include "components.h"
 #include "job.h"
 #include "pipeswap/core/device_memory.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
 #include "pipeswap/core/host_memory.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
@@ -120,7 +122,51 @@ class PhaseMeter {
   Clock::time_point t0_;
 };
 
+// The DiT's tokens for one sample of `size` (the probe's shapes only).
+int64_t dit_tokens(const Job& job, const pipeline::VideoSize& size) {
+  const json& config = job.ckpt->config();
+  const int64_t channels = config.value("in_channels", config.value("in_dim", int64_t{16}));
+  const int64_t text_dim = config.value("text_dim", int64_t{4096});
+  const auto shape = pipeline::latent_shape(1, channels, size);
+  models::Activation probe{torch::zeros(shape), torch::zeros({1}), torch::zeros({1, 512, text_dim})};
+  return job.arch->sequence_length(probe);
+}
+
+c10::ScalarType text_encoder_dtype(const Options& o, const std::string& device) {
+  return device.rfind("cuda", 0) == 0 && o.dtype != "fp32" ? torch::kBFloat16 : torch::kFloat32;
+}
+
 }  // namespace
+
+int cmd_plan_repo(const Options& o, const World& world, comm::Transport& t) {
+  const models::WanRepo repo = models::WanRepo::open(o.model);
+  const pipeline::VideoSize size{o.frames, o.height, o.width};
+  pipeline::check_video_size(size);
+  const bool cfg = o.guidance > 1.0;
+  Options dit = o;
+  dit.model = repo.transformer;
+  Job job = open_model(dit, world, t, JobUse::kPlan);
+  JobShape shape{1, dit_tokens(job, size), std::nullopt};
+  if (world.rank == 0) shape.stored_dtype = stored_dtype(job);
+  pipeline::DenoiseSettings s;
+  s.cfg = cfg;
+  s.batch = 1;
+  job.plan = make_job_plan(dit, world, t, job, shape, pipeline::denoise_units(s), o.steps);
+  if (world.rank == 0) {
+    const std::string first = job.chain.at(0).device.str();
+    const std::string te = o.text_encoder_device.empty() ? first : o.text_encoder_device;
+    const std::string vae = o.vae_device.empty() ? first : o.vae_device;
+    const ComponentPlan c =
+        plan_components(repo, 1, size, cfg, te, text_encoder_dtype(o, te), vae, o.vae_tiling, job.plan);
+    std::cout << job.plan.to_text() << c.text << std::flush;
+    if (!o.json.empty()) {
+      json j = job.plan.to_json();
+      j["components"] = c.json;
+      write_text_atomically(o.json, "plan JSON", j.dump(2) + "\n");
+    }
+  }
+  return 0;
+}
 
 int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport) {
   const auto t_start = Clock::now();
@@ -179,8 +225,7 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
   pipeline::DenoiseInputs in;
   if (world.rank == 0) {
     const torch::Device te_device = component_device(o.text_encoder_device, "--text-encoder-device", job.chain);
-    const c10::ScalarType te_dtype =
-        te_device.is_cuda() && o.dtype != "fp32" ? torch::kBFloat16 : torch::kFloat32;
+    const c10::ScalarType te_dtype = text_encoder_dtype(o, te_device.str());
     PhaseMeter meter(te_device);
     pipeline::EncodedPrompts enc;
     pipeline::rank0_alone(
@@ -232,6 +277,14 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
   settings.batch = static_cast<int>(shape.batch);
   const int units = pipeline::denoise_units(settings);
   job.plan = make_job_plan(dit, world, t0, job, JobShape{1, shape.seq, shape.stored_dtype}, units, settings.steps);
+  if (world.rank == 0) {
+    const std::string first = job.chain.at(0).device.str();
+    const std::string te = o.text_encoder_device.empty() ? first : o.text_encoder_device;
+    const std::string vae = o.vae_device.empty() ? first : o.vae_device;
+    log().info("\n{}", plan_components(repo, shape.batch, size, cfg, te, text_encoder_dtype(o, te), vae, o.vae_tiling,
+                                       job.plan)
+                           .text);
+  }
 
   // Phase 2, every rank: the DiT.
   const auto t_dit = Clock::now();
