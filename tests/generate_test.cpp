@@ -175,6 +175,7 @@ TEST_F(GenerateTest, SplitsAndSwapsGiveTheSingleRankFrames) {
       "mpirun -np 2 " + single("--steps 3 --device-chain cpu=1,cpu=1"),
       "mpirun -np 2 " + single("--steps 3 --device-chain cpu=1,cpu=2 --blocks-to-swap 1 --offload-granularity phase"),
       "mpirun -np 3 " + single("--steps 3 --device-chain cpu=1,cpu=1,cpu=1 --blocks-to-swap 1 --lazy-load"),
+      "mpirun -np 2 " + single("--steps 3 --device-chain cpu=1,cpu=1 --blocks-to-swap 2 --swap-order shared"),
   };
   for (size_t i = 0; i < runs.size(); ++i) {
     const std::string out = path("split-" + std::to_string(i));
