@@ -5,6 +5,7 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/torch_compat.h"
 #include "pipeswap/core/trace.h"
 #include "stage.h"
 
@@ -59,10 +60,15 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   std::vector<torch::Tensor> velocity(units);
   std::vector<int> done_step(settings.batch, 0);  // steps applied to each sample
   auto last_report = t0;
+  // The latents, the velocities and the sampler's update stay on rank 0's device: a step makes no
+  // host-to-device or device-to-host copy (on a GPU, small pageable copies would wait behind the copy
+  // stream's slot fills on the copy engine), and the latents come to the host once, at the end.
   if (rank == 0) {
-    x = in.latents.to(torch::kFloat32).clone();
+    x = in.latents.to(device, torch::kFloat32).clone();
     for (int i = 0; i < settings.batch; ++i) samplers.push_back(schedule->clone());
   }
+  const torch::Tensor image_cond =
+      rank == 0 && in.image_cond.defined() ? in.image_cond.to(device, torch::kFloat32) : torch::Tensor();
 
   // Rank 0: take the velocities of sample i's step s (from the last stage unless rank 0 is it) and
   // apply the guidance mix and the sampler's step, as the fixture scripts' loops do.
@@ -70,7 +76,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     for (int b = 0; b < branches; ++b) {
       const int u = i * branches + b;
       if (!stage.keeps_outputs()) velocity[u] = stage.output(s, u);
-      velocity[u] = velocity[u].to(torch::kCPU, torch::kFloat32);
+      velocity[u] = velocity[u].to(x.device(), torch::kFloat32);
     }
     torch::Tensor v = velocity[i * branches];
     if (settings.cfg) {
@@ -80,6 +86,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     samplers[static_cast<size_t>(i)]->step(v, x.narrow(0, i, 1));
     done_step[i] = s + 1;
     if (i == settings.batch - 1) {
+      compat::synchronize_stream(device);  // the step's time is its compute's, not its launch's
       const auto now = Clock::now();
       const double dt = std::chrono::duration<double>(now - last_report).count();
       last_report = now;
@@ -93,13 +100,14 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     std::vector<int> all(units);
     for (int u = 0; u < units; ++u) all[u] = u;
     for (int s = 0; s < steps; ++s) {
-      const auto t = torch::full({1}, schedule->timestep(s), torch::kFloat32);
+      const auto t =
+          torch::full({1}, schedule->timestep(s), torch::TensorOptions(torch::kFloat32).device(device));
       const std::vector<torch::Tensor> outs = stage.pass_group(s, all, [&](int u) {
         const int i = u / branches;
         const bool uncond = settings.cfg && u % branches == 1;
         if (done_step[i] < s) finish_sample_step(s - 1, i);
         torch::Tensor lat = x.narrow(0, i, 1);
-        if (in.image_cond.defined()) lat = torch::cat({lat, row(in.image_cond, i).to(torch::kFloat32)}, 1);
+        if (image_cond.defined()) lat = torch::cat({lat, row(image_cond, i)}, 1);
         return models::Activation{lat, t, row(uncond ? in.context_null : in.context, i),
                                   in.clip_fea.defined() ? row(in.clip_fea, i) : torch::Tensor(), context_key(u)};
       });
@@ -109,7 +117,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   }
   if (rank == 0) {
     for (int i = 0; i < settings.batch; ++i) finish_sample_step(steps - 1, i);
-    result.latents = x;
+    result.latents = x.to(torch::kCPU);
   }
   transport.flush();
   result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
