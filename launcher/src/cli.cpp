@@ -145,9 +145,12 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   CLI::App* plan = app.add_subcommand("plan", "print the plan (ranks, devices, blocks, memory) without loading");
   CLI::App* denoise = app.add_subcommand(
       "denoise", "sample a diffusion transformer (Wan): flow-matching Euler steps with classifier-free guidance");
+  CLI::App* generate = app.add_subcommand(
+      "generate", "Wan2.1 text-to-video from a diffusers repo: prompt in, video out (text encoder, DiT across the "
+                  "ranks with swapping, VAE decode)");
   std::string config_path;
   std::string chain_text;  // --device-chain as written; parsed below, once
-  for (CLI::App* cmd : {run, plan, denoise}) {
+  for (CLI::App* cmd : {run, plan, denoise, generate}) {
     add_common(cmd, o, chain_text);
     cmd->add_option("--config", config_path, "JSON file of options with snake_case keys (flags win)");
   }
@@ -157,6 +160,16 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   run->add_option("--repeat", o.repeat, "run the forward N times (benchmarks: the summary reports the median warm pass)")
       ->default_str("1");
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
+  // A diffusers Wan repo (generate's --model): the job's size decides the DiT's tokens and the VAE's memory.
+  plan->add_option("--frames", o.frames, "Wan repo: video frames, 4k+1")->default_str("81");
+  plan->add_option("--height", o.height, "Wan repo: pixels, a multiple of 16")->default_str("480");
+  plan->add_option("--width", o.width, "Wan repo: pixels, a multiple of 16")->default_str("832");
+  plan->add_option("--steps", o.steps, "Wan repo: denoising steps")->default_str("50");
+  plan->add_option("--guidance", o.guidance, "Wan repo: guidance scale (<= 1: no unconditional pass)")
+      ->default_str("5");
+  plan->add_option("--text-encoder-device", o.text_encoder_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
+  plan->add_option("--vae-device", o.vae_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
+  plan->add_flag("--vae-tiling", o.vae_tiling, "Wan repo: the VAE decodes in 256x256 tiles");
   denoise->add_option("--latents", o.latents, "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W]")
       ->required();
   denoise->add_option("--context", o.context,
@@ -177,6 +190,41 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
       ->default_str("latents.safetensors");
   add_trace(denoise, o);
 
+  generate->add_option("--prompt", o.prompt, "the text prompt");
+  generate->add_option("--negative-prompt", o.negative_prompt, "the negative prompt (default: empty, as diffusers)");
+  generate->add_option("--prompts", o.prompts_file,
+                       "JSON lines {\"prompt\": ..., \"negative_prompt\": ...}: one sample each, sampled together "
+                       "(keeps the pipeline full across steps)");
+  generate->add_option("--prompt-ids", o.prompt_ids,
+                       "token ids instead of prompts (builds without SentencePiece): safetensors with input_ids, "
+                       "attention_mask [B, 512] (and negative_input_ids, negative_attention_mask with guidance)");
+  generate->add_option("--frames", o.frames, "video frames, 4k+1")->default_str("81");
+  generate->add_option("--height", o.height, "pixels, a multiple of 16")->default_str("480");
+  generate->add_option("--width", o.width, "pixels, a multiple of 16")->default_str("832");
+  generate->add_option("--steps", o.steps, "denoising steps")->default_str("50");
+  generate->add_option("--guidance", o.guidance, "classifier-free guidance scale (<= 1: no unconditional pass)")
+      ->default_str("5");
+  generate->add_option("--seed", o.seed, "noise seed (torch.Generator(\"cpu\").manual_seed, as diffusers)")
+      ->default_str("0");
+  generate->add_option("--sampler", o.sampler, "unipc (the repo's scheduler) or euler (flow-matching Euler)")
+      ->check(CLI::IsMember({"unipc", "euler"}))
+      ->default_str("unipc");
+  generate->add_option("--flow-shift", o.flow_shift,
+                       "schedule shift (default: the repo's scheduler_config.json; Wan2.1: 3 at 480p, 5 at 720p)");
+  generate->add_option("--latents", o.latents, "safetensors with the initial noise [B, z, f, h, w] instead of --seed");
+  generate->add_option("--text-encoder", o.text_encoder,
+                       "text encoder placement: on-demand (read, encode, freed before the DiT loads)")
+      ->check(CLI::IsMember({"on-demand"}))
+      ->default_str("on-demand");
+  generate->add_option("--text-encoder-device", o.text_encoder_device, "cpu or cuda:N (default: rank 0's device)");
+  generate->add_option("--vae-device", o.vae_device, "cpu or cuda:N (default: rank 0's device)");
+  generate->add_flag("--vae-tiling", o.vae_tiling, "decode in 256x256 spatial tiles (bounds the VAE's memory)");
+  generate->add_option("--fps", o.fps, "frames a second of the MP4")->default_str("16");
+  generate->add_option("--output", o.output,
+                       "video.mp4 (H.264, builds with FFmpeg), frames/ (PNG) or latents.safetensors")
+      ->default_str("video.mp4");
+  add_trace(generate, o);
+
   std::vector<std::string> args(argv + 1, argv + argc);
   // First pass only to learn the subcommand and --config; then the config's flags go first so that
   // the command line wins (TakeLast).
@@ -194,7 +242,7 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     PS_THROW(ConfigError, "{} (see pipeswap --help)", e.what());
   }
-  CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : plan;
+  CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : generate->parsed() ? generate : plan;
   o.command = cmd->get_name();
   if (!config_path.empty()) {
     std::vector<std::string> merged{o.command};
@@ -215,6 +263,18 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
   PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
+  if (cmd == generate && cmd->count("--output") == 0) o.output = "video.mp4";
+  if (cmd == generate) {
+    PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
+    PS_CHECK(o.flow_shift == -1 || o.flow_shift > 0, ConfigError, "--flow-shift must be positive (got {})",
+             o.flow_shift);
+    PS_CHECK(o.fps > 0, ConfigError, "--fps must be positive (got {})", o.fps);
+    const int given = (cmd->count("--prompt") > 0) + !o.prompts_file.empty() + !o.prompt_ids.empty();
+    PS_CHECK(given == 1, ConfigError,
+             "generate needs exactly one of --prompt TEXT, --prompts FILE.jsonl or --prompt-ids FILE.safetensors "
+             "(got {})",
+             given);
+  }
   if (cmd == denoise) {
     PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
     PS_CHECK(o.shift > 0, ConfigError, "--shift must be positive (got {})", o.shift);

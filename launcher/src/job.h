@@ -82,5 +82,6 @@ std::string rank_lines(const pipeline::Plan& plan);
 int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
 int cmd_plan(const Options& o, const World& world, comm::Transport& t);
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
 
 }  // namespace pipeswap::launcher

@@ -11,7 +11,7 @@
 namespace pipeswap::launcher {
 
 struct Options {
-  std::string command;  // "run" | "plan" | "denoise"
+  std::string command;  // "run" | "plan" | "denoise" | "generate"
   std::string model;    // empty: the built-in demo model
   std::string input;    // empty with the demo model: the demo's built-in prompt batch
   std::string output = "logits.safetensors";
@@ -35,6 +35,16 @@ struct Options {
   int steps = 50;
   double guidance = 5.0;
   double shift = 5.0;
+  // generate
+  std::string prompt, negative_prompt, prompts_file, prompt_ids;
+  int64_t frames = 81, height = 480, width = 832;
+  int64_t seed = 0;
+  std::string sampler = "unipc";
+  double flow_shift = -1;  // -1: the repo's scheduler_config.json
+  std::string text_encoder_device, vae_device;  // empty: rank 0's device
+  std::string text_encoder = "on-demand";
+  bool vae_tiling = false;
+  double fps = 16;
 
   // Offload (per rank), in the block-swap nodes' and LightX2V's words.
   int blocks_to_swap = -1;     // -1: not given

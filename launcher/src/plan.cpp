@@ -1,12 +1,15 @@
 // `pipeswap plan`: the plan printed (and written as JSON) before anything loads.
 #include <iostream>
 
+#include "components.h"
 #include "job.h"
 #include "pipeswap/core/files.h"
 
 namespace pipeswap::launcher {
 
 int cmd_plan(const Options& o, const World& world, comm::Transport& t) {
+  if (!o.model.empty() && models::classify_model_folder(o.model) == models::ModelFolder::kWanDiffusersRepo)
+    return cmd_plan_repo(o, world, t);
   Job job = prepare_forward(o, world, t, JobUse::kPlan);
   if (world.rank == 0) {
     std::cout << job.plan.to_text() << std::flush;
