@@ -112,7 +112,11 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
   }
   rp.device_bytes = device_for(layout);
   rp.host_bytes = layout.host_bytes + comp.host;
-  rp.disk_read_bytes = opts.lazy_load ? layout.disk_bytes(in.micro_batches * in.sweeps) : 0;
+  if (opts.lazy_load) {
+    rp.disk_read_bytes = layout.disk_bytes(in.micro_batches * in.sweeps);
+    rp.disk_read_first_pass_bytes = layout.disk_bytes(in.micro_batches);
+    rp.disk_read_pass_bytes = layout.disk_bytes(2 * in.micro_batches) - rp.disk_read_first_pass_bytes;
+  }
   rp.layout = std::move(layout);
 }
 
@@ -218,6 +222,10 @@ nlohmann::json Plan::to_json() const {
     jr["predicted_device_bytes"] = r.device_bytes;
     jr["predicted_host_bytes"] = r.host_bytes;
     jr["predicted_disk_read_bytes"] = r.disk_read_bytes;
+    jr["predicted_disk_read_first_pass_bytes"] = r.disk_read_first_pass_bytes;
+    jr["predicted_disk_read_pass_bytes"] = r.disk_read_pass_bytes;
+    jr["host_cache_blocks"] = nlohmann::json::array();  // lazy_load: swapped blocks whose every unit stays
+    for (int b : r.layout.cached_block_ids()) jr["host_cache_blocks"].push_back(b);
     j["ranks"].push_back(jr);
   }
   return j;
@@ -228,7 +236,7 @@ std::string Plan::to_text() const {
                               num_blocks, dtype_word(dtype), micro_batches, ranks.size());
   if (!dtype_source.empty()) s += fmt::format("  compute dtype {}: {}\n", dtype_word(dtype), dtype_source);
   s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", "rank", "device",
-                   "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk read");
+                   "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk/pass");
   for (const auto& r : ranks) {
     std::string comps;
     if (r.prologue) comps += "prologue";
@@ -238,10 +246,25 @@ std::string Plan::to_text() const {
     const std::vector<int> swapped = r.swapped_blocks();
     s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", r.rank,
                      r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), swapped.size(),
-                     format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_bytes));
+                     format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_pass_bytes));
     if (!swapped.empty())
       s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(swapped, ","),
                        r.layout.num_slots, format_bytes(r.layout.slot_bytes));
+    if (!swapped.empty() && offload.lazy_load) {
+      const offload::SwapLayout& l = r.layout;
+      const std::vector<int> kept = l.cached_block_ids();
+      std::string cache;
+      if (l.streamed_bytes == 0) {
+        cache = fmt::format("keeps every swapped block ({})", format_bytes(l.sticky_bytes));
+      } else {
+        cache = fmt::format("keeps {} ({} of {} swapped), {} staging buffers of {} beside it",
+                            kept.empty() ? std::string("no whole block") : fmt::format("blocks {}", fmt::join(kept, ",")),
+                            format_bytes(l.sticky_bytes), format_bytes(l.swapped_bytes), l.staging_buffers,
+                            format_bytes(l.staging_bytes));
+      }
+      s += fmt::format("        host cache {}; disk reads {} in the first pass, {} in each later pass\n", cache,
+                       format_bytes(r.disk_read_first_pass_bytes), format_bytes(r.disk_read_pass_bytes));
+    }
   }
   return s;
 }
