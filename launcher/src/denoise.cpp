@@ -111,7 +111,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   auto result = pipeline::run_denoise(job.plan, world.rank, *job.arch, *rt.weights, t, in, settings, rt.device,
                                       progress);
   rt.trace->finish(t);
-  log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device);
+  log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device, settings.steps);
   if (world.rank == 0) {
     write_safetensors(o.output, {{"latents", result.latents}},
                       {{"producer", "pipeswap denoise"},

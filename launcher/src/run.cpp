@@ -96,7 +96,7 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
     result.seconds = n % 2 ? warm[n / 2] : (warm[n / 2 - 1] + warm[n / 2]) / 2;
   }
   rt.trace->finish(t);
-  log_memory(me, *weights, device);
+  log_memory(me, *weights, device, o.repeat);
   if (world.rank == 0) {
     write_safetensors(o.output, {{"logits", result.logits}}, {{"producer", "pipeswap"}});
   }
