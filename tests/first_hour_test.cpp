@@ -33,6 +33,9 @@ class FirstHourTest : public ::testing::Test {
     // Progress lines are timed; tests see every one of them.
     unsetenv("PIPESWAP_PROGRESS_INTERVAL");
     ASSERT_EQ(sh(exe() + " plan --log-level warn").code, 0);  // writes the demo Llama
+    // Most cases need a run, not the demo's 512 tokens: two sequences of 4 keep the suite fast.
+    std::ofstream(dir_ + "/ids.json") << "[[1, 2, 3, 4], [5, 6, 7, 8]]";
+    small_ = " --input " + dir_ + "/ids.json ";
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
 
@@ -83,6 +86,7 @@ class FirstHourTest : public ::testing::Test {
   static std::string mpirun(int np) { return "mpirun -np " + std::to_string(np) + " " + exe(); }
 
   static inline std::string dir_;
+  static inline std::string small_;  // --input with a small input
 };
 
 // 1. The README's mpirun lines work as written: its Running section sets what Open MPI needs as root and
@@ -104,7 +108,7 @@ TEST_F(FirstHourTest, ReadmeMpirunSettingsLetRootAndMoreRanksThanCoresRun) {
   const int np = static_cast<int>(std::max(3L, sysconf(_SC_NPROCESSORS_ONLN) + 1));
   std::string chain = "cpu";
   for (int r = 1; r < np; ++r) chain += ",cpu";
-  const std::string job = "mpirun -np " + std::to_string(np) + " " + exe() + " run --device-chain " + chain +
+  const std::string job = "mpirun -np " + std::to_string(np) + " " + exe() + " run --device-chain " + chain + small_ +
                           " --output out.safetensors --log-level warn";
   Result bare = in(d, clean + job);
   EXPECT_NE(bare.code, 0) << "Open MPI ran without the settings (is this machine bigger than its ranks?)";
@@ -166,7 +170,7 @@ TEST_F(FirstHourTest, OutputThatIsAnInputIsRefusedAndTheInputKept) {
   EXPECT_EQ(file_bytes(demo + "/config.json"), config);
 
   // A name that does not say safetensors: written, with a warning.
-  r = in(d, exe() + " run --output logits.json --log-level warn");
+  r = in(d, exe() + " run --output logits.json --log-level warn" + small_);
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output,
               HasSubstr("--output logits.json: pipeswap writes safetensors there, but the name does not end in "
@@ -198,9 +202,9 @@ TEST_F(FirstHourTest, ErrorsAreOneLineWithTheFix) {
   r = in(d, mpirun(2) + " run --device-chain cpu,cpu --input missing.json");
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_EQ(count(r.output, "input file missing.json does not exist"), 1) << r.output;
-  // Single-node mode: the worker that failed says why; the others and the parent stay quiet.
+  // Single-node mode: the worker that failed says why (an input error: exit 1); the others and the parent stay quiet.
   r = in(d, exe() + " run --device-chain cpu,cpu --input missing.json");
-  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_EQ(r.code, 1) << r.output;
   EXPECT_EQ(count(r.output, "missing.json"), 1) << r.output;
   EXPECT_EQ(count(r.output, "\n"), 2) << r.output;  // the single-node start line and the error
 
@@ -257,7 +261,7 @@ TEST_F(FirstHourTest, DocsAndBehaviourAgree) {
        {std::string("--use-non-blocking false --blocks-to-swap 1"), std::string("--use-non-blocking=false --blocks-to-swap 1"),
         std::string("--workload-split false"), std::string("--workload-split"), std::string("--lazy-load true --blocks-to-swap 1"),
         std::string("--auto-vram-balance off"), std::string("--offload-txt-emb yes")}) {
-    r = in(d, exe() + " run --log-level warn --output c.safetensors " + args);
+    r = in(d, exe() + " run --log-level warn --output c.safetensors " + small_ + args);
     EXPECT_EQ(r.code, 0) << args << "\n" << r.output;
   }
   r = in(d, exe() + " run --workload-split maybe");
@@ -320,7 +324,7 @@ TEST_F(FirstHourTest, SettingsThatDoNothingSaySo) {
   };
   for (const Case& c : cases) {
     fs::remove(d + "/out.safetensors");
-    Result r = in(d, exe() + " run --log-level warn --output out.safetensors " + c.args);
+    Result r = in(d, exe() + " run --log-level warn --output out.safetensors " + small_ + c.args);
     EXPECT_EQ(r.code, 0) << c.args << "\n" << r.output;
     EXPECT_THAT(r.output, HasSubstr(c.warning)) << c.args;
     EXPECT_EQ(count(r.output, "[warning]"), 1) << c.args << "\n" << r.output;
@@ -332,7 +336,8 @@ TEST_F(FirstHourTest, SettingsThatDoNothingSaySo) {
   const auto j = nlohmann::json::parse(file_bytes(d + "/plan.json"));
   EXPECT_EQ(j["ranks"][0]["num_blocks"], 9);
   // Settings that do something stay quiet.
-  r = in(d, exe() + " run --log-level warn --output out.safetensors --blocks-to-swap 2 --lazy-load --max-memory 6MB");
+  r = in(d, exe() + " run --log-level warn --output out.safetensors --blocks-to-swap 2 --lazy-load --max-memory 6MB" +
+                small_);
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_EQ(r.output.find("[warning]"), std::string::npos) << r.output;
 }
@@ -361,7 +366,7 @@ TEST_F(FirstHourTest, WarmPassesReadWhatThePlanSaysAndNoMore) {
                                     " in the first pass"));
 
     r = in(d, exe() + " run --offload-ratio 1 --lazy-load --max-memory " + budget +
-                  " --repeat 4 --output out.safetensors");
+                  " --repeat 4 --output out.safetensors" + small_);
     ASSERT_EQ(r.code, 0) << r.output;
     const std::regex line(R"(pass (\d)/4 read (\d+) bytes from disk \(plan (\d+)\))");
     int passes = 0;
@@ -374,20 +379,25 @@ TEST_F(FirstHourTest, WarmPassesReadWhatThePlanSaysAndNoMore) {
     }
     EXPECT_EQ(passes, 4) << r.output;
   }
-  // Two ranks, each with its own cache: every rank's passes as its plan says.
-  r = in(d, mpirun(2) + " run --device-chain cpu,cpu --offload-ratio 1 --lazy-load --max-memory " +
-                std::to_string(3 * slab) + " --repeat 3 --micro-batches 2 --output out.safetensors");
-  ASSERT_EQ(r.code, 0) << r.output;
-  const std::regex line(R"(\[[^\]]* r(\d) cpu\] \[info\] pass (\d)/3 read (\d+) bytes from disk \(plan (\d+)\))");
-  int lines = 0;
-  for (auto it = std::sregex_iterator(r.output.begin(), r.output.end(), line); it != std::sregex_iterator(); ++it) {
-    const int k = std::stoi((*it)[2]);
-    EXPECT_EQ((*it)[3], (*it)[4]) << (*it)[0];
-    // 6 blocks per rank, 3 kept; 2 micro-batches: each pass sweeps twice.
-    EXPECT_EQ(std::stoll((*it)[3]), (k == 1 ? 6 + 3 : 3 + 3) * block) << (*it)[0];
-    ++lines;
+  // Two ranks, each with its own cache of 3 of its 6 blocks, 2 micro-batches: every rank's passes as its
+  // plan says, for both swap orders (per micro-batch, each pass sweeps twice; shared fills, once).
+  for (const std::string order : {"per-micro-batch", "shared"}) {
+    SCOPED_TRACE(order);
+    const int sweeps = order == "shared" ? 1 : 2;
+    r = in(d, mpirun(2) + " run --device-chain cpu,cpu --offload-ratio 1 --lazy-load --max-memory " +
+                  std::to_string(3 * slab + slab / 2) + " --repeat 3 --micro-batches 2 --swap-order " + order +
+                  " --output out.safetensors" + small_);
+    ASSERT_EQ(r.code, 0) << r.output;
+    const std::regex line(R"(\[[^\]]* r(\d) cpu\] \[info\] pass (\d)/3 read (\d+) bytes from disk \(plan (\d+)\))");
+    int lines = 0;
+    for (auto it = std::sregex_iterator(r.output.begin(), r.output.end(), line); it != std::sregex_iterator(); ++it) {
+      const int k = std::stoi((*it)[2]);
+      EXPECT_EQ((*it)[3], (*it)[4]) << (*it)[0];
+      EXPECT_EQ(std::stoll((*it)[3]), (k == 1 ? 6 + 3 * (sweeps - 1) : 3 * sweeps) * block) << (*it)[0];
+      ++lines;
+    }
+    EXPECT_EQ(lines, 6) << r.output;
   }
-  EXPECT_EQ(lines, 6) << r.output;
   EXPECT_EQ(files(d), "full.json out.safetensors plan.json");
 }
 
@@ -403,14 +413,14 @@ TEST_F(FirstHourTest, ProgressLinesLikeTqdm) {
     EXPECT_TRUE(std::regex_search(r.output, std::regex("\\[info\\] step " + std::to_string(s) +
                                                        "/3 sigma [0-9.]+: [0-9.]+ s " + bar + "\n")))
         << r.output;
-  r = in(d, exe() + " run --repeat 3 --output out.safetensors");
+  r = in(d, exe() + " run --repeat 3 --output out.safetensors" + small_);
   ASSERT_EQ(r.code, 0) << r.output;
   for (int k = 1; k <= 3; ++k)
     EXPECT_TRUE(std::regex_search(r.output, std::regex("\\[info\\] forward pass " + std::to_string(k) +
                                                        "/3: [0-9.]+ s " + bar + "\n")))
         << r.output;
   // Loading, on every rank (an interval of 0: every poll is an update; the bar starts at 0 and ends at 100%).
-  r = in(d, "PIPESWAP_PROGRESS_INTERVAL=0 " + mpirun(2) + " run --device-chain cpu,cpu --output out.safetensors");
+  r = in(d, "PIPESWAP_PROGRESS_INTERVAL=0 " + mpirun(2) + " run --device-chain cpu,cpu --output out.safetensors" + small_);
   ASSERT_EQ(r.code, 0) << r.output;
   for (int rank : {0, 1}) {
     const std::string who = " r" + std::to_string(rank) + " cpu] \\[info\\] loading ";
@@ -422,7 +432,7 @@ TEST_F(FirstHourTest, ProgressLinesLikeTqdm) {
   // Quiet.
   r = in(d, exe() + " denoise --steps 3 --output lat.safetensors --log-level warn");
   ASSERT_EQ(r.code, 0) << r.output;
-  r.output += in(d, "PIPESWAP_PROGRESS_INTERVAL=0 " + exe() + " run --repeat 2 --output out.safetensors --log-level warn").output;
+  r.output += in(d, "PIPESWAP_PROGRESS_INTERVAL=0 " + exe() + " run --repeat 2 --output out.safetensors --log-level warn" + small_).output;
   EXPECT_THAT(r.output, Not(HasSubstr("step ")));
   EXPECT_THAT(r.output, Not(HasSubstr("forward pass")));
   EXPECT_THAT(r.output, Not(HasSubstr("loading")));

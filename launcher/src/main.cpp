@@ -45,6 +45,23 @@ bool quiet_for_command_line_error(const launcher::World& world, int argc, char**
   return true;
 }
 
+// --log-level as written on the command line, before it is parsed: an error of the command line itself
+// names its source line at debug, as every other error does. Anything unknown is the parser's to name.
+void early_log_level(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    std::string level;
+    if (a == "--log-level" && i + 1 < argc) level = argv[i + 1];
+    if (a.rfind("--log-level=", 0) == 0) level = a.substr(12);
+    if (level.empty()) continue;
+    try {
+      set_log_level(level);
+    } catch (const Error&) {
+      // named by the parser
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -56,6 +73,7 @@ int main(int argc, char** argv) {
   try {
     launcher::World world = launcher::discover_world();
     std::optional<launcher::Options> opts;
+    early_log_level(argc, argv);
     try {
       opts = launcher::parse_command_line(argc, argv, /*print_help=*/world.rank == 0);
     } catch (const ConfigError&) {

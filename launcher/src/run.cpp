@@ -53,7 +53,7 @@ Job prepare_forward(const Options& o, const World& world, comm::Transport& t, Jo
   // The plan sizes one micro-batch: ceil(batch / micro-batches) sequences.
   JobShape micro = shape;
   micro.batch = shape.batch > 0 ? (shape.batch + o.micro_batches - 1) / o.micro_batches : 0;
-  job.plan = make_job_plan(o, world, t, job, micro, o.micro_batches, 1);
+  job.plan = make_job_plan(o, world, t, job, micro, o.micro_batches, o.repeat);  // --repeat N: N passes read from disk
   return job;
 }
 
