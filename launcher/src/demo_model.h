@@ -25,7 +25,7 @@ std::string ensure_demo_wan();
 // The demo job's input: 8 sequences of 64 token ids (deterministic).
 torch::Tensor demo_input_ids();
 
-// The demo Wan's inputs (deterministic): one sample of noise latents [1, 16, 3, 16, 16] (192 tokens),
+// The demo Wan's inputs (deterministic): one sample of noise latents [1, 16, 3, 8, 8] (48 tokens),
 // a prompt's and a negative prompt's text embeddings [1, 16, 64].
 struct DemoDenoiseInputs {
   torch::Tensor latents, context, context_null;

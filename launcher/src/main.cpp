@@ -35,14 +35,30 @@ bool g_mpi_initialised = false;
   std::exit(code);
 }
 
-// A command line every rank got alike fails alike on every rank: only the first says so (the others
-// exit quietly, and the launcher ends the job). A --config file may differ between nodes: then each
-// rank speaks for itself.
-bool quiet_for_command_line_error(const launcher::World& world, int argc, char** argv) {
-  if (world.rank == 0) return false;
+// A command line every rank got alike fails alike on every rank: only the first says so. A --config
+// file may differ between nodes: then each rank speaks for itself.
+bool fails_alike_everywhere(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::string(argv[i]).rfind("--config", 0) == 0) return false;
   return true;
+}
+
+// An error of the command line met alike by every MPI rank: rank 0 prints it, and the others wait for
+// it at a barrier before all exit 2 (a rank that left first would have mpirun kill rank 0 mid-message).
+[[noreturn]] void fail_alike_under_mpi(const ConfigError& e, const launcher::World& world, int argc, char** argv) {
+  if (world.rank == 0) {
+    if (!e.location().empty() && log().should_log(spdlog::level::debug)) {
+      log().error("{} ({})", e.what(), e.location());
+    } else {
+      log().error("{}", e.what());
+    }
+  }
+  int provided = 0;
+  if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) == MPI_SUCCESS) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    MPI_Finalize();
+  }
+  std::exit(2);
 }
 
 // --log-level as written on the command line, before it is parsed: an error of the command line itself
@@ -76,8 +92,11 @@ int main(int argc, char** argv) {
     early_log_level(argc, argv);
     try {
       opts = launcher::parse_command_line(argc, argv, /*print_help=*/world.rank == 0);
-    } catch (const ConfigError&) {
-      if (quiet_for_command_line_error(world, argc, argv)) return 2;
+    } catch (const ConfigError& e) {
+      if (world.size > 1 && fails_alike_everywhere(argc, argv)) {
+        if (world.uses_mpi()) fail_alike_under_mpi(e, world, argc, argv);
+        if (world.rank != 0) return 2;  // other launchers: rank 0 says it
+      }
       throw;
     }
     if (!opts) return 0;

@@ -71,7 +71,9 @@ void check_outputs_are_not_inputs(const std::vector<JobFile>& outputs, const std
   for (size_t i = 0; i < outputs.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
       std::error_code ec1, ec2;
-      const fs::path a = fs::weakly_canonical(outputs[i].path, ec1), b = fs::weakly_canonical(outputs[j].path, ec2);
+      // Absolute first: weakly_canonical keeps a relative name that does not exist yet as written.
+      const fs::path a = fs::weakly_canonical(fs::absolute(outputs[i].path, ec1), ec1);
+      const fs::path b = fs::weakly_canonical(fs::absolute(outputs[j].path, ec2), ec2);
       PS_CHECK(ec1 || ec2 || a != b, ConfigError, "{} {} and {} {} are the same file: give each its own",
                outputs[j].what, outputs[j].path, outputs[i].what, outputs[i].path);
     }
