@@ -495,6 +495,13 @@ TEST_F(FirstHourTest, DemoScriptBuildsOnlyTheExecutable) {
   EXPECT_THAT(calls, HasSubstr("--target pipeswap\n"));
   EXPECT_EQ(count(calls, "--target"), 1) << calls;
   EXPECT_THAT(calls, HasSubstr("mpirun -np 2 " + d + "/build/pipeswap run"));
+  // mpirun refusing to start the job (as Open MPI does for root without its settings): the script says
+  // where the settings are, and fails with mpirun's status.
+  std::ofstream(d + "/bin/mpirun") << "#!/bin/sh\necho 'mpirun has detected an attempt to run as root.' >&2\nexit 1\n";
+  r = in(d, "PATH=" + d + "/bin:$PATH PIPESWAP_BUILD_DIR=" + d + "/build " + source_dir() + "/scripts/demo");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("If Open MPI itself refused to start it (running as root, more"));
+  EXPECT_THAT(r.output, HasSubstr("README.md, Running, shows the settings it needs"));
   // The README says how long each of its two first commands takes.
   const std::string readme = file_bytes(source_dir() + "/README.md");
   const std::string top = readme.substr(0, readme.find("## Running"));
