@@ -450,6 +450,7 @@ TEST_F(FirstHourTest, ProgressLinesLikeTqdm) {
 // every split and swap setting gives the same latents.
 TEST_F(FirstHourTest, DenoiseRunsTheDemoWanWithNoFlags) {
   const std::string d = fresh("wan");
+  fs::remove_all(dir_ + "/cache/demo-wan-v1");  // first use, whichever case ran before
   Result r = in(d, exe() + " denoise");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("writing the built-in demo model to " + dir_ + "/cache/demo-wan-v1"));
