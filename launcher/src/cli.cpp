@@ -2,28 +2,36 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "command_words.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/torch_compat.h"
 
 namespace pipeswap::launcher {
 namespace {
 
+// Flags every command takes. `plan` also takes the run-only flags (a run's command line turned into a
+// plan works) but does not list them in its --help.
 void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
-  cmd->add_option("--model", o.model, "Hugging Face checkpoint directory (config.json + *.safetensors); "
-                                      "default: the built-in demo model")
+  const bool dit = cmd->get_name() == "denoise" || cmd->get_name() == "generate";
+  const char* run_only = cmd->get_name() == "plan" ? "" : "Options";
+  cmd->add_option("--model", o.model,
+                  dit ? "Wan2.1 DiT checkpoint directory (Wan2.1's or diffusers' layout); default: the built-in demo "
+                        "Wan, with built-in inputs"
+                      : "Hugging Face checkpoint directory (config.json + *.safetensors); default: the built-in "
+                        "demo model (a small Llama), with a built-in input")
       ->expected(0, 1);  // "--model" with nothing after it is the "Model is None" error, not the demo
   cmd->add_option("--device-chain", chain_text,
                   "one entry per rank, device=weight: cpu=3,cpu=1 or cuda:0=60,cuda:1=40; 'auto' weighs by free "
                   "memory (default: every rank on cpu, equal weights)")
       ->expected(0, 1);  // an empty value must reach the chain parser, which names the problem
-  cmd->add_option("--workload-split", o.workload_split, "false: every block on the first device")
-      ->default_str("true");
-  cmd->add_option("--auto-vram-balance", o.auto_vram_balance,
-                  "weigh the chain's devices by their free memory instead of the given weights")
+  cmd->add_flag("--workload-split", o.workload_split, "false: every block on the first device")->default_str("true");
+  cmd->add_flag("--auto-vram-balance", o.auto_vram_balance,
+                "weigh the chain's GPUs by their free memory instead of the given weights")
       ->default_str("false");
   cmd->add_option("--dtype", o.dtype, "compute dtype: auto (the checkpoint's), fp32, bf16, fp16")->default_str("auto");
   cmd->add_option("--weight-dtype", o.weight_dtype,
@@ -37,13 +45,25 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->check(CLI::IsMember({"off", "scaled-mm"}))
       ->default_str("off");
   cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")->default_str("1");
-  cmd->add_option("--input", o.input, "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T]");
-  cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")->default_str("60");
-  cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")->default_str("0");
-  cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->default_str("info");
+  if (!dit) {
+    cmd->add_option("--input", o.input,
+                    "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T] (default with the demo "
+                    "model: 8 built-in sequences of 64 tokens)");
+  }
+  cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")
+      ->default_str("60")
+      ->group(run_only);
+  cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")
+      ->default_str("0")
+      ->group(run_only);
+  cmd->add_option("--log-level", o.log_level,
+                  "trace, debug, info, warn, error, off (warn: no progress lines; debug: errors name their source "
+                  "line)")
+      ->default_str("info");
   cmd->add_option("--transport", o.transport, "activations between GPU ranks: auto (NCCL) or host (via MPI/TCP)")
       ->check(CLI::IsMember({"auto", "host"}))
-      ->default_str("auto");
+      ->default_str("auto")
+      ->group(run_only);
 
   auto* off = "Offload";
   cmd->add_option("--blocks-to-swap", o.blocks_to_swap, "how many of each rank's blocks live off the device")
@@ -135,7 +155,7 @@ std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
 
 }  // namespace
 
-std::optional<Options> parse_command_line(int argc, char** argv) {
+std::optional<Options> parse_command_line(int argc, char** argv, bool print_help) {
   Options o;
   CLI::App app{"pipeswap: run transformer models too big for one device, split across ranks and swapped"};
   app.require_subcommand(1);
@@ -154,7 +174,9 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     add_common(cmd, o, chain_text);
     cmd->add_option("--config", config_path, "JSON file of options with snake_case keys (flags win)");
   }
-  run->add_option("--output", o.output, "safetensors file for the logits (written atomically)")
+  run->add_option("--output", o.output,
+                  "safetensors file for the logits (written atomically; default: logits.safetensors in the current "
+                  "directory)")
       ->default_str("logits.safetensors");
   add_trace(run, o);
   run->add_option("--repeat", o.repeat, "run the forward N times (benchmarks: the summary reports the median warm pass)")
@@ -170,11 +192,12 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   plan->add_option("--text-encoder-device", o.text_encoder_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
   plan->add_option("--vae-device", o.vae_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
   plan->add_flag("--vae-tiling", o.vae_tiling, "Wan repo: the VAE decodes in 256x256 tiles");
-  denoise->add_option("--latents", o.latents, "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W]")
-      ->required();
+  denoise->add_option("--latents", o.latents,
+                      "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W] (required with "
+                      "--model)");
   denoise->add_option("--context", o.context,
-                      "safetensors with the text encoder's output [B, L, text_dim] or [L, text_dim] (the prompt)")
-      ->required();
+                      "safetensors with the text encoder's output [B, L, text_dim] or [L, text_dim] (the prompt; "
+                      "required with --model)");
   denoise->add_option("--context-null", o.context_null,
                       "safetensors with the negative prompt's text embeddings (classifier-free guidance)");
   denoise->add_option("--image-cond", o.image_cond,
@@ -186,7 +209,9 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
       ->default_str("5");
   denoise->add_option("--shift", o.shift, "flow-matching schedule shift (Wan2.1: 5 for T2V 720p, 3 for 480p)")
       ->default_str("5");
-  denoise->add_option("--output", o.output, "safetensors file for the final latents (written atomically)")
+  denoise->add_option("--output", o.output,
+                      "safetensors file for the final latents (written atomically; default: latents.safetensors in "
+                      "the current directory)")
       ->default_str("latents.safetensors");
   add_trace(denoise, o);
 
@@ -224,30 +249,46 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
                        "video.mp4 (H.264, builds with FFmpeg), frames/ (PNG) or latents.safetensors")
       ->default_str("video.mp4");
   add_trace(generate, o);
+  for (CLI::App* cmd : {run, plan, denoise, generate}) cmd->allow_extras();  // reject_extras names them, with a suggestion
 
   std::vector<std::string> args(argv + 1, argv + argc);
+  const bool asks_help = std::any_of(args.begin(), args.end(), [](const std::string& a) {
+    return a == "-h" || a == "--help" || a == "--help-all" || a == "--version";
+  });
+  if (!asks_help) {
+    PS_CHECK(!args.empty(), ConfigError,
+             "give a command: pipeswap run (the forward job), plan (the plan only), denoise (diffusion sampling) "
+             "or generate (prompt to video); run, plan and denoise run a built-in demo with no other flags (see "
+             "pipeswap --help)");
+    const auto commands = static_cast<const CLI::App&>(app).get_subcommands([](const CLI::App*) { return true; });
+    if (std::none_of(commands.begin(), commands.end(), [&](const CLI::App* c) { return c->get_name() == args[0]; }))
+      reject_command(app, args[0]);
+  }
+  args = join_boolean_values(app, args);
   // First pass only to learn the subcommand and --config; then the config's flags go first so that
   // the command line wins (TakeLast).
   try {
     app.parse(std::vector<std::string>(args.rbegin(), args.rend()));
   } catch (const CLI::CallForHelp& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::CallForAllHelp& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::CallForVersion& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::ParseError& e) {
     PS_THROW(ConfigError, "{} (see pipeswap --help)", e.what());
   }
   CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : generate->parsed() ? generate : plan;
+  reject_extras(app, *cmd);
   o.command = cmd->get_name();
   if (!config_path.empty()) {
     std::vector<std::string> merged{o.command};
     for (auto& a : config_args(config_path, cmd)) merged.push_back(a);
     for (size_t i = 1; i < args.size(); ++i) merged.push_back(args[i]);
+    merged = join_boolean_values(app, merged);
     Options fresh;
     o = fresh;
     chain_text.clear();
@@ -257,8 +298,10 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
       PS_THROW(ConfigError, "{} (from config file {} or the command line)", e.what(), config_path);
     }
+    reject_extras(app, *cmd);
     o.command = cmd->get_name();
   }
+  o.config = config_path;
   // Given (even empty: that is the kNoModelOrChain error, not the default chain): parsed here only.
   if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
   PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
@@ -276,9 +319,16 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
              given);
   }
   if (cmd == denoise) {
+    // The demo Wan brings its own inputs; a checkpoint of yours needs yours.
+    PS_CHECK(o.model.empty() || (!o.latents.empty() && !o.context.empty()), ConfigError,
+             "--latents and --context are required with --model (safetensors files of the initial noise and the "
+             "text encoder's output); without --model, pipeswap denoise runs the built-in demo Wan on built-in "
+             "inputs");
+    PS_CHECK(!o.model.empty() || o.latents.empty() == o.context.empty(), ConfigError,
+             "give both --latents and --context, or neither (the demo Wan's built-in inputs)");
     PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
     PS_CHECK(o.shift > 0, ConfigError, "--shift must be positive (got {})", o.shift);
-    PS_CHECK(o.guidance == 1.0 || !o.context_null.empty(), ConfigError,
+    PS_CHECK(o.guidance == 1.0 || !o.context_null.empty() || o.latents.empty(), ConfigError,
              "--guidance {} needs --context-null (the negative prompt's embeddings) for the unconditional pass; give "
              "it, or --guidance 1 to sample without guidance",
              o.guidance);

@@ -30,6 +30,7 @@ struct Options {
   std::string json;  // plan --json FILE
   int repeat = 1;      // run --repeat N: forward passes (benchmarks)
   std::string trace;  // --trace FILE: Chrome / Perfetto timeline of every rank (empty: off)
+  std::string config;  // --config FILE (an input of the job: no output may overwrite it)
   // denoise
   std::string latents, context, context_null, image_cond, clip_fea;
   int steps = 50;
