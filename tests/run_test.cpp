@@ -286,9 +286,10 @@ TEST_F(RunTest, SingleNodeModeStartsItsOwnWorkers) {
   // processes may run on the machine.)
   const std::string kLeft = "for k in $kids; do kill -0 $k 2>/dev/null && echo LEFT; done; true";
   // The signal goes in once both workers have loaded their weights: a fixed sleep raced a slow start-up
-  // under load (a background job ignores SIGINT until pipeswap installs its handler).
+  // under load (a background job ignores SIGINT until pipeswap installs its handler). No single quotes:
+  // sh() runs the command inside bash -c '...'.
   auto started = [](const std::string& log) {
-    return "for i in $(seq 300); do [ \"$(cat " + log + " 2>/dev/null | grep -c 'loaded ')\" -ge 2 ] && break; "
+    return "for i in $(seq 300); do [ \"$(cat " + log + " 2>/dev/null | grep -c loaded)\" -ge 2 ] && break; "
            "sleep 0.1; done; sleep 0.2; ";
   };
   Result sig = sh("( " + exe() + " run --device-chain cpu,cpu --input " + long_input() +
