@@ -220,8 +220,9 @@ TEST_F(FirstHourTest, ErrorsAreOneLineWithTheFix) {
       {"run models/mine", "unexpected argument 'models/mine' for `pipeswap run`: did you mean --model models/mine? "
                           "(a checkpoint is given with --model DIR)"},
       {"run --latents x.safetensors", "--latents is a flag of `pipeswap denoise`, not of `pipeswap run`"},
-      {"rnu", "unknown command 'rnu': did you mean run? (commands: run, plan, denoise; see pipeswap --help)"},
-      {"", "give a command: pipeswap run (the forward job), plan (the plan only) or denoise (diffusion sampling)"},
+      {"rnu", "unknown command 'rnu': did you mean run? (commands: run, plan, denoise, generate; see pipeswap --help)"},
+      {"", "give a command: pipeswap run (the forward job), plan (the plan only), denoise (diffusion sampling) or "
+             "generate (prompt to video); run, plan and denoise run a built-in demo with no other flags"},
   };
   for (const Case& c : cases) {
     r = in(d, exe() + " " + c.args);
