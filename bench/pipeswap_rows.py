@@ -290,6 +290,14 @@ def _llama_layer_bytes(cfg, esize=2):
     return esize * (2 * h * h + 2 * h * kv + 3 * h * f + 2 * h)
 
 
+def trace_events(trace_path):
+    """Rank 0's complete ("X") ranges of a --trace file (plain or .gz); OSError/ValueError when unreadable."""
+    opener = gzip.open if trace_path.endswith(".gz") else open
+    with opener(trace_path, "rt") as f:
+        trace = json.load(f)
+    return [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("pid", 0) == 0]
+
+
 def trace_summary(trace_path, skip=1):
     """Milliseconds per step (Wan) or pass (Llama) from a 1-rank --trace file, the first `skip` left out:
     each compute range name (the architecture's phases summed over blocks, "prologue", "epilogue"), the
@@ -297,13 +305,10 @@ def trace_summary(trace_path, skip=1):
     "other": the time between one step's first compute and the next one's that no compute or wait
     range covers (host work, syncs, the velocity's or logits' copy to the host, launch gaps).
     Steps are told apart by their "prologue" ranges (one per micro-batch)."""
-    opener = gzip.open if trace_path.endswith(".gz") else open
     try:
-        with opener(trace_path, "rt") as f:
-            trace = json.load(f)
+        ev = trace_events(trace_path)
     except (OSError, ValueError) as e:
         return {"error": f"cannot read {trace_path}: {e}"}
-    ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("pid", 0) == 0]
     for e in ev:  # "self_attn b3 mb0 s2" -> "self_attn" (the merged trace appends the unit)
         e["base"] = UNIT_SUFFIX.sub("", e.get("name", ""))
     starts = sorted(e["ts"] for e in ev if e.get("cat") == "compute" and e["base"] == "prologue")
@@ -499,10 +504,8 @@ def cfg_rows(a):
 
 def copy_ranges_per_step(trace_path, skip=1):
     """Slot fills per step in a 1-rank trace: the copy lane's ranges after the first step, over the steps."""
-    opener = gzip.open if trace_path.endswith(".gz") else open
     try:
-        with opener(trace_path, "rt") as f:
-            ev = [e for e in json.load(f).get("traceEvents", []) if e.get("ph") == "X" and e.get("pid", 0) == 0]
+        ev = trace_events(trace_path)
     except (OSError, ValueError):
         return None
     firsts = {}

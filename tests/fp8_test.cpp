@@ -22,6 +22,7 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/fp8.h"
 #include "pipeswap/core/safetensors.h"
+#include "pipeswap/core/torch_compat.h"
 #include "pipeswap/models/architecture.h"
 #include "pipeswap/offload/residency.h"
 #include "pipeswap/offload/slab.h"
@@ -263,13 +264,20 @@ TEST_F(Fp8Run, PlanCountsFp8Bytes) {
   const auto& wr = w["ranks"][0];
   // Every fp8 tensor of the file at one byte an element plus its float32 scale; the rest in float32.
   auto ckpt = Checkpoint::open(fp8_fixture("wan21-scaled-e4m3"));
-  int64_t want = 0;
+  int64_t want = 0, largest_fp8 = 0;
   for (const auto& name : ckpt->tensor_names()) {
     if (name == "scaled_fp8" || name.find("scale_input") != std::string::npos) continue;
     const TensorInfo& info = *ckpt->locate(name).info;
     want += is_fp8(info.dtype) ? info.numel() : info.numel() * 4;
+    if (is_fp8(info.dtype)) largest_fp8 = std::max(largest_fp8, info.numel());
   }
   EXPECT_EQ(fr["weight_bytes"].get<int64_t>(), want);
+  // The device workspace holds one dequantised weight more: the largest fp8 tensor in the compute dtype
+  // (float32 here), converted directly where LibTorch has float8 types, through the table's float32
+  // values and int32 indices on 1.13.
+  EXPECT_GT(largest_fp8, 0);
+  EXPECT_EQ(fr["workspace_bytes"].get<int64_t>() - wr["workspace_bytes"].get<int64_t>(),
+            compat::kHasFloat8 ? 4 * largest_fp8 : 8 * largest_fp8);
   EXPECT_LT(fr["slot_bytes"].get<int64_t>(), wr["slot_bytes"].get<int64_t>() * 6 / 10);
   EXPECT_LT(fr["predicted_host_bytes"].get<int64_t>(), wr["predicted_host_bytes"].get<int64_t>());
   EXPECT_LT(fr["predicted_device_bytes"].get<int64_t>(), wr["predicted_device_bytes"].get<int64_t>());

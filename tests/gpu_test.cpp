@@ -176,7 +176,9 @@ TEST_F(GpuTest, PeakDeviceMemoryMatchesThePlan) {
   const std::regex line(R"(device memory peak (\d+) bytes allocated \(plan (\d+) bytes)");
   for (const std::string& args : {std::string(""), std::string("--blocks-to-swap 3"),
                                   std::string("--blocks-to-swap 4 --offload-granularity phase --prefetch-depth 2"),
-                                  std::string("--vram-budget 1GB")}) {
+                                  std::string("--vram-budget 1GB"),
+                                  // issue 17: fp8 bytes in slots, and the dequantised copy per use
+                                  std::string("--weight-dtype fp8 --blocks-to-swap 3")}) {
     Result r = sh(exe() + " run --model " + m + " --input " + path("big.json") + " --device-chain cuda:0 " +
                       "--micro-batches 2 --output " + path("big.safetensors") + " " + args,
                   300);
@@ -322,19 +324,29 @@ TEST_F(GpuTest, Fp8DequantiseOnCudaMatchesTableAndCpu) {
   const torch::Device cuda(torch::kCUDA, 0);
   torch::manual_seed(17);
   const torch::Tensor bytes = torch::randint(0, 256, {512, 384}, torch::kInt32).to(torch::kUInt8);
-  const torch::Tensor scale = torch::rand({512, 1}) + 0.01;
+  // Per output channel, per tensor (0-dim and one element: the spellings files use) and no scale.
+  const std::vector<torch::Tensor> scales = {torch::rand({512, 1}) + 0.01, torch::tensor(0.37f),
+                                             torch::tensor({1.7f}), torch::Tensor()};
+  auto to_cuda = [&](const torch::Tensor& t) { return t.defined() ? t.to(cuda) : t; };
   for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
-    for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
-      const auto cpu = dequantize_fp8(bytes, f, scale, dt);
-      const auto native = dequantize_fp8(bytes.to(cuda), f, scale.to(cuda), dt).cpu();
-      const auto table = dequantize_fp8_by_table(bytes.to(cuda), f, scale.to(cuda), dt).cpu();
-      // NaN patterns compared as NaN: equal where both are not NaN, NaN at the same places.
-      auto same = [](const torch::Tensor& a, const torch::Tensor& b) {
-        auto an = a.isnan(), bn = b.isnan();
-        return torch::equal(an, bn) && torch::equal(a.masked_fill(an, 0), b.masked_fill(bn, 0));
-      };
-      EXPECT_TRUE(same(native, table)) << to_string(f) << " " << c10::toString(dt);
-      EXPECT_TRUE(same(native, cpu)) << to_string(f) << " " << c10::toString(dt);
+    for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+      for (const auto& scale : scales) {
+        // The native path converts straight to dt (no float32 temporary) and must still equal the table's
+        // float32-then-round values bit for bit.
+        const auto cpu = dequantize_fp8_by_table(bytes, f, scale, dt);
+        const auto native = dequantize_fp8(bytes.to(cuda), f, to_cuda(scale), dt).cpu();
+        const auto table = dequantize_fp8_by_table(bytes.to(cuda), f, to_cuda(scale), dt).cpu();
+        // NaN patterns compared as NaN: equal where both are not NaN, NaN at the same places.
+        auto same = [](const torch::Tensor& a, const torch::Tensor& b) {
+          auto an = a.isnan(), bn = b.isnan();
+          return torch::equal(an, bn) && torch::equal(a.masked_fill(an, 0), b.masked_fill(bn, 0));
+        };
+        const std::string what = std::string(to_string(f)) + " " + c10::toString(dt) + " scale " +
+                                 (scale.defined() ? std::to_string(scale.dim()) + "-dim" : "none");
+        EXPECT_TRUE(same(native, table)) << what;
+        EXPECT_TRUE(same(native, cpu)) << what;
+        EXPECT_EQ(native.scalar_type(), dt) << what;
+      }
     }
   }
 }

@@ -60,8 +60,12 @@ torch::Tensor device_table(Fp8Format f, const torch::Device& device) {
   return t;
 }
 
+// v (exact fp8 values, in float32 or already in `out`) times the float32 scale, rounded once to `out`. The
+// in-place product with a float32 operand of dim >= 1 computes in float32 and rounds into v's dtype, so v
+// in `out` gives the same bits as v in float32 then .to(out), without the float32 temporary. A 0-dim scale
+// would count as a scalar (cast to v's dtype first): it is made 1-dim.
 torch::Tensor finish(torch::Tensor v, const torch::Tensor& scale, c10::ScalarType out) {
-  if (scale.defined()) v = v.mul_(scale);
+  if (scale.defined()) v = v.mul_(scale.dim() == 0 ? scale.reshape({1}) : scale);
   return v.to(out);
 }
 
@@ -170,7 +174,8 @@ torch::Tensor dequantize_fp8(const torch::Tensor& bytes, Fp8Format f, const torc
                              c10::ScalarType out) {
   PS_CHECK(bytes.scalar_type() == torch::kUInt8 && f != Fp8Format::kNone, Error,
            "dequantize_fp8 takes uint8 fp8 bytes, got {}", c10::toString(bytes.scalar_type()));
-  if (auto v = compat::fp8_to_float32(bytes, f == Fp8Format::kE4M3)) return finish(std::move(*v), scale, out);
+  // Converted straight to `out`: the device's temporary per use is the weight in the compute dtype only.
+  if (auto v = compat::fp8_to(bytes, f == Fp8Format::kE4M3, out)) return finish(std::move(*v), scale, out);
   return dequantize_fp8_by_table(bytes, f, scale, out);
 }
 

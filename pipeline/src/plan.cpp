@@ -8,6 +8,7 @@
 #include <map>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/torch_compat.h"
 #include "pipeswap/offload/components.h"
 #include "pipeswap/offload/slab.h"
 
@@ -90,6 +91,20 @@ int64_t rest_bytes(const PartSpec& part, c10::ScalarType dtype, const std::vecto
                       : tensor_bytes(shape, dtype);
   }
   return n;
+}
+
+// The largest temporary one dequantise makes (issue 17): the biggest fp8 tensor of the part, converted on
+// the device just before its use and freed after it. LibTorch >= 2.1 converts straight to the compute
+// dtype (one tensor in it); 1.13 indexes a float32 table with int32 indices first (8 bytes an element).
+int64_t dequantise_temporary_bytes(const PartSpec& part, c10::ScalarType dtype, const std::vector<Fp8Storage>& fp8) {
+  int64_t most = 0;
+  for (size_t i = 0; i < fp8.size() && i < part.tensors.size(); ++i) {
+    if (!fp8[i].fp8()) continue;
+    const int64_t in_dtype = tensor_bytes(part.tensors[i].shape, dtype);
+    const int64_t n = tensor_bytes(part.tensors[i].shape, c10::ScalarType::Byte);
+    most = std::max(most, compat::kHasFloat8 ? in_dtype : std::max(8 * n, 4 * n + in_dtype));
+  }
+  return most;
 }
 
 // One line on how the weights rest, for the plan and the run's summary ("" when nothing is fp8).
@@ -275,11 +290,18 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // Every block and component this rank holds, tied embeddings once.
     const offload::RankComponents held =
         offload::rank_components(arch, {rp.first_block, rp.end_block, rp.prologue, rp.epilogue});
-    for (const auto& part : held.parts) rp.weight_bytes += rest_bytes(part, in.dtype, in.offload.storage.part(part));
+    int64_t dequantise = 0;
+    for (const auto& part : held.parts) {
+      rp.weight_bytes += rest_bytes(part, in.dtype, in.offload.storage.part(part));
+      dequantise = std::max(dequantise, dequantise_temporary_bytes(part, in.dtype, in.offload.storage.part(part)));
+    }
     for (int b = rp.first_block; b < rp.end_block; ++b) {
       const auto parts = block_parts(arch, b);
-      for (size_t ph = 0; ph < parts.size(); ++ph)
-        rp.weight_bytes += rest_bytes(parts[ph], in.dtype, in.offload.storage.phase(arch, static_cast<int>(ph)));
+      for (size_t ph = 0; ph < parts.size(); ++ph) {
+        const auto& storage = in.offload.storage.phase(arch, static_cast<int>(ph));
+        rp.weight_bytes += rest_bytes(parts[ph], in.dtype, storage);
+        dequantise = std::max(dequantise, dequantise_temporary_bytes(parts[ph], in.dtype, storage));
+      }
     }
     if (!rp.idle() && act > 0) {
       rp.activation_bytes = 2 * act + arch.cache_bytes(rp.num_blocks(), in.micro_batches, in.batch, in.dtype);
@@ -293,6 +315,8 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // cuBLAS and cuDNN take workspaces through LibTorch's caching allocator (about 35 MB measured on an
     // H100 with LibTorch 2.11, docs/gpu-runs.md 2026-11-22).
     if (!rp.idle() && rp.device.is_cuda()) rp.workspace_bytes += kLibraryWorkspaceBytes;
+    // An fp8 weight's dequantised copy lives beside the block's activations while its layer runs.
+    if (!rp.idle()) rp.workspace_bytes += dequantise;
     plan_residency(arch, in, held, rp);
     if (!rp.idle()) plan_swap_order(arch, in, stages, act, rp);
     plan.ranks.push_back(rp);

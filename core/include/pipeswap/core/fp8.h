@@ -7,7 +7,7 @@
 // (WeightView::operator[]): value = float32(fp8) * scale, rounded once to the compute dtype. The fp8 ->
 // float32 step is exact in every format, so the result is the same whichever way it is computed: the
 // 256-entry table indexed on the device (every version), or LibTorch's own float8 types where it has
-// them (compat::fp8_to_float32).
+// them (compat::fp8_to).
 //
 // Scales, as the files users have spell them (for a weight named "<m>.weight"):
 //   "<m>.scale_weight"  ComfyUI's "scaled" fp8 files (a "scaled_fp8" marker tensor in the file)

@@ -124,29 +124,39 @@ inline torch::Tensor linear_gelu_tanh(const torch::Tensor& x, const torch::Tenso
   return torch::gelu(b.defined() ? torch::linear(x, w, b) : torch::linear(x, w), "tanh");
 }
 
-// Blocks until every stream of `device` has finished its work (a job's end, not its steady state).
-inline void synchronize_device(const c10::Device& device) {
+// Blocks until the work queued so far on `device`'s current stream (the compute stream) is done; the
+// copy stream's prefetches go on. A step's end, timed on the host without a device-to-host copy.
+inline void synchronize_stream(const c10::Device& device) {
   if (device.is_cpu()) return;
   const auto* impl = c10::impl::getDeviceGuardImpl(device.type());
-#if PIPESWAP_TORCH_AT_LEAST(2, 2)
-  impl->synchronizeDevice(device.index());
-#else
   c10::Event done(device.type());
   done.record(impl->getStream(device));
   synchronize_event(done);
+}
+
+// Blocks until every stream of `device` has finished its work (a job's end, not its steady state). Before
+// 2.2 the device guard has no synchronizeDevice: the current stream's work is waited for instead.
+inline void synchronize_device(const c10::Device& device) {
+  if (device.is_cpu()) return;
+#if PIPESWAP_TORCH_AT_LEAST(2, 2)
+  c10::impl::getDeviceGuardImpl(device.type())->synchronizeDevice(device.index());
+#else
+  synchronize_stream(device);
 #endif
 }
 
-// fp8 bytes (uint8) as float32, through LibTorch's own float8 types where the version has them (>= 2.1:
-// a view of the bytes, one conversion kernel); nullopt on 1.13, where the caller indexes the 256-entry
-// table (fp8.h). fp8 -> float32 is exact, so the two give the same values.
+// fp8 bytes (uint8) as `out` (float32, bf16 or fp16), through LibTorch's own float8 types where the version
+// has them (>= 2.1: a view of the bytes, one conversion kernel, no float32 temporary); nullopt on 1.13,
+// where the caller indexes the 256-entry table (fp8.h). Every e4m3fn and e5m2 value is exact in all three
+// dtypes, so both give the same values.
 inline constexpr bool kHasFloat8 = PIPESWAP_TORCH_AT_LEAST(2, 1);
-inline std::optional<torch::Tensor> fp8_to_float32(const torch::Tensor& bytes, bool e4m3) {
+inline std::optional<torch::Tensor> fp8_to(const torch::Tensor& bytes, bool e4m3, c10::ScalarType out) {
 #if PIPESWAP_TORCH_AT_LEAST(2, 1)
-  return bytes.view(e4m3 ? c10::ScalarType::Float8_e4m3fn : c10::ScalarType::Float8_e5m2).to(torch::kFloat32);
+  return bytes.view(e4m3 ? c10::ScalarType::Float8_e4m3fn : c10::ScalarType::Float8_e5m2).to(out);
 #else
   (void)bytes;
   (void)e4m3;
+  (void)out;
   return std::nullopt;
 #endif
 }
@@ -204,15 +214,5 @@ struct AllocatorBase : c10::Allocator {
   c10::DataPtr allocate(size_t n) const override { return allocate_bytes(n); }
 #endif
 };
-
-// Blocks until the work queued so far on `device`'s current stream (the compute stream) is done; the
-// copy stream's prefetches go on. A step's end, timed on the host without a device-to-host copy.
-inline void synchronize_stream(const c10::Device& device) {
-  if (device.is_cpu()) return;
-  const auto* impl = c10::impl::getDeviceGuardImpl(device.type());
-  c10::Event done(device.type());
-  done.record(impl->getStream(device));
-  synchronize_event(done);
-}
 
 }  // namespace pipeswap::compat
