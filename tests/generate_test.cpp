@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/models/tokenizer.h"
@@ -93,7 +94,9 @@ TEST_F(GenerateTest, TokenIdsMatchTheWanPipeline) {
 TEST_F(GenerateTest, EmbeddingsAndNoiseMatchTheWanPipeline) {
   pipeswap::models::PromptTokens cond{expected("ids_batch"), expected("mask_batch"), {}, {}};
   pipeswap::models::PromptTokens uncond{expected("ids_null_batch"), expected("mask_null_batch"), {}, {}};
-  auto enc = pipeswap::pipeline::encode_on_demand(repo() + "/text_encoder", cond, uncond, torch::kCPU, torch::kFloat32);
+  auto enc = pipeswap::pipeline::encode_prompts(repo() + "/text_encoder", cond, uncond, {});
+  EXPECT_FALSE(enc.kept);
+  EXPECT_EQ(enc.fills, 0);
   EXPECT_LT(rel_error(enc.context, expected("embeds_batch")), 1e-5);
   EXPECT_LT(rel_error(enc.context_null, expected("embeds_null_batch")), 1e-5);
   // Rows past each prompt's length are zeros, as WanPipeline pads.
@@ -101,6 +104,50 @@ TEST_F(GenerateTest, EmbeddingsAndNoiseMatchTheWanPipeline) {
   EXPECT_EQ(enc.context[0].narrow(0, len, 512 - len).abs().max().item<double>(), 0.0);
   const auto shape = pipeswap::pipeline::latent_shape(2, 8, {9, 32, 48});
   EXPECT_TRUE(torch::equal(pipeswap::pipeline::initial_noise(shape, std::stoull(case_seed("batch"))), expected("noise_batch")));
+}
+
+// The text encoder's placements (issue 18 item 3): resident and swapped (all layers or one, by block or by
+// phase, the embedding moved in from the host) give the on-demand embeddings bit for bit; swapped fills one
+// slot per swapped unit per encoded batch; resident hands the encoder to the caller to keep.
+TEST_F(GenerateTest, TextEncoderPlacementsGiveTheSameEmbeddings) {
+  using pipeswap::pipeline::TextEncoderPlacement;
+  using pipeswap::pipeline::TextEncoderSettings;
+  pipeswap::models::PromptTokens cond{expected("ids_batch"), expected("mask_batch"), {}, {}};
+  pipeswap::models::PromptTokens uncond{expected("ids_null_batch"), expected("mask_null_batch"), {}, {}};
+  const std::string dir = repo() + "/text_encoder";
+  const auto ref = pipeswap::pipeline::encode_prompts(dir, cond, uncond, {});
+  TextEncoderSettings resident;
+  resident.placement = TextEncoderPlacement::kResident;
+  const auto r = pipeswap::pipeline::encode_prompts(dir, cond, uncond, resident);
+  EXPECT_TRUE(r.kept);
+  EXPECT_TRUE(torch::equal(r.context, ref.context));
+  EXPECT_TRUE(torch::equal(r.context_null, ref.context_null));
+  struct Case {
+    std::optional<int> swap;
+    pipeswap::offload::Granularity granularity;
+    int64_t fills;  // per encoded batch
+  };
+  // The tiny encoder has 2 layers of 2 phases (attn, ffn).
+  for (const Case& c : {Case{std::nullopt, pipeswap::offload::Granularity::kBlock, 2},
+                        Case{1, pipeswap::offload::Granularity::kBlock, 1},
+                        Case{std::nullopt, pipeswap::offload::Granularity::kPhase, 4}}) {
+    TextEncoderSettings s;
+    s.placement = TextEncoderPlacement::kSwapped;
+    s.swap.blocks_to_swap = c.swap;
+    s.swap.granularity = c.granularity;
+    const auto w = pipeswap::pipeline::encode_prompts(dir, cond, uncond, s);
+    const std::string what = fmt::format("swap {} granularity {}", c.swap ? std::to_string(*c.swap) : "all",
+                                         pipeswap::offload::to_string(c.granularity));
+    EXPECT_FALSE(w.kept) << what;
+    EXPECT_TRUE(torch::equal(w.context, ref.context)) << what;
+    EXPECT_TRUE(torch::equal(w.context_null, ref.context_null)) << what;
+    EXPECT_EQ(w.fills, 2 * c.fills) << what;  // the prompts' batch and the negative prompts' batch
+  }
+  TextEncoderSettings bad;
+  bad.placement = TextEncoderPlacement::kSwapped;
+  bad.swap.blocks_to_swap = 3;
+  EXPECT_THROW(pipeswap::pipeline::encode_prompts(dir, cond, uncond, bad), pipeswap::ConfigError);
+  EXPECT_THROW(pipeswap::pipeline::parse_text_encoder_placement("cpu-offload"), pipeswap::ConfigError);
 }
 
 // The sampler's update and the decode are the reference's float32 arithmetic in another order: relative 1e-4 on
@@ -176,6 +223,9 @@ TEST_F(GenerateTest, SplitsAndSwapsGiveTheSingleRankFrames) {
       "mpirun -np 2 " + single("--steps 3 --device-chain cpu=1,cpu=2 --blocks-to-swap 1 --offload-granularity phase"),
       "mpirun -np 3 " + single("--steps 3 --device-chain cpu=1,cpu=1,cpu=1 --blocks-to-swap 1 --lazy-load"),
       "mpirun -np 2 " + single("--steps 3 --device-chain cpu=1,cpu=1 --blocks-to-swap 2 --swap-order shared"),
+      single("--steps 3 --text-encoder swapped"),
+      "mpirun -np 2 " + single("--steps 3 --device-chain cpu=1,cpu=1 --text-encoder resident"),
+      single("--steps 3 --text-encoder swapped --text-encoder-blocks-to-swap 1 --offload-granularity phase"),
   };
   for (size_t i = 0; i < runs.size(); ++i) {
     const std::string out = path("split-" + std::to_string(i));
@@ -237,6 +287,40 @@ TEST_F(GenerateTest, PlanCoversTheComponents) {
   // The tiny encoder: 400 x 16 embeddings and 2 layers of 16-wide attention and FFN, float32 on the CPU.
   EXPECT_GT(encode.at("weight_bytes").get<int64_t>(), 400 * 16 * 4);
   EXPECT_LT(encode.at("weight_bytes").get<int64_t>(), 200 * 1024);
+
+  // Swapped: the device holds a slot (and the embedding while it is used), the host the layers; resident:
+  // the encoder's weights stay through the denoise phase.
+  const std::string swapped = path("plan-swapped.json"), resident = path("plan-resident.json");
+  Result s = sh(exe() + " plan --model " + repo() + " --frames 9 --height 32 --width 48 --text-encoder swapped --json " +
+                swapped);
+  ASSERT_EQ(s.code, 0) << s.output;
+  EXPECT_THAT(s.output, HasSubstr("swapped layers and embedding"));
+  const auto js = nlohmann::json::parse(std::ifstream(swapped));
+  const auto& se = js["components"]["phases"][0];
+  EXPECT_EQ(se.at("placement"), "swapped");
+  // Both layers swapped through 2 slots (prefetch depth 1) of one layer each, the embedding moved in: on this
+  // 2-layer encoder that is all it holds anyway; UMT5-XXL's 24 layers of 400 MB go through 2 slots.
+  const auto te_config = nlohmann::json::parse(std::ifstream(repo() + "/text_encoder/config.json"));
+  const int64_t embedding = te_config.at("vocab_size").get<int64_t>() * te_config.at("d_model").get<int64_t>() * 4;
+  EXPECT_EQ(se.at("slots").get<int64_t>(), 2);
+  EXPECT_EQ(se.at("device_bytes").get<int64_t>(),
+            encode.at("device_bytes").get<int64_t>() - encode.at("weight_bytes").get<int64_t>() +
+                2 * se.at("slot_bytes").get<int64_t>() + embedding);
+  EXPECT_LT(se.at("slot_bytes").get<int64_t>(), (encode.at("weight_bytes").get<int64_t>() - embedding) * 6 / 10);
+  EXPECT_GT(se.at("host_bytes").get<int64_t>(), encode.at("host_bytes").get<int64_t>() + embedding);
+  Result k = sh(exe() + " plan --model " + repo() + " --frames 9 --height 32 --width 48 --text-encoder resident --json " +
+                resident);
+  ASSERT_EQ(k.code, 0) << k.output;
+  EXPECT_THAT(k.output, HasSubstr("stays on cpu through the job"));
+  const auto jr = nlohmann::json::parse(std::ifstream(resident));
+  EXPECT_EQ(jr["components"]["phases"][1].at("text_encoder_bytes").get<int64_t>(),
+            encode.at("weight_bytes").get<int64_t>());
+  EXPECT_EQ(jr["components"]["phases"][1].at("device_bytes").get<int64_t>(),
+            j["components"]["phases"][1].at("device_bytes").get<int64_t>() + encode.at("weight_bytes").get<int64_t>());
+  // The layer count belongs to the swapped placement only.
+  Result bad = sh(exe() + " plan --model " + repo() + " --frames 9 --height 32 --width 48 --text-encoder-blocks-to-swap 1");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_THAT(bad.output, HasSubstr("--text-encoder-blocks-to-swap 1 needs --text-encoder swapped"));
 }
 
 // A copy of the repo to break: links to the fixture's component folders.

@@ -113,6 +113,29 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
 }
 
 // --trace FILE (config key "trace") for the commands that run a job.
+// The flags `plan` (on a Wan repo) and `generate` share: the video's size, the steps and guidance, and where
+// the text encoder and the VAE go. `prefix` starts each help line ("Wan repo: " for plan).
+void add_video_job_flags(CLI::App* cmd, Options& o, const std::string& prefix) {
+  cmd->add_option("--frames", o.frames, prefix + "video frames, 4k+1")->default_str("81");
+  cmd->add_option("--height", o.height, prefix + "pixels, a multiple of 16")->default_str("480");
+  cmd->add_option("--width", o.width, prefix + "pixels, a multiple of 16")->default_str("832");
+  cmd->add_option("--steps", o.steps, prefix + "denoising steps")->default_str("50");
+  cmd->add_option("--guidance", o.guidance, prefix + "classifier-free guidance scale (<= 1: no unconditional pass)")
+      ->default_str("5");
+  cmd->add_option("--text-encoder", o.text_encoder,
+                  prefix + "text encoder placement: on-demand (read, encode, freed before the DiT loads), resident "
+                           "(kept on its device for the whole job), swapped (layers in host memory, streamed through "
+                           "the device one ahead, as --blocks-to-swap does for the DiT: for a device that cannot hold "
+                           "it)")
+      ->check(CLI::IsMember({"on-demand", "resident", "swapped"}))
+      ->default_str("on-demand");
+  cmd->add_option("--text-encoder-blocks-to-swap", o.text_encoder_blocks_to_swap,
+                  prefix + "--text-encoder swapped: how many of its layers stream (default: all)");
+  cmd->add_option("--text-encoder-device", o.text_encoder_device, prefix + "cpu or cuda:N (default: rank 0's device)");
+  cmd->add_option("--vae-device", o.vae_device, prefix + "cpu or cuda:N (default: rank 0's device)");
+  cmd->add_flag("--vae-tiling", o.vae_tiling, prefix + "decode in 256x256 spatial tiles (bounds the VAE's memory)");
+}
+
 void add_trace(CLI::App* cmd, Options& o) {
   cmd->add_option("--trace", o.trace,
                   "write a Chrome / Perfetto JSON timeline of every rank (compute, copy, disk, send, recv, wait) "
@@ -183,15 +206,7 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
       ->default_str("1");
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
   // A diffusers Wan repo (generate's --model): the job's size decides the DiT's tokens and the VAE's memory.
-  plan->add_option("--frames", o.frames, "Wan repo: video frames, 4k+1")->default_str("81");
-  plan->add_option("--height", o.height, "Wan repo: pixels, a multiple of 16")->default_str("480");
-  plan->add_option("--width", o.width, "Wan repo: pixels, a multiple of 16")->default_str("832");
-  plan->add_option("--steps", o.steps, "Wan repo: denoising steps")->default_str("50");
-  plan->add_option("--guidance", o.guidance, "Wan repo: guidance scale (<= 1: no unconditional pass)")
-      ->default_str("5");
-  plan->add_option("--text-encoder-device", o.text_encoder_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
-  plan->add_option("--vae-device", o.vae_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
-  plan->add_flag("--vae-tiling", o.vae_tiling, "Wan repo: the VAE decodes in 256x256 tiles");
+  add_video_job_flags(plan, o, "Wan repo: ");
   denoise->add_option("--latents", o.latents,
                       "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W] (required with "
                       "--model)");
@@ -223,12 +238,7 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
   generate->add_option("--prompt-ids", o.prompt_ids,
                        "token ids instead of prompts (builds without SentencePiece): safetensors with input_ids, "
                        "attention_mask [B, 512] (and negative_input_ids, negative_attention_mask with guidance)");
-  generate->add_option("--frames", o.frames, "video frames, 4k+1")->default_str("81");
-  generate->add_option("--height", o.height, "pixels, a multiple of 16")->default_str("480");
-  generate->add_option("--width", o.width, "pixels, a multiple of 16")->default_str("832");
-  generate->add_option("--steps", o.steps, "denoising steps")->default_str("50");
-  generate->add_option("--guidance", o.guidance, "classifier-free guidance scale (<= 1: no unconditional pass)")
-      ->default_str("5");
+  add_video_job_flags(generate, o, "");
   generate->add_option("--seed", o.seed, "noise seed (torch.Generator(\"cpu\").manual_seed, as diffusers)")
       ->default_str("0");
   generate->add_option("--sampler", o.sampler, "unipc (the repo's scheduler) or euler (flow-matching Euler)")
@@ -237,13 +247,6 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
   generate->add_option("--flow-shift", o.flow_shift,
                        "schedule shift (default: the repo's scheduler_config.json; Wan2.1: 3 at 480p, 5 at 720p)");
   generate->add_option("--latents", o.latents, "safetensors with the initial noise [B, z, f, h, w] instead of --seed");
-  generate->add_option("--text-encoder", o.text_encoder,
-                       "text encoder placement: on-demand (read, encode, freed before the DiT loads)")
-      ->check(CLI::IsMember({"on-demand"}))
-      ->default_str("on-demand");
-  generate->add_option("--text-encoder-device", o.text_encoder_device, "cpu or cuda:N (default: rank 0's device)");
-  generate->add_option("--vae-device", o.vae_device, "cpu or cuda:N (default: rank 0's device)");
-  generate->add_flag("--vae-tiling", o.vae_tiling, "decode in 256x256 spatial tiles (bounds the VAE's memory)");
   generate->add_option("--fps", o.fps, "frames a second of the MP4")->default_str("16");
   generate->add_option("--output", o.output,
                        "video.mp4 (H.264, builds with FFmpeg), frames/ (PNG) or latents.safetensors")

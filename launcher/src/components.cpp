@@ -35,9 +35,12 @@ bool vae_decoder_tensor(const std::string& name) {
 }  // namespace
 
 ComponentPlan plan_components(const models::WanRepo& repo, int64_t batch, const pipeline::VideoSize& size, bool cfg,
-                              const std::string& te_device, c10::ScalarType te_dtype, const std::string& vae_device,
+                              const pipeline::TextEncoderSettings& te, const std::string& vae_device,
                               bool vae_tiling, const pipeline::Plan& dit) {
   using pipeline::format_bytes;
+  using pipeline::TextEncoderPlacement;
+  const std::string te_device = te.device.str();
+  const c10::ScalarType te_dtype = te.dtype;
   const nlohmann::json te_config = Checkpoint::open(repo.text_encoder)->config();
   const int64_t te_elsize = static_cast<int64_t>(c10::elementSize(te_dtype));
   const int64_t te_weights = elements(repo.text_encoder, text_encoder_tensor) * te_elsize;
@@ -47,6 +50,19 @@ ComponentPlan plan_components(const models::WanRepo& repo, int64_t batch, const 
                 heads = te_config.value("num_heads", int64_t{64});
   const int64_t te_act = batch * (512 * (4 * d_model + 3 * d_ff) * te_elsize + 2 * heads * 512 * 512 * 4);
   const int64_t context_host = batch * (cfg ? 2 : 1) * 512 * te_config.value("d_model", int64_t{4096}) * 4;
+  // Swapped: the device holds the store's resident layers and slots and, while the prologue runs, the
+  // embedding moved in from the host; the host holds the swapped layers and the embedding.
+  int64_t te_device_weights = te_weights, te_host = 0;
+  offload::SwapLayout l;
+  if (te.placement == TextEncoderPlacement::kSwapped) {
+    l = pipeline::text_encoder_swap_layout(repo.text_encoder, te);
+    const int64_t embedding = te_config.value("vocab_size", int64_t{250112}) * d_model * te_elsize;
+    te_device_weights = l.resident_bytes + l.slot_bytes * l.num_slots + embedding;
+    te_host = l.host_bytes + embedding;
+  }
+  const char* te_place = te.placement == TextEncoderPlacement::kSwapped    ? "swapped"
+                         : te.placement == TextEncoderPlacement::kResident ? "resident"
+                                                                           : "on demand";
 
   const nlohmann::json vae_config = Checkpoint::open(repo.vae)->config();
   const int64_t vae_weights = elements(repo.vae, vae_decoder_tensor) * 4;  // float32
@@ -63,26 +79,38 @@ ComponentPlan plan_components(const models::WanRepo& repo, int64_t batch, const 
     dit_device = std::max(dit_device, r.device_bytes);
     dit_host += r.host_bytes;
   }
+  // Resident: the encoder's weights stay on its device beside rank 0's DiT share.
+  const bool te_kept = te.placement == TextEncoderPlacement::kResident;
+  const int64_t te_during_dit = te_kept ? te_weights : 0;
+  const int64_t rank0_dit = dit.ranks.empty() ? 0 : dit.ranks.front().device_bytes;
+  const bool te_on_rank0 = !dit.ranks.empty() && dit.ranks.front().device.str() == te_device;
+  if (te_kept && te_on_rank0) dit_device = std::max(dit_device, rank0_dit + te_during_dit);
   ComponentPlan p;
   p.text = fmt::format("components ({} sample(s), {} frames at {}x{}, guidance {}):\n", batch, size.frames, size.width,
                        size.height, cfg ? "on" : "off");
   p.text += "  phase    component     device   placement    weights     device peak (est.)  host\n";
-  p.text += fmt::format("  encode   text encoder  {:<8} on demand    {:>10}  {:>10}          {} embeddings\n",
-                        te_device, format_bytes(te_weights), format_bytes(te_weights + te_act),
-                        format_bytes(context_host));
+  p.text += fmt::format("  encode   text encoder  {:<8} {:<12} {:>10}  {:>10}          {} embeddings{}\n",
+                        te_device, te_place, format_bytes(te_weights), format_bytes(te_device_weights + te_act),
+                        format_bytes(context_host + te_host),
+                        te_host > 0 ? fmt::format(" + {} swapped layers and embedding", format_bytes(te_host)) : "");
   p.text += fmt::format("  denoise  DiT           ranks    the plan     {:>10}  {:>10} (largest rank)  {} (all ranks)\n",
                         "", format_bytes(dit_device), format_bytes(dit_host));
   p.text += fmt::format("  decode   VAE decoder   {:<8} on demand    {:>10}  {:>10}          {} frames{}\n",
                         vae_device, format_bytes(vae_weights), format_bytes(vae_weights + vae_work),
                         format_bytes(frames_host), vae_tiling ? " (tiled)" : "");
-  p.text += "  each component is freed before the next phase loads its own\n";
+  p.text += te_kept ? fmt::format("  the text encoder stays on {} through the job ({}, counted in the DiT's peak "
+                                  "where it shares rank 0's device); the VAE is freed before the write\n",
+                                  te_device, format_bytes(te_weights))
+                    : "  each component is freed before the next phase loads its own\n";
   p.json = {
       {"size", {{"batch", batch}, {"frames", size.frames}, {"height", size.height}, {"width", size.width}}},
       {"phases",
-       {{{"phase", "encode"}, {"component", "text_encoder"}, {"device", te_device}, {"placement", "on-demand"},
-         {"dtype", dtype_word(te_dtype)}, {"weight_bytes", te_weights}, {"device_bytes", te_weights + te_act},
-         {"host_bytes", context_host}},
-        {{"phase", "denoise"}, {"component", "transformer"}, {"device_bytes", dit_device}, {"host_bytes", dit_host}},
+       {{{"phase", "encode"}, {"component", "text_encoder"}, {"device", te_device},
+         {"placement", pipeline::to_string(te.placement)}, {"dtype", dtype_word(te_dtype)},
+         {"weight_bytes", te_weights}, {"device_bytes", te_device_weights + te_act},
+         {"host_bytes", context_host + te_host}, {"slots", l.num_slots}, {"slot_bytes", l.slot_bytes}},
+        {{"phase", "denoise"}, {"component", "transformer"}, {"device_bytes", dit_device}, {"host_bytes", dit_host},
+         {"text_encoder_bytes", te_during_dit}},
         {{"phase", "decode"}, {"component", "vae_decoder"}, {"device", vae_device}, {"placement", "on-demand"},
          {"dtype", "float32"}, {"weight_bytes", vae_weights}, {"device_bytes", vae_weights + vae_work},
          {"host_bytes", frames_host}, {"tiled", vae_tiling}}}}};

@@ -22,10 +22,11 @@ struct ComponentPlan {
   nlohmann::json json; // the same as data
 };
 
-// `batch` samples of `size`, guidance on or off (the negative prompts' batch); the text encoder on
-// `te_device` in `te_dtype`, the VAE decoder on `vae_device` in float32, tiled or not; `dit` the DiT's plan.
+// `batch` samples of `size`, guidance on or off (the negative prompts' batch); the text encoder as `te`
+// places it (swapped: its device holds the slots and the moved-in embedding; resident: its weights stay
+// through the denoise phase), the VAE decoder on `vae_device` in float32, tiled or not; `dit` the DiT's plan.
 ComponentPlan plan_components(const models::WanRepo& repo, int64_t batch, const pipeline::VideoSize& size, bool cfg,
-                              const std::string& te_device, c10::ScalarType te_dtype, const std::string& vae_device,
+                              const pipeline::TextEncoderSettings& te, const std::string& vae_device,
                               bool vae_tiling, const pipeline::Plan& dit);
 
 // `pipeswap plan --model REPO` for a diffusers Wan repo (generate.cpp): the DiT's plan for --frames, --height,

@@ -136,6 +136,21 @@ c10::ScalarType text_encoder_dtype(const Options& o, const std::string& device) 
   return device.rfind("cuda", 0) == 0 && o.dtype != "fp32" ? torch::kBFloat16 : torch::kFloat32;
 }
 
+// The text encoder's device, dtype and placement; swapped, the DiT's copy settings (prefetch depth,
+// non-blocking copies) apply to its stream too.
+pipeline::TextEncoderSettings text_encoder_settings(const Options& o, const std::string& device) {
+  pipeline::TextEncoderSettings s;
+  s.device = torch_device(pipeline::parse_device(device));
+  s.dtype = text_encoder_dtype(o, device);
+  s.placement = pipeline::parse_text_encoder_placement(o.text_encoder);
+  PS_CHECK(!o.text_encoder_blocks_to_swap || s.placement == pipeline::TextEncoderPlacement::kSwapped, ConfigError,
+           "--text-encoder-blocks-to-swap {} needs --text-encoder swapped", *o.text_encoder_blocks_to_swap);
+  s.swap.blocks_to_swap = o.text_encoder_blocks_to_swap;
+  s.swap.prefetch_depth = o.prefetch_depth;
+  s.swap.use_non_blocking = o.use_non_blocking;
+  return s;
+}
+
 }  // namespace
 
 int cmd_plan_repo(const Options& o, const World& world, comm::Transport& t) {
@@ -157,7 +172,7 @@ int cmd_plan_repo(const Options& o, const World& world, comm::Transport& t) {
     const std::string te = o.text_encoder_device.empty() ? first : o.text_encoder_device;
     const std::string vae = o.vae_device.empty() ? first : o.vae_device;
     const ComponentPlan c =
-        plan_components(repo, 1, size, cfg, te, text_encoder_dtype(o, te), vae, o.vae_tiling, job.plan);
+        plan_components(repo, 1, size, cfg, text_encoder_settings(o, te), vae, o.vae_tiling, job.plan);
     std::cout << job.plan.to_text() << c.text << std::flush;
     if (!o.json.empty()) {
       json j = job.plan.to_json();
@@ -222,10 +237,11 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
   // Phase 1, rank 0 alone: the text encoder on demand.
   const torch::Device rank0_device = torch_device(job.chain.at(0).device);
   std::vector<PhaseMemory> phases;
+  std::shared_ptr<const void> text_encoder_kept;  // --text-encoder resident: held until the job ends
   pipeline::DenoiseInputs in;
   if (world.rank == 0) {
     const torch::Device te_device = component_device(o.text_encoder_device, "--text-encoder-device", job.chain);
-    const c10::ScalarType te_dtype = text_encoder_dtype(o, te_device.str());
+    const pipeline::TextEncoderSettings te = text_encoder_settings(o, te_device.str());
     PhaseMeter meter(te_device);
     pipeline::EncodedPrompts enc;
     pipeline::rank0_alone(
@@ -233,12 +249,15 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
         [&] {
           make_current(te_device);
           meter.start();
-          log().info("text encoder: reading {} onto {} ({}), encoding {} prompt(s){}", repo.text_encoder,
-                     te_device.str(), c10::toString(te_dtype), cond.input_ids.size(0),
+          log().info("text encoder ({}): reading {} onto {} ({}), encoding {} prompt(s){}", to_string(te.placement),
+                     repo.text_encoder, te_device.str(), c10::toString(te.dtype), cond.input_ids.size(0),
                      cfg ? " and their negative prompts" : "");
-          enc = pipeline::encode_on_demand(repo.text_encoder, cond, uncond, te_device, te_dtype);
+          enc = pipeline::encode_prompts(repo.text_encoder, cond, uncond, te);
           phases.push_back(meter.stop("encode"));
-          log().info("text encoder: done in {:.2f} s, freed", phases.back().seconds);
+          text_encoder_kept = enc.kept;
+          log().info("text encoder: done in {:.2f} s{}{}", phases.back().seconds,
+                     enc.fills > 0 ? fmt::format(", {} layer fills", enc.fills) : "",
+                     enc.kept ? ", kept on its device for the job (--text-encoder resident)" : ", freed");
         },
         heartbeat(o));
     in.context = enc.context;
@@ -281,7 +300,7 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
     const std::string first = job.chain.at(0).device.str();
     const std::string te = o.text_encoder_device.empty() ? first : o.text_encoder_device;
     const std::string vae = o.vae_device.empty() ? first : o.vae_device;
-    log().info("\n{}", plan_components(repo, shape.batch, size, cfg, te, text_encoder_dtype(o, te), vae, o.vae_tiling,
+    log().info("\n{}", plan_components(repo, shape.batch, size, cfg, text_encoder_settings(o, te), vae, o.vae_tiling,
                                        job.plan)
                            .text);
   }
@@ -381,6 +400,7 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
     std::cout << s << std::flush;
   }
   (void)rank0_device;
+  text_encoder_kept.reset();
   return 0;
 }
 

@@ -43,7 +43,8 @@ struct Options {
   std::string sampler = "unipc";
   double flow_shift = -1;  // -1: the repo's scheduler_config.json
   std::string text_encoder_device, vae_device;  // empty: rank 0's device
-  std::string text_encoder = "on-demand";
+  std::string text_encoder = "on-demand";           // on-demand, resident or swapped (pipeline::TextEncoderPlacement)
+  std::optional<int> text_encoder_blocks_to_swap;   // swapped: layers streamed (default: all)
   bool vae_tiling = false;
   double fps = 16;
 

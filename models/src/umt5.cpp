@@ -281,22 +281,31 @@ torch::Tensor wan_prompt_embeds(const torch::Tensor& hidden, const torch::Tensor
   return out;
 }
 
-std::unique_ptr<UMT5Encoder> UMT5Encoder::load(const std::string& dir, torch::Device device, c10::ScalarType dtype) {
+UMT5Checkpoint open_umt5(const std::string& dir, c10::ScalarType dtype) {
   PS_CHECK(dtype == torch::kFloat32 || dtype == torch::kBFloat16, ConfigError,
            "the umT5 text encoder runs in float32 or bfloat16, not {} (in float16 its activations overflow; "
            "transformers clamps them, pipeswap does not run it so)",
            dtype_word(dtype));
   refuse_pickles(dir, "text encoder", "the text_encoder/ folder of a diffusers Wan repo (config.json and model-*.safetensors)");
-  auto ckpt = Checkpoint::open(dir);
+  UMT5Checkpoint u;
+  u.ckpt = Checkpoint::open(dir);
+  u.config = parse_umt5_config(u.ckpt->config());
+  if (!u.ckpt->has("shared.weight") && u.ckpt->has("encoder.embed_tokens.weight"))
+    u.config.embedding = "encoder.embed_tokens.weight";
+  u.arch = make_umt5_encoder(u.config);
+  check_checkpoint_tensors(*u.arch, *u.ckpt);
+  return u;
+}
+
+std::unique_ptr<UMT5Encoder> UMT5Encoder::load(const std::string& dir, torch::Device device, c10::ScalarType dtype) {
+  UMT5Checkpoint u = open_umt5(dir, dtype);
+  const std::shared_ptr<const Checkpoint> ckpt = u.ckpt;
   std::unique_ptr<UMT5Encoder> enc(new UMT5Encoder());
-  enc->config_ = parse_umt5_config(ckpt->config());
-  if (!ckpt->has("shared.weight") && ckpt->has("encoder.embed_tokens.weight"))
-    enc->config_.embedding = "encoder.embed_tokens.weight";
-  enc->arch_ = make_umt5_encoder(enc->config_);
+  enc->config_ = u.config;
+  enc->arch_ = std::move(u.arch);
   enc->device_ = device;
   enc->dtype_ = dtype;
   const Architecture& arch = *enc->arch_;
-  check_checkpoint_tensors(arch, *ckpt);
 
   auto read = [&](const TensorRef& ref, WeightView& view) {
     torch::Tensor t = ckpt->locate(ref.checkpoint).file->read(ref.checkpoint);

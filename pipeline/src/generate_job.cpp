@@ -11,6 +11,7 @@
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/core/weights.h"
 #include "pipeswap/models/umt5.h"
+#include "pipeswap/offload/block_weights.h"
 
 namespace pipeswap::pipeline {
 namespace {
@@ -114,32 +115,102 @@ PromptIds read_prompt_ids(const std::string& path, bool need_negative) {
   return ids;
 }
 
-EncodedPrompts encode_on_demand(const std::string& text_encoder_dir, const models::PromptTokens& cond,
-                                const std::optional<models::PromptTokens>& uncond, torch::Device device,
-                                c10::ScalarType dtype) {
-  at::NoGradGuard no_grad;
-  EncodedPrompts out;
-  auto encoder = models::UMT5Encoder::load(text_encoder_dir, device, dtype);
-  const int64_t vocab = encoder->config().vocab_size;
-  auto check_ids = [&](const models::PromptTokens& t) {
-    PS_CHECK(t.input_ids.max().item<int64_t>() < vocab, ConfigError,
-             "token id {} is outside the text encoder's vocabulary of {}: the ids are not this repo's tokenizer's",
-             t.input_ids.max().item<int64_t>(), vocab);
+TextEncoderPlacement parse_text_encoder_placement(const std::string& word) {
+  if (word == "on-demand") return TextEncoderPlacement::kOnDemand;
+  if (word == "resident") return TextEncoderPlacement::kResident;
+  if (word == "swapped") return TextEncoderPlacement::kSwapped;
+  PS_THROW(ConfigError, "--text-encoder '{}' is not a placement: use on-demand, resident or swapped", word);
+}
+
+const char* to_string(TextEncoderPlacement p) {
+  switch (p) {
+    case TextEncoderPlacement::kResident: return "resident";
+    case TextEncoderPlacement::kSwapped: return "swapped";
+    default: return "on-demand";
+  }
+}
+
+namespace {
+
+// The swapped placement's offload options: every layer swapped unless told fewer, and the embedding (the
+// encoder's one large component: 250112 x d_model) kept on the host and moved in for the prologue.
+offload::OffloadOptions swapped_options(const models::Architecture& arch, const TextEncoderSettings& s) {
+  offload::OffloadOptions o = s.swap;
+  if (!o.blocks_to_swap && !o.offload_ratio) o.blocks_to_swap = arch.num_blocks();
+  for (const auto& part : arch.prologue_parts()) o.offload_components.push_back(part.name);
+  offload::check_offload_options(o);
+  return o;
+}
+
+void check_ids(const models::PromptTokens& t, int64_t vocab) {
+  PS_CHECK(t.input_ids.max().item<int64_t>() < vocab, ConfigError,
+           "token id {} is outside the text encoder's vocabulary of {}: the ids are not this repo's tokenizer's",
+           t.input_ids.max().item<int64_t>(), vocab);
+}
+
+int64_t umt5_weight_bytes(const models::UMT5Config& c, c10::ScalarType dtype) {
+  const int64_t per_layer =
+      4 * c.d_model * c.inner_dim() + 3 * c.d_model * c.d_ff + 2 * c.d_model + c.num_buckets * c.num_heads;
+  return (c.vocab_size * c.d_model + c.num_layers * per_layer + c.d_model) * static_cast<int64_t>(c10::elementSize(dtype));
+}
+
+// The encoder's layers through the offload store: the same prologue, phases and epilogue as
+// UMT5Encoder::forward, each unit acquired just before its use and released after it.
+EncodedPrompts encode_swapped(const std::string& dir, const models::PromptTokens& cond,
+                              const std::optional<models::PromptTokens>& uncond, const TextEncoderSettings& s) {
+  models::UMT5Checkpoint u = models::open_umt5(dir, s.dtype);
+  const models::Architecture& arch = *u.arch;
+  check_ids(cond, u.config.vocab_size);
+  if (uncond) check_ids(*uncond, u.config.vocab_size);
+  const int n = arch.num_blocks();
+  const offload::OffloadOptions opts = swapped_options(arch, s);
+  const offload::SwapLayout layout = offload::plan_swapping(arch, 0, n, s.dtype, opts);
+  auto weights = offload::make_block_weights(arch, u.ckpt, {0, n, true, true}, layout, s.device, opts);
+  weights->expect_sweeps(uncond ? 2 : 1);
+  const auto options = torch::TensorOptions().device(s.device).dtype(s.dtype);
+  auto run = [&](const models::PromptTokens& t) {
+    const models::Activation inputs{t.input_ids.to(torch::kCPU),
+                                    t.attention_mask.defined() ? t.attention_mask.to(torch::kCPU) : torch::Tensor()};
+    models::Activation act = arch.prologue(weights->acquire_prologue(), inputs, options);
+    weights->release_prologue();
+    for (int b = 0; b < n; ++b) {
+      for (int p = 0; p < static_cast<int>(arch.phase_names().size()); ++p) {
+        arch.phase_forward(b, p, weights->acquire(b, p), act);
+        weights->release(b, p);
+      }
+    }
+    torch::Tensor hidden = arch.epilogue(weights->acquire_epilogue(), act);
+    weights->release_epilogue();
+    return models::wan_prompt_embeds(hidden, t.attention_mask).to(torch::kCPU, torch::kFloat32).contiguous();
   };
-  check_ids(cond);
-  if (uncond) check_ids(*uncond);
-  // The weights' bytes: the architecture's tensors in the compute dtype.
-  out.weight_bytes = 0;
+  EncodedPrompts out;
+  out.context = run(cond);
+  if (uncond) out.context_null = run(*uncond);
+  out.weight_bytes = umt5_weight_bytes(u.config, s.dtype);
+  out.fills = weights->stats().copies;
+  return out;  // the store, its slots and host copies freed here
+}
+
+}  // namespace
+
+offload::SwapLayout text_encoder_swap_layout(const std::string& text_encoder_dir, const TextEncoderSettings& s) {
+  models::UMT5Checkpoint u = models::open_umt5(text_encoder_dir, s.dtype);
+  return offload::plan_swapping(*u.arch, 0, u.arch->num_blocks(), s.dtype, swapped_options(*u.arch, s));
+}
+
+EncodedPrompts encode_prompts(const std::string& text_encoder_dir, const models::PromptTokens& cond,
+                              const std::optional<models::PromptTokens>& uncond, const TextEncoderSettings& s) {
+  at::NoGradGuard no_grad;
+  if (s.placement == TextEncoderPlacement::kSwapped) return encode_swapped(text_encoder_dir, cond, uncond, s);
+  EncodedPrompts out;
+  std::shared_ptr<models::UMT5Encoder> encoder = models::UMT5Encoder::load(text_encoder_dir, s.device, s.dtype);
+  check_ids(cond, encoder->config().vocab_size);
+  if (uncond) check_ids(*uncond, encoder->config().vocab_size);
   out.context = encoder->encode(cond).to(torch::kCPU, torch::kFloat32).contiguous();
   if (uncond) out.context_null = encoder->encode(*uncond).to(torch::kCPU, torch::kFloat32).contiguous();
-  {
-    const auto& c = encoder->config();
-    const int64_t per_layer = 4 * c.d_model * c.inner_dim() + 3 * c.d_model * c.d_ff + 2 * c.d_model +
-                              c.num_buckets * c.num_heads;
-    out.weight_bytes = (c.vocab_size * c.d_model + c.num_layers * per_layer + c.d_model) *
-                       static_cast<int64_t>(c10::elementSize(dtype));
-  }
-  encoder.reset();  // freed here, before the DiT loads
+  out.weight_bytes = umt5_weight_bytes(encoder->config(), s.dtype);
+  // Resident: the caller holds it for the job; on demand: freed here, before the DiT loads.
+  if (s.placement == TextEncoderPlacement::kResident) out.kept = std::move(encoder);
   return out;
 }
 

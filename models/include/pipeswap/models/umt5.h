@@ -73,6 +73,16 @@ torch::Tensor relative_position_buckets(int64_t query_length, int64_t key_length
 torch::Tensor wan_prompt_embeds(const torch::Tensor& hidden, const torch::Tensor& attention_mask,
                                 int64_t max_length = -1);
 
+// A Wan repo's text_encoder/ opened and checked as UMT5Encoder::load checks it (pickles refused, umT5
+// config, every tensor the config implies), without reading any weight: for running the encoder's
+// architecture through another weight store (the swapped placement: pipeline/generate_job.h).
+struct UMT5Checkpoint {
+  std::shared_ptr<const Checkpoint> ckpt;
+  UMT5Config config;
+  std::unique_ptr<Architecture> arch;
+};
+UMT5Checkpoint open_umt5(const std::string& dir, c10::ScalarType dtype);
+
 class UMT5Encoder {
  public:
   // Reads `dir` (a Wan repo's text_encoder/: config.json and safetensors, sharded or not) onto `device`

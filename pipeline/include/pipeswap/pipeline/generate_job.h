@@ -3,7 +3,8 @@
 // (diffusers 0.42, pipeline_wan.py):
 //   prompts   -> tokens       the umT5 tokenizer (tokenizer.h), or token ids read from a file
 //   tokens    -> embeddings   the umT5 encoder (umt5.h): read, encode the prompts and the negative prompts in one
-//                             batch each, trimmed and zero-padded to 512 rows, freed before the DiT loads
+//                             batch each, trimmed and zero-padded to 512 rows, freed before the DiT loads (on
+//                             demand; or kept for the whole job, or swapped layer by layer: TextEncoderPlacement)
 //   noise                     randn of [B, z_dim, (F - 1) / 4 + 1, H / 8, W / 8] float32 from
 //                             torch.Generator("cpu").manual_seed(seed), as prepare_latents draws it
 //   latents   -> frames       the Wan VAE decoder (wan_vae.h), read after the DiT is freed
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "pipeswap/models/tokenizer.h"
+#include "pipeswap/offload/residency.h"
 #include "pipeswap/models/wan_vae.h"
 
 namespace pipeswap::pipeline {
@@ -55,13 +57,36 @@ PromptIds read_prompt_ids(const std::string& path, bool need_negative);
 struct EncodedPrompts {
   torch::Tensor context;       // float32 CPU [B, 512, d_model]
   torch::Tensor context_null;  // the same for the negative prompts (guidance), else undefined
-  int64_t weight_bytes = 0;    // the encoder's weights as held while it ran
+  int64_t weight_bytes = 0;    // the encoder's weights as held while it ran (all of them; the device holds
+                               // only its slots and moved-in embedding when swapped)
+  int64_t fills = 0;           // swapped: slot fills (one per layer per encoded batch)
+  std::shared_ptr<const void> kept;  // resident: the encoder, alive while this is held
 };
-// Reads the text encoder from `text_encoder_dir` onto `device` in `dtype`, encodes `cond` (and `uncond`
-// when given), and frees it before returning.
-EncodedPrompts encode_on_demand(const std::string& text_encoder_dir, const models::PromptTokens& cond,
-                                const std::optional<models::PromptTokens>& uncond, torch::Device device,
-                                c10::ScalarType dtype);
+
+// Where the text encoder lives (the seeds' component placements, OneTrainer's on-demand and LightX2V's
+// per-block T5 offload):
+//   on-demand  read onto its device, encode, freed before the DiT loads (the default)
+//   resident   read onto its device and kept there for the whole job (EncodedPrompts::kept)
+//   swapped    its layers rest in host memory and stream through device slots as the DiT's swapped
+//              blocks do (the offload store, `swap` its options: all layers swapped unless
+//              swap.blocks_to_swap says fewer; the embedding kept on the host and moved in when used),
+//              for a device that cannot hold it (UMT5-XXL is 11 GB in bf16). Same arithmetic as the
+//              other two: the embeddings are bit-identical.
+enum class TextEncoderPlacement { kOnDemand, kResident, kSwapped };
+TextEncoderPlacement parse_text_encoder_placement(const std::string& word);  // ConfigError naming the choices
+const char* to_string(TextEncoderPlacement p);
+struct TextEncoderSettings {
+  torch::Device device{torch::kCPU};
+  c10::ScalarType dtype = torch::kFloat32;
+  TextEncoderPlacement placement = TextEncoderPlacement::kOnDemand;
+  offload::OffloadOptions swap;  // kSwapped only
+};
+// Reads the text encoder from `text_encoder_dir` as `s` places it and encodes `cond` (and `uncond` when
+// given); frees it before returning unless it is resident.
+EncodedPrompts encode_prompts(const std::string& text_encoder_dir, const models::PromptTokens& cond,
+                              const std::optional<models::PromptTokens>& uncond, const TextEncoderSettings& s);
+// The swapped placement's store as the plan sees it: slot bytes x slots, the moved-in embedding.
+offload::SwapLayout text_encoder_swap_layout(const std::string& text_encoder_dir, const TextEncoderSettings& s);
 
 struct DecodeSettings {
   torch::Device device{torch::kCPU};
