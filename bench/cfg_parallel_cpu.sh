@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# CFG-parallel on CPU ranks (issue 21): one sample with guidance, one rank against two ranks as one
+# pipeline (--cfg-parallel 1) and as two guidance groups (--cfg-parallel 2), each rank one thread, and
+# the plan's predictions for the same chain. CPU ranks on a shared 2-core VM: not the GPU machine, and
+# not a speed claim for GPUs (docs/benchmarks.md says so).
+#
+#   bench/cfg_parallel_cpu.sh [build/pipeswap] [runs]
+#
+# The model: a random Wan2.1-named DiT of 8 blocks, dim 256, ffn 1024 (written with the Python of
+# scripts/pyenv, PIPESWAP_PYTHON), latents [1, 16, 5, 16, 16] (320 tokens), 20 steps, guidance 5.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+exe=${1:-$root/build/pipeswap}
+runs=${2:-3}
+py=${PIPESWAP_PYTHON:-$HOME/.cache/pipeswap/pyenv/bin/python}
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+work=$(mktemp -d /tmp/pipeswap-cfgbench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+"$py" - "$work" <<'PY'
+import json, sys, torch
+from safetensors.torch import save_file
+d = sys.argv[1]
+dim, ffn, layers, text_dim, text_len, freq = 256, 1024, 8, 64, 16, 64
+json.dump({"_class_name": "WanModel", "model_type": "t2v", "dim": dim, "ffn_dim": ffn, "num_heads": 4,
+           "num_layers": layers, "in_dim": 16, "out_dim": 16, "text_dim": text_dim, "freq_dim": freq,
+           "text_len": text_len, "patch_size": [1, 2, 2]}, open(d + "/config.json", "w"))
+g = torch.Generator().manual_seed(0)
+t = {}
+def r(name, *shape, s=None):
+    t[name] = torch.randn(*shape, generator=g) * (s if s is not None else shape[-1] ** -0.5)
+r("patch_embedding.weight", dim, 16, 1, 2, 2); r("patch_embedding.bias", dim, s=0.02)
+r("text_embedding.0.weight", dim, text_dim); r("text_embedding.0.bias", dim, s=0.02)
+r("text_embedding.2.weight", dim, dim); r("text_embedding.2.bias", dim, s=0.02)
+r("time_embedding.0.weight", dim, freq); r("time_embedding.0.bias", dim, s=0.02)
+r("time_embedding.2.weight", dim, dim); r("time_embedding.2.bias", dim, s=0.02)
+r("time_projection.1.weight", 6 * dim, dim); r("time_projection.1.bias", 6 * dim, s=0.02)
+for b in range(layers):
+    p = f"blocks.{b}."
+    for a in ("self_attn", "cross_attn"):
+        for m in "qkvo":
+            r(p + f"{a}.{m}.weight", dim, dim); r(p + f"{a}.{m}.bias", dim, s=0.02)
+        t[p + f"{a}.norm_q.weight"] = torch.ones(dim); t[p + f"{a}.norm_k.weight"] = torch.ones(dim)
+    t[p + "norm3.weight"] = torch.ones(dim); t[p + "norm3.bias"] = torch.zeros(dim)
+    r(p + "ffn.0.weight", ffn, dim); r(p + "ffn.0.bias", ffn, s=0.02)
+    r(p + "ffn.2.weight", dim, ffn); r(p + "ffn.2.bias", dim, s=0.02)
+    r(p + "modulation", 1, 6, dim, s=dim ** -0.5)
+r("head.head.weight", 16 * 4, dim); r("head.head.bias", 16 * 4, s=0.02)
+r("head.modulation", 1, 2, dim, s=dim ** -0.5)
+save_file({k: v.contiguous() for k, v in t.items()}, d + "/diffusion_pytorch_model.safetensors")
+save_file({"latents": torch.randn(1, 16, 5, 16, 16, generator=g),
+           "context": torch.randn(1, text_len, text_dim, generator=g),
+           "context_null": torch.randn(1, text_len, text_dim, generator=g)}, d + "/inputs.safetensors")
+PY
+in="$work/inputs.safetensors"
+args=(denoise --model "$work" --latents "$in" --context "$in" --context-null "$in" --steps 20 --guidance 5
+      --shift 5 --threads 1)
+run() {  # $1 label, then the launch words; prints seconds per step of each run
+  local label=$1 i
+  shift
+  for ((i = 0; i < runs; i++)); do
+    "$@" "${args[@]}" --output "$work/$label.safetensors" --log-level info >"$work/$label.log" 2>&1
+    printf '%s %s\n' "$label" "$(grep -ao '([0-9.]* s/step)' "$work/$label.log" | tr -d '()' | cut -d' ' -f1)"
+  done
+  grep -a "s/step;" "$work/$label.log" | sed "s/^.*\] \[info\]//" || true
+}
+run one "$exe"
+run pipeline mpirun -np 2 "$exe" --device-chain cpu,cpu --cfg-parallel 1
+run cfg-parallel mpirun -np 2 "$exe" --device-chain cpu,cpu --cfg-parallel 2
+run auto mpirun -np 2 "$exe" --device-chain cpu,cpu
+cmp "$work/one.safetensors" "$work/cfg-parallel.safetensors" && echo "latents: CFG-parallel = one rank, byte for byte"
+cmp "$work/one.safetensors" "$work/pipeline.safetensors" && echo "latents: pipeline = one rank, byte for byte"
