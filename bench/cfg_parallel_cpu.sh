@@ -7,7 +7,7 @@
 #   bench/cfg_parallel_cpu.sh [build/pipeswap] [runs]
 #
 # The model: a random Wan2.1-named DiT of 8 blocks, dim 256, ffn 1024 (written with the Python of
-# scripts/pyenv, PIPESWAP_PYTHON), latents [1, 16, 5, 16, 16] (320 tokens), 20 steps, guidance 5.
+# scripts/pyenv, PIPESWAP_PYTHON), latents [1, 16, 5, 16, 16] (320 tokens), 10 steps, guidance 5.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 exe=${1:-$root/build/pipeswap}
@@ -53,20 +53,22 @@ save_file({"latents": torch.randn(1, 16, 5, 16, 16, generator=g),
            "context_null": torch.randn(1, text_len, text_dim, generator=g)}, d + "/inputs.safetensors")
 PY
 in="$work/inputs.safetensors"
-args=(denoise --model "$work" --latents "$in" --context "$in" --context-null "$in" --steps 20 --guidance 5
+args=(denoise --model "$work" --latents "$in" --context "$in" --context-null "$in" --steps 10 --guidance 5
       --shift 5 --threads 1)
-run() {  # $1 label, then the launch words; prints seconds per step of each run
+run() {  # $1 label, $2 launch prefix, $3 extra flags; prints seconds per step of each run
   local label=$1 i
-  shift
   for ((i = 0; i < runs; i++)); do
-    "$@" "${args[@]}" --output "$work/$label.safetensors" --log-level info >"$work/$label.log" 2>&1
+    rm -f "$work/$label.safetensors"
+    # shellcheck disable=SC2086
+    $2 "$exe" "${args[@]}" $3 --output "$work/$label.safetensors" --log-level info >"$work/$label.log" 2>&1 ||
+      { tail -5 "$work/$label.log" >&2; exit 1; }
     printf '%s %s\n' "$label" "$(grep -ao '([0-9.]* s/step)' "$work/$label.log" | tr -d '()' | cut -d' ' -f1)"
   done
   grep -a "s/step;" "$work/$label.log" | sed "s/^.*\] \[info\]//" || true
 }
-run one "$exe"
-run pipeline mpirun -np 2 "$exe" --device-chain cpu,cpu --cfg-parallel 1
-run cfg-parallel mpirun -np 2 "$exe" --device-chain cpu,cpu --cfg-parallel 2
-run auto mpirun -np 2 "$exe" --device-chain cpu,cpu
+run one "" ""
+run pipeline "mpirun -np 2" "--device-chain cpu,cpu --cfg-parallel 1"
+run cfg-parallel "mpirun -np 2" "--device-chain cpu,cpu --cfg-parallel 2"
+run auto "mpirun -np 2" "--device-chain cpu,cpu"
 cmp "$work/one.safetensors" "$work/cfg-parallel.safetensors" && echo "latents: CFG-parallel = one rank, byte for byte"
 cmp "$work/one.safetensors" "$work/pipeline.safetensors" && echo "latents: pipeline = one rank, byte for byte"
