@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <string>
+
+#include <nlohmann/json.hpp>
 
 #include "pipeswap/core/safetensors.h"
 #include "test_util.h"
@@ -96,6 +99,28 @@ TEST_F(CfgParallelTest, AutoPicksTheGroupsOnTwoRanksAndOneRankStaysAsItWas) {
   ASSERT_EQ(r1.code, 0) << r1.output;
   EXPECT_THAT(r1.output, ::testing::Not(HasSubstr("CFG-parallel")));
   EXPECT_TRUE(same_bytes(piped, ref));
+}
+
+// `pipeswap plan` on a Wan repo shows each arrangement's predicted step and per-rank bytes, and its pick.
+TEST_F(CfgParallelTest, PlanShowsEveryArrangement) {
+  const std::string repo = fixture("wan-t2v-pipeline/repo");
+  const std::string json = path("plan.json");
+  Result r = sh(exe() + " plan --model " + repo + " --device-chain cpu,cpu --frames 5 --height 64 --width 64 --json " +
+                json + " --log-level warn");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("1 x 2 (pipeline only): "));
+  EXPECT_THAT(r.output, HasSubstr("* 2 x 1 (CFG-parallel): "));
+  EXPECT_THAT(r.output, HasSubstr("device per rank"));
+  std::ifstream f(json);
+  const nlohmann::json j = nlohmann::json::parse(f);
+  EXPECT_EQ(j["guidance_groups"], 2);
+  ASSERT_EQ(j["arrangements"].size(), 2u);
+  EXPECT_GT(j["arrangements"][0]["predicted_step_seconds"].get<double>(),
+            j["arrangements"][1]["predicted_step_seconds"].get<double>());
+  Result one = sh(exe() + " plan --model " + repo + " --device-chain cpu,cpu --frames 5 --height 64 --width 64 " +
+                  "--cfg-parallel 1 --log-level warn");
+  ASSERT_EQ(one.code, 0) << one.output;
+  EXPECT_THAT(one.output, ::testing::Not(HasSubstr("CFG-parallel")));
 }
 
 TEST_F(CfgParallelTest, WhatCannotBeSplitIsNamedOnEveryRank) {

@@ -205,7 +205,8 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
   } else {
     pipeline::ArrangementChoice c = pipeline::choose_arrangement(*job.arch, in, guidance, requested);
     plan = c.plan();
-    if (world.rank == 0 && c.candidates.size() > 1) log().info("{}", c.to_text());
+    // A caller that takes the candidates prints them itself (`plan`).
+    if (world.rank == 0 && c.candidates.size() > 1 && choice == nullptr) log().info("{}", c.to_text());
     if (choice) *choice = std::move(c);
   }
   if (world.rank == 0) warn_idle_settings(o, plan);

@@ -95,8 +95,8 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   const int64_t serial = ++jobs;
   auto context_key = [&](int u) { return torch::full({}, (serial << 20) | u, torch::kInt64); };
 
-  // Each group leader's state (rank 0's without CFG-parallel): the latents of every sample, each sample's sampler, and each unit's velocity of the
-  // current step.
+  // Each group leader's state (rank 0's without CFG-parallel): the latents of every sample, each sample's
+  // sampler, and each unit's velocity of the current step.
   torch::Tensor x;
   std::vector<std::unique_ptr<Sampler>> samplers;
   std::vector<torch::Tensor> velocity(units);

@@ -378,7 +378,9 @@ std::string ArrangementChoice::to_text() const {
   std::string s = "  arrangements (guidance groups x stages), predicted step and per-rank peaks:\n";
   for (size_t i = 0; i < candidates.size(); ++i) {
     const Arrangement& a = candidates[i];
-    const std::string name = a.guidance_groups == 1 ? "pipeline only" : a.stages == 1 ? "CFG-parallel" : "CFG-parallel + pipeline";
+    const std::string name = a.guidance_groups == 1 ? "pipeline only"
+                             : a.stages == 1         ? "CFG-parallel"
+                                                     : "CFG-parallel + pipeline";
     std::string line = fmt::format("  {} {} x {} ({})", static_cast<int>(i) == chosen ? "*" : " ", a.guidance_groups,
                                    a.stages, name);
     if (!a.error.empty()) {

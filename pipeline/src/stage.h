@@ -36,7 +36,8 @@ class Stage {
   void run_blocks(models::Activation& act);
   // The last stage: the epilogue's output on the compute device (Llama: logits in the compute dtype;
   // Wan: the velocity in float32), nothing waiting for it; sent to every group's leader (rank 0 without
-  // CFG-parallel), and returned when this rank is its own group's leader. Other stages: `act` on to the next stage; an undefined tensor back.
+  // CFG-parallel), and returned when this rank is its own group's leader. Other stages: `act` on to the
+  // next stage; an undefined tensor back.
   torch::Tensor leave(int step, int micro_batch, const models::Activation& act);
   // enter, run_blocks, leave.
   torch::Tensor pass(int step, int micro_batch, const std::function<models::Activation()>& inputs);
