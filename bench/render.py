@@ -359,6 +359,48 @@ def _median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
+def cfg_parallel_cpu_section(rows):
+    """CFG-parallel ranks (issue 21) until two GPUs are lent: CPU-rank timings and the plan's predictions
+    (bench/cfg_parallel_cpu.sh), kept in bench/cpu-results/ like the disk tier's. Not GPU measurements."""
+    L = ["\n## 10. CFG-parallel (issue 21): CPU ranks and plan predictions, not GPU measurements\n",
+         "**CPU ranks, not the GPU machine**: the 2-core CI-type VM, shared with other engineers' builds (the load "
+         "average at each run is in its row). Command: `bash bench/cfg_parallel_cpu.sh build/pipeswap 1` "
+         "(rows appended to `bench/cpu-results/cfg_parallel_cpu.jsonl`). A random Wan2.1-named DiT of 8 blocks, "
+         "dim 256, ffn 1024, fp32; one sample of 320 tokens with guidance 5, 10 steps; each rank one thread "
+         "(`--threads 1`). one: a single rank; pipeline: 2 ranks, `--cfg-parallel 1` (the CFG pair as 2 "
+         "micro-batches over 2 stages: at most 1.33x); CFG-parallel: 2 ranks, `--cfg-parallel 2` (one branch "
+         "each, every block on both: at most 2x); auto: no flag (the plan picks CFG-parallel here, so it runs what the CFG-parallel row runs: the gap between those two rows is this machine's noise). Every run's latents equal the "
+         "single rank's byte for byte (the script compares them). On 2 cores shared with builds at load average "
+         "5-8 the ranks do not get a core each, so these timings say little about speed; the GPU benchmark "
+         "(one sample, CFG, 30 steps, against one GPU, the 2-stage pipeline and xDiT's ideal) is a separate "
+         "issue's run.\n",
+         "| date | commit | setting | seconds per step | load average |",
+         "| --- | --- | --- | --- | --- |"]
+    timed = [r for r in rows if "seconds_per_step" in r]
+    for r in timed:
+        L.append(f"| {r.get('date', '')} | {r.get('commit', '')} | {r['setting']} | {r['seconds_per_step']:.3f} | "
+                 f"{r.get('load_average', '')} |")
+    if not timed:
+        L.append(f"| | | one | {NOT_RUN} | |")
+    L.append("\n**Plan predictions** (the cost model of `choose_arrangement`, pipeline/src/plan.cpp; no run behind "
+             "them): seconds per step of each arrangement, the one picked marked. CPU: the 2-rank chain above, "
+             "from its auto run's log. GPU: a Wan2.1-14B-sized DiT (40 blocks, dim 5120, bf16) on H100/H200-class "
+             "ranks, the table of cases of `pipeline_test --gtest_filter=CfgParallel.ThePlanPicks*`, which the "
+             "script also records; 32760 tokens (81 frames at 480x832), 1024 in the short-sequence and asked-for-CFG-parallel "
+             "cases; \"20 GB each\" is `--vram-budget 20GB`, which makes each rank of the CFG-parallel arrangement "
+             "swap what does not fit.\n")
+    L.append("| date | case | arrangement | predicted s / step | per-rank device bytes | picked |")
+    L.append("| --- | --- | --- | --- | --- | --- |")
+    planned = [r for r in rows if "predicted_seconds_per_step" in r]
+    for r in planned:
+        L.append(f"| {r.get('date', '')} | {r.get('case', 'CPU ranks above')} | {r['setting'].replace('plan ', '')} | "
+                 f"{r['predicted_seconds_per_step']:.4g} | {r.get('device_per_rank', '')} | "
+                 f"{'yes' if r.get('chosen') else ''} |")
+    if not planned:
+        L.append(f"| | | | {NOT_RUN} | | |")
+    return "\n".join(L)
+
+
 def cpu_disk_section(rows, findings):
     """The disk tier measured on the 2-core CPU machine CI runs on (bench/disk_tier_cpu.sh), kept in
     bench/cpu-results/ because the GPU machine's results folder holds only run-all's rows. Every
@@ -625,6 +667,7 @@ def render(results, doc, command=None):
     L.append(memory_section(wan + llama + disk + two + scale))
     L.append(scale_section(scale, findings))
     L.append(cfg_section(cfg, findings))
+    L.append(cfg_parallel_cpu_section(load(os.path.join(HERE, "cpu-results"), "cfg_parallel_cpu.jsonl")))
     L.append("\n## Reading a trace\n")
     L.append("Every pipeswap row writes a `--trace` timeline (`$OUT/traces/*.json.gz`; open in "
              "https://ui.perfetto.dev). One process per rank, one row per lane: `compute` (each block's phases, "

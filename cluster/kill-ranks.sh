@@ -37,6 +37,10 @@
 # rendezvous line, then 0-100 ms; or its "loaded ... of weights" line, then 0-1.5 s); the line printed
 # for each point says what the victim had done when it was signalled, from its log lines up to then
 # ("before opening the checkpoint", "while loading its weights", "after k of 16 micro-batches").
+# CFG-parallel jobs (issue 21): after those points, KILL_CFG_POINTS more (default 4) run `pipeswap denoise
+# --cfg-parallel 2` on the demo Wan instead (2 or 4 ranks: 2 guidance groups x 1 or 2 stages, every rank
+# in either group a possible victim; phases start-up and forward), with the same launches, signals,
+# bounds and checks.
 # Bound: every survivor (or the job) ends within --comm-timeout + 7 s of the signal (10 s at the
 # default 3 s). A dead rank is seen at once (closed sockets, mpirun). A hung one costs the timeout:
 # over TCP a peer without heartbeats for T is named at the next transport call; under MPI a wait
@@ -58,6 +62,7 @@ root=$(cd "$here/.." && pwd)
 . "$here/test-input.sh"
 PIPESWAP=${PIPESWAP:-$root/build/pipeswap}
 points=${KILL_POINTS:-16}
+cfg_points=${KILL_CFG_POINTS:-4}
 seed=${KILL_SEED:-$(( $(date +%s%N) % 1000000 ))}
 comm_timeout=${KILL_COMM_TIMEOUT:-3}
 read -r -a signals <<<"${KILL_SIGNALS:-KILL STOP}"
@@ -73,7 +78,7 @@ host=$(hostname)
 say() { echo "kill-ranks: $*" >&2; }
 fail() {
   say "FAIL: $*"
-  say "reproduce with: KILL_SEED=$seed KILL_POINTS=$points KILL_SIGNALS='${signals[*]}' $0 test"
+  say "reproduce with: KILL_SEED=$seed KILL_POINTS=$points KILL_CFG_POINTS=$cfg_points KILL_SIGNALS='${signals[*]}' $0 test"
   exit 1
 }
 
@@ -167,18 +172,25 @@ wait_gone() {
   ! kill -0 "$1" 2>/dev/null
 }
 
-# One point: $1 index, $2 launch, $3 ranks, $4 victim, $5 phase, $6 delay (s), $7 signal (KILL, STOP).
+# One point: $1 index, $2 launch, $3 ranks, $4 victim, $5 phase, $6 delay (s), $7 signal (KILL, STOP),
+# $8 job (run: the forward job of the demo Llama; cfg: CFG-parallel denoising of the demo Wan).
 run_point() {
-  local i=$1 launch=$2 np=$3 victim=$4 phase=$5 delay=$6 sig=$7
+  local i=$1 launch=$2 np=$3 victim=$4 phase=$5 delay=$6 sig=$7 job=${8:-run}
   local d="$work/p$i" chain="" r args pid job_pid t_sig marker rc waited log did what
   what=$([ "$sig" = KILL ] && echo killed || echo stopped)
   mkdir -p "$d"
   for ((r = 0; r < np; r++)); do chain+="${chain:+,}${devices[r]:-cpu}"; done
-  args=(run --input "$work/input.json" --micro-batches 16 --comm-timeout "$comm_timeout" --log-level debug
-        --output "$d/out.safetensors")
+  if [ "$job" = cfg ]; then
+    # Thousands of steps: the job outlasts any drawn delay (the demo Wan takes about 20 ms a step).
+    args=(denoise --steps 5000 --cfg-parallel 2 --comm-timeout "$comm_timeout" --log-level debug
+          --output "$d/out.safetensors")
+  else
+    args=(run --input "$work/input.json" --micro-batches 16 --comm-timeout "$comm_timeout" --log-level debug
+          --output "$d/out.safetensors")
+    [ "$phase" = streaming ] && args+=(--offload-ratio 1 --lazy-load --max-memory 12MB --num-disk-workers 1)
+    [ "$phase" = start-up ] && args+=(--model "$work/wide")
+  fi
   [ "$launch" = single ] || args+=(--device-chain "$chain")
-  [ "$phase" = streaming ] && args+=(--offload-ratio 1 --lazy-load --max-memory 12MB --num-disk-workers 1)
-  [ "$phase" = start-up ] && args+=(--model "$work/wide")
   local pids=()
   case $launch in
     mpi)
@@ -222,6 +234,8 @@ run_point() {
     did="before opening the checkpoint"
   elif ! grep -aq "loaded .* of weights" <<<"$lines"; then
     did="while loading its weights"
+  elif [ "$job" = cfg ]; then
+    did="after loading its weights"
   else
     did="after $(grep -ac "micro-batch .* done" <<<"$lines" || true) of 16 micro-batches"
   fi
@@ -299,8 +313,8 @@ run_point() {
     sleep 0.1
   done
   ls "$d"/out.safetensors.tmp.* >/dev/null 2>&1 && fail "point $i: a temporary output file was left behind"
-  summary+=("$(printf '%3d  %-6s  np=%d  victim=r%d  %-4s  %-9s  +%4ss  %-34s  survivors out after %4ss%s' \
-    "$i" "$launch" "$np" "$victim" "$sig" "$phase" "$delay" "$did" "$slowest" "$resumed")")
+  summary+=("$(printf '%3d  %-3s %-6s  np=%d  victim=r%d  %-4s  %-9s  +%4ss  %-34s  survivors out after %4ss%s' \
+    "$i" "$job" "$launch" "$np" "$victim" "$sig" "$phase" "$delay" "$did" "$slowest" "$resumed")")
   rm -rf "$d"
 }
 
@@ -336,7 +350,28 @@ run_test() {
     run_point "$i" "$launch" "$np" "$victim" "$phase" "$delay" "$sig"
     say "${summary[-1]}"
   done
-  say "all $points points passed in $((SECONDS - t_start)) s (seed $seed)"
+  # CFG-parallel denoising: 2 guidance groups of 1 or 2 stages; any rank of either group goes silent.
+  [ $((${#devices[@]} % 2)) -eq 0 ] || cfg_points=0  # an odd number of devices does not split in two
+  if [ "$cfg_points" -gt 0 ]; then
+    "$PIPESWAP" denoise --steps 1 --log-level warn --output "$work/warm.safetensors" >/dev/null  # the demo Wan, once
+    rm -f "$work/warm.safetensors"
+  fi
+  local phases_cfg=(start-up forward)
+  for ((i = points; i < points + cfg_points; i++)); do
+    launch=${launches[RANDOM % 3]}
+    np=$((2 + 2 * (RANDOM % 2)))
+    [ ${#devices[@]} -eq 0 ] || np=${#devices[@]}
+    victim=$((RANDOM % np))
+    phase=${phases_cfg[RANDOM % 2]}
+    case $phase in
+      start-up) delay=$(draw 0 0.1) ;;
+      *) delay=$(draw 0 1.5) ;;
+    esac
+    sig=${signals[RANDOM % ${#signals[@]}]}
+    run_point "$i" "$launch" "$np" "$victim" "$phase" "$delay" "$sig" cfg
+    say "${summary[-1]}"
+  done
+  say "all $((points + cfg_points)) points passed in $((SECONDS - t_start)) s (seed $seed)"
 }
 
 case ${1:-} in

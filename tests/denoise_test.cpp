@@ -134,7 +134,8 @@ TEST_F(DenoiseTest, SharedFillsOncePerStepSameLatents) {
       {"", "--blocks-to-swap 2", 2},
       {"", "--blocks-to-swap 2 --offload-granularity phase --prefetch-depth 2", 6},
       {"", "--blocks-to-swap 1 --lazy-load --max-memory 100KB", 1},
-      {"mpirun -np 2 ", "--device-chain cpu=1,cpu=1 --blocks-to-swap 1", 1},
+      // One pipeline: the CFG pair on each rank (CFG-parallel would give each rank one branch).
+      {"mpirun -np 2 ", "--device-chain cpu=1,cpu=1 --cfg-parallel 1 --blocks-to-swap 1", 1},
   };
   int i = 0;
   for (const Case& c : cases) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <iostream>
 #include <numeric>
 #include <random>
 
@@ -10,6 +11,9 @@
 #include "pipeswap/pipeline/device_chain.h"
 #include "pipeswap/pipeline/forward_job.h"
 #include "pipeswap/pipeline/plan.h"
+#include "pipeswap/offload/residency.h"
+
+#include <nlohmann/json.hpp>
 
 using namespace pipeswap;
 using namespace pipeswap::pipeline;
@@ -231,6 +235,121 @@ TEST(Plan, WorkloadSplitFalsePutsEverythingOnTheFirstEntry) {
   EXPECT_TRUE(plan.ranks[0].prologue && plan.ranks[0].epilogue);
   EXPECT_TRUE(plan.ranks[1].idle());
   EXPECT_EQ(plan.stages(), std::vector<int>{0});
+}
+
+// Issue 21: the arrangements of a chain for a job with guidance, G guidance groups x p stages, and the
+// plan's pick. A Wan2.1-14B-sized DiT in bf16 on GPUs (no GPU needed: the plan is arithmetic).
+std::unique_ptr<models::Architecture> wan14b() {
+  return models::make_architecture(nlohmann::json{{"_class_name", "WanModel"}, {"model_type", "t2v"},
+                                                  {"dim", 5120},               {"ffn_dim", 13824},
+                                                  {"num_heads", 40},           {"num_layers", 40},
+                                                  {"in_dim", 16},              {"out_dim", 16},
+                                                  {"text_dim", 4096},          {"freq_dim", 256},
+                                                  {"text_len", 512}});
+}
+
+TEST(CfgParallel, GroupsSplitTheChainAndEachHoldsEveryBlock) {
+  FakeArch arch(6, false);
+  PlanInputs in = inputs_for("cpu=1,cpu=2,cpu=1,cpu=2");
+  in.guidance_groups = 2;
+  Plan plan = make_plan(arch, in);
+  ASSERT_EQ(plan.ranks.size(), 4u);
+  EXPECT_EQ(plan.group_size(), 2);
+  EXPECT_EQ(plan.stages(0), (std::vector<int>{0, 1}));
+  EXPECT_EQ(plan.stages(1), (std::vector<int>{2, 3}));
+  EXPECT_EQ(plan.leader(1), 2);
+  EXPECT_EQ(plan.group_of(3), 1);
+  EXPECT_EQ(plan.prev_stage(2), -1);
+  EXPECT_EQ(plan.next_stage(1), -1);
+  EXPECT_EQ(plan.next_stage(2), 3);
+  for (int g = 0; g < 2; ++g) {
+    const RankPlan& a = plan.ranks[static_cast<size_t>(2 * g)];
+    const RankPlan& b = plan.ranks[static_cast<size_t>(2 * g + 1)];
+    EXPECT_EQ(a.group, g);
+    EXPECT_EQ(a.first_block, 0);
+    EXPECT_EQ(a.end_block, 2);
+    EXPECT_EQ(b.end_block, 6);
+    EXPECT_TRUE(a.prologue && !a.epilogue);
+    EXPECT_TRUE(b.epilogue && !b.prologue);
+  }
+  EXPECT_THAT(plan.to_text(), HasSubstr("CFG-parallel: 2 guidance groups x 2 rank(s)"));
+  EXPECT_EQ(plan.to_json()["ranks"][3]["group"], 1);
+  in.chain = parse_device_chain("cpu,cpu,cpu").entries;
+  EXPECT_THROW(make_plan(arch, in), ConfigError);  // 3 ranks do not split into 2 groups
+}
+
+TEST(CfgParallel, ThePlanPicksTheFastestArrangementThatFits) {
+  const auto arch = wan14b();
+  struct Case {
+    std::string what, chain;
+    int samples;
+    bool guidance;
+    int64_t tokens;
+    std::string budget;  // per rank, "" for none
+    int requested;       // --cfg-parallel (0: auto)
+    std::vector<int> candidates;  // guidance groups compared
+    int chosen;          // guidance groups
+  };
+  const Case cases[] = {
+      {"one GPU: nothing to arrange", "cuda:0", 1, true, 32760, "", 0, {1}, 1},
+      {"no guidance: one branch", "cuda:0,cuda:1", 1, false, 32760, "", 0, {1}, 1},
+      {"three GPUs do not split in two", "cuda:0,cuda:1,cuda:2", 1, true, 32760, "", 0, {1}, 1},
+      {"one sample on 2 GPUs: both branches at once, 2x against 1.33x", "cuda:0,cuda:1", 1, true, 32760, "", 0,
+       {1, 2}, 2},
+      {"asked for the pipeline", "cuda:0,cuda:1", 1, true, 32760, "", 1, {1}, 1},
+      {"asked for CFG-parallel", "cuda:0,cuda:1", 1, true, 1024, "20GB", 2, {2}, 2},
+      {"2 samples on 4 GPUs: 2 groups x 2 stages", "cuda:0,cuda:1,cuda:2,cuda:3", 2, true, 32760, "", 0, {1, 2}, 2},
+      {"4 samples on 2 GPUs", "cuda:0,cuda:1", 4, true, 32760, "", 0, {1, 2}, 2},
+      {"long video, 20 GB each: the swapping hides behind compute", "cuda:0,cuda:1", 1, true, 32760, "20GB", 0,
+       {1, 2}, 2},
+      {"short sequence, 20 GB each: every step would fetch 16 blocks", "cuda:0,cuda:1", 1, true, 1024, "20GB", 0,
+       {1, 2}, 1},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    PlanInputs in = inputs_for(c.chain);
+    in.dtype = c10::ScalarType::BFloat16;
+    in.batch = 1;
+    in.seq = c.tokens;
+    in.micro_batches = c.samples * (c.guidance ? 2 : 1);
+    if (!c.budget.empty())
+      in.vram_budget.assign(in.chain.size(), offload::parse_bytes(c.budget, "--vram-budget"));
+    const ArrangementChoice got = choose_arrangement(*arch, in, c.guidance, c.requested);
+    std::vector<int> groups;
+    for (const Arrangement& a : got.candidates) groups.push_back(a.guidance_groups);
+    EXPECT_EQ(groups, c.candidates);
+    EXPECT_EQ(got.plan().guidance_groups, c.chosen) << got.to_text();
+    EXPECT_GT(got.plan().step_seconds, 0);
+    for (const Arrangement& a : got.candidates) {
+      EXPECT_EQ(a.plan.micro_batches, in.micro_batches / a.guidance_groups);
+      // Each group holds (or swaps) every block over its ranks.
+      int blocks = 0;
+      for (int r : a.plan.stages(0)) blocks += a.plan.ranks[static_cast<size_t>(r)].num_blocks();
+      EXPECT_EQ(blocks, 40);
+    }
+    // The predictions docs/benchmarks.md quotes ("plan predictions"), one line per case.
+    std::cout << "[ cfg-par  ] " << c.what << "\n" << got.to_text();
+    if (got.candidates.size() > 1) {
+      EXPECT_THAT(got.to_text(), HasSubstr("s/step"));
+      EXPECT_EQ(got.to_json().size(), got.candidates.size());
+    }
+  }
+}
+
+TEST(CfgParallel, WhatCannotBeAskedForIsAConfigError) {
+  const auto arch = wan14b();
+  PlanInputs in = inputs_for("cuda:0,cuda:1,cuda:2");
+  in.micro_batches = 2;
+  EXPECT_THROW(choose_arrangement(*arch, in, true, 2), ConfigError);  // odd chain
+  in.chain = parse_device_chain("cuda:0,cuda:1").entries;
+  in.micro_batches = 1;
+  EXPECT_THROW(choose_arrangement(*arch, in, false, 2), ConfigError);  // no guidance
+  in.micro_batches = 2;
+  in.dtype = c10::ScalarType::BFloat16;
+  in.batch = 1;
+  in.seq = 1024;
+  in.vram_budget.assign(2, offload::parse_bytes("1GB", "--vram-budget"));
+  EXPECT_THROW(choose_arrangement(*arch, in, true, 0), ConfigError);  // fits nowhere
 }
 
 }  // namespace

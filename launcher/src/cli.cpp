@@ -45,6 +45,14 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->check(CLI::IsMember({"off", "scaled-mm"}))
       ->default_str("off");
   cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")->default_str("1");
+  if (dit || cmd->get_name() == "plan") {
+    cmd->add_option("--cfg-parallel", o.cfg_parallel,
+                    "guidance groups: 2 runs the conditional and the unconditional branch on the two halves of the "
+                    "device chain (each half a pipeline over every block, exchanging noise predictions each step), "
+                    "1 one pipeline for both, auto the arrangement the plan predicts fastest")
+        ->check(CLI::IsMember({"auto", "1", "2"}))
+        ->default_str("auto");
+  }
   if (!dit) {
     cmd->add_option("--input", o.input,
                     "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T] (default with the demo "

@@ -102,7 +102,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   const int units = pipeline::denoise_units(settings);
   JobShape one = shape;
   one.batch = 1;
-  job.plan = make_job_plan(o, world, *transport, job, one, units, settings.steps);
+  job.plan = make_job_plan(o, world, *transport, job, one, units, settings.steps, settings.cfg);
 
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
@@ -127,6 +127,9 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
         "pipeswap denoise: {} ({}), {} blocks on {} rank(s), {} sample(s) x {} tokens, {} "
         "micro-batches per step\n",
         job.model_dir, job.plan.family, job.plan.num_blocks, world.size, shape.batch, shape.seq, units);
+    if (job.plan.guidance_groups > 1)
+      s += fmt::format("  CFG-parallel: {} guidance groups x {} rank(s), noise predictions exchanged each step\n",
+                       job.plan.guidance_groups, job.plan.group_size());
     s += rank_lines(job.plan);
     const double per_step = result.seconds / settings.steps;
     s += fmt::format("  {} steps in {:.3f} s ({:.3f} s/step), guidance {}, shift {}, total {:.2f} s\n", settings.steps,

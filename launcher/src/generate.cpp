@@ -166,16 +166,18 @@ int cmd_plan_repo(const Options& o, const World& world, comm::Transport& t) {
   pipeline::DenoiseSettings s;
   s.cfg = cfg;
   s.batch = 1;
-  job.plan = make_job_plan(dit, world, t, job, shape, pipeline::denoise_units(s), o.steps);
+  pipeline::ArrangementChoice choice;
+  job.plan = make_job_plan(dit, world, t, job, shape, pipeline::denoise_units(s), o.steps, cfg, &choice);
   if (world.rank == 0) {
     const std::string first = job.chain.at(0).device.str();
     const std::string te = o.text_encoder_device.empty() ? first : o.text_encoder_device;
     const std::string vae = o.vae_device.empty() ? first : o.vae_device;
     const ComponentPlan c =
         plan_components(repo, 1, size, cfg, text_encoder_settings(o, te), vae, o.vae_tiling, job.plan);
-    std::cout << job.plan.to_text() << c.text << std::flush;
+    std::cout << job.plan.to_text() << choice.to_text_if_compared() << c.text << std::flush;
     if (!o.json.empty()) {
       json j = job.plan.to_json();
+      if (!choice.candidates.empty()) j["arrangements"] = choice.to_json();
       j["components"] = c.json;
       write_text_atomically(o.json, "plan JSON", j.dump(2) + "\n");
     }
@@ -295,7 +297,8 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
   PS_CHECK(shape.batch > 0, CommError, "rank 0 could not prepare the inputs (see its error)");
   settings.batch = static_cast<int>(shape.batch);
   const int units = pipeline::denoise_units(settings);
-  job.plan = make_job_plan(dit, world, t0, job, JobShape{1, shape.seq, shape.stored_dtype}, units, settings.steps);
+  job.plan = make_job_plan(dit, world, t0, job, JobShape{1, shape.seq, shape.stored_dtype}, units, settings.steps,
+                           settings.cfg);
   if (world.rank == 0) {
     const std::string first = job.chain.at(0).device.str();
     const std::string te = o.text_encoder_device.empty() ? first : o.text_encoder_device;

@@ -47,8 +47,11 @@ std::optional<c10::ScalarType> stored_dtype(const Job& job);
 std::vector<int64_t> weight_storage(const Options& o, const Job& job);
 // The plan for micro-batches of shape.batch samples of shape.seq tokens (0: unknown); `sweeps` passes
 // of each micro-batch (denoising steps). Collective for automatic VRAM budgets of "auto".
+// `guidance`: a denoising job with both guidance branches; micro_batches then counts both, and
+// --cfg-parallel picks the arrangement (pipeline::choose_arrangement; `choice` receives every candidate).
 pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job,
-                             const JobShape& shape, int micro_batches, int sweeps);
+                             const JobShape& shape, int micro_batches, int sweeps, bool guidance = false,
+                             pipeline::ArrangementChoice* choice = nullptr);
 
 // ----- run.cpp
 

@@ -23,6 +23,9 @@ struct Options {
   std::string weight_dtype = "auto";
   std::string fp8_gemm = "off";  // off: dequantise fp8 weights per use; scaled-mm: torch._scaled_mm (Hopper)  // auto: as stored (fp8 files stay fp8); fp8: quantise block matrices at load
   int micro_batches = 1;
+  // Guidance groups (CFG-parallel, issue 21): "auto" (the plan picks the fastest arrangement), "1" (one
+  // pipeline, both branches as micro-batches) or "2" (the chain's halves run one branch each).
+  std::string cfg_parallel = "auto";
   double comm_timeout = 60;  // seconds
   int threads = 0;           // 0: cores of this node / ranks on it
   std::string log_level = "info";

@@ -175,7 +175,8 @@ std::vector<int64_t> weight_storage(const Options& o, const Job& job) {
 }
 
 pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job,
-                             const JobShape& shape, int micro_batches, int sweeps) {
+                             const JobShape& shape, int micro_batches, int sweeps, bool guidance,
+                             pipeline::ArrangementChoice* choice) {
   pipeline::PlanInputs in;
   in.model_dir = job.model_dir;
   in.chain = job.chain;
@@ -196,7 +197,18 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
   if (!o.vram_budget.empty() && (o.blocks_to_swap >= 0 || o.offload_ratio >= 0))
     log().warn("blocks_to_swap ignored: automatic VRAM mode decides residency");
   in.vram_budget = agree_vram_budgets(o.vram_budget, job.chain, world, t);
-  pipeline::Plan plan = pipeline::make_plan(*job.arch, in);
+  const bool dit = o.command == "denoise" || o.command == "generate" || o.command == "plan";
+  const int requested = !dit || o.cfg_parallel == "auto" ? 0 : std::stoi(o.cfg_parallel);
+  pipeline::Plan plan;
+  if (!guidance && requested <= 1) {
+    plan = pipeline::make_plan(*job.arch, in);
+  } else {
+    pipeline::ArrangementChoice c = pipeline::choose_arrangement(*job.arch, in, guidance, requested);
+    plan = c.plan();
+    // A caller that takes the candidates prints them itself (`plan`).
+    if (world.rank == 0 && c.candidates.size() > 1 && choice == nullptr) log().info("{}", c.to_text());
+    if (choice) *choice = std::move(c);
+  }
   if (world.rank == 0) warn_idle_settings(o, plan);
   return plan;
 }

@@ -146,7 +146,9 @@ std::string rank_lines(const pipeline::Plan& plan) {
   if (!plan.weight_storage.empty()) s += fmt::format("  {}\n", plan.weight_storage);
   for (const auto& r : plan.ranks) {
     s += fmt::format(
-        "  rank {} {:<6} {}\n", r.rank, r.device.str(),
+        "  rank {}{} {:<6} {}\n", r.rank,
+        plan.guidance_groups > 1 ? fmt::format(" ({})", r.group == 0 ? "cond" : "uncond") : std::string(),
+        r.device.str(),
         r.idle()
             ? std::string("idle")
             : fmt::format("blocks {}..{} ({}){}{}{}", r.first_block, r.end_block - 1, r.num_blocks(),

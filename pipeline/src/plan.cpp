@@ -27,22 +27,23 @@ std::string format_bytes(int64_t bytes) {
   return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", v, units[u]);
 }
 
-std::vector<int> Plan::stages() const {
+std::vector<int> Plan::stages(int group) const {
   std::vector<int> s;
-  for (const auto& r : ranks)
-    if (!r.idle()) s.push_back(r.rank);
+  const int n = group_size();
+  for (int r = group * n; r < (group + 1) * n && r < static_cast<int>(ranks.size()); ++r)
+    if (!ranks[static_cast<size_t>(r)].idle()) s.push_back(r);
   return s;
 }
 
 int Plan::prev_stage(int rank) const {
-  auto s = stages();
+  auto s = stages(group_of(rank));
   for (size_t i = 1; i < s.size(); ++i)
     if (s[i] == rank) return s[i - 1];
   return -1;
 }
 
 int Plan::next_stage(int rank) const {
-  auto s = stages();
+  auto s = stages(group_of(rank));
   for (size_t i = 0; i + 1 < s.size(); ++i)
     if (s[i] == rank) return s[i + 1];
   return -1;
@@ -196,25 +197,27 @@ void plan_swap_order(const models::Architecture& arch, const PlanInputs& in, int
   const int m = std::max(1, in.micro_batches);
   const int64_t swapped_units =
       std::count_if(rp.layout.units.begin(), rp.layout.units.end(), [](const offload::Unit& u) { return u.swapped; });
+  // fp8 weights are dequantised at each use: about 351 MB of fp8 in 2.55 ms on an H200 (issue 17's
+  // measurement, 1.4e11 bytes/s), a few GB/s on CPU cores.
+  int64_t fp8_bytes = 0;
+  for (const auto& u : rp.layout.units)
+    for (const auto& part : u.parts)
+      for (const auto& e : part.entries)
+        if (e.fp8.fp8()) fp8_bytes += e.nbytes;
+  const double dequantise = static_cast<double>(fp8_bytes) / (rp.device.is_cuda() ? 1.4e11 : 2e9);
+  const double compute =
+      in.batch > 0 && in.seq > 0
+          ? arch.block_flops(in.batch, in.seq) * rp.num_blocks() / compute_rate(rp.device, in.dtype) + dequantise
+          : 0;
+  const double transfer =
+      swapped_units > 0 ? static_cast<double>(rp.layout.swapped_bytes) / link_rate(rp.device, rp.layout) : 0;
+  const SwapOrderChoice c = choose_swap_order(compute, transfer, m, stages, in.offload.swap_order);
   if (swapped_units > 0) {
-    // fp8 weights are dequantised at each use: about 351 MB of fp8 in 2.55 ms on an H200 (issue 17's
-    // measurement, 1.4e11 bytes/s), a few GB/s on CPU cores.
-    int64_t fp8_bytes = 0;
-    for (const auto& u : rp.layout.units)
-      for (const auto& part : u.parts)
-        for (const auto& e : part.entries)
-          if (e.fp8.fp8()) fp8_bytes += e.nbytes;
-    const double dequantise = static_cast<double>(fp8_bytes) / (rp.device.is_cuda() ? 1.4e11 : 2e9);
-    const double compute =
-        in.batch > 0 && in.seq > 0
-            ? arch.block_flops(in.batch, in.seq) * rp.num_blocks() / compute_rate(rp.device, in.dtype) + dequantise
-            : 0;
-    const double transfer = static_cast<double>(rp.layout.swapped_bytes) / link_rate(rp.device, rp.layout);
-    const SwapOrderChoice c = choose_swap_order(compute, transfer, m, stages, in.offload.swap_order);
     rp.shared_fills = c.shared;
     rp.per_micro_batch_seconds = c.per_micro_batch_seconds;
     rp.shared_seconds = c.shared_seconds;
   }
+  if (compute > 0) rp.pass_seconds = rp.shared_fills ? c.shared_seconds : c.per_micro_batch_seconds;
   const int sweeps_per_pass = rp.shared_fills ? 1 : m;
   rp.fills_per_pass = swapped_units * sweeps_per_pass;
   rp.disk_read_bytes = in.offload.lazy_load ? rp.layout.disk_bytes(sweeps_per_pass * in.sweeps) : 0;
@@ -259,34 +262,47 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
   plan.micro_batches = in.micro_batches;
   plan.offload = in.offload;
 
-  const int p = static_cast<int>(in.chain.size());
-  std::vector<int> counts(p, 0);
-  if (in.workload_split) {
-    std::vector<double> weights;
-    for (const auto& e : in.chain) weights.push_back(e.weight);
-    counts = partition_blocks(plan.num_blocks, weights);
-  } else {
-    counts[0] = plan.num_blocks;  // workload_split=false: the first device runs everything
+  const int n = static_cast<int>(in.chain.size());
+  const int groups = in.guidance_groups;
+  PS_CHECK(groups >= 1 && n % groups == 0, ConfigError,
+           "--cfg-parallel {} needs a device chain of a multiple of {} entries (one group of stages per guidance "
+           "branch); it has {}",
+           groups, groups, n);
+  plan.guidance_groups = groups;
+  const int p = n / groups;  // ranks per group
+  // Each group spreads every block over its own chain entries, as one pipeline would.
+  std::vector<int> counts(n, 0);
+  for (int g = 0; g < groups; ++g) {
+    std::vector<int> c(p, 0);
+    if (in.workload_split) {
+      std::vector<double> weights;
+      for (int i = 0; i < p; ++i) weights.push_back(in.chain[static_cast<size_t>(g * p + i)].weight);
+      c = partition_blocks(plan.num_blocks, weights);
+    } else {
+      c[0] = plan.num_blocks;  // workload_split=false: the first device (of each group) runs everything
+    }
+    for (int i = 0; i < p; ++i) counts[static_cast<size_t>(g * p + i)] = c[static_cast<size_t>(i)];
   }
-
-  int start = 0;
-  int last_busy = 0;
-  int stages = 0;
-  for (int r = 0; r < p; ++r) {
-    if (counts[r] > 0) last_busy = r;
-    if (counts[r] > 0) ++stages;
+  std::vector<int> last_busy(groups, 0), stages(groups, 0);
+  for (int r = 0; r < n; ++r) {
+    if (counts[r] > 0) last_busy[r / p] = r;
+    if (counts[r] > 0) ++stages[r / p];
   }
   const int64_t act = (in.batch > 0 && in.seq > 0) ? arch.activation_bytes(in.batch, in.seq, in.dtype) : 0;
-  for (int r = 0; r < p; ++r) {
+  int start = 0;
+  for (int r = 0; r < n; ++r) {
+    const int g = r / p;
+    if (r % p == 0) start = 0;
     RankPlan rp;
     rp.rank = r;
+    rp.group = g;
     rp.device = in.chain[r].device;
     rp.weight = in.chain[r].weight;
     rp.first_block = start;
     rp.end_block = start + counts[r];
     start = rp.end_block;
-    rp.prologue = (r == 0);
-    rp.epilogue = (r == last_busy);
+    rp.prologue = (r == g * p);
+    rp.epilogue = (r == last_busy[g]);
     // Every block and component this rank holds, tied embeddings once.
     const offload::RankComponents held =
         offload::rank_components(arch, {rp.first_block, rp.end_block, rp.prologue, rp.epilogue});
@@ -309,7 +325,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
                                      rp.prologue ? arch.prologue_workspace_bytes(in.batch, in.seq, in.dtype) : 0,
                                      rp.epilogue ? arch.epilogue_workspace_bytes(in.batch, in.seq, in.dtype) : 0});
       // Rank 0 keeps every micro-batch's output on its device until the forward ends.
-      if (rp.epilogue && r == 0 && in.micro_batches > 1)
+      if (rp.epilogue && r == g * p && in.micro_batches > 1)
         rp.workspace_bytes += (in.micro_batches - 1) * arch.output_bytes(in.batch, in.seq, in.dtype);
     }
     // cuBLAS and cuDNN take workspaces through LibTorch's caching allocator (about 35 MB measured on an
@@ -318,10 +334,118 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // An fp8 weight's dequantised copy lives beside the block's activations while its layer runs.
     if (!rp.idle()) rp.workspace_bytes += dequantise;
     plan_residency(arch, in, held, rp);
-    if (!rp.idle()) plan_swap_order(arch, in, stages, act, rp);
+    if (!rp.idle()) plan_swap_order(arch, in, stages[g], act, rp);
     plan.ranks.push_back(rp);
   }
+  for (const auto& r : plan.ranks) plan.step_seconds = std::max(plan.step_seconds, r.pass_seconds);
+  if (groups > 1 && plan.step_seconds > 0) {
+    // Each group's last stage sends its outputs to every other group's leader: small tensors over the link.
+    const double out = static_cast<double>(arch.output_bytes(in.batch, in.seq, c10::ScalarType::Float));
+    plan.step_seconds += std::max(1, in.micro_batches) * (groups - 1) * out /
+                         (in.chain.front().device.is_cuda() ? 5e10 : 1e10);
+  }
   return plan;
+}
+
+ArrangementChoice choose_arrangement(const models::Architecture& arch, const PlanInputs& in, bool guidance,
+                                     int requested) {
+  const int n = static_cast<int>(in.chain.size());
+  const int units = std::max(1, in.micro_batches);
+  PS_CHECK(requested >= 0 && requested <= 2, ConfigError, "--cfg-parallel takes auto, 1 or 2 (got {})", requested);
+  PS_CHECK(requested < 2 || guidance, ConfigError,
+           "--cfg-parallel 2 runs the conditional and the unconditional branch on separate ranks: it needs guidance "
+           "(--guidance > 1)");
+  PS_CHECK(requested < 2 || (n % 2 == 0 && units % 2 == 0), ConfigError,
+           "--cfg-parallel 2 needs an even number of ranks (one group of stages per guidance branch); the device "
+           "chain has {}",
+           n);
+  ArrangementChoice out;
+  for (int g = 1; g <= 2; ++g) {
+    if (g == 2 && !(guidance && n % 2 == 0 && units % 2 == 0)) continue;
+    if (requested != 0 && requested != g) continue;
+    Arrangement a;
+    a.guidance_groups = g;
+    a.stages = n / g;
+    PlanInputs pi = in;
+    pi.guidance_groups = g;
+    pi.micro_batches = units / g;
+    try {
+      a.plan = make_plan(arch, pi);
+      a.stages = static_cast<int>(a.plan.stages(0).size());
+    } catch (const ConfigError& e) {
+      if (requested != 0 || in.vram_budget.empty()) throw;  // only a budget makes an arrangement not fit
+      a.error = e.what();
+    }
+    out.candidates.push_back(std::move(a));
+  }
+  // The fastest that fits; the pipeline alone unless another is predicted faster.
+  int best = -1;
+  for (size_t i = 0; i < out.candidates.size(); ++i) {
+    const Arrangement& a = out.candidates[i];
+    if (!a.error.empty()) continue;
+    if (best < 0) {
+      best = static_cast<int>(i);
+      continue;
+    }
+    const double b = out.candidates[static_cast<size_t>(best)].plan.step_seconds, s = a.plan.step_seconds;
+    if (s > 0 && b > 0 && s < 0.98 * b) best = static_cast<int>(i);
+  }
+  if (best < 0) {
+    // Nothing fits: the pipeline's error says why.
+    PS_THROW(ConfigError, "{}", out.candidates.front().error);
+  }
+  out.chosen = best;
+  return out;
+}
+
+std::string ArrangementChoice::to_text() const {
+  std::string s = "  arrangements (guidance groups x stages), predicted step and per-rank peaks:\n";
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const Arrangement& a = candidates[i];
+    const std::string name = a.guidance_groups == 1 ? "pipeline only"
+                             : a.stages == 1         ? "CFG-parallel"
+                                                     : "CFG-parallel + pipeline";
+    std::string line = fmt::format("  {} {} x {} ({})", static_cast<int>(i) == chosen ? "*" : " ", a.guidance_groups,
+                                   a.stages, name);
+    if (!a.error.empty()) {
+      s += line + ": does not fit: " + a.error + "\n";
+      continue;
+    }
+    line += a.plan.step_seconds > 0 ? fmt::format(": {:.4g} s/step", a.plan.step_seconds) : ": step not predicted";
+    std::vector<std::string> dev;
+    for (const auto& r : a.plan.ranks) dev.push_back(format_bytes(r.device_bytes));
+    line += fmt::format("; device per rank {}", fmt::join(dev, ", "));
+    std::vector<std::string> host;
+    for (const auto& r : a.plan.ranks) host.push_back(format_bytes(r.host_bytes));
+    line += fmt::format("; host {}", fmt::join(host, ", "));
+    s += line + "\n";
+  }
+  return s;
+}
+
+nlohmann::json ArrangementChoice::to_json() const {
+  nlohmann::json j = nlohmann::json::array();
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const Arrangement& a = candidates[i];
+    nlohmann::json ja = {{"guidance_groups", a.guidance_groups}, {"stages", a.stages},
+                         {"chosen", static_cast<int>(i) == chosen}};
+    if (!a.error.empty()) {
+      ja["fits"] = false;
+      ja["error"] = a.error;
+    } else {
+      ja["fits"] = true;
+      ja["predicted_step_seconds"] = a.plan.step_seconds;
+      nlohmann::json dev = nlohmann::json::array(), host = nlohmann::json::array();
+      for (const auto& r : a.plan.ranks) {
+        dev.push_back(r.device_bytes);
+        host.push_back(r.host_bytes);
+      }
+      ja["predicted_device_bytes"] = dev;
+      ja["predicted_host_bytes"] = host;
+    }
+    j.push_back(ja);
+  }
+  return j;
 }
 
 nlohmann::json Plan::to_json() const {
@@ -333,6 +457,8 @@ nlohmann::json Plan::to_json() const {
   j["dtype_source"] = dtype_source;
   j["weight_storage"] = weight_storage.empty() ? "compute dtype" : weight_storage;
   j["micro_batches"] = micro_batches;
+  j["guidance_groups"] = guidance_groups;
+  j["predicted_step_seconds"] = step_seconds;
   j["offload"] = {{"granularity", offload::to_string(offload.granularity)},
                   {"swap_order", offload::to_string(offload.swap_order)},
                   {"resident_policy", offload::to_string(offload.policy)},
@@ -345,6 +471,7 @@ nlohmann::json Plan::to_json() const {
   for (const auto& r : ranks) {
     nlohmann::json jr;
     jr["rank"] = r.rank;
+    jr["group"] = r.group;
     jr["device"] = r.device.str();
     jr["weight"] = r.weight;
     jr["blocks"] = {r.first_block, r.end_block};
@@ -381,6 +508,11 @@ std::string Plan::to_text() const {
   std::string s = fmt::format("plan: {} ({}), {} blocks, {}, {} micro-batch(es), {} rank(s)\n", model_dir, family,
                               num_blocks, dtype_word(dtype), micro_batches, ranks.size());
   if (!dtype_source.empty()) s += fmt::format("  compute dtype {}: {}\n", dtype_word(dtype), dtype_source);
+  if (guidance_groups > 1)
+    s += fmt::format("  CFG-parallel: {} guidance groups x {} rank(s), group g runs branch g (0 conditional, 1 "
+                     "unconditional); {} micro-batch(es) per group\n",
+                     guidance_groups, group_size(), micro_batches);
+  if (step_seconds > 0) s += fmt::format("  predicted {:.4g} s per pass (step)\n", step_seconds);
   if (!weight_storage.empty()) s += fmt::format("  {}\n", weight_storage);
   s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", "rank", "device",
                    "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk/pass");

@@ -58,10 +58,12 @@ void run_blocks(const models::Architecture& arch, offload::BlockWeights& weights
 Stage::Stage(const Plan& plan, int rank, const models::Architecture& arch, offload::BlockWeights& weights,
              comm::Transport& transport, torch::Device device)
     : me_(plan.ranks.at(rank)),
+      plan_(plan),
       rank_(rank),
+      leader_(plan.leader(plan.group_of(rank))),
       prev_(plan.prev_stage(rank)),
       next_(plan.next_stage(rank)),
-      last_(plan.last_stage()),
+      last_(plan.last_stage(plan.group_of(rank))),
       arch_(arch),
       weights_(weights),
       transport_(transport),
@@ -99,9 +101,13 @@ torch::Tensor Stage::leave(int step, int micro_batch, const models::Activation& 
     out = arch_.epilogue(w, act);
   }
   weights_.release_epilogue();
-  if (rank_ == 0) return out;
-  send_traced(transport_, 0, comm::Message{comm::MessageKind::kOutput, micro_batch, step, {out}}, "send output");
-  return {};
+  // CFG-parallel: every group's leader applies the guidance mix, so each needs every branch's output.
+  for (int g = 0; g < plan_.guidance_groups; ++g) {
+    const int dst = plan_.leader(g);
+    if (dst != rank_)
+      send_traced(transport_, dst, comm::Message{comm::MessageKind::kOutput, micro_batch, step, {out}}, "send output");
+  }
+  return rank_ == leader_ ? out : torch::Tensor();
 }
 
 torch::Tensor Stage::pass(int step, int micro_batch, const std::function<models::Activation()>& inputs) {
@@ -154,8 +160,9 @@ std::vector<torch::Tensor> Stage::pass_group(int step, const std::vector<int>& u
   return outs;
 }
 
-torch::Tensor Stage::output(int step, int micro_batch) {
-  return expect_message(transport_, last_, comm::MessageKind::kOutput, step, micro_batch, torch::kCPU).tensors.at(0);
+torch::Tensor Stage::output(int step, int micro_batch, int group) {
+  return expect_message(transport_, plan_.last_stage(group), comm::MessageKind::kOutput, step, micro_batch, torch::kCPU)
+      .tensors.at(0);
 }
 
 }  // namespace pipeswap::pipeline

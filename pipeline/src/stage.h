@@ -23,8 +23,10 @@ class Stage {
 
   const RankPlan& me() const { return me_; }
   bool idle() const { return me_.idle(); }
-  // Rank 0 is the last stage: it keeps its outputs instead of receiving them.
-  bool keeps_outputs() const { return rank_ == 0 && last_ == 0; }
+  // This rank leads its group (rank 0 without CFG-parallel) and is its last stage: it keeps its outputs
+  // instead of receiving them.
+  bool keeps_outputs() const { return rank_ == leader_ && last_ == rank_; }
+  bool leads() const { return rank_ == leader_; }
 
   // The activation that starts this stage's work on (step, micro_batch): the prologue over
   // `inputs()` (called on the first stage only), else the previous stage's activation, on this
@@ -33,8 +35,9 @@ class Stage {
   // This stage's blocks on `act`.
   void run_blocks(models::Activation& act);
   // The last stage: the epilogue's output on the compute device (Llama: logits in the compute dtype;
-  // Wan: the velocity in float32), nothing waiting for it; sent to rank 0 unless this is rank 0, which
-  // gets it back. Other stages: `act` on to the next stage; an undefined tensor back.
+  // Wan: the velocity in float32), nothing waiting for it; sent to every group's leader (rank 0 without
+  // CFG-parallel), and returned when this rank is its own group's leader. Other stages: `act` on to the
+  // next stage; an undefined tensor back.
   torch::Tensor leave(int step, int micro_batch, const models::Activation& act);
   // enter, run_blocks, leave.
   torch::Tensor pass(int step, int micro_batch, const std::function<models::Activation()>& inputs);
@@ -48,12 +51,15 @@ class Stage {
   // Sweeps of the block store one pass of `micro_batches` takes: 1 with shared fills, else one each.
   int sweeps_per_pass(int micro_batches) const { return me_.shared_fills ? 1 : micro_batches; }
 
-  // Rank 0: the last stage's output for (step, micro_batch), received from it (on the CPU).
-  torch::Tensor output(int step, int micro_batch);
+  // A group leader: the last stage of `group`'s output for (step, micro_batch), received from it (on the
+  // CPU).
+  torch::Tensor output(int step, int micro_batch, int group = 0);
 
  private:
   const RankPlan& me_;
+  const Plan& plan_;
   const int rank_;
+  const int leader_;
   const int prev_, next_, last_;
   const models::Architecture& arch_;
   offload::BlockWeights& weights_;

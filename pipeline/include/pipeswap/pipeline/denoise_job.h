@@ -13,8 +13,14 @@
 // pipeline can keep at most 2/(p+1) of its stages busy: that is the arithmetic of exact CFG, not of
 // the schedule (see docs/design-notes.md).
 //
-// The sampler's step and the guidance mix run on rank 0's CPU in float32 whatever the split, so every
-// split and swap setting gives the same arithmetic as a single-rank run.
+// CFG-parallel (plan.guidance_groups == 2, issue 21): the ranks form two groups of stages; group 0 runs
+// every sample's conditional unit, group 1 its unconditional one, each through every block on its own
+// ranks. Each group's first rank (its leader) holds the latents (rank 0 sends group 1's leader the inputs
+// first), and each group's last stage sends its outputs to both leaders: both apply the same guidance mix
+// and sampler step to the same velocities, so their latents stay identical and rank 0's are the result.
+//
+// The sampler's step and the guidance mix run on the leaders in float32 whatever the split, so every
+// split, arrangement and swap setting gives the same arithmetic as a single-rank run.
 #pragma once
 
 #include <functional>
@@ -30,7 +36,7 @@
 
 namespace pipeswap::pipeline {
 
-struct DenoiseInputs {    // rank 0 only; all float32 on the CPU, batch B first
+struct DenoiseInputs {    // rank 0 only (it shares them with the other leaders); all float32 on the CPU, batch B first
   torch::Tensor latents;       // [B, C, F, H, W] initial noise
   torch::Tensor image_cond;    // optional [B, Cy, F, H, W]: concatenated after the latents on channels (I2V "y")
   torch::Tensor context;       // [B, L, text_dim]

@@ -18,6 +18,7 @@ namespace pipeswap::pipeline {
 
 struct RankPlan {
   int rank = 0;
+  int group = 0;  // CFG-parallel: the guidance group (branch) this rank runs; 0 otherwise
   DeviceSpec device;
   double weight = 0;
   int first_block = 0;  // [first_block, end_block); empty for idle ranks
@@ -49,6 +50,9 @@ struct RankPlan {
   double per_micro_batch_seconds = 0;
   double shared_seconds = 0;
   int64_t fills_per_pass = 0;  // slot fills per pass (a denoising step, a forward) the run should count
+  // Predicted seconds of one pass through this rank's blocks in the swap order chosen, its stage's share of
+  // the pipeline's fill and drain included (0 when the input shape is unknown).
+  double pass_seconds = 0;
   bool idle() const { return end_block <= first_block; }
   int num_blocks() const { return end_block - first_block; }
   // Global indices of the blocks that swap.
@@ -70,6 +74,10 @@ struct PlanInputs {
   // swapped blocks, the fewest that fit, and ignores blocks_to_swap / offload_ratio.
   std::vector<int64_t> vram_budget;
   int sweeps = 1;  // passes of each micro-batch through the blocks (disk-read prediction)
+  // CFG-parallel: the chain split into this many guidance groups of equal length (G x p stages). Each
+  // group holds (or swaps) every block over its p ranks and runs one guidance branch; micro_batches is
+  // then per group.
+  int guidance_groups = 1;
 };
 
 struct Plan {
@@ -83,12 +91,21 @@ struct Plan {
   int micro_batches = 1;
   offload::OffloadOptions offload;
   std::vector<RankPlan> ranks;
+  // CFG-parallel: G groups of group_size() consecutive ranks; group g's first rank is its leader (it holds
+  // the latents). 1: every rank is one pipeline.
+  int guidance_groups = 1;
+  // Predicted seconds of one pass (a denoising step, a forward): the slowest rank's pass_seconds, plus
+  // the exchange of the branches' outputs between groups (0 when the input shape is unknown).
+  double step_seconds = 0;
 
-  // Ranks that hold blocks, in pipeline order (rank 0 first).
-  std::vector<int> stages() const;
-  int first_stage() const { return stages().front(); }
-  int last_stage() const { return stages().back(); }
-  // Previous / next stage of a rank, -1 at the ends.
+  int group_size() const { return static_cast<int>(ranks.size()) / guidance_groups; }
+  int group_of(int rank) const { return rank / group_size(); }
+  int leader(int group) const { return group * group_size(); }
+  // Ranks of `group` that hold blocks, in pipeline order (its leader first).
+  std::vector<int> stages(int group = 0) const;
+  int first_stage(int group = 0) const { return stages(group).front(); }
+  int last_stage(int group = 0) const { return stages(group).back(); }
+  // Previous / next stage of a rank within its group, -1 at the ends.
   int prev_stage(int rank) const;
   int next_stage(int rank) const;
 
@@ -110,8 +127,33 @@ struct SwapOrderChoice {
 SwapOrderChoice choose_swap_order(double compute, double transfer, int micro_batches, int stages,
                                   offload::SwapOrder requested);
 
-// Throws ConfigError when the chain does not fit the model (more ranks than blocks, empty chain).
+// Throws ConfigError when the chain does not fit the model (more ranks than blocks, empty chain, a chain
+// that does not split into in.guidance_groups groups).
 Plan make_plan(const models::Architecture& arch, const PlanInputs& in);
+
+// CFG-parallel (issue 21): the arrangements a job with guidance can take on the chain, G guidance groups x
+// p stages (G = 1: every rank one pipeline, both branches as micro-batches; G = 2: the chain's halves run
+// the conditional and the unconditional branch), each planned with the same offload options and
+// --vram-budget, and its step predicted. `in.micro_batches` counts the micro-batches of both branches (a
+// group of G runs 1/G of them). `requested` 0 picks the fastest arrangement that fits (G = 1 on a tie or
+// when nothing is predicted); 1 or 2 takes that one, ConfigError when it cannot be (no guidance, a chain
+// that does not split, a budget it does not fit).
+struct Arrangement {
+  int guidance_groups = 1;
+  int stages = 0;    // per group
+  std::string error;  // non-empty: does not fit (why); plan is then empty
+  Plan plan;
+};
+struct ArrangementChoice {
+  std::vector<Arrangement> candidates;  // G = 1 first
+  int chosen = 0;                       // index into candidates
+  const Plan& plan() const { return candidates.at(static_cast<size_t>(chosen)).plan; }
+  std::string to_text() const;  // one line per candidate, the chosen one marked
+  std::string to_text_if_compared() const { return candidates.size() > 1 ? to_text() : ""; }
+  nlohmann::json to_json() const;
+};
+ArrangementChoice choose_arrangement(const models::Architecture& arch, const PlanInputs& in, bool guidance,
+                                     int requested);
 
 std::string format_bytes(int64_t bytes);
 
