@@ -2,11 +2,17 @@
 
 #include <CLI/CLI.hpp>
 
-#include <fstream>
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "flags.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
+#include "pipeswap/core/printable.h"
 #include "pipeswap/core/torch_compat.h"
 
 namespace pipeswap::launcher {
@@ -26,19 +32,30 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
                   "weigh the chain's devices by their free memory instead of the given weights")
       ->default_str("false");
   cmd->add_option("--dtype", o.dtype, "compute dtype: auto (the checkpoint's), fp32, bf16, fp16")->default_str("auto");
-  cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")->default_str("1");
+  cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")
+      ->transform(flags::integer(1, flags::kMaxCount, "a count"))
+      ->default_str("1");
   cmd->add_option("--input", o.input, "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T]");
-  cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")->default_str("60");
-  cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")->default_str("0");
+  cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")
+      ->transform(flags::real(flags::kMinTimeout, flags::kMaxTimeout, "seconds"))
+      ->default_str("60");
+  cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")
+      ->transform(flags::integer(0, flags::max_threads(), "0 (automatic) or a thread count (4 per core at most),"))
+      ->default_str("0");
   cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->default_str("info");
   cmd->add_option("--transport", o.transport, "activations between GPU ranks: auto (NCCL) or host (via MPI/TCP)")
       ->check(CLI::IsMember({"auto", "host"}))
       ->default_str("auto");
+  cmd->add_flag("--force", o.force,
+                "run even where the plan predicts more host or device memory than the machine has (a warning "
+                "instead of an error)");
 
   auto* off = "Offload";
   cmd->add_option("--blocks-to-swap", o.blocks_to_swap, "how many of each rank's blocks live off the device")
+      ->transform(flags::integer(0, flags::kMaxCount, "a block count"))
       ->group(off);
   cmd->add_option("--offload-ratio", o.offload_ratio, "fraction of each rank's blocks that swap (instead of a count)")
+      ->transform(flags::real(0, 1, "a fraction"))
       ->group(off);
   cmd->add_option("--resident-policy", o.resident_policy,
                   "which blocks stay: suffix (the last swap), prefix (the first swap), interleaved")
@@ -48,6 +65,7 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->default_str("block")
       ->group(off);
   cmd->add_option("--prefetch-depth", o.prefetch_depth, "copies in flight ahead of compute (the lookahead buffer)")
+      ->transform(flags::integer(1, flags::kMaxPrefetchDepth, "a depth"))
       ->default_str("1")
       ->group(off);
   cmd->add_flag("--use-non-blocking", o.use_non_blocking,
@@ -56,12 +74,16 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->group(off);
   cmd->add_flag("--lazy-load", o.lazy_load, "read swapped blocks from the safetensors files when needed")->group(off);
   cmd->add_option("--num-disk-workers", o.num_disk_workers, "threads reading from disk with --lazy-load")
+      ->transform(flags::integer(1, flags::kMaxDiskWorkers, "a thread count"))
       ->default_str("2")
       ->group(off);
-  cmd->add_option("--max-memory", o.max_memory, "host memory budget for swapped blocks, e.g. 24GB")->group(off);
+  cmd->add_option("--max-memory", o.max_memory, "host memory budget for swapped blocks, e.g. 24GB")
+      ->transform(flags::byte_size("--max-memory"))
+      ->group(off);
   cmd->add_option("--vram-budget", o.vram_budget,
                   "automatic VRAM mode: each rank's device budget (bytes, e.g. 20GB, or auto); the plan picks the "
                   "swapped blocks")
+      ->transform(flags::byte_size("--vram-budget", /*allow_auto=*/true))
       ->group(off);
   cmd->add_flag("--offload-txt-emb", o.offload_txt_emb, "keep the text embedding on the host, move it in when used")
       ->group(off);
@@ -97,12 +119,13 @@ std::string config_value(const nlohmann::json& v) {
 
 // Turns a JSON config file into flags: {"blocks_to_swap": 4} -> --blocks-to-swap 4.
 std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
-  std::ifstream in(path);
-  PS_CHECK(in.good(), ConfigError, "cannot read config file {} (--config)", path);
+  struct stat st {};
+  PS_CHECK(::stat(path.c_str(), &st) == 0, ConfigError, "cannot read config file {} (--config): {}", path,
+           errno_text(errno));
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
+    j = parse_json(read_regular_file(path, "config file (--config)"));
+  } catch (const JsonError& e) {
     PS_THROW(ConfigError, "config file {} is not valid JSON: {}", path, e.what());
   }
   PS_CHECK(j.is_object(), ConfigError, "config file {} must hold a JSON object of snake_case keys", path);
@@ -110,9 +133,11 @@ std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
   for (const auto& [key, value] : j.items()) {
     std::string flag = "--" + key;
     for (char& c : flag) c = (c == '_') ? '-' : c;
-    PS_CHECK(key != "config" && cmd->get_option_no_throw(flag) != nullptr, ConfigError,
+    // "help" and "version" are flags of CLI11's own that end parsing: they are no settings.
+    PS_CHECK(key != "config" && key != "help" && key != "version" && cmd->get_option_no_throw(flag) != nullptr,
+             ConfigError,
              "config file {}: unknown key '{}' for '{}' (see pipeswap {} --help; keys are the flags in snake_case)",
-             path, key, cmd->get_name(), cmd->get_name());
+             path, printable(key), cmd->get_name(), cmd->get_name());
     args.push_back(flag + "=" + config_value(value));  // "=" so that flags take values too
   }
   return args;
@@ -140,6 +165,7 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
       ->default_str("logits.safetensors");
   add_trace(run, o);
   run->add_option("--repeat", o.repeat, "run the forward N times (benchmarks: the summary reports the median warm pass)")
+      ->transform(flags::integer(1, flags::kMaxCount, "a count"))
       ->default_str("1");
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
   denoise->add_option("--latents", o.latents, "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W]")
@@ -153,10 +179,14 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
                       "I2V: safetensors with the image condition [B, Cy, F, H, W] (mask + image latents), "
                       "concatenated after the latents on channels");
   denoise->add_option("--clip-fea", o.clip_fea, "I2V: safetensors with the CLIP image features [B, 257, 1280]");
-  denoise->add_option("--steps", o.steps, "denoising steps")->default_str("50");
+  denoise->add_option("--steps", o.steps, "denoising steps")
+      ->transform(flags::integer(1, flags::kMaxCount, "a step count"))
+      ->default_str("50");
   denoise->add_option("--guidance", o.guidance, "classifier-free guidance scale (1: no unconditional pass)")
+      ->transform(flags::real(0, flags::kMaxGuidance, "a scale"))
       ->default_str("5");
   denoise->add_option("--shift", o.shift, "flow-matching schedule shift (Wan2.1: 5 for T2V 720p, 3 for 480p)")
+      ->transform(flags::real(0, flags::kMaxShift, "a shift", /*lo_open=*/true))
       ->default_str("5");
   denoise->add_option("--output", o.output, "safetensors file for the final latents (written atomically)")
       ->default_str("latents.safetensors");
@@ -196,13 +226,11 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     }
     o.command = cmd->get_name();
   }
+  o.config = config_path;
   // Given (even empty: that is the kNoModelOrChain error, not the default chain): parsed here only.
   if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
-  PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
   if (cmd == denoise) {
-    PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
-    PS_CHECK(o.shift > 0, ConfigError, "--shift must be positive (got {})", o.shift);
     PS_CHECK(o.guidance == 1.0 || !o.context_null.empty(), ConfigError,
              "--guidance {} needs --context-null (the negative prompt's embeddings) for the unconditional pass; give "
              "it, or --guidance 1 to sample without guidance",
@@ -212,9 +240,6 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
            "{}: --model was given without a directory; pass --model DIR with a Hugging Face checkpoint (config.json + "
            "model.safetensors), or leave it out to run the built-in demo",
            pipeline::kNoModelOrChain);
-  PS_CHECK(o.micro_batches >= 1, ConfigError, "--micro-batches must be at least 1 (got {})", o.micro_batches);
-  PS_CHECK(o.comm_timeout > 0, ConfigError, "--comm-timeout must be positive seconds (got {})", o.comm_timeout);
-  PS_CHECK(o.threads >= 0, ConfigError, "--threads must be 0 (automatic) or positive (got {})", o.threads);
   return o;
 }
 

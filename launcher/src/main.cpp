@@ -11,6 +11,7 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/identity.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/printable.h"
 #include "spawn.h"
 #include "world.h"
 
@@ -20,7 +21,9 @@ namespace {
 
 bool g_mpi_initialised = false;
 
-[[noreturn]] void fail(const std::string& msg, int code, comm::Transport* transport) {
+[[noreturn]] void fail(const std::string& raw, int code, comm::Transport* transport) {
+  // Messages quote file contents (names, JSON): no control byte reaches the terminal raw.
+  const std::string msg = printable_message(raw);
   log().error("{}", msg);
   if (transport) transport->abort(msg);  // MPI: MPI_Abort; TCP: tell every peer, then close
   if (g_mpi_initialised) MPI_Abort(MPI_COMM_WORLD, code);

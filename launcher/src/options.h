@@ -2,6 +2,7 @@
 // snake_case config keys).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,7 +26,9 @@ struct Options {
   int threads = 0;           // 0: cores of this node / ranks on it
   std::string log_level = "info";
   std::string transport = "auto";  // activations between GPU ranks: auto (NCCL) or host (MPI/TCP)
+  bool force = false;  // run even where the plan predicts more memory than the machine has
   std::string json;  // plan --json FILE
+  std::string config;  // --config FILE as given (empty: none)
   int repeat = 1;      // run --repeat N: forward passes (benchmarks)
   std::string trace;  // --trace FILE: Chrome / Perfetto timeline of every rank (empty: off)
   // denoise
@@ -43,8 +46,8 @@ struct Options {
   bool use_non_blocking = true;
   bool lazy_load = false;
   int num_disk_workers = 2;
-  std::string max_memory;   // host cache budget, e.g. 24GB (empty: unlimited)
-  std::string vram_budget;  // automatic VRAM mode: bytes or "auto" (empty: off)
+  int64_t max_memory = 0;   // host cache budget in bytes (0: not given, unlimited)
+  int64_t vram_budget = 0;  // automatic VRAM mode: bytes, flags::kAutoBudget for "auto" (0: off)
   bool offload_txt_emb = false;
   bool offload_img_emb = false;
   std::vector<std::string> offload_components;

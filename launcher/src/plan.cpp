@@ -7,6 +7,7 @@
 namespace pipeswap::launcher {
 
 int cmd_plan(const Options& o, const World& world, comm::Transport& t) {
+  if (world.rank == 0 && !o.json.empty()) check_writable_path(o.json, "plan JSON ");
   Job job = prepare_forward(o, world, t, JobUse::kPlan);
   if (world.rank == 0) {
     std::cout << job.plan.to_text() << std::flush;

@@ -9,12 +9,14 @@
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/pipeline/forward_job.h"
 #include "pipeswap/pipeline/inputs.h"
+#include "spawn.h"
 
 namespace pipeswap::launcher {
 
 Job prepare_forward(const Options& o, const World& world, comm::Transport& t, JobUse use) {
   const bool plan_only = use == JobUse::kPlan;
   Job job = open_model(o, world, t, use);
+  if (world.rank == 0) check_output_paths(o, job);
   PS_CHECK(job.arch->kind() == "llm" || (plan_only && o.input.empty()), ConfigError,
            "{} is a {} diffusion transformer: `pipeswap run` takes token ids; use `pipeswap denoise --model {} "
            "--latents FILE --context FILE ...`",
@@ -60,6 +62,9 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
   if (world.rank == 0) pipeline::check_output_path(o.output);
   set_threads(o, world);
   Job job = prepare_forward(o, world, *transport, JobUse::kRun);
+  // Rank 0 holds the token ids and gathers the float32 logits [B, T, vocab].
+  const int64_t io_bytes = world.rank == 0 ? job.input_ids.numel() * (8 + 4 * job.arch->vocab_size()) : 0;
+  check_machine_memory(o, world, *transport, job, io_bytes);
   const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
@@ -81,9 +86,11 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
     const size_t n = warm.size();
     result.seconds = n % 2 ? warm[n / 2] : (warm[n / 2 - 1] + warm[n / 2]) / 2;
   }
+  check_supervisor_alive();  // single-node mode: no output once the parent is gone
   rt.trace->finish(t);
   log_memory(me, *weights, device);
   if (world.rank == 0) {
+    check_supervisor_alive();
     write_safetensors(o.output, {{"logits", result.logits}}, {{"producer", "pipeswap"}});
   }
   t.barrier();
@@ -98,6 +105,7 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
                      tokens / result.seconds, since(t_start));
     s += fmt::format("  logits {} float32 -> {} (to the host in {:.3f} s)\n", fmt::join(result.logits.sizes(), "x"),
                      o.output, result.copy_seconds);
+    s += nonfinite_line("logits", result.logits);
     std::cout << s << std::flush;
   }
   return 0;

@@ -1,7 +1,6 @@
 #include "pipeswap/offload/residency.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 
 #include "pipeswap/core/error.h"
@@ -79,31 +78,6 @@ std::vector<bool> choose_swapped(int n, int swap, ResidentPolicy policy) {
   return swapped;
 }
 
-int64_t parse_bytes(const std::string& text, const std::string& flag) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  std::string unit = text.substr(used);
-  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  double mul = 0;
-  if (unit.empty() || unit == "b") mul = 1;
-  else if (unit == "k" || unit == "kb") mul = 1e3;
-  else if (unit == "m" || unit == "mb") mul = 1e6;
-  else if (unit == "g" || unit == "gb") mul = 1e9;
-  else if (unit == "t" || unit == "tb") mul = 1e12;
-  else if (unit == "kib") mul = 1024.0;
-  else if (unit == "mib") mul = 1024.0 * 1024;
-  else if (unit == "gib") mul = 1024.0 * 1024 * 1024;
-  else if (unit == "tib") mul = 1024.0 * 1024 * 1024 * 1024;
-  PS_CHECK(used > 0 && mul > 0 && v >= 0 && std::isfinite(v), ConfigError,
-           "{} '{}' is not a size: give bytes or a number with a unit, e.g. 24GB, 512MiB", flag, text);
-  return static_cast<int64_t>(v * mul);
-}
-
 void Unit::add(SlabLayout part, c10::ScalarType disk_dtype) {
   base.push_back(bytes);
   for (const auto& e : part.entries) tensor_bytes += pipeswap::tensor_bytes(e.shape, disk_dtype);
@@ -170,7 +144,9 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
     }
   }
   if (swapped_units.empty()) return l;
-  l.num_slots = opts.use_non_blocking ? opts.prefetch_depth + 1 : 1;
+  // Deeper than the swapped units there is nothing more to fetch ahead: the depth stops there.
+  const int depth = std::min<int64_t>(opts.prefetch_depth, static_cast<int64_t>(swapped_units.size()));
+  l.num_slots = opts.use_non_blocking ? depth + 1 : 1;
   if (!opts.lazy_load) {
     l.host_bytes = l.swapped_bytes;
     PS_CHECK(opts.max_memory == 0 || l.host_bytes <= opts.max_memory, ConfigError,
