@@ -53,8 +53,9 @@ CLI::Validator real(double lo, double hi, const std::string& what, bool lo_open)
         double v = 0;
         const bool number = read_number(text, &v);
         if (number && (lo_open ? v > lo : v >= lo) && v <= hi) return {};
-        return fmt::format("'{}' is {}: give {} {} {} and at most {}", printable(text),
-                           number ? "out of range" : "not a finite number", what, lo_open ? "above" : "from", lo, hi);
+        return fmt::format("'{}' is {}: give {} {} {} {} {}", printable(text),
+                           number ? "out of range" : "not a finite number", what, lo_open ? "above" : "from", lo,
+                           lo_open ? "and at most" : "to", hi);
       },
       "");
 }
