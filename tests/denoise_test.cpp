@@ -116,6 +116,42 @@ TEST_F(DenoiseTest, SplitsAndSwapsAreBitIdentical) {
   }
 }
 
+// Issue 16: the CFG pair (and two samples' pairs) share each slot fill when the swap order is shared: the
+// latents stay those of the single-rank resident run, and each swapped unit is filled once per step.
+TEST_F(DenoiseTest, SharedFillsOncePerStepSameLatents) {
+  const std::string ref = path("order_ref.safetensors");
+  ASSERT_EQ(sh(exe() + args() + " --output " + ref).code, 0);
+  const std::string info = wan_reference_denoise() + " --log-level info";
+  const std::regex fills(R"((\d+) slot fills, (\d+) per pass \(plan (\d+), (\S+) order\))");
+  struct Case {
+    std::string launch, flags;
+    int units;  // swapped units per rank
+  };
+  const Case cases[] = {
+      {"", "--blocks-to-swap 2", 2},
+      {"", "--blocks-to-swap 2 --offload-granularity phase --prefetch-depth 2", 6},
+      {"", "--blocks-to-swap 1 --lazy-load --max-memory 100KB", 1},
+      {"mpirun -np 2 ", "--device-chain cpu=1,cpu=1 --blocks-to-swap 1", 1},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    for (const std::string order : {"shared", "per-micro-batch"}) {
+      SCOPED_TRACE(c.launch + c.flags + " --swap-order " + order);
+      const std::string out = path("dorder" + std::to_string(i++) + ".safetensors");
+      Result r = sh(c.launch + exe() + info + " --swap-order " + order + " " + c.flags + " --output " + out);
+      ASSERT_EQ(r.code, 0) << r.output;
+      EXPECT_TRUE(same_bytes(out, ref));
+      int seen = 0;
+      for (std::sregex_iterator m(r.output.begin(), r.output.end(), fills), end; m != end; ++m, ++seen) {
+        EXPECT_EQ((*m)[4].str(), order);
+        EXPECT_EQ(std::stoi((*m)[2]), std::stoi((*m)[3])) << r.output;
+        EXPECT_EQ(std::stoi((*m)[2]), order == "shared" ? c.units : 2 * c.units) << r.output;  // the CFG pair
+      }
+      EXPECT_GE(seen, 1) << r.output;
+    }
+  }
+}
+
 // Two samples, each with its CFG pair: four micro-batches per step, the pipeline kept full across
 // steps. Each sample's latents are those of the sample run alone.
 TEST_F(DenoiseTest, BatchOfSamplesOnTwoRanks) {
@@ -148,6 +184,11 @@ TEST_F(DenoiseTest, BatchOfSamplesOnTwoRanks) {
   ASSERT_EQ(r1.code, 0) << r1.output;
   const auto single = pipeswap::SafetensorsFile::open(alone)->read("latents");
   EXPECT_TRUE(torch::equal(both.narrow(0, 1, 1), single)) << "sample 1 of the batch differs from it run alone";
+  // The two samples' four micro-batches sharing each fill of a swapped block, on one rank.
+  const std::string shared = path("two_shared.safetensors");
+  Result rs = sh(exe() + common + " --blocks-to-swap 2 --swap-order shared --output " + shared);
+  ASSERT_EQ(rs.code, 0) << rs.output;
+  EXPECT_TRUE(same_bytes(shared, two)) << "four micro-batches sharing each slot fill";
 }
 
 TEST_F(DenoiseTest, ProgressLinePerStep) {

@@ -159,6 +159,38 @@ PlanInputs inputs_for(const std::string& chain) {
   return in;
 }
 
+// Issue 16's cost model: transfer-bound ranks share fills; compute-bound ones with several stages keep
+// the per-micro-batch order that pipelines; one micro-batch has nothing to share; the flag wins.
+TEST(SwapOrder, TheCostModelPicks) {
+  using offload::SwapOrder;
+  struct Case {
+    double compute, transfer;
+    int m, stages;
+    SwapOrder requested;
+    bool shared;
+  };
+  const Case cases[] = {
+      {0.1, 1.0, 2, 1, SwapOrder::kAuto, true},            // one stage, transfer-bound: 1.0 s against 2.0
+      {1.0, 0.1, 2, 1, SwapOrder::kAuto, false},           // one stage, compute-bound: a tie, keep per micro-batch
+      {0.1, 1.0, 2, 2, SwapOrder::kAuto, true},            // two stages, transfer-bound: 2.0 against 3.0
+      {1.0, 0.5, 2, 2, SwapOrder::kAuto, false},           // two stages, compute-bound: 4.0 against 3.0
+      {0.2, 1.0, 4, 2, SwapOrder::kAuto, true},            // the CFG pair of two samples, transfer-bound
+      {0.5, 1.0, 4, 3, SwapOrder::kAuto, false},           // three stages, balanced: 6.0 against 6.0
+      {0.1, 1.0, 1, 1, SwapOrder::kAuto, false},           // nothing to share
+      {1.0, 0.1, 2, 2, SwapOrder::kShared, true},          // asked for
+      {0.1, 1.0, 2, 1, SwapOrder::kPerMicroBatch, false},  // asked for
+      {0.1, 1.0, 1, 1, SwapOrder::kShared, false},         // one micro-batch: the same thing
+  };
+  for (const Case& c : cases) {
+    const SwapOrderChoice got = choose_swap_order(c.compute, c.transfer, c.m, c.stages, c.requested);
+    EXPECT_EQ(got.shared, c.shared) << c.compute << " " << c.transfer << " m " << c.m << " p " << c.stages;
+    EXPECT_DOUBLE_EQ(got.per_micro_batch_seconds, (c.m + c.stages - 1) * std::max(c.compute, c.transfer));
+    EXPECT_DOUBLE_EQ(got.shared_seconds, c.stages * std::max(c.m * c.compute, c.transfer));
+  }
+  EXPECT_EQ(offload::parse_swap_order("per-micro-batch"), SwapOrder::kPerMicroBatch);
+  EXPECT_STREQ(offload::to_string(SwapOrder::kShared), "shared");
+}
+
 TEST(Plan, RangesComponentsAndBytes) {
   FakeArch arch(10, /*tied=*/false);
   Plan plan = make_plan(arch, inputs_for("cpu=3,cpu=1,cpu=1"));

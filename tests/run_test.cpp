@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -140,6 +141,55 @@ TEST_F(RunTest, SwapSettingsGiveBitIdenticalLogits) {
     EXPECT_TRUE(same_bytes(out, ref)) << args;
     EXPECT_THAT(r.output, HasSubstr("memory: device weights")) << args;
   }
+}
+
+// Issue 16: with shared fills a rank runs its micro-batches block-outer, so each swapped unit is filled
+// once per forward instead of once per micro-batch; the logits stay bit-identical to the single-rank
+// resident run with the same micro-batches, for every split and swap setting, and the summary's fills
+// per pass equal the plan's (swapped units, or swapped units x micro-batches per micro-batch).
+TEST_F(RunTest, SwapOrdersGiveBitIdenticalLogitsAndTheFillsThePlanSays) {
+  std::ofstream(path("four.json")) << "[[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, 16]]";
+  const std::string base = " run --input " + path("four.json") + " --micro-batches 4";
+  const std::string ref = path("order_ref.safetensors");
+  ASSERT_EQ(sh(exe() + base + " --output " + ref + " --log-level warn").code, 0);
+  const std::regex fills(R"((\d+) slot fills, (\d+) per pass \(plan (\d+), (\S+) order\))");
+  struct Case {
+    std::string launch, flags;
+    int units_per_rank;  // swapped units on each swapping rank
+  };
+  const Case cases[] = {
+      {"", "--blocks-to-swap 4", 4},
+      {"", "--blocks-to-swap 3 --offload-granularity phase --prefetch-depth 2", 6},
+      {"", "--blocks-to-swap 6 --lazy-load --max-memory 12MB --num-disk-workers 1", 6},
+      {"", "--blocks-to-swap 2 --use-non-blocking=false", 2},
+      {mpirun(2), "--blocks-to-swap 2", 2},
+      {mpirun(3), "--blocks-to-swap 1 --offload-granularity phase", 2},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    for (const std::string order : {"shared", "per-micro-batch", "auto"}) {
+      SCOPED_TRACE(c.launch + c.flags + " --swap-order " + order);
+      const std::string out = path("order" + std::to_string(i++) + ".safetensors");
+      Result r = sh(c.launch + exe() + base + " --output " + out + " --log-level info --swap-order " + order + " " +
+                    c.flags);
+      ASSERT_EQ(r.code, 0) << r.output;
+      EXPECT_TRUE(same_bytes(out, ref));
+      int seen = 0;
+      for (std::sregex_iterator m(r.output.begin(), r.output.end(), fills), end; m != end; ++m, ++seen) {
+        const int per_pass = std::stoi((*m)[2]), plan = std::stoi((*m)[3]);
+        const std::string chosen = (*m)[4];
+        EXPECT_EQ(per_pass, plan) << r.output;
+        if (order != "auto") {
+          EXPECT_EQ(chosen, order);
+        }
+        EXPECT_EQ(per_pass, chosen == "shared" ? c.units_per_rank : 4 * c.units_per_rank) << r.output;
+      }
+      EXPECT_GE(seen, 1) << r.output;
+    }
+  }
+  Result plan = sh(exe() + " plan --input " + path("four.json") + " --micro-batches 4 --blocks-to-swap 4 --swap-order shared");
+  EXPECT_THAT(plan.output, HasSubstr("swap order shared: 4 slot fills per pass"));
+  EXPECT_THAT(sh(exe() + base + " --swap-order sometimes").output, HasSubstr("unknown --swap-order 'sometimes'"));
 }
 
 TEST_F(RunTest, WeightFileTruncatedDuringALazyRunFailsOnEveryRank) {

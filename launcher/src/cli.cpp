@@ -64,6 +64,11 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
   cmd->add_option("--offload-granularity", o.offload_granularity, "block, or phase (each phase swaps on its own)")
       ->default_str("block")
       ->group(off);
+  cmd->add_option("--swap-order", o.swap_order,
+                  "micro-batches through swapped blocks: auto (the plan picks), per-micro-batch, or shared (each "
+                  "fill serves every micro-batch held)")
+      ->default_str("auto")
+      ->group(off);
   cmd->add_option("--prefetch-depth", o.prefetch_depth, "copies in flight ahead of compute (the lookahead buffer)")
       ->transform(flags::integer(1, flags::kMaxPrefetchDepth, "a depth"))
       ->default_str("1")

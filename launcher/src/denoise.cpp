@@ -104,7 +104,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
                                       progress);
   check_supervisor_alive();  // single-node mode: no output once the parent is gone
   rt.trace->finish(t);
-  log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device);
+  log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device, settings.steps);
   if (world.rank == 0) {
     check_supervisor_alive();
     write_safetensors(o.output, {{"latents", result.latents}},

@@ -84,7 +84,9 @@ struct RankRuntime {
 RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport,
                        const Job& job);
 // Measured memory beside the plan's prediction (and the CUDA allocator's peak on GPU ranks).
-void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device);
+// `passes`: forward passes or denoising steps the job ran (slot fills are reported per pass).
+void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device,
+                int passes);
 
 // The summary's line per rank: device, blocks, prologue/epilogue, swapped blocks.
 std::string rank_lines(const pipeline::Plan& plan);

@@ -42,6 +42,7 @@ struct Options {
   double offload_ratio = -1;   // -1: not given
   std::string resident_policy = "suffix";
   std::string offload_granularity = "block";
+  std::string swap_order = "auto";
   int prefetch_depth = 1;
   bool use_non_blocking = true;
   bool lazy_load = false;

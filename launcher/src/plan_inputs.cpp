@@ -74,6 +74,7 @@ offload::OffloadOptions offload_options(const Options& o) {
   if (o.offload_ratio >= 0) off.offload_ratio = o.offload_ratio;
   off.policy = offload::parse_resident_policy(o.resident_policy);
   off.granularity = offload::parse_granularity(o.offload_granularity);
+  off.swap_order = offload::parse_swap_order(o.swap_order);
   off.prefetch_depth = o.prefetch_depth;
   off.use_non_blocking = o.use_non_blocking;
   off.lazy_load = o.lazy_load;

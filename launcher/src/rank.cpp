@@ -77,7 +77,10 @@ std::string rank_lines(const pipeline::Plan& plan) {
             ? std::string("idle")
             : fmt::format("blocks {}..{} ({}){}{}{}", r.first_block, r.end_block - 1, r.num_blocks(),
                           r.prologue ? " +prologue" : "", r.epilogue ? " +epilogue" : "",
-                          r.swapped_blocks().empty() ? "" : fmt::format(", {} swapped", r.swapped_blocks().size())));
+                          r.swapped_blocks().empty()
+                              ? ""
+                              : fmt::format(", {} swapped{}", r.swapped_blocks().size(),
+                                            r.shared_fills ? ", shared fills" : "")));
   }
   return s;
 }
@@ -94,7 +97,8 @@ std::string nonfinite_line(const std::string& name, const torch::Tensor& t) {
   return "  " + line + "\n";
 }
 
-void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device) {
+void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device,
+                int passes) {
   const offload::OffloadStats st = weights.stats();
   if (device.is_cuda()) {
     if (auto peak = device_peak_allocated(device.index())) {
@@ -108,7 +112,11 @@ void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weigh
       pipeline::format_bytes(st.device_bytes), pipeline::format_bytes(me.device_bytes),
       pipeline::format_bytes(me.activation_bytes), pipeline::format_bytes(st.host_peak_bytes),
       pipeline::format_bytes(me.host_bytes), pipeline::format_bytes(st.disk_bytes_read),
-      pipeline::format_bytes(me.disk_read_bytes), st.copies ? fmt::format(", {} slot fills", st.copies) : "");
+      pipeline::format_bytes(me.disk_read_bytes),
+      st.copies ? fmt::format(", {} slot fills, {} per pass (plan {}, {} order)", st.copies,
+                              st.copies / std::max(1, passes), me.fills_per_pass,
+                              me.shared_fills ? "shared" : "per-micro-batch")
+                : "");
 }
 
 }  // namespace pipeswap::launcher

@@ -88,7 +88,7 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
   }
   check_supervisor_alive();  // single-node mode: no output once the parent is gone
   rt.trace->finish(t);
-  log_memory(me, *weights, device);
+  log_memory(me, *weights, device, o.repeat);
   if (world.rank == 0) {
     check_supervisor_alive();
     write_safetensors(o.output, {{"logits", result.logits}}, {{"producer", "pipeswap"}});

@@ -359,6 +359,14 @@ class Llama final : public Architecture {
     return batch * seq * c_.hidden_size * static_cast<int64_t>(c10::elementSize(dtype));
   }
 
+  // Projections, the MLP, and causal attention (half the products of full attention).
+  double block_flops(int64_t batch, int64_t seq) const override {
+    const double t = static_cast<double>(batch * seq), h = static_cast<double>(c_.hidden_size);
+    const double q = static_cast<double>(c_.num_heads * c_.head_dim), kv = static_cast<double>(c_.num_kv_heads * c_.head_dim);
+    return 2 * t * h * (2 * q + 2 * kv + 3 * static_cast<double>(c_.intermediate_size)) +
+           2 * t * static_cast<double>(seq) * q;
+  }
+
   // Attention: the normalised input, q/k/v, roped q/k, GQA's expanded k/v, the output and its copy, the
   // projection; MLP: gate, silu(gate), up and their product alive at once, and the projection.
   int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {

@@ -218,6 +218,15 @@ class Wan final : public Architecture {
     return dtype == c10::ScalarType::Float ? 0 : 4 * (c_.freq_dim * c_.dim + c_.dim * c_.dim);
   }
 
+  // Self-attention (q, k, v, o and the two attention products), cross-attention (q, o and its attention;
+  // the context's K/V are made once per job), the FFN.
+  double block_flops(int64_t batch, int64_t seq) const override {
+    const double l = static_cast<double>(batch * seq), d = static_cast<double>(c_.dim);
+    const double ctx = static_cast<double>(std::max<int64_t>(c_.text_len, 512));
+    return 2 * l * (4 * d * d + 2 * d * d + 2 * d * static_cast<double>(c_.ffn_dim)) + 4 * l * l * d / batch +
+           4 * l * ctx * d;
+  }
+
   int64_t cache_bytes(int64_t blocks, int64_t micro_batches, int64_t batch, c10::ScalarType dtype) const override {
     const int64_t ctx = std::max<int64_t>(c_.text_len, 512) + (c_.i2v() ? 257 : 0);
     // K and V per block and micro-batch, and the embedded context per micro-batch (first stage).

@@ -193,7 +193,9 @@ class BlockStore final : public BlockWeights {
           ++copies_;
           cv_.notify_all();
         }
-        backend_->wait_filled(slot);
+        // A buffer the source reuses (the lazy tier's staging) may be handed back only once its copy is
+        // done; bytes kept for the whole job need no host wait: events alone order copy and compute.
+        if (!source_->keeps_bytes()) backend_->wait_filled(slot);
         source_->done(g);
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu_);

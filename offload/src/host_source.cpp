@@ -28,6 +28,7 @@ class PreloadedSource final : public HostSource {
     return slabs_[static_cast<size_t>(g % static_cast<int64_t>(slabs_.size()))];
   }
   void done(int64_t) override {}
+  bool keeps_bytes() const override { return true; }
   void set_limit(int64_t) override {}
   int64_t peak_bytes() const override { return bytes_; }
   void stop() override {}

@@ -21,6 +21,9 @@ class HostSource {
   virtual torch::Tensor wait(int64_t g) = 0;
   // Copy thread: position g's bytes have been copied out; the buffer may be reused.
   virtual void done(int64_t g) = 0;
+  // True when the bytes wait() returns stay valid for the whole job (read once at start-up): then
+  // nothing waits on the host for a copy to finish, the copy stream's events order everything.
+  virtual bool keeps_bytes() const { return false; }
   // Positions [0, limit) will be asked for; nothing past it is read.
   virtual void set_limit(int64_t limit) = 0;
   virtual int64_t peak_bytes() const = 0;

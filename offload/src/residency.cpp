@@ -30,6 +30,21 @@ const char* to_string(ResidentPolicy p) {
 }
 const char* to_string(Granularity g) { return g == Granularity::kPhase ? "phase" : "block"; }
 
+SwapOrder parse_swap_order(const std::string& s) {
+  if (s == "auto") return SwapOrder::kAuto;
+  if (s == "per-micro-batch") return SwapOrder::kPerMicroBatch;
+  if (s == "shared") return SwapOrder::kShared;
+  PS_THROW(ConfigError, "unknown --swap-order '{}': use auto, per-micro-batch or shared", s);
+}
+
+const char* to_string(SwapOrder o) {
+  switch (o) {
+    case SwapOrder::kPerMicroBatch: return "per-micro-batch";
+    case SwapOrder::kShared: return "shared";
+    default: return "auto";
+  }
+}
+
 void check_offload_options(const OffloadOptions& o) {
   if (o.blocks_to_swap) {
     PS_CHECK(*o.blocks_to_swap >= 0, ConfigError,

@@ -80,27 +80,23 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     }
   };
 
-  weights.expect_sweeps(steps * units);
+  weights.expect_sweeps(steps * stage.sweeps_per_pass(units));
   if (!stage.idle()) {
+    std::vector<int> all(units);
+    for (int u = 0; u < units; ++u) all[u] = u;
     for (int s = 0; s < steps; ++s) {
       const auto t = torch::full({1}, sigma(s) * 1000.0, torch::kFloat32);
-      for (int u = 0; u < units; ++u) {
+      const std::vector<torch::Tensor> outs = stage.pass_group(s, all, [&](int u) {
         const int i = u / branches;
         const bool uncond = settings.cfg && u % branches == 1;
-        trace::Args tag;
-        tag.micro_batch = u;
-        tag.step = s;
-        trace::Context traced_unit(tag);
-        torch::Tensor out = stage.pass(s, u, [&] {
-          if (done_step[i] < s) finish_sample_step(s - 1, i);
-          torch::Tensor lat = x.narrow(0, i, 1);
-          if (in.image_cond.defined()) lat = torch::cat({lat, row(in.image_cond, i).to(torch::kFloat32)}, 1);
-          models::Activation inputs{lat, t, row(uncond ? in.context_null : in.context, i),
-                                    in.clip_fea.defined() ? row(in.clip_fea, i) : torch::Tensor(), context_key(u)};
-          return inputs;
-        });
-        if (out.defined()) velocity[u] = out;  // rank 0 is the last stage
-      }
+        if (done_step[i] < s) finish_sample_step(s - 1, i);
+        torch::Tensor lat = x.narrow(0, i, 1);
+        if (in.image_cond.defined()) lat = torch::cat({lat, row(in.image_cond, i).to(torch::kFloat32)}, 1);
+        return models::Activation{lat, t, row(uncond ? in.context_null : in.context, i),
+                                  in.clip_fea.defined() ? row(in.clip_fea, i) : torch::Tensor(), context_key(u)};
+      });
+      for (int u = 0; u < units; ++u)
+        if (outs[u].defined()) velocity[u] = outs[u];  // rank 0 is the last stage
     }
   }
   if (rank == 0) {

@@ -32,22 +32,20 @@ ForwardResult run_forward(const Plan& plan, int rank, const models::Architecture
   at::NoGradGuard no_grad;
 
   std::vector<torch::Tensor> outputs(m);
-  weights.expect_sweeps(m);  // swapped blocks start streaming in while this stage waits for input
+  // Swapped blocks start streaming in while this stage waits for input.
+  weights.expect_sweeps(stage.sweeps_per_pass(m));
   if (!stage.idle()) {
-    std::vector<int64_t> sizes;
-    if (me.prologue) sizes = micro_batch_sizes(input_ids.size(0), m);
-    int64_t row = 0;
-    for (int j = 0; j < m; ++j) {
-      trace::Args tag;
-      tag.micro_batch = j;
-      trace::Context traced_mb(tag);
-      outputs[j] = stage.pass(0, j, [&] {
-        torch::Tensor ids = input_ids.narrow(0, row, sizes[j]);
-        row += sizes[j];
-        return models::Activation{ids};
-      });
-      log().debug("micro-batch {} done on blocks {}..{}", j, me.first_block, me.end_block - 1);
+    std::vector<int64_t> rows(m + 1, 0);  // micro-batch j is input rows [rows[j], rows[j + 1])
+    if (me.prologue) {
+      const std::vector<int64_t> sizes = micro_batch_sizes(input_ids.size(0), m);
+      for (int j = 0; j < m; ++j) rows[j + 1] = rows[j] + sizes[j];
     }
+    std::vector<int> all(m);
+    for (int j = 0; j < m; ++j) all[j] = j;
+    outputs = stage.pass_group(0, all, [&](int j) {
+      return models::Activation{input_ids.narrow(0, rows[j], rows[j + 1] - rows[j])};
+    });
+    log().debug("{} micro-batch(es) done on blocks {}..{}", m, me.first_block, me.end_block - 1);
   }
   if (rank == 0 && !stage.keeps_outputs()) {
     for (int j = 0; j < m; ++j) outputs[j] = stage.output(0, j);

@@ -113,11 +113,65 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
   }
   rp.device_bytes = device_for(layout);
   rp.host_bytes = layout.host_bytes + comp.host;
-  rp.disk_read_bytes = opts.lazy_load ? layout.disk_bytes(in.micro_batches * in.sweeps) : 0;
   rp.layout = std::move(layout);
 }
 
+// Rough rates for the cost model: what a block's arithmetic reaches (bf16/fp16 GEMMs on a GPU, fp32
+// without TF32, a CPU rank's cores) and what a fill moves per second (pinned host memory to a GPU, a
+// memcpy on a CPU rank; the disk tier when units stream from disk every sweep).
+double compute_rate(const DeviceSpec& d, c10::ScalarType dtype) {
+  if (!d.is_cuda()) return 2e11;
+  return dtype == c10::ScalarType::Float ? 4e13 : 4e14;
+}
+double link_rate(const DeviceSpec& d, const offload::SwapLayout& l) {
+  const double link = d.is_cuda() ? 5e10 : 1e10;
+  const double disk = 1.5e9;
+  if (l.streamed_bytes <= 0) return link;
+  // Streamed units come off the disk every sweep: the slower of the two for their share.
+  const double share = static_cast<double>(l.streamed_bytes) / static_cast<double>(std::max<int64_t>(1, l.swapped_bytes));
+  return 1.0 / ((1 - share) / link + share / disk);
+}
+
+// The swap order of a rank with swapped units, the fills it implies and what shared fills hold.
+void plan_swap_order(const models::Architecture& arch, const PlanInputs& in, int stages, int64_t act, RankPlan& rp) {
+  const int m = std::max(1, in.micro_batches);
+  const int64_t swapped_units =
+      std::count_if(rp.layout.units.begin(), rp.layout.units.end(), [](const offload::Unit& u) { return u.swapped; });
+  if (swapped_units > 0) {
+    const double compute = in.batch > 0 && in.seq > 0
+                               ? arch.block_flops(in.batch, in.seq) * rp.num_blocks() / compute_rate(rp.device, in.dtype)
+                               : 0;
+    const double transfer = static_cast<double>(rp.layout.swapped_bytes) / link_rate(rp.device, rp.layout);
+    const SwapOrderChoice c = choose_swap_order(compute, transfer, m, stages, in.offload.swap_order);
+    rp.shared_fills = c.shared;
+    rp.per_micro_batch_seconds = c.per_micro_batch_seconds;
+    rp.shared_seconds = c.shared_seconds;
+  }
+  const int sweeps_per_pass = rp.shared_fills ? 1 : m;
+  rp.fills_per_pass = swapped_units * sweeps_per_pass;
+  rp.disk_read_bytes = in.offload.lazy_load ? rp.layout.disk_bytes(sweeps_per_pass * in.sweeps) : 0;
+  if (rp.shared_fills && act > 0) {
+    // Every micro-batch of the pass is held at once.
+    rp.activation_bytes += static_cast<int64_t>(m - 1) * act;
+    rp.device_bytes += static_cast<int64_t>(m - 1) * act;
+  }
+}
+
 }  // namespace
+
+SwapOrderChoice choose_swap_order(double compute, double transfer, int micro_batches, int stages,
+                                  offload::SwapOrder requested) {
+  SwapOrderChoice c;
+  const double m = std::max(1, micro_batches), p = std::max(1, stages);
+  c.per_micro_batch_seconds = (m + p - 1) * std::max(compute, transfer);
+  c.shared_seconds = p * std::max(m * compute, transfer);
+  switch (requested) {
+    case offload::SwapOrder::kShared: c.shared = micro_batches > 1; break;
+    case offload::SwapOrder::kPerMicroBatch: c.shared = false; break;
+    default: c.shared = micro_batches > 1 && c.shared_seconds < 0.98 * c.per_micro_batch_seconds;
+  }
+  return c;
+}
 
 Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
   PS_CHECK(!in.chain.empty(), Error, "make_plan needs one device chain entry per rank, got none");
@@ -143,8 +197,11 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
 
   int start = 0;
   int last_busy = 0;
-  for (int r = 0; r < p; ++r)
+  int stages = 0;
+  for (int r = 0; r < p; ++r) {
     if (counts[r] > 0) last_busy = r;
+    if (counts[r] > 0) ++stages;
+  }
   const int64_t act = (in.batch > 0 && in.seq > 0) ? arch.activation_bytes(in.batch, in.seq, in.dtype) : 0;
   for (int r = 0; r < p; ++r) {
     RankPlan rp;
@@ -175,6 +232,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // H100 with LibTorch 2.11, docs/gpu-runs.md 2026-11-22).
     if (!rp.idle() && rp.device.is_cuda()) rp.workspace_bytes += kLibraryWorkspaceBytes;
     plan_residency(arch, in, held, rp);
+    if (!rp.idle()) plan_swap_order(arch, in, stages, act, rp);
     plan.ranks.push_back(rp);
   }
   return plan;
@@ -189,6 +247,7 @@ nlohmann::json Plan::to_json() const {
   j["dtype_source"] = dtype_source;
   j["micro_batches"] = micro_batches;
   j["offload"] = {{"granularity", offload::to_string(offload.granularity)},
+                  {"swap_order", offload::to_string(offload.swap_order)},
                   {"resident_policy", offload::to_string(offload.policy)},
                   {"prefetch_depth", offload.prefetch_depth},
                   {"use_non_blocking", offload.use_non_blocking},
@@ -219,6 +278,9 @@ nlohmann::json Plan::to_json() const {
     jr["predicted_device_bytes"] = r.device_bytes;
     jr["predicted_host_bytes"] = r.host_bytes;
     jr["predicted_disk_read_bytes"] = r.disk_read_bytes;
+    jr["swap_order"] = r.shared_fills ? "shared" : "per-micro-batch";
+    jr["fills_per_pass"] = r.fills_per_pass;
+    jr["predicted_seconds_per_pass"] = {{"per-micro-batch", r.per_micro_batch_seconds}, {"shared", r.shared_seconds}};
     j["ranks"].push_back(jr);
   }
   return j;
@@ -240,9 +302,18 @@ std::string Plan::to_text() const {
     s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", r.rank,
                      r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), swapped.size(),
                      format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_bytes));
-    if (!swapped.empty())
+    if (!swapped.empty()) {
       s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(swapped, ","),
                        r.layout.num_slots, format_bytes(r.layout.slot_bytes));
+      if (micro_batches > 1) {
+        s += fmt::format("        swap order {}: {} slot fills per pass", r.shared_fills ? "shared" : "per micro-batch",
+                         r.fills_per_pass);
+        if (r.per_micro_batch_seconds > 0)
+          s += fmt::format(" (predicted {:.3g} s per pass shared, {:.3g} s per micro-batch)", r.shared_seconds,
+                           r.per_micro_batch_seconds);
+        s += "\n";
+      }
+    }
   }
   return s;
 }

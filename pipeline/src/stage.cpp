@@ -110,6 +110,50 @@ torch::Tensor Stage::pass(int step, int micro_batch, const std::function<models:
   return leave(step, micro_batch, act);
 }
 
+std::vector<torch::Tensor> Stage::pass_group(int step, const std::vector<int>& units,
+                                             const std::function<models::Activation(int)>& inputs) {
+  auto tagged = [&](int u) {
+    trace::Args tag;
+    tag.micro_batch = u;
+    tag.step = step;
+    return tag;
+  };
+  std::vector<torch::Tensor> outs;
+  if (!me_.shared_fills || units.size() < 2) {
+    for (int u : units) {
+      trace::Context traced(tagged(u));
+      outs.push_back(pass(step, u, [&] { return inputs(u); }));
+    }
+    return outs;
+  }
+  std::vector<models::Activation> acts;
+  for (int u : units) {
+    trace::Context traced(tagged(u));
+    acts.push_back(enter(step, u, [&] { return inputs(u); }));
+  }
+  const std::vector<std::string> phases = arch_.phase_names();
+  const int nphases = static_cast<int>(phases.size());
+  for (int b = me_.first_block; b < me_.end_block; ++b) {
+    for (int p = 0; p < nphases; ++p) {
+      const WeightView& w = weights_.acquire(b, p);
+      for (size_t i = 0; i < units.size(); ++i) {
+        trace::Context traced(tagged(units[i]));
+        trace::Args what;
+        what.block = b;
+        what.phase = p;
+        trace::DeviceRange timed(trace::Kind::kCompute, phases[static_cast<size_t>(p)], what);
+        arch_.phase_forward(b, p, w, acts[i]);
+      }
+      weights_.release(b, p);
+    }
+  }
+  for (size_t i = 0; i < units.size(); ++i) {
+    trace::Context traced(tagged(units[i]));
+    outs.push_back(leave(step, units[i], acts[i]));
+  }
+  return outs;
+}
+
 torch::Tensor Stage::output(int step, int micro_batch) {
   return expect_message(transport_, last_, comm::MessageKind::kOutput, step, micro_batch, torch::kCPU).tensors.at(0);
 }

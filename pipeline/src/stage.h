@@ -38,6 +38,15 @@ class Stage {
   torch::Tensor leave(int step, int micro_batch, const models::Activation& act);
   // enter, run_blocks, leave.
   torch::Tensor pass(int step, int micro_batch, const std::function<models::Activation()>& inputs);
+  // The micro-batches `units` of one pass (in this order on every rank), each traced with its
+  // (step, micro-batch). With the plan's shared fills (RankPlan::shared_fills) all of them enter, go
+  // through the blocks block-outer (one acquire per unit serves them all: a swapped unit is filled once
+  // per pass) and leave; else each is a pass of its own. Either way each micro-batch's arithmetic is the
+  // same, so outputs are bit-identical. Returns leave()'s result per unit.
+  std::vector<torch::Tensor> pass_group(int step, const std::vector<int>& units,
+                                        const std::function<models::Activation(int)>& inputs);
+  // Sweeps of the block store one pass of `micro_batches` takes: 1 with shared fills, else one each.
+  int sweeps_per_pass(int micro_batches) const { return me_.shared_fills ? 1 : micro_batches; }
 
   // Rank 0: the last stage's output for (step, micro_batch), received from it (on the CPU).
   torch::Tensor output(int step, int micro_batch);

@@ -52,6 +52,9 @@ class Architecture : public ModelParts {
   virtual int64_t prologue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
   // Bytes of the epilogue's output on the device (Llama: the logits in the compute dtype).
   virtual int64_t output_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const { return 0; }
+  // Floating-point operations of one block on a micro-batch of `batch` x `seq` tokens (the plan's
+  // cost model; 0: unknown, the plan then assumes nothing about compute).
+  virtual double block_flops(int64_t batch, int64_t seq) const { return 0; }
   // Bytes a rank keeps across passes for `blocks` of its blocks and `micro_batches` micro-batches of
   // `batch` samples (Wan: each block's cross-attention K/V of each branch's context).
   virtual int64_t cache_bytes(int64_t blocks, int64_t micro_batches, int64_t batch, c10::ScalarType dtype) const {

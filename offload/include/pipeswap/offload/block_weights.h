@@ -12,7 +12,9 @@
 //    unit's bytes are in host memory, and (3) position g - (K+1), the slot's previous occupant, has
 //    been released. On a CPU rank the copy is a memcpy on that thread; on a GPU it is a copy on the
 //    copy stream that waits on the slot's `free` event, followed by the slot's `ready` event, and
-//    compute waits on `ready` (events only, no host synchronisation per block).
+//    compute waits on `ready` (events only, no host synchronisation per block). The copy thread itself
+//    waits for a copy to finish only when its host buffer is to be reused (the lazy tier's staging),
+//    never for units read once at start-up.
 //  - With lazy_load, disk worker threads read units from the safetensors files into the host cache,
 //    running ahead of the copy thread as far as the cache budget allows; a unit that fits in the
 //    budget is read once and kept, the rest stream through staging buffers every sweep.

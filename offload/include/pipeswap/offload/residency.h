@@ -21,9 +21,16 @@ namespace pipeswap::offload {
 
 enum class ResidentPolicy { kSuffix, kPrefix, kInterleaved };
 enum class Granularity { kBlock, kPhase };
+// The order a rank runs the micro-batches it holds through its swapped blocks: one at a time through
+// every block (each micro-batch refills every swapped slot; stages pipeline best), or block-outer, each
+// fill serving every micro-batch of the group before it is released (a swapped block crosses the link
+// once per step). auto: the plan's cost model picks per rank.
+enum class SwapOrder { kAuto, kPerMicroBatch, kShared };
 
 ResidentPolicy parse_resident_policy(const std::string& s);  // suffix|prefix|interleaved
 Granularity parse_granularity(const std::string& s);         // block|phase
+SwapOrder parse_swap_order(const std::string& s);            // auto|per-micro-batch|shared
+const char* to_string(SwapOrder o);
 const char* to_string(ResidentPolicy p);
 const char* to_string(Granularity g);
 
@@ -32,6 +39,7 @@ struct OffloadOptions {
   std::optional<double> offload_ratio;  // instead of blocks_to_swap: fraction of this rank's blocks
   ResidentPolicy policy = ResidentPolicy::kSuffix;
   Granularity granularity = Granularity::kBlock;
+  SwapOrder swap_order = SwapOrder::kAuto;
   int prefetch_depth = 1;          // K: copies in flight ahead of compute; the device ring has K+1 slots
   bool use_non_blocking = true;    // false: synchronous copies, no prefetch
   bool lazy_load = false;          // swapped units come from the safetensors files when needed

@@ -37,6 +37,13 @@ struct RankPlan {
   int64_t device_bytes = 0;
   int64_t host_bytes = 0;
   int64_t disk_read_bytes = 0;
+  // The order of this rank's micro-batches through its swapped blocks (offload::SwapOrder): shared fills
+  // run a pass's micro-batches block-outer, so each swapped unit is filled once per pass; the cost
+  // model's predicted seconds per pass for each order (0 when it has nothing to go on).
+  bool shared_fills = false;
+  double per_micro_batch_seconds = 0;
+  double shared_seconds = 0;
+  int64_t fills_per_pass = 0;  // slot fills per pass (a denoising step, a forward) the run should count
   bool idle() const { return end_block <= first_block; }
   int num_blocks() const { return end_block - first_block; }
   // Global indices of the blocks that swap.
@@ -83,6 +90,20 @@ struct Plan {
   nlohmann::json to_json() const;
   std::string to_text() const;
 };
+
+// The swap order's cost model (offload::SwapOrder::kAuto), per rank: `compute` seconds of one micro-batch
+// through the rank's blocks, `transfer` seconds of one sweep of its swapped bytes over the link, M
+// micro-batches per pass, p stages. Per micro-batch, each micro-batch refills the slots and stages
+// pipeline: (M + p - 1) x max(compute, transfer). Shared, one fill serves all M and a pass's group moves
+// from stage to stage whole: p x max(M x compute, transfer). Shared is picked when it is predicted at
+// least 2% faster (it also holds M activations at once).
+struct SwapOrderChoice {
+  bool shared = false;
+  double per_micro_batch_seconds = 0;
+  double shared_seconds = 0;
+};
+SwapOrderChoice choose_swap_order(double compute, double transfer, int micro_batches, int stages,
+                                  offload::SwapOrder requested);
 
 // Throws ConfigError when the chain does not fit the model (more ranks than blocks, empty chain).
 Plan make_plan(const models::Architecture& arch, const PlanInputs& in);
