@@ -1,10 +1,12 @@
 #include "agree.h"
 
+#include <sys/stat.h>
 #include <sys/sysinfo.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "flags.h"
@@ -133,7 +135,18 @@ std::vector<SharedSetting> shared_settings(const Options& o, const Checkpoint& c
   s.push_back({"--model (config.json)", fmt::format("config.json of {}, digest {:016x}", ckpt.dir(), stable_hash(config)),
                stable_hash(config)});
   uint64_t index = stable_hash("");
-  for (const auto& [tensor, file] : ckpt.weight_map()) index = stable_hash(file, stable_hash(tensor + '\0', index));
+  std::set<std::string> files;
+  for (const auto& [tensor, file] : ckpt.weight_map()) {
+    index = stable_hash(file, stable_hash(tensor + '\0', index));
+    files.insert(file);
+  }
+  // Each shard's size too (a stat, no read): another download of the same layout, cut short or of
+  // another dtype, differs there.
+  for (const std::string& file : files) {
+    struct stat st {};
+    const int64_t size = ::stat((ckpt.dir() + "/" + file).c_str(), &st) == 0 ? st.st_size : -1;
+    index = stable_hash(fmt::format("{}={};", file, size), index);
+  }
   s.push_back({"--model (tensor index)",
                fmt::format("{} tensors in {}, digest {:016x}", ckpt.weight_map().size(), ckpt.dir(), index), index});
   add("--device-chain", chain_text(o.device_chain));
@@ -151,6 +164,7 @@ std::vector<SharedSetting> shared_settings(const Options& o, const Checkpoint& c
   add("--offload-ratio", o.offload_ratio < 0 ? "(not given)" : exact(o.offload_ratio));
   add("--resident-policy", o.resident_policy);
   add("--offload-granularity", o.offload_granularity);
+  add("--swap-order", o.swap_order);
   add("--prefetch-depth", std::to_string(o.prefetch_depth));
   add("--use-non-blocking", yes_no(o.use_non_blocking));
   add("--lazy-load", yes_no(o.lazy_load));

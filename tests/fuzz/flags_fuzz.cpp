@@ -30,7 +30,9 @@ const char* const kFlags[] = {
     "--resident-policy", "--offload-granularity", "--prefetch-depth", "--use-non-blocking", "--lazy-load",
     "--num-disk-workers", "--max-memory", "--vram-budget", "--offload-txt-emb", "--offload-img-emb",
     "--offload-components", "--on-demand-components", "--config", "--output", "--trace", "--repeat", "--json",
-    "--latents", "--context", "--context-null", "--image-cond", "--clip-fea", "--steps", "--guidance", "--shift"};
+    "--latents", "--context", "--context-null", "--image-cond", "--clip-fea", "--steps", "--guidance", "--shift",
+    // Appended, so that the kept corpus keeps its meaning (a record names a flag by its index).
+    "--swap-order"};
 constexpr size_t kNumFlags = sizeof(kFlags) / sizeof(kFlags[0]);
 static_assert(kNumFlags == kFuzzFlagCount, "flags_fuzz.h's count");
 
