@@ -292,6 +292,11 @@ class BadInputTest : public ::testing::TestWithParam<Row> {
     write_bytes(dir_ + "/cfg/help.json", "{\"help\": true}");
     write_bytes(dir_ + "/cfg/duplicate.json", "{\"micro_batches\": 1, \"micro_batches\": 2}");
     write_bytes(dir_ + "/cfg/threads-huge.json", "{\"threads\": 1e300}");
+    // 32 tokens: 128 KiB of logits, more than a pipe holds (the signal rows' write blocks), computed
+    // in a fraction of the demo batch's time.
+    std::string ids32 = "[[1";
+    for (int i = 2; i <= 32; ++i) ids32 += ", " + std::to_string(i);
+    write_bytes(h + "ids32.json", ids32 + "]]");
     write_bytes(dir_ + "/in/duplicate.json", "{\"input_ids\": [[1, 2]], \"input_ids\": [[3, 4]]}");
     // 10^7 tokens: the plan's logits alone are 41 GB.
     pipeswap::write_safetensors(h + "huge-input.safetensors", {{"input_ids", torch::ones({1, 10000000}, torch::kInt64)}});
@@ -437,10 +442,11 @@ const char* kWanOutput = "--output {OUT}/latents.safetensors";
 const char* kMemoryLimit = "ulimit -v 6000000";
 // The wrap of the signal rows: pipeswap's temporary output name links to {R}/fifo, which the row's
 // shell holds open for reading and writing (so the open succeeds) but never reads (so the write
-// blocks once the pipe is full); the signal comes when pipeswap waits in that write (or after 10 s).
+// blocks once the pipe is full); the signal comes when pipeswap waits in that write (wchan
+// pipe_write, or anon_pipe_write on newer kernels), or after 20 s.
 std::string signal_while_writing(const std::string& sig) {
   return "( ln -s {R}/fifo {OUT}/logits.safetensors.tmp.$BASHPID && exec {CMD} ) & p=$!; "
-         "for i in $(seq 100); do grep -qs pipe_write /proc/$p/wchan && break; sleep 0.1; done; "
+         "for i in $(seq 200); do grep -qs pipe_write /proc/$p/wchan && break; sleep 0.1; done; "
          "kill -" + sig + " $p; wait $p; rc=$?; echo @@SIGNAL-SENT; (exit $rc)";
 }
 
@@ -681,9 +687,9 @@ const Row kRows[] = {
      "--output {OUT}/" + std::string(256, 'n')},
     // A temporary output held open (its name links to a FIFO that nobody reads, so the write blocks),
     // then SIGTERM or SIGINT: the temporary file goes with the process.
-    {"sigterm-during-write", Launch::kAlone, "", "@@SIGNAL-SENT", "--output {OUT}/logits.safetensors",
+    {"sigterm-during-write", Launch::kAlone, "--input {D}/h/ids32.json", "@@SIGNAL-SENT", "--output {OUT}/logits.safetensors",
      "mkfifo {R}/fifo && exec 3<>{R}/fifo", signal_while_writing("TERM")},
-    {"sigint-during-write", Launch::kAlone, "", "@@SIGNAL-SENT", "--output {OUT}/logits.safetensors",
+    {"sigint-during-write", Launch::kAlone, "--input {D}/h/ids32.json", "@@SIGNAL-SENT", "--output {OUT}/logits.safetensors",
      "set -m; mkfifo {R}/fifo && exec 3<>{R}/fifo", signal_while_writing("INT")},
     // --- checkpoints and inputs are unambiguous; JSON nests at most 256 deep ---
     {"header-duplicate-key", Launch::kMpi2, "--model {D}/m/header-duplicate --input {D}/in/ok.json",

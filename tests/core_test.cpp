@@ -322,12 +322,23 @@ TEST(SafetensorsWriter, MissingDirectory) {
 
 TEST(SafetensorsWriter, RenameFailureRemovesTempFile) {
   TempDir tmp;
-  // The target is a non-empty directory: the temp file is written fine, the rename fails.
+  // A directory as the target is refused before anything is written (issue 24: never replaced).
   const std::string path = tmp / "out.safetensors";
   fs::create_directory(path);
   write_file(path + "/keep", "x");
-  EXPECT_ERROR(write_safetensors(path, {{"w", torch::ones({2})}}), IoError, path, "renaming");
+  EXPECT_ERROR(write_safetensors(path, {{"w", torch::ones({2})}}), IoError, path, "it is a directory");
   EXPECT_EQ(dir_entries(tmp.path()), std::vector<std::string>{"out.safetensors"});
+  // One that becomes a non-empty directory while the temporary file is written: the temp file is
+  // written fine, the rename fails, and the temporary file goes.
+  const std::string later = tmp / "later.safetensors";
+  EXPECT_ERROR(write_file_atomically(later, "test file", "",
+                                     [&](int fd) {
+                                       fs::create_directory(later);
+                                       write_file(later + "/keep", "x");
+                                       return ::write(fd, "x", 1) == 1 ? 0 : errno;
+                                     }),
+               IoError, later, "renaming");
+  EXPECT_EQ(dir_entries(tmp.path()), (std::vector<std::string>{"later.safetensors", "out.safetensors"}));
 }
 
 TEST(SafetensorsWriter, FullDiskRemovesTempFile) {
