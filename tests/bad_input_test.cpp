@@ -579,11 +579,13 @@ const Row kRows[] = {
     {"output-is-a-directory", Launch::kAlone, "--output {OUT}", "it is a directory", ""},
     {"output-empty", Launch::kAlone, "--output \"\"", "--output is empty", ""},
     {"output-dir-read-only", Launch::kMpi2, "", "is not writable", "--output {OUT}/logits.safetensors", kReadOnlyOut},
-    {"output-disk-full-tmpfs", Launch::kMpi2, "", "No space left on device", "--output {OUT}/logits.safetensors",
+    // 32 tokens (128 KiB of logits, more than the 64 KiB tmpfs holds): the whole job runs, so a small one.
+    {"output-disk-full-tmpfs", Launch::kMpi2, "--input {D}/h/ids32.json", "No space left on device", "--output {OUT}/logits.safetensors",
      kFullOut},
-    {"output-disk-full-single-node", Launch::kSingleNode2, "", "No space left on device",
+    {"output-disk-full-single-node", Launch::kSingleNode2, "--input {D}/h/ids32.json", "No space left on device",
      "--output {OUT}/logits.safetensors", kFullOut},
-    {"output-dev-full", Launch::kAlone, "", "No space left on device", "--output {OUT}/logits.safetensors", "",
+    {"output-dev-full", Launch::kAlone, "--input {D}/h/ids32.json", "No space left on device",
+     "--output {OUT}/logits.safetensors", "",
      kDevFullOut},
     // ===== issue 24: hostile numbers, disagreeing ranks, special files =====
     // --- ranks started with different settings: every rank stops, naming the first difference ---
@@ -697,8 +699,8 @@ const Row kRows[] = {
     {"index-duplicate-key", Launch::kAlone, "--model {D}/m/index-duplicate --input {D}/in/ok.json",
      "key 'model.layers.9.mlp.down_proj.weight' appears twice in one object"},
     {"tensor-in-two-shards", Launch::kMpi2, "--model {D}/m/two-shards --input {D}/in/ok.json",
-     "tensor 'model.layers.9.mlp.down_proj.weight' is in shard 'model-00001-of-00002.safetensors' and in shard "
-     "'model-00002-of-00002.safetensors'"},
+     "tensor 'model.layers.9.mlp.down_proj.weight' is in shard 'model-00001-of-00002.safetensors', but the checkpoint "
+     "index in '{D}/m/two-shards' puts it in shard 'model-00002-of-00002.safetensors'"},
     {"config-json-deep", Launch::kMpi2, "--model {D}/m/config-deep --input {D}/in/ok.json", "nested more than 256 deep"},
     {"input-deep", Launch::kAlone, "--input {D}/h/deep.json", "nested more than 256 deep"},
     {"input-duplicate-key", Launch::kAlone, "--input {D}/in/duplicate.json", "key 'input_ids' appears twice"},

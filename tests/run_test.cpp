@@ -281,10 +281,13 @@ TEST_F(RunTest, SingleNodeModeStartsItsOwnWorkers) {
   EXPECT_NE(bad.code, 124) << "hung";
   EXPECT_THAT(bad.output, HasSubstr("token id 99999 is out of range"));
   EXPECT_FALSE(fs::exists(path("single-bad.safetensors")));
+  // pipeswap processes of this test only (their arguments name its directory): other jobs on the
+  // machine may run pipeswap too. "^[^ ]*" keeps the shell that runs these lines from matching.
+  const std::string mine = "pgrep -af '^[^ ]*pipeswap run .*" + dir_ + "' && echo LEFT";
   // Ctrl-C on the parent stops every worker.
   Result sig = sh("( " + exe() + " run --device-chain cpu,cpu --input " + long_input() +
                   " --micro-batches 16 --output " + path("sig.safetensors") + " & p=$!; sleep 2; kill -INT $p; " +
-                  "wait $p; echo exit=$? ); sleep 1; pgrep -x pipeswap && echo LEFT",
+                  "wait $p; echo exit=$? ); sleep 1; " + mine,
                   60);
   EXPECT_THAT(sig.output, HasSubstr("exit=130"));
   EXPECT_THAT(sig.output, ::testing::Not(HasSubstr("LEFT")));
@@ -292,7 +295,7 @@ TEST_F(RunTest, SingleNodeModeStartsItsOwnWorkers) {
   Result killed = sh("( " + exe() + " run --device-chain cpu,cpu --input " + long_input() +
                      " --micro-batches 16 --output " + path("k.safetensors") + " & p=$!; sleep 2; " +
                      "kill -9 $(pgrep -P $p | tail -n 1); s=$(date +%s); wait $p; echo exit=$? took=$(( $(date +%s) - s ))s ); " +
-                     "sleep 1; pgrep -x pipeswap && echo LEFT",
+                     "sleep 1; " + mine,
                      60);
   EXPECT_THAT(killed.output, HasSubstr("worker 1 exited with code 137"));
   EXPECT_THAT(killed.output, ::testing::Not(HasSubstr("exit=0")));

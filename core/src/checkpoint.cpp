@@ -118,9 +118,9 @@ std::shared_ptr<const SafetensorsFile> Checkpoint::shard(const std::string& file
   for (const TensorInfo& t : opened->tensors()) {
     auto it = weight_map_.find(t.name);
     PS_CHECK(it == weight_map_.end() || it->second == file, CheckpointError,
-             "tensor '{}' is in shard '{}' and in shard '{}' (where the checkpoint index in '{}' puts it): a tensor "
-             "must be in one shard only; re-download the checkpoint",
-             printable(t.name), printable(file), printable(it->second), dir_);
+             "tensor '{}' is in shard '{}', but the checkpoint index in '{}' puts it in shard '{}': the index and "
+             "shards disagree (a tensor belongs to one shard, the one the index names); re-download the checkpoint",
+             printable(t.name), printable(file), dir_, printable(it->second));
   }
   shards_.emplace(file, opened);
   return opened;
