@@ -234,6 +234,9 @@ def status(row):
     if c and not c["ok"]:
         why.append(f"output differs from {c.get('against', 'the reference')}: relative error "
                    f"{c.get('rel_l2', c.get('max_rel_err'))} > {c.get('tolerance', 'the tolerance')}")
+    i = row.get("identity_check")
+    if i and not i["ok"]:
+        why.append(f"output not identical to {i.get('against', 'the reference')}")
     if not c and not row.get("error") and row.get("check_required"):
         why.append("no output check")
     return "FAILED: " + "; ".join(why) if why else "ok"

@@ -9,6 +9,7 @@ framework (diffusers / transformers) on the same weights and inputs.
     pipeswap_rows.py disk   --exe build-gpu/pipeswap --model WAN --inputs DIR --disk disk_bw.json --out F
     pipeswap_rows.py two-gpu --exe build-gpu/pipeswap --model WAN --inputs DIR --out F
     pipeswap_rows.py scale  --exe build-gpu/pipeswap --model WAN40 --inputs DIR --out F   # 40 blocks, 1 and 2 GPUs
+    pipeswap_rows.py cfg    --exe build-gpu/pipeswap --model WAN40 --inputs DIR --peers wan_cfg_peers.json --out F
     pipeswap_rows.py transfer --trace wan_2gpu_transfer_1024.json[.gz]   # stage-to-stage bytes/s
     pipeswap_rows.py trace-summary --trace wan_resident_1024.json[.gz]   # per-phase ms per step
 
@@ -59,6 +60,7 @@ STEP_LINE = re.compile(r"step (\d+)/(\d+) sigma [-0-9.e]+: ([0-9.]+) s")
 FORWARD_LINE = re.compile(r"forward ([0-9.]+) s")
 PASS_LINE = re.compile(r"forward pass (\d+)/(\d+): ([0-9.]+) s")
 PLAN_LINE = re.compile(r"^plan: .* \((\w+)\), (\d+) blocks, ([A-Za-z0-9_]+)", re.M)
+FILLS_LINE = re.compile(r"(\d+) slot fills, (\d+) per pass \(plan (\d+), ([\w-]+) order\)")
 PEAK_LINE = re.compile(r"device memory peak (\d+) bytes allocated \(plan (\d+) bytes")
 DISK_LINE = re.compile(r"read from disk during the run ([0-9.]+) ?([KMGT]?i?B)")
 SWAPPED = re.compile(r"(\d+) swapped")
@@ -126,6 +128,11 @@ def common_info(text, r):
     r["pipeswap_dtype"] = m.group(3) if m else None
     sw = SWAPPED.findall(text)
     r["swapped_blocks"] = sum(int(s) for s in sw) if sw else 0
+    fills = FILLS_LINE.findall(text)
+    if fills:  # the run summary's "N slot fills, K per pass (plan K', X order)" (rank 0's, one GPU)
+        total, per_pass, plan, order = fills[0]
+        r.update(slot_fills=int(total), fills_per_step=int(per_pass), plan_fills_per_step=int(plan),
+                 order_chosen=order)
     peaks = PEAK_LINE.findall(text)
     if peaks:
         r["device_peak_bytes"] = [int(p) for p, _ in peaks]
@@ -429,6 +436,90 @@ def scale_rows(a):
     return pc.emit(rows, a.out)
 
 
+def cfg_rows(a):
+    """Shared fills (issue 16): one GPU, the --model stack (40 Wan2.1-14B-sized blocks) with --swap blocks
+    swapped, S samples (--samples) with the CFG pair (2S micro-batches a step), --steps steps, once per
+    --orders entry (--swap-order). A row's time is the median of steps 2..S; its bound is max(diffusers'
+    resident forward of the 2S-row batch, the framework's compute of the step, from --peers; one sweep of
+    the swapped blocks' bytes / the pinned GB/s the peers measured). Each row: the slot fills per step
+    (the summary's count, the plan's, and the trace's copy ranges per step), its latents against diffusers'
+    CFG loop (wan_cfg_peers.py --ref-dir) and, bit for bit, against the per-micro-batch row's."""
+    from safetensors.torch import load_file
+    from wan_stack import block_bytes, sizes
+    with open(os.path.join(a.model, "config.json")) as f:
+        blocks, dim, ffn, _ = sizes(json.load(f))
+    bb = block_bytes(dim, ffn)
+    peers = load_rows(a.peers)
+    bw = peers_bw(a.peers)
+    res = {r["samples"]: r for r in peers if r.get("mode") == "resident cfg" and r.get("seconds") == r.get("seconds")}
+    fw_dtype = next((r.get("dtype") for r in peers if r.get("dtype")), None)
+    fw_name = next((r.get("framework") for r in peers if r.get("framework")), "diffusers")
+    tokens = int(a.tokens.split(",")[0])
+    ref = ref_info(a, "wan_cfg_ref.json")
+    tol = pc.tolerance(ref and ref.get("bf16_error_vs_fp32"))
+    x0_cache, rows = {}, []
+    for samples in [int(s) for s in a.samples.split(",") if s]:
+        first = None
+        for order in [o for o in a.orders.split(",") if o]:
+            extra = ["--blocks-to-swap", str(a.swap), "--swap-order", order] + a.cfg_flags.split()
+            info, secs = denoise_row(a, f"cfg_{order}_b{samples}", tokens, extra, chain=a.one_chain, steps=a.steps,
+                                     samples=samples, guidance=GUIDANCE)
+            if not info.get("error"):
+                info["dtype_check"] = pc.check_dtype(info.get("pipeswap_dtype"), fw_dtype, fw_name)
+                try:
+                    mine = load_file(info["output"])["latents"]
+                    if samples not in x0_cache:
+                        x0_cache[samples] = load_file(os.path.join(a.inputs, latents_name(tokens, samples)))["latents"]
+                    x0 = x0_cache[samples].float()
+                    ref_file = os.path.join(a.ref_dir, f"wan_cfg_ref_{tokens}_b{samples}.safetensors")
+                    if a.ref_dir and os.path.exists(ref_file):
+                        theirs = load_file(ref_file)["latents"].float()
+                        info["check"] = pc.check_output(x0 - mine.float(), x0 - theirs, tol,
+                                                        f"{fw_name}, the same {a.steps}-step CFG loop (batched)")
+                    if first is None:
+                        first = (order, mine)
+                    else:
+                        same = bool(mine.equal(first[1]))
+                        info["identity_check"] = {"against": f"the {first[0]} order's latents, bit for bit",
+                                                  "ok": same}
+                except Exception as e:  # noqa: BLE001 - a check that cannot run fails the row
+                    info["check"] = {"against": fw_name, "ok": False, "error": f"{type(e).__name__}: {e}"}
+                if info.get("trace"):
+                    info["trace_summary"] = trace_summary(info["trace"])
+                    info["trace_fills_per_step"] = copy_ranges_per_step(info["trace"])
+            r = res.get(samples, {})
+            rows.append(pc.row("wan", f"pipeswap cfg {order}", tokens, secs if secs is not None else float("nan"),
+                               a.swap * bb, r.get("seconds"), bw, samples=samples, micro_batches=2 * samples,
+                               swapped=a.swap, blocks=blocks, block_bytes=bb, flags=" ".join(extra),
+                               framework=fw_name, check_required=True,
+                               per_step=f"{samples} sample(s) with the CFG pair, median of steps 2..{a.steps}", **info))
+            pc.save_partial(rows, a.out)
+    return pc.emit(rows, a.out)
+
+
+def copy_ranges_per_step(trace_path, skip=1):
+    """Slot fills per step in a 1-rank trace: the copy lane's ranges after the first step, over the steps."""
+    opener = gzip.open if trace_path.endswith(".gz") else open
+    try:
+        with opener(trace_path, "rt") as f:
+            ev = [e for e in json.load(f).get("traceEvents", []) if e.get("ph") == "X" and e.get("pid", 0) == 0]
+    except (OSError, ValueError):
+        return None
+    firsts = {}
+    for e in ev:
+        if e.get("cat") == "compute" and UNIT_SUFFIX.sub("", e.get("name", "")) == "prologue":
+            m = re.search(r" s(\d+)", e.get("name", ""))
+            step = int(m.group(1)) if m else None
+            if step is not None:
+                firsts[step] = min(firsts.get(step, e["ts"]), e["ts"])
+    steps = sorted(firsts)
+    if len(steps) <= skip:
+        return None
+    begin = firsts[steps[skip]]
+    copies = [e for e in ev if e.get("cat") == "copy" and e["ts"] >= begin]
+    return round(len(copies) / (len(steps) - skip), 2)
+
+
 def stage_transfer(trace_path, skip_steps=1):
     """Stage-to-stage bytes/s of a multi-rank `pipeswap denoise --trace` run, per activation message.
 
@@ -571,7 +662,7 @@ def main():
     ts = sub.add_parser("trace-summary", help="milliseconds per step and phase from a 1-rank --trace file")
     ts.add_argument("--trace", required=True)
     ts.add_argument("--skip", type=int, default=1)
-    for name in ("wan", "llama", "disk", "two-gpu", "scale"):
+    for name in ("wan", "llama", "disk", "two-gpu", "scale", "cfg"):
         p = sub.add_parser(name)
         p.add_argument("--exe", required=True)
         p.add_argument("--model", required=True)
@@ -597,6 +688,10 @@ def main():
         p.add_argument("--scale-settings", default="1:--blocks-to-swap 30;2:--blocks-to-swap 10;2:",
                        help="scale: GPUS:FLAGS rows, ';'-separated")
         p.add_argument("--one-chain", default="cuda:0")
+        p.add_argument("--samples", default="1,2", help="cfg: samples per step (each with the CFG pair)")
+        p.add_argument("--orders", default="per-micro-batch,shared,auto", help="cfg: --swap-order of each row")
+        p.add_argument("--swap", type=int, default=30, help="cfg: --blocks-to-swap")
+        p.add_argument("--cfg-flags", default="", help="cfg: more flags for every row (none: the defaults)")
         p.add_argument("--two-chain", default="cuda:0=1,cuda:1=1")
         p.add_argument("--trace-dir", default="")
         p.add_argument("--scratch", default="/tmp/pipeswap-bench-out")
@@ -606,7 +701,7 @@ def main():
     if hasattr(a, "scratch"):
         os.makedirs(a.scratch, exist_ok=True)
     cmds = {"inputs": make_inputs, "wan": wan_rows, "llama": llama_rows, "disk": disk_rows, "two-gpu": two_gpu_rows,
-            "scale": scale_rows, "transfer": transfer_cmd,
+            "scale": scale_rows, "cfg": cfg_rows, "transfer": transfer_cmd,
             "trace-summary": lambda a: print(json.dumps(trace_summary(a.trace, a.skip), indent=1))}
     sys.exit(cmds[a.cmd](a))
 

@@ -314,6 +314,45 @@ def scale_section(rows, findings):
     return "\n".join(L)
 
 
+def cfg_section(rows, findings):
+    """Shared fills (issue 16): each swapped block once a step, however many micro-batches a rank holds."""
+    L = ["\n## 9. Shared fills: 40 blocks, 30 swapped, CFG on one GPU\n",
+         "The 40-block stack (`bench/wan_stack.py --blocks 40`), `--blocks-to-swap 30`, default flags otherwise, "
+         "at the first benchmark length (`pipeswap_rows.py cfg`; SECTIONS=cfg): S samples with the CFG pair "
+         "(2S micro-batches a step), once per `--swap-order`. Time: median of steps 2..N. Bound: max(diffusers' "
+         "resident forward of the 2S-row batch, 30 blocks' bytes / the pinned GB/s measured in the same call): "
+         "one sweep of the swapped bytes a step. Target: shared <= 1.05x the bound. Fills per step: the run "
+         "summary's (the plan's) [the trace's copy ranges]. Every order must give the same latents bit for bit, "
+         "and all of them diffusers' batched CFG loop's within the bf16 tolerance. The peer: diffusers' "
+         "`enable_group_offload(block_level, use_stream=True)` with the pair batched into one forward.\n",
+         "| samples | order | s / step | fills / step | x bound | target met | diffusers group offload (x bound) "
+         "| check | finding |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    mine = [r for r in rows if str(r.get("mode", "")).startswith("pipeswap cfg")]
+    peers = {(r.get("mode"), r.get("samples")): r for r in rows if not str(r.get("mode", "")).startswith("pipeswap")}
+    if not mine:
+        for s in (1, 2):
+            for o in ("per-micro-batch", "shared", "auto"):
+                L.append(f"| {s} | {o} | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | {NOT_RUN} | | |")
+        return "\n".join(L)
+    for r in mine:
+        s, order = r.get("samples"), r["mode"].replace("pipeswap cfg ", "")
+        g = peers.get(("group_block cfg", s)) or {}
+        gcell = f"{fmt_s(g.get('seconds'))} ({fmt_x(g.get('over_bound'))})" if g.get("seconds") == g.get("seconds") \
+            and g else NOT_RUN
+        if r.get("error"):
+            L.append(f"| {s} | {order} | failed (see results) | | | | {gcell} | | {findings.get(f'cfg/{s}/{order}', '')} |")
+            continue
+        fills = f"{r.get('fills_per_step', '?')} ({r.get('plan_fills_per_step', '?')}) [{r.get('trace_fills_per_step', '?')}]"
+        if r.get("order_chosen") and order == "auto":
+            order = f"auto: {r['order_chosen']}"
+        ob = r.get("over_bound")
+        target = ("yes" if ob <= 1.05 else "**no**") if ob and "shared" in order else ""
+        L.append(f"| {s} | {order} | {fmt_s(r.get('seconds'))} | {fills} | {fmt_x(r.get('over_bound'))} | {target} | "
+                 f"{gcell} | {r.get('status', '')} | {findings.get(f'cfg/{s}/{order}', '')} |")
+    return "\n".join(L)
+
+
 def _median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -464,7 +503,8 @@ def render(results, doc, command=None):
     gpipe = load(results, "gpipe.json")
     p2p = load(results, "nccl_p2p.json")
     scale = load(results, "scale.json")
-    ran = bool(wan or llama or disk or sched or two or gpipe or p2p or scale)
+    cfg = load(results, "wan_cfg_peers.json") + load(results, "cfg.json")
+    ran = bool(wan or llama or disk or sched or two or gpipe or p2p or scale or cfg)
     date = datetime.date.today().isoformat() if ran else NOT_RUN
     wan_fw = next((r["framework"] for r in wan if r.get("framework")), "diffusers WanTransformer3DModel")
     llama_fw = next((r["framework"] for r in llama if r.get("framework")), "transformers LlamaForCausalLM (sdpa)")
@@ -584,6 +624,7 @@ def render(results, doc, command=None):
         L.append(f"| {n} | {us[0]} | {us[1]} | {met} |")
     L.append(memory_section(wan + llama + disk + two + scale))
     L.append(scale_section(scale, findings))
+    L.append(cfg_section(cfg, findings))
     L.append("\n## Reading a trace\n")
     L.append("Every pipeswap row writes a `--trace` timeline (`$OUT/traces/*.json.gz`; open in "
              "https://ui.perfetto.dev). One process per rank, one row per lane: `compute` (each block's phases, "

@@ -296,8 +296,10 @@ class Wan final : public Architecture {
   // [cos, sin] of t * 10000^(-i/half), i < half, computed in fp64 (Wan's sinusoidal_embedding_1d).
   torch::Tensor sinusoidal(const torch::Tensor& t) const {
     const int64_t half = c_.freq_dim / 2;
-    auto freqs = torch::pow(10000.0, -torch::arange(half, torch::kFloat64) / static_cast<double>(half));
-    auto s = torch::outer(t.to(torch::kCPU, torch::kFloat64), freqs);
+    // On t's device: a step's timestep made on the GPU never comes to the host (no sync).
+    const auto f64 = torch::TensorOptions(torch::kFloat64).device(t.device());
+    auto freqs = torch::pow(10000.0, -torch::arange(half, f64) / static_cast<double>(half));
+    auto s = torch::outer(t.to(torch::kFloat64), freqs);
     return torch::cat({torch::cos(s), torch::sin(s)}, 1);
   }
 

@@ -136,4 +136,14 @@ inline void synchronize_device(const c10::Device& device) {
 #endif
 }
 
+// Blocks until the work queued so far on `device`'s current stream (the compute stream) is done; the
+// copy stream's prefetches go on. A step's end, timed on the host without a device-to-host copy.
+inline void synchronize_stream(const c10::Device& device) {
+  if (device.is_cpu()) return;
+  const auto* impl = c10::impl::getDeviceGuardImpl(device.type());
+  c10::Event done(device.type());
+  done.record(impl->getStream(device));
+  synchronize_event(done);
+}
+
 }  // namespace pipeswap::compat
