@@ -676,13 +676,15 @@ const Row kRows[] = {
         .as("plan")
         .leaving("plan.json "),
     {"output-equals-trace", Launch::kMpi2, "--trace {OUT}/x.safetensors",
-     "--output and --trace name the same file ({OUT}/x.safetensors)", "--output {OUT}/x.safetensors"},
+     "--output {OUT}/x.safetensors and --trace {OUT}/x.safetensors are the same file: give each its own",
+     "--output {OUT}/x.safetensors"},
     Row{"output-equals-input", Launch::kAlone, "--input {R}/ids.json",
-        "--output {R}/ids.json is also --input ({R}/ids.json): writing it would destroy an input", "--output {R}/ids.json",
+        "--output {R}/ids.json is the --input file ({R}/ids.json): writing it would destroy an input",
+        "--output {R}/ids.json",
         "cp {D}/in/ok.json {R}/ids.json"}
         .then_check("cmp -s {R}/ids.json {D}/in/ok.json || echo '@@BAD: the input was changed'"),
     Row{"output-is-model-weights", Launch::kMpi2, "--model {R}/m --input {D}/in/ok.json",
-        "is also a weight file of the model ({R}/m/model.safetensors)", "--output {R}/m/model.safetensors",
+        "is a file of the --model checkpoint ({R}/m/model.safetensors)", "--output {R}/m/model.safetensors",
         "mkdir -p {R}/m && cp {D}/cache/demo-llama-v1/* {R}/m/"}
         .then_check("cmp -s {R}/m/model.safetensors {D}/cache/demo-llama-v1/model.safetensors || echo '@@BAD: changed'"),
     {"output-name-too-long", Launch::kAlone, "", "its file name is 256 bytes, longer than the 255",

@@ -1,7 +1,10 @@
 #include "pipeswap/core/checkpoint.h"
 
+#include <cstring>
+
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <set>
 
 #include "pipeswap/core/checkpoint_index.h"
@@ -56,7 +59,16 @@ json read_json_file(const std::string& path, const char* what) {
 
 std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
   struct stat st {};
-  PS_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), CheckpointError,
+  const bool dir_exists = ::stat(dir.c_str(), &st) == 0;
+  if (dir_exists && !S_ISDIR(st.st_mode)) {
+    // A weight file or config.json given for the directory that holds it.
+    const auto slash = dir.find_last_of('/');
+    PS_THROW(CheckpointError,
+             "--model {} is a file, not a directory: give the checkpoint's directory, the one holding config.json and "
+             "the .safetensors files (--model {})",
+             dir, slash == std::string::npos ? std::string(".") : dir.substr(0, std::max<size_t>(slash, 1)));
+  }
+  PS_CHECK(dir_exists, CheckpointError,
            "model directory '{}' does not exist: pass --model DIR with a Hugging Face checkpoint (config.json + "
            "model.safetensors)",
            dir);
@@ -107,6 +119,16 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
 }
 
 bool Checkpoint::has(const std::string& tensor) const { return weight_map_.count(tensor) != 0; }
+
+bool Checkpoint::has_fp8_scales() const {
+  auto ends = [](const std::string& s, const char* t) {
+    const size_t n = std::strlen(t);
+    return s.size() >= n && s.compare(s.size() - n, n, t) == 0;
+  };
+  for (const auto& [name, file] : weight_map_)
+    if (name == "scaled_fp8" || ends(name, ".scale_weight") || ends(name, ".weight_scale")) return true;
+  return false;
+}
 
 std::shared_ptr<const SafetensorsFile> Checkpoint::shard(const std::string& file) const {
   // Held while opening, so two threads asking for the same shard open it once.

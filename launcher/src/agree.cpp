@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "flags.h"
+#include "notices.h"
 #include "pipeswap/core/cuda_info.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/hash.h"
@@ -79,7 +80,7 @@ void agree_devices(std::vector<pipeline::ChainEntry>& entries, int rank, comm::T
 
 // Bumped whenever shared_settings changes, so that two builds that compare different lists say so
 // instead of comparing them.
-constexpr int64_t kSettingsVersion = 1;
+constexpr int64_t kSettingsVersion = 2;
 
 std::string exact(double v) { return fmt::format("{}", v); }  // shortest text that reads back the same
 std::string yes_no(bool b) { return b ? "true" : "false"; }
@@ -153,6 +154,8 @@ std::vector<SharedSetting> shared_settings(const Options& o, const Checkpoint& c
   add("--workload-split", yes_no(o.workload_split));
   add("--auto-vram-balance", yes_no(o.auto_vram_balance));
   add("--dtype", o.dtype);
+  add("--weight-dtype", o.weight_dtype);
+  add("--fp8-gemm", o.fp8_gemm);
   add("--micro-batches", std::to_string(o.micro_batches));
   add("--transport", o.transport);
   add("--repeat", std::to_string(o.repeat));
@@ -160,6 +163,16 @@ std::vector<SharedSetting> shared_settings(const Options& o, const Checkpoint& c
   add("--steps", std::to_string(o.steps));
   add("--guidance", exact(o.guidance));
   add("--shift", exact(o.shift));
+  if (o.command == "generate") {
+    add("--frames", std::to_string(o.frames));
+    add("--height", std::to_string(o.height));
+    add("--width", std::to_string(o.width));
+    add("--seed", std::to_string(o.seed));
+    add("--sampler", o.sampler);
+    add("--flow-shift", o.flow_shift < 0 ? "(the repo's)" : exact(o.flow_shift));
+    add("--text-encoder", o.text_encoder);
+    add("--vae-tiling", yes_no(o.vae_tiling));
+  }
   add("--blocks-to-swap", o.blocks_to_swap < 0 ? "(not given)" : std::to_string(o.blocks_to_swap));
   add("--offload-ratio", o.offload_ratio < 0 ? "(not given)" : exact(o.offload_ratio));
   add("--resident-policy", o.resident_policy);
@@ -226,8 +239,9 @@ std::vector<pipeline::ChainEntry> agree_chain(const std::optional<pipeline::Devi
   const bool preview = use == JobUse::kPlan && world.size == 1;
   if (!preview) {
     PS_CHECK(n == world.size, ConfigError,
-             "--device-chain has {} entr{} but {} rank(s) are running: give one entry per rank, or start {} rank(s) "
-             "(e.g. mpirun -np {} pipeswap ...)",
+             "--device-chain has {} entr{} but {} rank(s) are running: give one entry per rank, or start {} rank(s): "
+             "leave out mpirun and pipeswap starts one per entry itself, or mpirun -np {} pipeswap ... (as root, or "
+             "with more ranks than cores, Open MPI needs the settings in README.md, Running)",
              n, n == 1 ? "y" : "ies", world.size, n, n);
   }
   if (preview) return chain.entries;  // devices as written
@@ -239,7 +253,8 @@ std::vector<pipeline::ChainEntry> agree_chain(const std::optional<pipeline::Devi
   DeviceSpec& mine = chain.entries.at(world.rank).device;
   mine = resolve_device(mine, world);
   if (world.size > 1) agree_devices(chain.entries, world.rank, t);
-  if (chain.automatic || auto_vram_balance) {
+  // --auto-vram-balance weighs GPUs; a chain of CPUs keeps its weights (notices.h says so).
+  if (chain.automatic || (auto_vram_balance && balances_anything(chain.entries))) {
     // Every rank's free memory, gathered so that all ranks build the same plan.
     const std::vector<int64_t> free =
         world.size > 1 ? all_free_bytes(mine, world, t) : std::vector<int64_t>{free_bytes(mine, world)};
@@ -270,9 +285,11 @@ RankBudgets agree_budgets(const Options& o, const std::vector<pipeline::ChainEnt
 
 JobShape agree_shape(comm::Transport& t, const JobShape& mine) {
   const int64_t stored = mine.stored_dtype ? static_cast<int64_t>(*mine.stored_dtype) : -1;
-  const std::vector<int64_t> v = pipeline::broadcast(t, {mine.batch, mine.seq, stored});
-  PS_CHECK(v.size() == 3, CommError, "rank 0 sent a job shape of {} values where 3 were expected", v.size());
-  JobShape out{v[0], v[1], std::nullopt};
+  std::vector<int64_t> mine_v{mine.batch, mine.seq, stored};
+  mine_v.insert(mine_v.end(), mine.storage.begin(), mine.storage.end());
+  const std::vector<int64_t> v = pipeline::broadcast(t, mine_v);
+  PS_CHECK(v.size() >= 3, CommError, "rank 0 sent a job shape of {} values where at least 3 were expected", v.size());
+  JobShape out{v[0], v[1], std::nullopt, std::vector<int64_t>(v.begin() + 3, v.end())};
   if (v[2] >= 0) out.stored_dtype = static_cast<c10::ScalarType>(v[2]);
   return out;
 }

@@ -30,9 +30,10 @@ struct SharedSetting {
 };
 // The settings that must be the same on every rank, in a fixed order: the command, the model's
 // config.json and tensor index (by content: the directory may differ per node), the device chain
-// with its weights, dtype, micro-batches, the sampler, the swap and split flags, whether --trace is
-// on. Per-rank ones (threads, log level, timeouts, paths, --max-memory, --vram-budget) are not in it;
-// docs/reliability.md lists both.
+// with its weights, dtype and weight dtype, micro-batches, the sampler (and for generate the video's
+// size, seed and components), the swap and split flags, whether --trace is on. Per-rank ones
+// (threads, log level, timeouts, paths, --max-memory, --vram-budget) are not in it; docs/reliability.md
+// lists both.
 std::vector<SharedSetting> shared_settings(const Options& o, const Checkpoint& ckpt);
 
 // The first collective of a job: every rank's settings compared by digest. On a difference every
@@ -66,6 +67,7 @@ struct JobShape {
   int64_t batch = 0;                            // samples (0: unknown, a plan without inputs)
   int64_t seq = 0;                              // tokens per sample
   std::optional<c10::ScalarType> stored_dtype;  // what most of block 0's bytes are stored in
+  std::vector<int64_t> storage;                 // fp8 weights: offload::WeightStorage::encode (empty: none)
 };
 // Rank 0's shape on every rank (`mine` is read on rank 0 only).
 JobShape agree_shape(comm::Transport& t, const JobShape& mine);

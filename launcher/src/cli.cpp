@@ -4,10 +4,12 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "command_words.h"
 #include "flags.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/files.h"
@@ -18,37 +20,64 @@
 namespace pipeswap::launcher {
 namespace {
 
+// Flags every command takes. `plan` also takes the run-only flags (a run's command line turned into a
+// plan works) but does not list them in its --help.
 void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
-  cmd->add_option("--model", o.model, "Hugging Face checkpoint directory (config.json + *.safetensors); "
-                                      "default: the built-in demo model")
+  const bool dit = cmd->get_name() == "denoise" || cmd->get_name() == "generate";
+  const char* run_only = cmd->get_name() == "plan" ? "" : "Options";
+  cmd->add_option("--model", o.model,
+                  dit ? "Wan2.1 DiT checkpoint directory (Wan2.1's or diffusers' layout); default: the built-in demo "
+                        "Wan, with built-in inputs"
+                      : "Hugging Face checkpoint directory (config.json + *.safetensors); default: the built-in "
+                        "demo model (a small Llama), with a built-in input")
       ->expected(0, 1);  // "--model" with nothing after it is the "Model is None" error, not the demo
   cmd->add_option("--device-chain", chain_text,
                   "one entry per rank, device=weight: cpu=3,cpu=1 or cuda:0=60,cuda:1=40; 'auto' weighs by free "
                   "memory (default: every rank on cpu, equal weights)")
       ->expected(0, 1);  // an empty value must reach the chain parser, which names the problem
-  cmd->add_option("--workload-split", o.workload_split, "false: every block on the first device")
-      ->default_str("true");
-  cmd->add_option("--auto-vram-balance", o.auto_vram_balance,
-                  "weigh the chain's devices by their free memory instead of the given weights")
+  cmd->add_flag("--workload-split", o.workload_split, "false: every block on the first device")->default_str("true");
+  cmd->add_flag("--auto-vram-balance", o.auto_vram_balance,
+                "weigh the chain's GPUs by their free memory instead of the given weights")
       ->default_str("false");
   cmd->add_option("--dtype", o.dtype, "compute dtype: auto (the checkpoint's), fp32, bf16, fp16")->default_str("auto");
+  cmd->add_option("--weight-dtype", o.weight_dtype,
+                  "how block weights rest in host memory, on disk reads and in device slots: auto (as stored; fp8 "
+                  "files stay fp8) or fp8 (quantise bf16/fp32 block matrices to e4m3 per output channel at load)")
+      ->check(CLI::IsMember({"auto", "fp8"}))
+      ->default_str("auto");
+  cmd->add_option("--fp8-gemm", o.fp8_gemm,
+                  "fp8 weights: off (dequantise each to the compute dtype just before use) or scaled-mm (fp8 GEMMs "
+                  "through torch._scaled_mm, activations quantised per token; CUDA with LibTorch >= 2.5)")
+      ->check(CLI::IsMember({"off", "scaled-mm"}))
+      ->default_str("off");
   cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")
       ->transform(flags::integer(1, flags::kMaxCount, "a count"))
       ->default_str("1");
-  cmd->add_option("--input", o.input, "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T]");
+  if (!dit) {
+    cmd->add_option("--input", o.input,
+                    "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T] (default with the demo "
+                    "model: 8 built-in sequences of 64 tokens)");
+  }
   cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")
       ->transform(flags::real(flags::kMinTimeout, flags::kMaxTimeout, "seconds"))
-      ->default_str("60");
+      ->default_str("60")
+      ->group(run_only);
   cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")
       ->transform(flags::integer(0, flags::max_threads(), "0 (automatic) or a thread count (4 per core at most),"))
-      ->default_str("0");
-  cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->default_str("info");
+      ->default_str("0")
+      ->group(run_only);
+  cmd->add_option("--log-level", o.log_level,
+                  "trace, debug, info, warn, error, off (warn: no progress lines; debug: errors name their source "
+                  "line)")
+      ->default_str("info");
   cmd->add_option("--transport", o.transport, "activations between GPU ranks: auto (NCCL) or host (via MPI/TCP)")
       ->check(CLI::IsMember({"auto", "host"}))
-      ->default_str("auto");
+      ->default_str("auto")
+      ->group(run_only);
   cmd->add_flag("--force", o.force,
                 "run even where the plan predicts more host or device memory than the machine has (a warning "
-                "instead of an error)");
+                "instead of an error)")
+      ->group(run_only);
 
   auto* off = "Offload";
   cmd->add_option("--blocks-to-swap", o.blocks_to_swap, "how many of each rank's blocks live off the device")
@@ -83,12 +112,12 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->default_str("2")
       ->group(off);
   cmd->add_option("--max-memory", o.max_memory, "host memory budget for swapped blocks, e.g. 24GB")
-      ->transform(flags::byte_size("--max-memory"))
+      ->transform(flags::byte_size("--max-memory", /*allow_auto=*/false, &o.max_memory_text))
       ->group(off);
   cmd->add_option("--vram-budget", o.vram_budget,
                   "automatic VRAM mode: each rank's device budget (bytes, e.g. 20GB, or auto); the plan picks the "
                   "swapped blocks")
-      ->transform(flags::byte_size("--vram-budget", /*allow_auto=*/true))
+      ->transform(flags::byte_size("--vram-budget", /*allow_auto=*/true, &o.vram_budget_text))
       ->group(off);
   cmd->add_flag("--offload-txt-emb", o.offload_txt_emb, "keep the text embedding on the host, move it in when used")
       ->group(off);
@@ -109,6 +138,20 @@ void add_trace(CLI::App* cmd, Options& o) {
   cmd->add_option("--trace", o.trace,
                   "write a Chrome / Perfetto JSON timeline of every rank (compute, copy, disk, send, recv, wait) "
                   "to this file; open it in https://ui.perfetto.dev");
+}
+
+// --frames, --height, --width (generate, and plan for a Wan repo): bounded here; the shape rules (4k+1
+// frames, multiples of 16) are generate_job's check_video_size.
+void add_video_size(CLI::App* cmd, Options& o, const std::string& prefix) {
+  cmd->add_option("--frames", o.frames, prefix + "video frames, 4k+1")
+      ->transform(flags::integer(1, flags::kMaxFrames, "a frame count"))
+      ->default_str("81");
+  cmd->add_option("--height", o.height, prefix + "pixels, a multiple of 16")
+      ->transform(flags::integer(1, flags::kMaxPixels, "pixels"))
+      ->default_str("480");
+  cmd->add_option("--width", o.width, prefix + "pixels, a multiple of 16")
+      ->transform(flags::integer(1, flags::kMaxPixels, "pixels"))
+      ->default_str("832");
 }
 
 std::string config_value(const nlohmann::json& v) {
@@ -150,7 +193,7 @@ std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
 
 }  // namespace
 
-std::optional<Options> parse_command_line(int argc, char** argv) {
+std::optional<Options> parse_command_line(int argc, char** argv, bool print_help) {
   Options o;
   CLI::App app{"pipeswap: run transformer models too big for one device, split across ranks and swapped"};
   app.require_subcommand(1);
@@ -160,24 +203,41 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   CLI::App* plan = app.add_subcommand("plan", "print the plan (ranks, devices, blocks, memory) without loading");
   CLI::App* denoise = app.add_subcommand(
       "denoise", "sample a diffusion transformer (Wan): flow-matching Euler steps with classifier-free guidance");
+  CLI::App* generate = app.add_subcommand(
+      "generate", "Wan2.1 text-to-video from a diffusers repo: prompt in, video out (text encoder, DiT across the "
+                  "ranks with swapping, VAE decode)");
   std::string config_path;
   std::string chain_text;  // --device-chain as written; parsed below, once
-  for (CLI::App* cmd : {run, plan, denoise}) {
+  for (CLI::App* cmd : {run, plan, denoise, generate}) {
     add_common(cmd, o, chain_text);
     cmd->add_option("--config", config_path, "JSON file of options with snake_case keys (flags win)");
   }
-  run->add_option("--output", o.output, "safetensors file for the logits (written atomically)")
+  run->add_option("--output", o.output,
+                  "safetensors file for the logits (written atomically; default: logits.safetensors in the current "
+                  "directory)")
       ->default_str("logits.safetensors");
   add_trace(run, o);
   run->add_option("--repeat", o.repeat, "run the forward N times (benchmarks: the summary reports the median warm pass)")
       ->transform(flags::integer(1, flags::kMaxCount, "a count"))
       ->default_str("1");
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
-  denoise->add_option("--latents", o.latents, "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W]")
-      ->required();
+  // A diffusers Wan repo (generate's --model): the job's size decides the DiT's tokens and the VAE's memory.
+  add_video_size(plan, o, "Wan repo: ");
+  plan->add_option("--steps", o.steps, "Wan repo: denoising steps")
+      ->transform(flags::integer(1, flags::kMaxCount, "a step count"))
+      ->default_str("50");
+  plan->add_option("--guidance", o.guidance, "Wan repo: guidance scale (<= 1: no unconditional pass)")
+      ->transform(flags::real(0, flags::kMaxGuidance, "a scale"))
+      ->default_str("5");
+  plan->add_option("--text-encoder-device", o.text_encoder_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
+  plan->add_option("--vae-device", o.vae_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
+  plan->add_flag("--vae-tiling", o.vae_tiling, "Wan repo: the VAE decodes in 256x256 tiles");
+  denoise->add_option("--latents", o.latents,
+                      "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W] (required with "
+                      "--model)");
   denoise->add_option("--context", o.context,
-                      "safetensors with the text encoder's output [B, L, text_dim] or [L, text_dim] (the prompt)")
-      ->required();
+                      "safetensors with the text encoder's output [B, L, text_dim] or [L, text_dim] (the prompt; "
+                      "required with --model)");
   denoise->add_option("--context-null", o.context_null,
                       "safetensors with the negative prompt's text embeddings (classifier-free guidance)");
   denoise->add_option("--image-cond", o.image_cond,
@@ -193,33 +253,91 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   denoise->add_option("--shift", o.shift, "flow-matching schedule shift (Wan2.1: 5 for T2V 720p, 3 for 480p)")
       ->transform(flags::real(0, flags::kMaxShift, "a shift", /*lo_open=*/true))
       ->default_str("5");
-  denoise->add_option("--output", o.output, "safetensors file for the final latents (written atomically)")
+  denoise->add_option("--output", o.output,
+                      "safetensors file for the final latents (written atomically; default: latents.safetensors in "
+                      "the current directory)")
       ->default_str("latents.safetensors");
   add_trace(denoise, o);
 
+  generate->add_option("--prompt", o.prompt, "the text prompt");
+  generate->add_option("--negative-prompt", o.negative_prompt, "the negative prompt (default: empty, as diffusers)");
+  generate->add_option("--prompts", o.prompts_file,
+                       "JSON lines {\"prompt\": ..., \"negative_prompt\": ...}: one sample each, sampled together "
+                       "(keeps the pipeline full across steps)");
+  generate->add_option("--prompt-ids", o.prompt_ids,
+                       "token ids instead of prompts (builds without SentencePiece): safetensors with input_ids, "
+                       "attention_mask [B, 512] (and negative_input_ids, negative_attention_mask with guidance)");
+  add_video_size(generate, o, "");
+  generate->add_option("--steps", o.steps, "denoising steps")
+      ->transform(flags::integer(1, flags::kMaxCount, "a step count"))
+      ->default_str("50");
+  generate->add_option("--guidance", o.guidance, "classifier-free guidance scale (<= 1: no unconditional pass)")
+      ->transform(flags::real(0, flags::kMaxGuidance, "a scale"))
+      ->default_str("5");
+  generate->add_option("--seed", o.seed, "noise seed (torch.Generator(\"cpu\").manual_seed, as diffusers)")
+      ->transform(flags::integer(0, flags::kMaxSeed, "a seed"))
+      ->default_str("0");
+  generate->add_option("--sampler", o.sampler, "unipc (the repo's scheduler) or euler (flow-matching Euler)")
+      ->check(CLI::IsMember({"unipc", "euler"}))
+      ->default_str("unipc");
+  generate->add_option("--flow-shift", o.flow_shift,
+                       "schedule shift (default: the repo's scheduler_config.json; Wan2.1: 3 at 480p, 5 at 720p)")
+      ->transform(flags::real(0, flags::kMaxShift, "a shift", /*lo_open=*/true));
+  generate->add_option("--latents", o.latents, "safetensors with the initial noise [B, z, f, h, w] instead of --seed");
+  generate->add_option("--text-encoder", o.text_encoder,
+                       "text encoder placement: on-demand (read, encode, freed before the DiT loads)")
+      ->check(CLI::IsMember({"on-demand"}))
+      ->default_str("on-demand");
+  generate->add_option("--text-encoder-device", o.text_encoder_device, "cpu or cuda:N (default: rank 0's device)");
+  generate->add_option("--vae-device", o.vae_device, "cpu or cuda:N (default: rank 0's device)");
+  generate->add_flag("--vae-tiling", o.vae_tiling, "decode in 256x256 spatial tiles (bounds the VAE's memory)");
+  generate->add_option("--fps", o.fps, "frames a second of the MP4")
+      ->transform(flags::real(0, flags::kMaxFps, "frames a second", /*lo_open=*/true))
+      ->default_str("16");
+  generate->add_option("--output", o.output,
+                       "video.mp4 (H.264, builds with FFmpeg), frames/ (PNG) or latents.safetensors")
+      ->default_str("video.mp4");
+  add_trace(generate, o);
+  for (CLI::App* cmd : {run, plan, denoise, generate}) cmd->allow_extras();  // reject_extras names them, with a suggestion
+
   std::vector<std::string> args(argv + 1, argv + argc);
+  const bool asks_help = std::any_of(args.begin(), args.end(), [](const std::string& a) {
+    return a == "-h" || a == "--help" || a == "--help-all" || a == "--version";
+  });
+  if (!asks_help) {
+    PS_CHECK(!args.empty(), ConfigError,
+             "give a command: pipeswap run (the forward job), plan (the plan only), denoise (diffusion sampling) "
+             "or generate (prompt to video); run, plan and denoise run a built-in demo with no other flags (see "
+             "pipeswap --help)");
+    const auto commands = static_cast<const CLI::App&>(app).get_subcommands([](const CLI::App*) { return true; });
+    if (std::none_of(commands.begin(), commands.end(), [&](const CLI::App* c) { return c->get_name() == args[0]; }))
+      reject_command(app, args[0]);
+  }
+  args = join_boolean_values(app, args);
   // First pass only to learn the subcommand and --config; then the config's flags go first so that
   // the command line wins (TakeLast).
   try {
     app.parse(std::vector<std::string>(args.rbegin(), args.rend()));
   } catch (const CLI::CallForHelp& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::CallForAllHelp& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::CallForVersion& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::ParseError& e) {
     PS_THROW(ConfigError, "{} (see pipeswap --help)", e.what());
   }
-  CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : plan;
+  CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : generate->parsed() ? generate : plan;
+  reject_extras(app, *cmd);
   o.command = cmd->get_name();
   if (!config_path.empty()) {
     std::vector<std::string> merged{o.command};
     for (auto& a : config_args(config_path, cmd)) merged.push_back(a);
     for (size_t i = 1; i < args.size(); ++i) merged.push_back(args[i]);
+    merged = join_boolean_values(app, merged);
     Options fresh;
     o = fresh;
     chain_text.clear();
@@ -229,14 +347,30 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
       PS_THROW(ConfigError, "{} (from config file {} or the command line)", e.what(), config_path);
     }
+    reject_extras(app, *cmd);
     o.command = cmd->get_name();
   }
   o.config = config_path;
   // Given (even empty: that is the kNoModelOrChain error, not the default chain): parsed here only.
   if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
+  if (cmd == generate && cmd->count("--output") == 0) o.output = "video.mp4";
+  if (cmd == generate) {
+    const int given = (cmd->count("--prompt") > 0) + !o.prompts_file.empty() + !o.prompt_ids.empty();
+    PS_CHECK(given == 1, ConfigError,
+             "generate needs exactly one of --prompt TEXT, --prompts FILE.jsonl or --prompt-ids FILE.safetensors "
+             "(got {})",
+             given);
+  }
   if (cmd == denoise) {
-    PS_CHECK(o.guidance == 1.0 || !o.context_null.empty(), ConfigError,
+    // The demo Wan brings its own inputs; a checkpoint of yours needs yours.
+    PS_CHECK(o.model.empty() || (!o.latents.empty() && !o.context.empty()), ConfigError,
+             "--latents and --context are required with --model (safetensors files of the initial noise and the "
+             "text encoder's output); without --model, pipeswap denoise runs the built-in demo Wan on built-in "
+             "inputs");
+    PS_CHECK(!o.model.empty() || o.latents.empty() == o.context.empty(), ConfigError,
+             "give both --latents and --context, or neither (the demo Wan's built-in inputs)");
+    PS_CHECK(o.guidance == 1.0 || !o.context_null.empty() || o.latents.empty(), ConfigError,
              "--guidance {} needs --context-null (the negative prompt's embeddings) for the unconditional pass; give "
              "it, or --guidance 1 to sample without guidance",
              o.guidance);

@@ -1,13 +1,16 @@
 // `pipeswap denoise`: flow-matching sampling of a diffusion transformer across the ranks.
 #include <iostream>
 
+#include "demo_model.h"
 #include "job.h"
+#include "outputs.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/core/weights.h"
 #include "pipeswap/pipeline/denoise_job.h"
 #include "pipeswap/pipeline/inputs.h"
+#include "progress.h"
 #include "spawn.h"
 
 namespace pipeswap::launcher {
@@ -31,9 +34,18 @@ models::Activation first_sample(const pipeline::DenoiseInputs& in, const torch::
   return probe;
 }
 
-// Rank 0: reads and checks every input before any weights load.
+// Rank 0: reads and checks every input before any weights load (the demo Wan's built-in ones when no
+// input is given).
 pipeline::DenoiseInputs read_inputs(const Options& o, const models::Architecture& arch) {
   pipeline::DenoiseInputs in;
+  if (o.latents.empty()) {
+    const DemoDenoiseInputs demo = demo_denoise_inputs();
+    in.latents = demo.latents;
+    in.context = demo.context;
+    in.context_null = demo.context_null;
+    arch.check_inputs(first_sample(in, in.context));
+    return in;
+  }
   in.latents = pipeline::read_tensor_input(o.latents, "--latents", "latents", 5);
   in.context = pipeline::read_tensor_input(o.context, "--context", "context", 3);
   if (!o.context_null.empty())
@@ -61,10 +73,12 @@ pipeline::DenoiseInputs read_inputs(const Options& o, const models::Architecture
 
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport) {
   const auto t_start = Clock::now();
-  if (world.rank == 0) pipeline::check_output_path(o.output);
+  if (world.rank == 0) {
+    pipeline::check_output_path(o.output);
+    check_job_files(o, o.model.empty() ? demo_wan_dir() : o.model);
+  }
   set_threads(o, world);
   Job job = open_model(o, world, *transport, JobUse::kRun);
-  if (world.rank == 0) check_output_paths(o, job);
   PS_CHECK(job.arch->kind() == "dit", ConfigError,
            "{} is a {} language model: `pipeswap denoise` samples diffusion transformers; use `pipeswap run --model "
            "{} --input FILE`",
@@ -80,14 +94,16 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   JobShape shape;
   if (world.rank == 0) {
     in = read_inputs(o, *job.arch);
-    shape = JobShape{in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)), stored_dtype(job)};
+    shape = JobShape{in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)), stored_dtype(job),
+                     weight_storage(o, job)};
   }
   if (world.size > 1) shape = agree_shape(*transport, shape);
   PS_CHECK(shape.batch > 0, CommError, "rank 0 could not read the inputs (see its error)");
   settings.batch = static_cast<int>(shape.batch);
   const int units = pipeline::denoise_units(settings);
-  job.plan =
-      make_job_plan(o, world, *transport, job, JobShape{1, shape.seq, shape.stored_dtype}, units, settings.steps);
+  JobShape one = shape;
+  one.batch = 1;
+  job.plan = make_job_plan(o, world, *transport, job, one, units, settings.steps);
 
   // Rank 0 holds the inputs, and the float32 latents with the sampler's copies of them.
   int64_t io_bytes = 0;
@@ -97,8 +113,9 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   check_machine_memory(o, world, *transport, job, io_bytes);
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
+  Progress bar("step", settings.steps, Progress::Unit::kItems);
   auto progress = [&](const pipeline::StepReport& r) {
-    log().info("step {}/{} sigma {:.4f}: {:.6f} s", r.step, settings.steps, r.sigma, r.seconds);
+    bar.update(r.step, fmt::format("sigma {:.4f}: {:.6f} s", r.sigma, r.seconds));
   };
   auto result = pipeline::run_denoise(job.plan, world.rank, *job.arch, *rt.weights, t, in, settings, rt.device,
                                       progress);

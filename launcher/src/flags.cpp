@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include "pipeswap/core/bytes.h"
@@ -24,6 +26,20 @@ bool read_number(const std::string& text, double* out) {
   return true;
 }
 
+// Optional sign and decimal digits only: read exactly (a double would round above 2^53); nothing
+// when the text is no plain integer or is beyond int64.
+std::optional<int64_t> read_plain_integer(const std::string& text) {
+  size_t i = text.size() > 0 && (text[0] == '-' || text[0] == '+') ? 1 : 0;
+  if (i == text.size() || text.size() - i > 19) return std::nullopt;
+  for (size_t k = i; k < text.size(); ++k)
+    if (text[k] < '0' || text[k] > '9') return std::nullopt;
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (errno == ERANGE || end != text.c_str() + text.size()) return std::nullopt;
+  return static_cast<int64_t>(v);
+}
+
 }  // namespace
 
 int64_t max_threads() {
@@ -33,10 +49,16 @@ int64_t max_threads() {
 CLI::Validator integer(int64_t lo, int64_t hi, const std::string& what) {
   return CLI::Validator(
       [lo, hi, what](std::string& text) -> std::string {
+        if (const std::optional<int64_t> exact = read_plain_integer(text); exact && *exact >= lo && *exact <= hi) {
+          text = std::to_string(*exact);
+          return {};
+        }
         double v = 0;
         // Compared as doubles before any conversion: a value far outside the range cannot wrap.
         const bool number = read_number(text, &v);
-        if (number && v == std::floor(v) && v >= static_cast<double>(lo) && v <= static_cast<double>(hi)) {
+        // Below 2^63 as well: a bound of INT64_MAX reads as the double 2^63, which would not convert.
+        if (number && v == std::floor(v) && v >= static_cast<double>(lo) && v <= static_cast<double>(hi) &&
+            v < 9223372036854775808.0) {
           text = std::to_string(static_cast<int64_t>(v));
           return {};
         }
@@ -60,9 +82,10 @@ CLI::Validator real(double lo, double hi, const std::string& what, bool lo_open)
       "");
 }
 
-CLI::Validator byte_size(const std::string& flag, bool allow_auto) {
+CLI::Validator byte_size(const std::string& flag, bool allow_auto, std::string* as_written) {
   return CLI::Validator(
-      [flag, allow_auto](std::string& text) -> std::string {
+      [flag, allow_auto, as_written](std::string& text) -> std::string {
+        if (as_written) *as_written = text;
         if (allow_auto && text == "auto") {
           text = std::to_string(kAutoBudget);
           return {};

@@ -26,6 +26,14 @@ constexpr double kMaxTimeout = 365.0 * 24 * 3600;
 // --guidance and --shift: finite, and far above what a sampler uses (guidance 1..20, shift 1..17).
 constexpr double kMaxGuidance = 1000;
 constexpr double kMaxShift = 1000;
+// generate (and plan for a Wan repo): far above a real video (Wan2.1: 81 frames at 480x832 or
+// 720x1280), small enough that every latent and token count stays well inside int64.
+constexpr int64_t kMaxFrames = 10001;
+constexpr int64_t kMaxPixels = 16384;
+// --fps of the MP4.
+constexpr double kMaxFps = 1000;
+// --seed: any non-negative int64 (read exactly, not through a double).
+constexpr int64_t kMaxSeed = INT64_MAX;
 // --vram-budget auto, as the integer CLI11 stores.
 constexpr int64_t kAutoBudget = -1;
 
@@ -37,7 +45,8 @@ CLI::Validator integer(int64_t lo, int64_t hi, const std::string& what);
 // A finite real in [lo, hi] (lo excluded when `lo_open`).
 CLI::Validator real(double lo, double hi, const std::string& what, bool lo_open = false);
 // A byte size above 0 and at most 2^62, rewritten as its number of bytes ("24GB" -> 24000000000).
-// With `allow_auto`, "auto" becomes kAutoBudget.
-CLI::Validator byte_size(const std::string& flag, bool allow_auto = false);
+// With `allow_auto`, "auto" becomes kAutoBudget. `as_written` (when given) keeps the text as the user
+// wrote it ("24GB"), for messages.
+CLI::Validator byte_size(const std::string& flag, bool allow_auto = false, std::string* as_written = nullptr);
 
 }  // namespace pipeswap::launcher::flags

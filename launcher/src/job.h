@@ -42,17 +42,14 @@ Job open_model(const Options& o, const World& world, comm::Transport& t, JobUse 
 // What most of block 0's bytes are stored in (the compute dtype under --dtype auto, the plan's
 // disk-read figures), from the safetensors headers (rank 0 owns block 0); unset when unknown.
 std::optional<c10::ScalarType> stored_dtype(const Job& job);
+// How the weights rest (fp8 or not, offload::WeightStorage::encode), from the headers of block 0 and the
+// non-block parts, and --weight-dtype (rank 0; a header read). Throws CheckpointError for fp8 variants
+// pipeswap cannot handle.
+std::vector<int64_t> weight_storage(const Options& o, const Job& job);
 // The plan for micro-batches of shape.batch samples of shape.seq tokens (0: unknown); `sweeps` passes
 // of each micro-batch (denoising steps). Collective for automatic VRAM budgets of "auto".
 pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job,
                              const JobShape& shape, int micro_batches, int sweeps);
-
-// ----- paths.cpp
-
-// Throws ConfigError when two of the job's outputs (--output, --trace, plan --json) are one file, or
-// an output is one of its inputs (--input, --config, the denoise inputs, the model's files), by
-// inode where both exist and by resolved path otherwise.
-void check_output_paths(const Options& o, const Job& job);
 
 // ----- guard.cpp
 
@@ -99,5 +96,6 @@ std::string nonfinite_line(const std::string& name, const torch::Tensor& t);
 int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
 int cmd_plan(const Options& o, const World& world, comm::Transport& t);
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
 
 }  // namespace pipeswap::launcher

@@ -12,7 +12,7 @@
 namespace pipeswap::launcher {
 
 struct Options {
-  std::string command;  // "run" | "plan" | "denoise"
+  std::string command;  // "run" | "plan" | "denoise" | "generate"
   std::string model;    // empty: the built-in demo model
   std::string input;    // empty with the demo model: the demo's built-in prompt batch
   std::string output = "logits.safetensors";
@@ -21,6 +21,8 @@ struct Options {
   bool workload_split = true;
   bool auto_vram_balance = false;
   std::string dtype = "auto";
+  std::string weight_dtype = "auto";  // auto: as stored (fp8 files stay fp8); fp8: quantise block matrices at load
+  std::string fp8_gemm = "off";  // off: dequantise fp8 weights per use; scaled-mm: torch._scaled_mm (Hopper)
   int micro_batches = 1;
   double comm_timeout = 60;  // seconds
   int threads = 0;           // 0: cores of this node / ranks on it
@@ -28,14 +30,24 @@ struct Options {
   std::string transport = "auto";  // activations between GPU ranks: auto (NCCL) or host (MPI/TCP)
   bool force = false;  // run even where the plan predicts more memory than the machine has
   std::string json;  // plan --json FILE
-  std::string config;  // --config FILE as given (empty: none)
   int repeat = 1;      // run --repeat N: forward passes (benchmarks)
   std::string trace;  // --trace FILE: Chrome / Perfetto timeline of every rank (empty: off)
+  std::string config;  // --config FILE as given (empty: none; an input of the job: no output may overwrite it)
   // denoise
   std::string latents, context, context_null, image_cond, clip_fea;
   int steps = 50;
   double guidance = 5.0;
   double shift = 5.0;
+  // generate
+  std::string prompt, negative_prompt, prompts_file, prompt_ids;
+  int64_t frames = 81, height = 480, width = 832;
+  int64_t seed = 0;
+  std::string sampler = "unipc";
+  double flow_shift = -1;  // -1: the repo's scheduler_config.json
+  std::string text_encoder_device, vae_device;  // empty: rank 0's device
+  std::string text_encoder = "on-demand";
+  bool vae_tiling = false;
+  double fps = 16;
 
   // Offload (per rank), in the block-swap nodes' and LightX2V's words.
   int blocks_to_swap = -1;     // -1: not given
@@ -49,6 +61,7 @@ struct Options {
   int num_disk_workers = 2;
   int64_t max_memory = 0;   // host cache budget in bytes (0: not given, unlimited)
   int64_t vram_budget = 0;  // automatic VRAM mode: bytes, flags::kAutoBudget for "auto" (0: off)
+  std::string max_memory_text, vram_budget_text;  // both as written ("24GB"), for messages
   bool offload_txt_emb = false;
   bool offload_img_emb = false;
   std::vector<std::string> offload_components;

@@ -345,7 +345,7 @@ class Llama final : public Architecture {
     PS_CHECK(!act.empty() && act[0].defined() && act[0].dim() == 3, Error,
              "{} epilogue expects the hidden state [batch, tokens, {}]", c_.family, c_.hidden_size);
     auto x = rms_norm(act[0], w["norm.weight"], c_.rms_norm_eps);
-    return dense(x, w["lm_head.weight"]);  // the compute dtype: the job makes float32 on the host
+    return dense(x, w, "lm_head.weight");  // the compute dtype: the job makes float32 on the host
   }
 
   bool ignores_tensor(const std::string& name) const override {
@@ -404,12 +404,12 @@ class Llama final : public Architecture {
     auto x = rms_norm(h, w["input_layernorm.weight"], c_.rms_norm_eps);
     // RoPE on the [B, T, heads, D] projections (one pass each on CUDA), then the [B, heads, T, D] views SDPA takes.
     const auto [cos_t, sin_t] = rope_tables(t, h.device(), h.scalar_type());
-    auto q = fused::rope_half(dense(x, w["q_proj.weight"], bias("q_proj.bias")).view({b, t, heads, d}), cos_t, sin_t)
+    auto q = fused::rope_half(dense(x, w, "q_proj.weight", bias("q_proj.bias")).view({b, t, heads, d}), cos_t, sin_t)
                  .transpose(1, 2);
-    auto k = fused::rope_half(dense(x, w["k_proj.weight"], bias("k_proj.bias")).view({b, t, kv_heads, d}), cos_t,
+    auto k = fused::rope_half(dense(x, w, "k_proj.weight", bias("k_proj.bias")).view({b, t, kv_heads, d}), cos_t,
                               sin_t)
                  .transpose(1, 2);
-    auto v = dense(x, w["v_proj.weight"], bias("v_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
+    auto v = dense(x, w, "v_proj.weight", bias("v_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
     if (kv_heads != heads) {
       // HF's repeat_kv: kv head j serves query heads j*n .. j*n+n-1.
       const int64_t n = heads / kv_heads;
@@ -427,15 +427,15 @@ class Llama final : public Architecture {
     }
     auto o = compat::attention(q, k, v, /*causal=*/true, std::pow(static_cast<double>(d), -0.5), blocked);
     o = o.transpose(1, 2).reshape({b, t, heads * d});
-    return h + dense(o, w["o_proj.weight"], c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
+    return h + dense(o, w, "o_proj.weight", c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
   }
 
   torch::Tensor mlp(const WeightView& w, const torch::Tensor& h) const {
     auto bias = [&](const char* name) { return c_.mlp_bias ? w[name] : torch::Tensor(); };
     auto x = rms_norm(h, w["post_attention_layernorm.weight"], c_.rms_norm_eps);
-    auto gate = torch::silu(dense(x, w["gate_proj.weight"], bias("gate_proj.bias")));
-    auto up = dense(x, w["up_proj.weight"], bias("up_proj.bias"));
-    return h + dense(gate * up, w["down_proj.weight"], bias("down_proj.bias"));
+    auto gate = torch::silu(dense(x, w, "gate_proj.weight", bias("gate_proj.bias")));
+    auto up = dense(x, w, "up_proj.weight", bias("up_proj.bias"));
+    return h + dense(gate * up, w, "down_proj.weight", bias("down_proj.bias"));
   }
 
   // cos/sin [T, head_dim] as HF's rotary embedding makes them: fp32 on the compute device, scaled by the

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "pipeswap/core/error.h"
 
@@ -93,15 +94,88 @@ std::vector<bool> choose_swapped(int n, int swap, ResidentPolicy policy) {
   return swapped;
 }
 
-void Unit::add(SlabLayout part, c10::ScalarType disk_dtype) {
+bool WeightStorage::any_fp8() const {
+  for (const auto& s : block)
+    if (s.fp8()) return true;
+  return !components.empty();
+}
+
+std::vector<Fp8Storage> WeightStorage::phase(const ModelParts& model, int phase) const {
+  if (block.empty()) return {};
+  size_t first = 0;
+  for (int p = 0; p < phase; ++p) first += model.phase_tensors(0, p).size();
+  const size_t n = model.phase_tensors(0, phase).size();
+  PS_CHECK(first + n <= block.size(), Error, "fp8 storage of {} block tensors, phase {} needs {}", block.size(),
+           phase, first + n);
+  return std::vector<Fp8Storage>(block.begin() + static_cast<std::ptrdiff_t>(first),
+                                 block.begin() + static_cast<std::ptrdiff_t>(first + n));
+}
+
+std::vector<Fp8Storage> WeightStorage::part(const PartSpec& spec) const {
+  if (components.empty()) return {};
+  std::vector<Fp8Storage> out;
+  for (const auto& t : spec.tensors) {
+    auto it = components.find(t.checkpoint);
+    out.push_back(it == components.end() ? Fp8Storage{} : it->second);
+  }
+  return out;
+}
+
+namespace {
+std::vector<const TensorRef*> component_tensors(const std::vector<PartSpec>& pro, const std::vector<PartSpec>& epi) {
+  std::vector<const TensorRef*> out;
+  for (const auto* side : {&pro, &epi})
+    for (const auto& p : *side)
+      for (const auto& t : p.tensors) out.push_back(&t);
+  return out;
+}
+}  // namespace
+
+std::vector<int64_t> WeightStorage::encode(const ModelParts& model) const {
+  std::vector<int64_t> out;
+  if (!any_fp8()) return out;
+  int64_t nblock = 0;
+  for (int p = 0; p < static_cast<int>(model.phase_names().size()); ++p)
+    nblock += static_cast<int64_t>(model.phase_tensors(0, p).size());
+  out.push_back(block.empty() ? 0 : nblock);
+  for (const auto& s : block) out.push_back(s.code());
+  const auto pro = model.prologue_parts();
+  const auto epi = model.epilogue_parts();
+  for (const TensorRef* t : component_tensors(pro, epi)) {
+    auto it = components.find(t->checkpoint);
+    out.push_back(it == components.end() ? 0 : it->second.code());
+  }
+  return out;
+}
+
+WeightStorage WeightStorage::decode(const ModelParts& model, const std::vector<int64_t>& codes) {
+  WeightStorage w;
+  if (codes.empty()) return w;
+  const size_t nblock = static_cast<size_t>(codes[0]);
+  PS_CHECK(codes.size() >= 1 + nblock, Error, "fp8 storage codes: {} values for {} block tensors", codes.size(),
+           nblock);
+  for (size_t i = 0; i < nblock; ++i) w.block.push_back(Fp8Storage::from_code(codes[1 + i]));
+  const auto pro = model.prologue_parts();
+  const auto epi = model.epilogue_parts();
+  const auto refs = component_tensors(pro, epi);
+  PS_CHECK(codes.size() == 1 + nblock + refs.size(), Error, "fp8 storage codes: {} values, expected {}", codes.size(),
+           1 + nblock + refs.size());
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const Fp8Storage s = Fp8Storage::from_code(codes[1 + nblock + i]);
+    if (s.fp8()) w.components[refs[i]->checkpoint] = s;
+  }
+  return w;
+}
+
+void Unit::add(SlabLayout part) {
   base.push_back(bytes);
-  for (const auto& e : part.entries) tensor_bytes += pipeswap::tensor_bytes(e.shape, disk_dtype);
+  for (const auto& e : part.entries) tensor_bytes += e.disk_bytes;
   bytes = align_up(bytes + part.bytes, kSlabAlignment);
   parts.push_back(std::move(part));
 }
 
 std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, c10::ScalarType dtype,
-                             c10::ScalarType disk_dtype) {
+                             c10::ScalarType disk_dtype, const WeightStorage& storage) {
   const auto parts = block_parts(model, block);
   const int nphases = static_cast<int>(parts.size());
   std::vector<Unit> units;
@@ -110,7 +184,7 @@ std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, 
     u.block = block;
     u.first_phase = p0;
     u.end_phase = p1;
-    for (int p = p0; p < p1; ++p) u.add(make_layout(parts[p], dtype), disk_dtype);
+    for (int p = p0; p < p1; ++p) u.add(make_layout(parts[p], dtype, storage.phase(model, p), disk_dtype));
     units.push_back(std::move(u));
   };
   if (g == Granularity::kPhase) {
@@ -121,9 +195,10 @@ std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, 
   return units;
 }
 
-Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype) {
+Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype,
+                    const WeightStorage& storage) {
   Unit u;
-  u.add(make_layout(part, dtype), disk_dtype);
+  u.add(make_layout(part, dtype, storage.part(part), disk_dtype));
   return u;
 }
 
@@ -131,6 +206,19 @@ std::vector<int> SwapLayout::swapped_block_ids() const {
   std::vector<int> ids;
   for (size_t b = 0; b < swapped_blocks.size(); ++b)
     if (swapped_blocks[b]) ids.push_back(first_block + static_cast<int>(b));
+  return ids;
+}
+
+std::vector<int> SwapLayout::cached_block_ids() const {
+  std::map<int, bool> whole;  // swapped block -> every unit of it cached
+  for (const Unit& u : units) {
+    if (!u.swapped) continue;
+    auto it = whole.emplace(u.block, true).first;
+    it->second = it->second && u.cached;
+  }
+  std::vector<int> ids;
+  for (const auto& [block, all] : whole)
+    if (all) ids.push_back(block);
   return ids;
 }
 
@@ -143,13 +231,13 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
   const int n = end_block - first_block;
   const int swap = blocks_to_swap_for(opts, n);
   l.swapped_blocks = choose_swapped(n, swap, opts.policy);
-  std::vector<int64_t> swapped_units, unit_disk;
+  int64_t swapped_units = 0;
   for (int b = 0; b < n; ++b) {
-    for (Unit& u : make_units(model, first_block + b, opts.granularity, dtype, opts.stored_dtype.value_or(dtype))) {
+    for (Unit& u : make_units(model, first_block + b, opts.granularity, dtype, opts.stored_dtype.value_or(dtype),
+                                 opts.storage)) {
       u.swapped = l.swapped_blocks[static_cast<size_t>(b)];
       if (u.swapped) {
-        swapped_units.push_back(u.bytes);
-        unit_disk.push_back(u.tensor_bytes);
+        ++swapped_units;
         l.swapped_bytes += u.bytes;
         l.slot_bytes = std::max(l.slot_bytes, u.bytes);
       } else {
@@ -158,9 +246,9 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
       l.units.push_back(std::move(u));
     }
   }
-  if (swapped_units.empty()) return l;
+  if (swapped_units == 0) return l;
   // Deeper than the swapped units there is nothing more to fetch ahead: the depth stops there.
-  const int depth = std::min<int64_t>(opts.prefetch_depth, static_cast<int64_t>(swapped_units.size()));
+  const int depth = static_cast<int>(std::min<int64_t>(opts.prefetch_depth, swapped_units));
   l.num_slots = opts.use_non_blocking ? depth + 1 : 1;
   if (!opts.lazy_load) {
     l.host_bytes = l.swapped_bytes;
@@ -170,32 +258,23 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
              swap, l.host_bytes, opts.max_memory);
     return l;
   }
-  // lazy_load: everything sticks when it fits; otherwise staging buffers first, then as many units
-  // (in compute order) as the rest of the budget holds.
-  int64_t all_disk = 0;
-  for (int64_t d : unit_disk) all_disk += d;
-  if (opts.max_memory == 0 || l.swapped_bytes <= opts.max_memory) {
-    l.sticky_bytes = l.swapped_bytes;
-    l.host_bytes = l.swapped_bytes;
-    l.sticky_disk_bytes = all_disk;
-    return l;
+  // lazy_load: the host cache keeps every unit that fits (all of them when the budget holds them).
+  int64_t room = opts.max_memory == 0 ? l.swapped_bytes : opts.max_memory;
+  for (Unit& u : l.units) {
+    if (!u.swapped) continue;
+    if (u.bytes <= room) {
+      u.cached = true;
+      room -= u.bytes;
+      l.sticky_bytes += u.bytes;
+      l.sticky_disk_bytes += u.tensor_bytes;
+    } else {
+      l.streamed_bytes += u.bytes;
+      l.streamed_disk_bytes += u.tensor_bytes;
+      l.staging_bytes = std::max(l.staging_bytes, u.bytes);
+    }
   }
-  l.staging_buffers = std::max(2, opts.num_disk_workers + 1);
-  const int64_t staging = l.staging_buffers * l.slot_bytes;
-  PS_CHECK(opts.max_memory >= staging, ConfigError,
-           "--max-memory {} is too small for lazy loading: it needs at least {} bytes ({} staging buffers of the "
-           "largest swapped unit, {} bytes; fewer --num-disk-workers need fewer)",
-           opts.max_memory, staging, l.staging_buffers, l.slot_bytes);
-  int64_t room = opts.max_memory - staging;
-  for (size_t i = 0; i < swapped_units.size(); ++i) {
-    if (swapped_units[i] > room) break;
-    l.sticky_bytes += swapped_units[i];
-    l.sticky_disk_bytes += unit_disk[i];
-    room -= swapped_units[i];
-  }
-  l.streamed_bytes = l.swapped_bytes - l.sticky_bytes;
-  l.streamed_disk_bytes = all_disk - l.sticky_disk_bytes;
-  l.host_bytes = staging + l.sticky_bytes;
+  if (l.streamed_bytes > 0) l.staging_buffers = std::max(2, opts.num_disk_workers + 1);
+  l.host_bytes = l.sticky_bytes + l.staging_buffers * l.staging_bytes;
   return l;
 }
 

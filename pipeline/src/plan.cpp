@@ -58,10 +58,11 @@ struct ComponentBytes {
   int64_t transient = 0;
 };
 ComponentBytes component_bytes_of(const offload::RankComponents& held,
-                                  const std::map<std::string, offload::ComponentMode>& modes, c10::ScalarType dtype) {
+                                  const std::map<std::string, offload::ComponentMode>& modes, c10::ScalarType dtype,
+                                  const offload::WeightStorage& storage) {
   ComponentBytes out;
   for (const auto& part : held.parts) {
-    const int64_t bytes = offload::make_layout(part, dtype).bytes;
+    const int64_t bytes = offload::make_layout(part, dtype, storage.part(part)).bytes;
     switch (modes.at(part.name)) {
       case offload::ComponentMode::kResident:
         out.device += bytes;
@@ -78,6 +79,50 @@ ComponentBytes component_bytes_of(const offload::RankComponents& held,
   return out;
 }
 
+// Bytes of a part's tensors as they rest (no slab padding): part_bytes in the compute dtype, fp8 weights
+// as one byte an element plus their float32 scale.
+int64_t rest_bytes(const PartSpec& part, c10::ScalarType dtype, const std::vector<Fp8Storage>& fp8) {
+  if (fp8.empty()) return part_bytes(part, dtype);
+  int64_t n = 0;
+  for (size_t i = 0; i < part.tensors.size(); ++i) {
+    const auto& shape = part.tensors[i].shape;
+    n += fp8[i].fp8() ? tensor_bytes(shape, c10::ScalarType::Byte) + 4 * fp8[i].scale_numel(shape)
+                      : tensor_bytes(shape, dtype);
+  }
+  return n;
+}
+
+// One line on how the weights rest, for the plan and the run's summary ("" when nothing is fp8).
+std::string describe_storage(const models::Architecture& arch, const offload::WeightStorage& s,
+                             const std::string& weight_dtype) {
+  if (!s.any_fp8()) return weight_dtype == "fp8" ? "--weight-dtype fp8: no block matrix to quantise" : "";
+  std::map<std::string, int> kinds;
+  int n = 0, total = 0;
+  bool quantised = false;
+  for (int p = 0; p < static_cast<int>(arch.phase_names().size()); ++p) {
+    const auto st = s.phase(arch, p);
+    total += static_cast<int>(arch.phase_tensors(0, p).size());
+    for (const auto& f : st) {
+      if (!f.fp8()) continue;
+      ++n;
+      quantised = quantised || f.quantise;
+      kinds[fmt::format("{} {}", to_string(f.format),
+                        f.scale == Fp8Scale::kNone        ? "unscaled"
+                        : f.scale == Fp8Scale::kPerTensor ? "per-tensor scale"
+                                                          : "per-channel scale")]++;
+    }
+  }
+  std::string k;
+  for (const auto& [name, c] : kinds) k += (k.empty() ? "" : ", ") + name;
+  std::string out = fmt::format("fp8 weights: {} of {} tensors per block ({}){}", n, total, k.empty() ? "-" : k,
+                                quantised ? ", quantised from the checkpoint at load per output channel "
+                                            "(--weight-dtype fp8)"
+                                          : ", as stored");
+  out += fmt::format("; {} non-block tensor(s) stored in fp8", s.components.size());
+  out += "; kept as fp8 bytes on the host, on disk reads and in device slots, dequantised on the device per use";
+  return out;
+}
+
 // Resident and swapped blocks of one rank, and its predicted peaks.
 void plan_residency(const models::Architecture& arch, const PlanInputs& in, const offload::RankComponents& held,
                     RankPlan& rp) {
@@ -85,7 +130,7 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
   rp.layout.end_block = rp.end_block;
   rp.layout.dtype = in.dtype;
   if (rp.idle()) return;
-  const ComponentBytes comp = component_bytes_of(held, offload::component_modes(arch, in.offload), in.dtype);
+  const ComponentBytes comp = component_bytes_of(held, offload::component_modes(arch, in.offload), in.dtype, in.offload.storage);
   const int64_t components = comp.device + comp.transient;
   offload::OffloadOptions opts = in.offload;
   if (rp.rank < static_cast<int>(in.max_memory.size())) opts.max_memory = in.max_memory[rp.rank];
@@ -138,9 +183,18 @@ void plan_swap_order(const models::Architecture& arch, const PlanInputs& in, int
   const int64_t swapped_units =
       std::count_if(rp.layout.units.begin(), rp.layout.units.end(), [](const offload::Unit& u) { return u.swapped; });
   if (swapped_units > 0) {
-    const double compute = in.batch > 0 && in.seq > 0
-                               ? arch.block_flops(in.batch, in.seq) * rp.num_blocks() / compute_rate(rp.device, in.dtype)
-                               : 0;
+    // fp8 weights are dequantised at each use: about 351 MB of fp8 in 2.55 ms on an H200 (issue 17's
+    // measurement, 1.4e11 bytes/s), a few GB/s on CPU cores.
+    int64_t fp8_bytes = 0;
+    for (const auto& u : rp.layout.units)
+      for (const auto& part : u.parts)
+        for (const auto& e : part.entries)
+          if (e.fp8.fp8()) fp8_bytes += e.nbytes;
+    const double dequantise = static_cast<double>(fp8_bytes) / (rp.device.is_cuda() ? 1.4e11 : 2e9);
+    const double compute =
+        in.batch > 0 && in.seq > 0
+            ? arch.block_flops(in.batch, in.seq) * rp.num_blocks() / compute_rate(rp.device, in.dtype) + dequantise
+            : 0;
     const double transfer = static_cast<double>(rp.layout.swapped_bytes) / link_rate(rp.device, rp.layout);
     const SwapOrderChoice c = choose_swap_order(compute, transfer, m, stages, in.offload.swap_order);
     rp.shared_fills = c.shared;
@@ -150,6 +204,11 @@ void plan_swap_order(const models::Architecture& arch, const PlanInputs& in, int
   const int sweeps_per_pass = rp.shared_fills ? 1 : m;
   rp.fills_per_pass = swapped_units * sweeps_per_pass;
   rp.disk_read_bytes = in.offload.lazy_load ? rp.layout.disk_bytes(sweeps_per_pass * in.sweeps) : 0;
+  if (in.offload.lazy_load) {
+    // Per pass, as `run --repeat` measures it: the first pass also reads what the host cache keeps.
+    rp.disk_read_first_pass_bytes = rp.layout.disk_bytes(sweeps_per_pass);
+    rp.disk_read_pass_bytes = rp.layout.disk_bytes(2 * sweeps_per_pass) - rp.disk_read_first_pass_bytes;
+  }
   if (rp.shared_fills && act > 0) {
     // Every micro-batch of the pass is held at once.
     rp.activation_bytes += static_cast<int64_t>(m - 1) * act;
@@ -182,6 +241,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
   plan.num_blocks = arch.num_blocks();
   plan.dtype = in.dtype;
   plan.dtype_source = in.dtype_source;
+  plan.weight_storage = describe_storage(arch, in.offload.storage, in.weight_dtype);
   plan.micro_batches = in.micro_batches;
   plan.offload = in.offload;
 
@@ -216,9 +276,12 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // Every block and component this rank holds, tied embeddings once.
     const offload::RankComponents held =
         offload::rank_components(arch, {rp.first_block, rp.end_block, rp.prologue, rp.epilogue});
-    for (const auto& part : held.parts) rp.weight_bytes += part_bytes(part, in.dtype);
-    for (int b = rp.first_block; b < rp.end_block; ++b)
-      for (const auto& part : block_parts(arch, b)) rp.weight_bytes += part_bytes(part, in.dtype);
+    for (const auto& part : held.parts) rp.weight_bytes += rest_bytes(part, in.dtype, in.offload.storage.part(part));
+    for (int b = rp.first_block; b < rp.end_block; ++b) {
+      const auto parts = block_parts(arch, b);
+      for (size_t ph = 0; ph < parts.size(); ++ph)
+        rp.weight_bytes += rest_bytes(parts[ph], in.dtype, in.offload.storage.phase(arch, static_cast<int>(ph)));
+    }
     if (!rp.idle() && act > 0) {
       rp.activation_bytes = 2 * act + arch.cache_bytes(rp.num_blocks(), in.micro_batches, in.batch, in.dtype);
       rp.workspace_bytes = std::max({arch.block_workspace_bytes(in.batch, in.seq, in.dtype),
@@ -245,6 +308,7 @@ nlohmann::json Plan::to_json() const {
   j["num_blocks"] = num_blocks;
   j["dtype"] = dtype_word(dtype);
   j["dtype_source"] = dtype_source;
+  j["weight_storage"] = weight_storage.empty() ? "compute dtype" : weight_storage;
   j["micro_batches"] = micro_batches;
   j["offload"] = {{"granularity", offload::to_string(offload.granularity)},
                   {"swap_order", offload::to_string(offload.swap_order)},
@@ -278,6 +342,10 @@ nlohmann::json Plan::to_json() const {
     jr["predicted_device_bytes"] = r.device_bytes;
     jr["predicted_host_bytes"] = r.host_bytes;
     jr["predicted_disk_read_bytes"] = r.disk_read_bytes;
+    jr["predicted_disk_read_first_pass_bytes"] = r.disk_read_first_pass_bytes;
+    jr["predicted_disk_read_pass_bytes"] = r.disk_read_pass_bytes;
+    jr["host_cache_blocks"] = nlohmann::json::array();  // lazy_load: swapped blocks whose every unit stays
+    for (int b : r.layout.cached_block_ids()) jr["host_cache_blocks"].push_back(b);
     jr["swap_order"] = r.shared_fills ? "shared" : "per-micro-batch";
     jr["fills_per_pass"] = r.fills_per_pass;
     jr["predicted_seconds_per_pass"] = {{"per-micro-batch", r.per_micro_batch_seconds}, {"shared", r.shared_seconds}};
@@ -290,8 +358,9 @@ std::string Plan::to_text() const {
   std::string s = fmt::format("plan: {} ({}), {} blocks, {}, {} micro-batch(es), {} rank(s)\n", model_dir, family,
                               num_blocks, dtype_word(dtype), micro_batches, ranks.size());
   if (!dtype_source.empty()) s += fmt::format("  compute dtype {}: {}\n", dtype_word(dtype), dtype_source);
+  if (!weight_storage.empty()) s += fmt::format("  {}\n", weight_storage);
   s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", "rank", "device",
-                   "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk read");
+                   "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk/pass");
   for (const auto& r : ranks) {
     std::string comps;
     if (r.prologue) comps += "prologue";
@@ -301,7 +370,7 @@ std::string Plan::to_text() const {
     const std::vector<int> swapped = r.swapped_blocks();
     s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", r.rank,
                      r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), swapped.size(),
-                     format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_bytes));
+                     format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_pass_bytes));
     if (!swapped.empty()) {
       s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(swapped, ","),
                        r.layout.num_slots, format_bytes(r.layout.slot_bytes));
@@ -313,6 +382,21 @@ std::string Plan::to_text() const {
                            r.per_micro_batch_seconds);
         s += "\n";
       }
+    }
+    if (!swapped.empty() && offload.lazy_load) {
+      const offload::SwapLayout& l = r.layout;
+      const std::vector<int> kept = l.cached_block_ids();
+      std::string cache;
+      if (l.streamed_bytes == 0) {
+        cache = fmt::format("keeps every swapped block ({})", format_bytes(l.sticky_bytes));
+      } else {
+        cache = fmt::format("keeps {} ({} of {} swapped), {} staging buffers of {} beside it",
+                            kept.empty() ? std::string("no whole block") : fmt::format("blocks {}", fmt::join(kept, ",")),
+                            format_bytes(l.sticky_bytes), format_bytes(l.swapped_bytes), l.staging_buffers,
+                            format_bytes(l.staging_bytes));
+      }
+      s += fmt::format("        host cache {}; disk reads {} in the first pass, {} in each later pass\n", cache,
+                       format_bytes(r.disk_read_first_pass_bytes), format_bytes(r.disk_read_pass_bytes));
     }
   }
   return s;

@@ -108,7 +108,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   try {
-    auto o = pipeswap::launcher::parse_command_line(static_cast<int>(args.size()), argv.data());
+    auto o = pipeswap::launcher::parse_command_line(static_cast<int>(args.size()), argv.data(), /*print_help=*/false);
     if (o) check_bounds(*o);
   } catch (const pipeswap::Error&) {
     // a message naming what is wrong: the expected outcome for most inputs

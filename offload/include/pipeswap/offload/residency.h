@@ -10,10 +10,12 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "pipeswap/core/fp8.h"
 #include "pipeswap/core/weights.h"
 #include "pipeswap/offload/slab.h"
 
@@ -34,6 +36,21 @@ const char* to_string(SwapOrder o);
 const char* to_string(ResidentPolicy p);
 const char* to_string(Granularity g);
 
+// How weights rest (core/fp8.h): fp8 bytes plus a float32 scale, or in the compute dtype. Decided by the
+// launcher from the checkpoint's headers (block 0 stands for every block: the loader holds the others
+// to it) or by --weight-dtype fp8. Empty: every weight in the compute dtype.
+struct WeightStorage {
+  std::vector<Fp8Storage> block;                 // one block's tensors, phases in order, as declared
+  std::map<std::string, Fp8Storage> components;  // fp8 non-block tensors, by checkpoint name
+  bool any_fp8() const;
+  // The storage of block phase `phase`'s tensors (empty: none fp8), and of a component part's.
+  std::vector<Fp8Storage> phase(const ModelParts& model, int phase) const;
+  std::vector<Fp8Storage> part(const PartSpec& part) const;
+  // As integers (ranks agree on them) and back, given the model's declarations.
+  std::vector<int64_t> encode(const ModelParts& model) const;
+  static WeightStorage decode(const ModelParts& model, const std::vector<int64_t>& codes);
+};
+
 struct OffloadOptions {
   std::optional<int> blocks_to_swap;    // of this rank's blocks
   std::optional<double> offload_ratio;  // instead of blocks_to_swap: fraction of this rank's blocks
@@ -44,10 +61,11 @@ struct OffloadOptions {
   bool use_non_blocking = true;    // false: synchronous copies, no prefetch
   bool lazy_load = false;          // swapped units come from the safetensors files when needed
   int num_disk_workers = 2;        // threads reading from disk (lazy_load)
-  int64_t max_memory = 0;          // host cache budget in bytes (lazy_load); 0: unlimited
+  int64_t max_memory = 0;          // host cache size in bytes (lazy_load): swapped units that fit stay; 0: unlimited
   // The checkpoint's dtype, for the bytes a read from disk moves (a bf16 checkpoint computed in fp32
   // reads half its slab bytes); unset: the compute dtype.
   std::optional<c10::ScalarType> stored_dtype;
+  WeightStorage storage;  // fp8 weights
   // Non-block components (embeddings, head): kept on the host and moved in when used
   // (offload_txt_emb, offload_img_emb, or by name), or kept nowhere and read from disk when used.
   bool offload_txt_emb = false;
@@ -82,15 +100,18 @@ struct Unit {
   int64_t bytes = 0;              // slab bytes (aligned)
   int64_t tensor_bytes = 0;       // bytes of the tensors themselves as stored: what a read from disk moves
   bool swapped = false;           // streamed through the device slots (else resident)
-  // Appends a part at the next aligned offset. `disk_dtype`: what the checkpoint stores.
-  void add(SlabLayout part, c10::ScalarType disk_dtype);
+  bool cached = false;            // lazy_load: swapped and kept in the host cache after its first read
+  // Appends a part at the next aligned offset (its entries' disk_bytes add to tensor_bytes).
+  void add(SlabLayout part);
 };
 
-// The units of one block in `dtype`: one for the whole block, or one per phase.
+// The units of one block in `dtype` (fp8 weights as `storage` says): one for the whole block, or one
+// per phase. `disk_dtype`: what the checkpoint stores its other tensors in.
 std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, c10::ScalarType dtype,
-                             c10::ScalarType disk_dtype);
+                             c10::ScalarType disk_dtype, const WeightStorage& storage = {});
 // A non-block component as a unit of its own.
-Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype);
+Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype,
+                    const WeightStorage& storage = {});
 
 // A rank's residency, decided once.
 struct SwapLayout {
@@ -104,10 +125,11 @@ struct SwapLayout {
   int64_t slot_bytes = 0;            // one slot: the largest swapped unit
   int num_slots = 0;                 // K+1 (1 without non-blocking copies), 0 when nothing swaps
   int64_t swapped_bytes = 0;         // all swapped units of one sweep
-  int64_t host_bytes = 0;            // host memory for swapped units: all of them, or the cache budget
+  int64_t host_bytes = 0;            // host memory for swapped units: all of them, or the cache and staging
   int64_t sticky_bytes = 0;          // lazy_load: units kept in the host cache after their first read
   int64_t streamed_bytes = 0;        // lazy_load: units read from disk every sweep
-  int staging_buffers = 0;           // lazy_load: buffers streamed units pass through
+  int staging_buffers = 0;           // lazy_load: buffers streamed units pass through (beside the cache)
+  int64_t staging_bytes = 0;         // lazy_load: one staging buffer (the largest streamed unit)
   int64_t sticky_disk_bytes = 0;     // tensor bytes (no slab padding) of the sticky units
   int64_t streamed_disk_bytes = 0;   // ... and of the streamed ones
   // Tensor bytes read from disk over `sweeps` sweeps (lazy_load): sticky units once, streamed ones
@@ -115,11 +137,17 @@ struct SwapLayout {
   int64_t disk_bytes(int sweeps) const { return sweeps <= 0 ? 0 : sticky_disk_bytes + streamed_disk_bytes * sweeps; }
   // Global indices of the swapped blocks.
   std::vector<int> swapped_block_ids() const;
+  // lazy_load: global indices of the swapped blocks the host cache keeps whole (every unit cached).
+  std::vector<int> cached_block_ids() const;
 };
 
-// The one place residency is decided; the engine follows it exactly. Throws ConfigError when
-// max_memory is too small for lazy loading (naming the minimum), or when swapping without lazy_load
-// would need more host memory than max_memory.
+// The one place residency is decided; the engine follows it exactly. With lazy_load the host cache
+// (max_memory) keeps every swapped unit that fits, read once: the units are taken in compute order and
+// each one that still fits is kept. A cyclic scan (sweep after sweep through the same units) then reads
+// exactly the units that do not fit on every sweep; an LRU cache would evict the unit needed next and
+// read them all. The units that stream pass through staging buffers (num_disk_workers + 1 of the
+// largest streamed unit) beside the cache, so the cache holds what it is sized for. Throws ConfigError
+// when swapping without lazy_load would need more host memory than max_memory.
 SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block, c10::ScalarType dtype,
                          const OffloadOptions& opts);
 
