@@ -244,7 +244,7 @@ class BadInputTest : public ::testing::TestWithParam<Row> {
       h["model.layers.9.mlp.down_proj.weight"]["shape"] = {256, 700};
     });
     header_variant("unknown-dtype",
-                   [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["dtype"] = "F8_E4M3"; });
+                   [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["dtype"] = "C64"; });
     // Same byte size as F32: the header is consistent, the element type is wrong for a weight.
     header_variant("wrong-dtype", [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["dtype"] = "I32"; });
     tensor_variant("missing-tensor", [](auto& t) {
@@ -298,6 +298,15 @@ class BadInputTest : public ::testing::TestWithParam<Row> {
     for (int i = 2; i <= 32; ++i) ids32 += ", " + std::to_string(i);
     write_bytes(h + "ids32.json", ids32 + "]]");
     write_bytes(dir_ + "/in/duplicate.json", "{\"input_ids\": [[1, 2]], \"input_ids\": [[3, 4]]}");
+    // generate: the reference repo's token ids (no SentencePiece needed), and a prompts file nesting deep.
+    {
+      auto e = pipeswap::SafetensorsFile::open(pipeswap::test_support::fixture("wan-t2v-pipeline/expected.safetensors"));
+      pipeswap::write_safetensors(h + "prompt-ids.safetensors", {{"input_ids", e->read("ids_single")},
+                                                                {"attention_mask", e->read("mask_single")},
+                                                                {"negative_input_ids", e->read("ids_null_single")},
+                                                                {"negative_attention_mask", e->read("mask_null_single")}});
+    }
+    write_bytes(h + "deep-prompts.jsonl", "{\"prompt\": \"a cat\"}\n{\"prompt\": " + deep + "}\n");
     // 10^7 tokens: the plan's logits alone are 41 GB.
     pipeswap::write_safetensors(h + "huge-input.safetensors", {{"input_ids", torch::ones({1, 10000000}, torch::kInt64)}});
 
@@ -437,6 +446,12 @@ const char* kWanArgs =
     "{FIX}/wan-t2v-diffusers/denoise.safetensors --context-null {FIX}/wan-t2v-diffusers/denoise.safetensors --steps 2 "
     "--guidance 5 --shift 3";
 const char* kWanOutput = "--output {OUT}/latents.safetensors";
+// `generate` rows: the reference Wan T2V repo at its small size, 2 steps (the output: the default
+// {OUT}/logits.safetensors, which generate writes as latents).
+const char* kGenArgs = "--model {FIX}/wan-t2v-pipeline/repo --frames 9 --height 32 --width 48 --steps 2";
+std::string gen(const std::string& extra) { return std::string(kGenArgs) + " " + extra; }
+// A symlinked copy of the repo in the row's directory (files may be replaced there, the fixture stays).
+const char* kRepoCopy = "cp -rs {FIX}/wan-t2v-pipeline/repo {R}/repo";
 // An address-space limit for rows whose job would exhaust the machine if the guard let it through
 // (pipeswap maps about 1-2 GB of its own: libraries, thread stacks).
 const char* kMemoryLimit = "ulimit -v 6000000";
@@ -537,7 +552,7 @@ const Row kRows[] = {
     {"header-shape-bytes-mismatch", Launch::kAlone, "--model {D}/m/shape-bytes-mismatch --input {D}/in/ok.json",
      "shape/bytes mismatch for tensor 'model.layers.9.mlp.down_proj.weight'"},
     {"header-unknown-dtype", Launch::kAlone, "--model {D}/m/unknown-dtype --input {D}/in/ok.json",
-     "unknown dtype 'F8_E4M3'"},
+     "unknown dtype 'C64'"},
     {"tensor-wrong-dtype", Launch::kMpi2, "--model {D}/m/wrong-dtype --input {D}/in/ok.json",
      "is I32 but a floating-point weight is expected"},
     {"tensor-shapes-disagree-with-config", Launch::kMpi2, "--model {D}/m/config-shapes-disagree --input {D}/in/ok.json",
@@ -607,6 +622,12 @@ const Row kRows[] = {
         kWanOutput}
         .as("denoise")
         .on_rank1("--guidance 4"),
+    Row{"agree-weight-dtype-mpmd", Launch::kMpmd2, "", "--weight-dtype differs (rank 0 has 'auto'; rank 1 has 'fp8')"}
+        .on_rank1("--weight-dtype fp8"),
+    Row{"agree-seed-generate-mpmd", Launch::kMpmd2, gen("--prompt-ids {D}/h/prompt-ids.safetensors --seed 1"),
+        "--seed differs (rank 0 has '1'; rank 1 has '2')"}
+        .as("generate")
+        .on_rank1("--seed 2"),
     // --- numbers: parsed once, whole and finite, inside stated ranges ---
     {"threads-million", Launch::kAlone, "--threads 1000000", "--threads: '1000000' is out of range: give 0 (automatic)"},
     {"threads-huge-in-config", Launch::kAlone, "--config {D}/cfg/threads-huge.json", "--threads: '1e+300' is out of range"},
@@ -637,6 +658,37 @@ const Row kRows[] = {
     Row{"shift-inf", Launch::kMpi2, kWanArgs + std::string(" --shift inf"), "--shift: 'inf' is not a finite number",
         kWanOutput}
         .as("denoise"),
+    // generate's, fp8's and --swap-order's flags go through the same bounds
+    Row{"generate-frames-huge", Launch::kAlone, gen("--prompt cat --frames 1e30"),
+        "--frames: '1e30' is out of range: give a frame count from 1 to 10001"}
+        .as("generate"),
+    Row{"generate-height-nan", Launch::kMpi2, gen("--prompt cat --height nan"), "--height: 'nan' is not a finite number"}
+        .as("generate"),
+    Row{"generate-width-fraction", Launch::kAlone, gen("--prompt cat --width 480.5"),
+        "--width: '480.5' is not a whole number: give pixels from 1 to 16384"}
+        .as("generate"),
+    Row{"generate-seed-negative", Launch::kAlone, gen("--prompt cat --seed -1"),
+        "--seed: '-1' is out of range: give a seed from 0 to 9223372036854775807"}
+        .as("generate"),
+    Row{"generate-seed-wraps", Launch::kAlone, gen("--prompt cat --seed 18446744073709551617"),
+        "--seed: '18446744073709551617' is out of range"}
+        .as("generate"),
+    Row{"generate-steps-huge", Launch::kAlone, gen("--prompt cat --steps 2000000000"),
+        "--steps: '2000000000' is out of range: give a step count from 1 to 100000"}
+        .as("generate"),
+    Row{"generate-guidance-nan", Launch::kAlone, gen("--prompt cat --guidance nan"),
+        "--guidance: 'nan' is not a finite number"}
+        .as("generate"),
+    Row{"generate-flow-shift-inf", Launch::kMpi2, gen("--prompt cat --flow-shift inf"),
+        "--flow-shift: 'inf' is not a finite number"}
+        .as("generate"),
+    Row{"generate-fps-zero", Launch::kAlone, gen("--prompt cat --fps 0"), "--fps: '0' is out of range"}.as("generate"),
+    Row{"plan-frames-huge", Launch::kAlone, gen("--frames 99999999999"), "--frames: '99999999999' is out of range", ""}
+        .as("plan"),
+    {"weight-dtype-unknown", Launch::kAlone, "--weight-dtype fp4", "--weight-dtype"},
+    {"fp8-gemm-unknown", Launch::kMpi2, "--fp8-gemm always", "--fp8-gemm"},
+    {"swap-order-unknown", Launch::kAlone, "--blocks-to-swap 2 --swap-order sometimes",
+     "unknown --swap-order 'sometimes'"},
     // --- the plan guards the machine (ulimit -v keeps a failure of the guard from taking the machine) ---
     {"memory-huge-input", Launch::kAlone, "--input {D}/h/huge-input.safetensors",
      "the plan does not fit the machine: rank 0 (cpu on", "--output {OUT}/logits.safetensors", kMemoryLimit},
@@ -657,6 +709,32 @@ const Row kRows[] = {
         "{FIX}/wan-t2v-diffusers/denoise.safetensors --guidance 1",
         "--latents file '{D}/h/fifo.safetensors' is a FIFO", kWanOutput}
         .as("denoise"),
+    Row{"generate-prompts-fifo", Launch::kAlone, gen("--prompts {D}/h/fifo"),
+        "--prompts file '{D}/h/fifo' is a FIFO (named pipe), not a regular file"}
+        .as("generate"),
+    Row{"generate-prompts-directory", Launch::kMpi2, gen("--prompts {D}/h/dir"),
+        "'{D}/h/dir' is a directory, not a regular file"}
+        .as("generate"),
+    Row{"generate-prompts-deep", Launch::kAlone, gen("--prompts {D}/h/deep-prompts.jsonl"), "nested more than 256 deep"}
+        .as("generate"),
+    Row{"generate-prompt-ids-fifo", Launch::kMpi2, gen("--prompt-ids {D}/h/fifo.safetensors"),
+        "'{D}/h/fifo.safetensors' is a FIFO (named pipe), not a regular file"}
+        .as("generate"),
+    Row{"generate-latents-fifo", Launch::kAlone,
+        gen("--prompt-ids {D}/h/prompt-ids.safetensors --latents {D}/h/fifo.safetensors"),
+        "--latents file '{D}/h/fifo.safetensors' is a FIFO"}
+        .as("generate"),
+    Row{"generate-model-index-fifo", Launch::kAlone,
+        "--model {R}/repo --prompt-ids {D}/h/prompt-ids.safetensors --frames 9 --height 32 --width 48",
+        "model_index.json '{R}/repo/model_index.json' is a FIFO (named pipe), not a regular file",
+        "--output {OUT}/logits.safetensors", "mkdir -p {R}/repo && mkfifo {R}/repo/model_index.json"}
+        .as("generate"),
+    Row{"generate-scheduler-config-fifo", Launch::kMpi2,
+        "--model {R}/repo --prompt-ids {D}/h/prompt-ids.safetensors --frames 9 --height 32 --width 48 --steps 2",
+        "scheduler config '{R}/repo/scheduler/scheduler_config.json' is a FIFO", "--output {OUT}/logits.safetensors",
+        std::string(kRepoCopy) + " && rm {R}/repo/scheduler/scheduler_config.json && "
+                                 "mkfifo {R}/repo/scheduler/scheduler_config.json"}
+        .as("generate"),
     {"model-weights-fifo", Launch::kMpi2, "--model {D}/m/weights-fifo --input {D}/in/ok.json",
      "safetensors file '{D}/m/weights-fifo/model.safetensors' is a FIFO (named pipe), not a regular file"},
     {"model-config-directory", Launch::kAlone, "--model {D}/m/config-is-dir --input {D}/in/ok.json",
@@ -687,6 +765,26 @@ const Row kRows[] = {
         "is a file of the --model checkpoint ({R}/m/model.safetensors)", "--output {R}/m/model.safetensors",
         "mkdir -p {R}/m && cp {D}/cache/demo-llama-v1/* {R}/m/"}
         .then_check("cmp -s {R}/m/model.safetensors {D}/cache/demo-llama-v1/model.safetensors || echo '@@BAD: changed'"),
+    Row{"generate-output-char-device", Launch::kAlone, gen("--prompt cat"),
+        "{R}/null.safetensors: it is a character device, not a regular file", "--output {R}/null.safetensors",
+        "mknod {R}/null.safetensors c 1 3 || exit 99"}
+        .as("generate")
+        .then_check("[ -c {R}/null.safetensors ] || echo '@@BAD: the device node was replaced'"),
+    Row{"generate-output-is-prompts", Launch::kAlone, gen("--prompts {R}/p.safetensors"),
+        "--output {R}/p.safetensors is the --prompts file ({R}/p.safetensors): writing it would destroy an input",
+        "--output {R}/p.safetensors", "echo '{\"prompt\": \"a cat\"}' > {R}/p.safetensors"}
+        .as("generate")
+        .then_check("grep -q 'a cat' {R}/p.safetensors || echo '@@BAD: the input was changed'"),
+    Row{"generate-output-is-repo-weights", Launch::kMpi2,
+        "--model {R}/repo --prompt cat --frames 9 --height 32 --width 48 --steps 2",
+        "is a file of the --model checkpoint ({R}/repo/vae/diffusion_pytorch_model.safetensors)",
+        "--output {R}/repo/vae/diffusion_pytorch_model.safetensors", kRepoCopy}
+        .as("generate")
+        .then_check("[ -L {R}/repo/vae/diffusion_pytorch_model.safetensors ] || echo '@@BAD: the weights were replaced'"),
+    Row{"generate-trace-equals-output", Launch::kAlone, gen("--prompt cat --trace {OUT}/v.safetensors"),
+        "--output {OUT}/v.safetensors and --trace {OUT}/v.safetensors are the same file",
+        "--output {OUT}/v.safetensors"}
+        .as("generate"),
     {"output-name-too-long", Launch::kAlone, "", "its file name is 256 bytes, longer than the 255",
      "--output {OUT}/" + std::string(256, 'n')},
     // A temporary output held open (its name links to a FIFO that nobody reads, so the write blocks),

@@ -22,8 +22,9 @@
 
 namespace {
 
-const char* const kCommands[] = {"run", "plan", "denoise"};
-// Every flag of the three commands (a flag a command lacks is an error, which is fine).
+const char* const kCommands[] = {"run", "plan", "denoise", "generate"};
+constexpr unsigned kNumCommands = sizeof(kCommands) / sizeof(kCommands[0]);
+// Every flag of the four commands (a flag a command lacks is an error, which is fine).
 const char* const kFlags[] = {
     "--model", "--device-chain", "--workload-split", "--auto-vram-balance", "--dtype", "--micro-batches", "--input",
     "--comm-timeout", "--threads", "--log-level", "--transport", "--force", "--blocks-to-swap", "--offload-ratio",
@@ -32,7 +33,11 @@ const char* const kFlags[] = {
     "--offload-components", "--on-demand-components", "--config", "--output", "--trace", "--repeat", "--json",
     "--latents", "--context", "--context-null", "--image-cond", "--clip-fea", "--steps", "--guidance", "--shift",
     // Appended, so that the kept corpus keeps its meaning (a record names a flag by its index).
-    "--swap-order"};
+    "--swap-order",
+    // generate's and fp8's flags (plan takes the video size for a Wan repo).
+    "--weight-dtype", "--fp8-gemm", "--prompt", "--negative-prompt", "--prompts", "--prompt-ids", "--frames",
+    "--height", "--width", "--seed", "--sampler", "--flow-shift", "--text-encoder", "--text-encoder-device",
+    "--vae-device", "--vae-tiling", "--fps"};
 constexpr size_t kNumFlags = sizeof(kFlags) / sizeof(kFlags[0]);
 static_assert(kNumFlags == kFuzzFlagCount, "flags_fuzz.h's count");
 
@@ -62,6 +67,12 @@ void check_bounds(const pipeswap::launcher::Options& o) {
   check_in("max_memory", static_cast<double>(o.max_memory), 0, static_cast<double>(pipeswap::kMaxBytes));
   if (o.vram_budget != f::kAutoBudget)
     check_in("vram_budget", static_cast<double>(o.vram_budget), 0, static_cast<double>(pipeswap::kMaxBytes));
+  check_in("frames", static_cast<double>(o.frames), 1, static_cast<double>(f::kMaxFrames));
+  check_in("height", static_cast<double>(o.height), 1, static_cast<double>(f::kMaxPixels));
+  check_in("width", static_cast<double>(o.width), 1, static_cast<double>(f::kMaxPixels));
+  if (o.seed < 0) broken("seed", static_cast<double>(o.seed));
+  check_in("fps", o.fps, 1e-300, f::kMaxFps);
+  if (o.flow_shift != -1) check_in("flow_shift", o.flow_shift, 1e-300, f::kMaxShift);
   if (o.device_chain) {
     double total = 0;
     for (const auto& e : o.device_chain->entries) {
@@ -84,7 +95,7 @@ std::vector<std::string> flags_fuzz_args(const uint8_t* data, size_t size) {
     const std::string record(reinterpret_cast<const char*>(data) + i, end - i);
     i = end + 1;
     if (first) {
-      args.push_back(kCommands[record.empty() ? 0 : static_cast<unsigned char>(record[0]) % 3]);
+      args.push_back(kCommands[record.empty() ? 0 : static_cast<unsigned char>(record[0]) % kNumCommands]);
       first = false;
       continue;
     }

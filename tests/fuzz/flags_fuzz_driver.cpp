@@ -35,7 +35,7 @@ std::vector<std::string> hostile_values(const std::string& dir) {
       "4611686018427387904", "4611686018427387905", "0B", "1KiB", "24GB", "1e30GB", "nanGB", "infGB", "-5GB", "auto",
       "", " ", "true", "false", "maybe", "cpu", "cuda:0", "cpu=1e308,cpu=1e308", "cpu=1,cpu=nan", "cpu=0,cpu=0",
       "cpu=inf", "cpu=-1", "cuda:99999", "cpu,,cpu", "=", ",", "cpu=1=2", "\x1b[31mred", std::string(3000, 'x'),
-      "/dev/null", "/dev/zero", "/dev/stdin", "/proc/self/status", "/", ".", dir, dir + "/fifo", dir + "/deep.json",
+      "9", "81", "4.5e3", "16384", "16385", "/dev/null", "/dev/zero", "/dev/stdin", "/proc/self/status", "/", ".", dir, dir + "/fifo", dir + "/deep.json",
       dir + "/help.json", dir + "/dup.json", dir + "/huge.json", dir + "/nested-key.json", dir + "/nope.json"};
   return v;
 }
@@ -51,7 +51,7 @@ void write_configs(const std::string& dir) {
 }
 
 std::string random_input(std::mt19937_64& rng, const std::vector<std::string>& pool, bool text_only) {
-  std::string in(1, static_cast<char>(rng() % 3));  // the subcommand
+  std::string in(1, static_cast<char>(rng() % 4));  // the subcommand
   const int records = static_cast<int>(rng() % 9);
   for (int r = 0; r < records; ++r) {
     in += '\0';

@@ -28,7 +28,7 @@ targets=(safetensors_header_fuzz checkpoint_index_fuzz)
 # library, only the c10 header behind DType.
 sources=(safetensors_header checkpoint_index dtype error identity json printable bytes files)
 # flags_fuzz also needs the CLI and the device chain parser: sources outside core, by path.
-flag_sources=(launcher/src/cli.cpp launcher/src/flags.cpp pipeline/src/device_chain.cpp)
+flag_sources=(launcher/src/cli.cpp launcher/src/command_words.cpp launcher/src/flags.cpp pipeline/src/device_chain.cpp)
 torch_include=${TORCH_INCLUDE:-/usr/include/torch/csrc/api/include}
 
 say() { echo "run-fuzz: $*" >&2; }
