@@ -875,6 +875,8 @@ TEST_F(HostileButValid, LongOutputNameIsWritten) {
 // An output that holds NaN (here from a NaN row of lm_head) is written, and the summary says so with
 // the counts; the exit status stays 0.
 TEST_F(HostileButValid, NonFiniteOutputIsAWarningWithCounts) {
+  // Its own directory: under sharding the tests that also make it may run in another process.
+  fs::create_directories(dir_ + "/valid");
   const std::string out = dir_ + "/valid/nan.safetensors";
   Result r = sh(exe() + " run --model " + dir_ + "/m/nan-weights --input " + dir_ + "/in/ok.json --output " + out, 120);
   ASSERT_EQ(r.code, 0) << r.output;

@@ -3,8 +3,8 @@
 // rank loads its part of the DiT and the denoise job samples across the ranks with swapping; the DiT is freed,
 // and rank 0 decodes with the VAE (on demand too) and writes the file.
 #include <ATen/Context.h>
-#include <sys/stat.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <sys/stat.h>
 
 #include <iostream>
 #include <map>

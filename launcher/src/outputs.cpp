@@ -41,9 +41,11 @@ std::vector<JobFile> job_inputs(const Options& o, const std::string& model_dir) 
     }
   }
   const std::pair<const char*, const std::string*> flags[] = {
-      {"--input", &o.input},           {"--latents", &o.latents},       {"--context", &o.context},
-      {"--context-null", &o.context_null}, {"--image-cond", &o.image_cond}, {"--clip-fea", &o.clip_fea},
-      {"--prompts", &o.prompts_file},  {"--prompt-ids", &o.prompt_ids}, {"--config", &o.config}};
+      {"--input", &o.input},           {"--latents", &o.latents},
+      {"--context", &o.context},       {"--context-null", &o.context_null},
+      {"--image-cond", &o.image_cond}, {"--clip-fea", &o.clip_fea},
+      {"--prompts", &o.prompts_file},  {"--prompt-ids", &o.prompt_ids},
+      {"--config", &o.config}};
   for (const auto& [flag, path] : flags)
     if (!path->empty()) in.push_back({std::string("the ") + flag + " file", *path});
   return in;

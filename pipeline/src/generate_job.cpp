@@ -3,8 +3,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <filesystem>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/files.h"

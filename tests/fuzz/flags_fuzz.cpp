@@ -50,6 +50,11 @@ void check_in(const char* what, double v, double lo, double hi) {
   if (!(v >= lo && v <= hi)) broken(what, v);
 }
 
+// Above lo (excluded) and at most hi: the flags whose range is open at 0 (any positive value).
+void check_above(const char* what, double v, double lo, double hi) {
+  if (!(v > lo && v <= hi)) broken(what, v);
+}
+
 // Every number of a successful parse is inside its range.
 void check_bounds(const pipeswap::launcher::Options& o) {
   namespace f = pipeswap::launcher::flags;
@@ -61,7 +66,7 @@ void check_bounds(const pipeswap::launcher::Options& o) {
   check_in("prefetch_depth", o.prefetch_depth, 1, f::kMaxPrefetchDepth);
   check_in("num_disk_workers", o.num_disk_workers, 1, f::kMaxDiskWorkers);
   check_in("guidance", o.guidance, 0, f::kMaxGuidance);
-  check_in("shift", o.shift, 1e-300, f::kMaxShift);
+  check_above("shift", o.shift, 0, f::kMaxShift);
   if (o.blocks_to_swap != -1) check_in("blocks_to_swap", o.blocks_to_swap, 0, f::kMaxCount);
   if (o.offload_ratio != -1) check_in("offload_ratio", o.offload_ratio, 0, 1);
   check_in("max_memory", static_cast<double>(o.max_memory), 0, static_cast<double>(pipeswap::kMaxBytes));
@@ -71,8 +76,8 @@ void check_bounds(const pipeswap::launcher::Options& o) {
   check_in("height", static_cast<double>(o.height), 1, static_cast<double>(f::kMaxPixels));
   check_in("width", static_cast<double>(o.width), 1, static_cast<double>(f::kMaxPixels));
   if (o.seed < 0) broken("seed", static_cast<double>(o.seed));
-  check_in("fps", o.fps, 1e-300, f::kMaxFps);
-  if (o.flow_shift != -1) check_in("flow_shift", o.flow_shift, 1e-300, f::kMaxShift);
+  check_above("fps", o.fps, 0, f::kMaxFps);
+  if (o.flow_shift != -1) check_above("flow_shift", o.flow_shift, 0, f::kMaxShift);
   if (o.device_chain) {
     double total = 0;
     for (const auto& e : o.device_chain->entries) {
