@@ -21,8 +21,12 @@
 #include <vector>
 
 #include "expect_error.h"
+#include "pipeswap/core/bytes.h"
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
+#include "pipeswap/core/printable.h"
 #include "pipeswap/core/safetensors.h"
 
 namespace pipeswap {
@@ -287,8 +291,8 @@ TEST_F(MalformedSafetensors, OverlappingOffsets) {
 }
 
 TEST_F(MalformedSafetensors, MissingFile) {
-  EXPECT_ERROR(SafetensorsFile::open(tmp_ / "absent.safetensors"), CheckpointError,
-               "cannot open safetensors file", "absent.safetensors", "No such file or directory");
+  EXPECT_ERROR(SafetensorsFile::open(tmp_ / "absent.safetensors"), IoError, "cannot read safetensors file",
+               "absent.safetensors", "No such file or directory");
 }
 
 TEST(Safetensors, TruncatedAfterOpenNamesTheTensor) {
@@ -318,12 +322,23 @@ TEST(SafetensorsWriter, MissingDirectory) {
 
 TEST(SafetensorsWriter, RenameFailureRemovesTempFile) {
   TempDir tmp;
-  // The target is a non-empty directory: the temp file is written fine, the rename fails.
+  // A directory as the target is refused before anything is written (issue 24: never replaced).
   const std::string path = tmp / "out.safetensors";
   fs::create_directory(path);
   write_file(path + "/keep", "x");
-  EXPECT_ERROR(write_safetensors(path, {{"w", torch::ones({2})}}), IoError, path, "renaming");
+  EXPECT_ERROR(write_safetensors(path, {{"w", torch::ones({2})}}), IoError, path, "it is a directory");
   EXPECT_EQ(dir_entries(tmp.path()), std::vector<std::string>{"out.safetensors"});
+  // One that becomes a non-empty directory while the temporary file is written: the temp file is
+  // written fine, the rename fails, and the temporary file goes.
+  const std::string later = tmp / "later.safetensors";
+  EXPECT_ERROR(write_file_atomically(later, "test file", "",
+                                     [&](int fd) {
+                                       fs::create_directory(later);
+                                       write_file(later + "/keep", "x");
+                                       return ::write(fd, "x", 1) == 1 ? 0 : errno;
+                                     }),
+               IoError, later, "renaming");
+  EXPECT_EQ(dir_entries(tmp.path()), (std::vector<std::string>{"later.safetensors", "out.safetensors"}));
 }
 
 TEST(SafetensorsWriter, FullDiskRemovesTempFile) {
@@ -801,6 +816,98 @@ TEST(SafetensorsReadMany, RefusesTensorsOfAnotherFile) {
   std::vector<float> buf(4);
   EXPECT_ERROR(x->read_many({{&y->at("w"), buf.data()}}), Error, "tensor 'w', which is not from this file's header",
                "x.safetensors");
+}
+
+// ----- hostile input (issue 24): sizes, JSON rules, printable names, special files, atomic writes
+
+TEST(Bytes, CountsUnitsAndRefusesWhatIsNoSize) {
+  EXPECT_EQ(byte_count("1000"), 1000.0);
+  EXPECT_EQ(byte_count("24GB"), 24e9);
+  EXPECT_EQ(byte_count("512MiB"), 512.0 * (1 << 20));
+  EXPECT_EQ(byte_count("1.5g"), 1.5e9);
+  EXPECT_EQ(byte_count("0"), 0.0);
+  EXPECT_EQ(byte_count("1e30"), 1e30) << "bounded by the CLI, not here";
+  for (const char* bad : {"", "abc", "-1GB", "12XB", "nan", "inf", "infGB", "-inf", "4EiB", "5TBB", "GB"})
+    EXPECT_FALSE(byte_count(bad).has_value()) << bad;
+}
+
+TEST(Json, RefusesDeepNestingWithoutRecursion) {
+  const std::string ok = std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']');
+  EXPECT_NO_THROW(parse_json(ok));
+  for (const size_t depth : {size_t{kMaxJsonDepth + 1}, size_t{1} << 20}) {
+    const std::string deep = std::string(depth, '[') + std::string(depth, ']');
+    EXPECT_ERROR(parse_json(deep), JsonError, "nested more than 256 deep");
+    const std::string objects = [&] {
+      std::string t;
+      for (size_t i = 0; i < depth; ++i) t += "{\"a\":";
+      return t + "1" + std::string(depth, '}');
+    }();
+    EXPECT_ERROR(parse_json(objects), JsonError, "nested more than 256 deep");
+  }
+}
+
+TEST(Json, RefusesAKeyTwiceInOneObject) {
+  EXPECT_ERROR(parse_json(R"({"a": 1, "b": {"a": 2, "a": 3}})"), JsonError, "key 'a' appears twice in one object");
+  EXPECT_NO_THROW(parse_json(R"({"a": {"a": 1}, "b": [{"a": 1}, {"a": 2}]})")) << "one key per object, not per file";
+  // The key in the message is printable and cut.
+  const std::string key(1 << 20, 'k');
+  try {
+    parse_json("{\"" + key + "\": 1, \"" + key + "\": 2}");
+    ADD_FAILURE() << "a duplicate key was accepted";
+  } catch (const JsonError& e) {
+    EXPECT_LT(std::string(e.what()).size(), 1000u);
+    EXPECT_NE(std::string(e.what()).find("(1048576 bytes)"), std::string::npos) << e.what();
+  }
+  EXPECT_ERROR(parse_json("[1, 2"), JsonError, "syntax error");
+}
+
+TEST(Printable, EscapesControlBytesAndCutsLongNames) {
+  EXPECT_EQ(printable("model.layers.0.weight"), "model.layers.0.weight");
+  EXPECT_EQ(printable(std::string("a\0b\x1b[31mc\n", 10)), "a\\x00b\\x1b[31mc\\x0a");
+  EXPECT_EQ(printable("caf\xc3\xa9"), "caf\xc3\xa9") << "UTF-8 passes";
+  const std::string longname(1000, 'x');
+  EXPECT_EQ(printable(longname), std::string(200, 'x') + "... (1000 bytes)");
+  // The cut does not split a two-byte character that straddles it.
+  const std::string accents = std::string(199, 'x') + "\xc3\xa9yyy";
+  EXPECT_EQ(printable(accents), std::string(199, 'x') + "... (204 bytes)");
+  EXPECT_EQ(printable_message("line one\nline\ttwo\x1b[0m"), "line one\nline\ttwo\\x1b[0m");
+}
+
+TEST(Files, InputsMustBeRegularFiles) {
+  TempDir tmp;
+  ASSERT_EQ(::mkfifo((tmp / "fifo").c_str(), 0644), 0);
+  // A FIFO without a writer: opening it for reading must neither block nor pass.
+  EXPECT_ERROR(read_regular_file(tmp / "fifo", "--input file"), IoError, "--input file", "is a FIFO (named pipe), not a regular file");
+  EXPECT_ERROR(read_regular_file(tmp.path(), "config file"), IoError, "is a directory, not a regular file");
+  EXPECT_ERROR(read_regular_file("/dev/null", "config file"), IoError, "is a character device, not a regular file");
+  EXPECT_ERROR(read_regular_file(tmp / "absent", "config file"), IoError, "No such file or directory");
+  std::ofstream(tmp / "x.json") << "[1]";
+  EXPECT_EQ(read_regular_file(tmp / "x.json", "config file"), "[1]");
+}
+
+TEST(Files, TemporaryNamesFitAndTargetsMustBeRegular) {
+  TempDir tmp;
+  const std::string pid = std::to_string(::getpid());
+  EXPECT_EQ(temporary_path(tmp / "out.safetensors"), tmp / "out.safetensors.tmp." + pid);
+  // A legal 252-byte name: the temporary name is cut to 255 bytes, still in the same directory.
+  const std::string name(252, 'n');
+  const std::string t = temporary_path(tmp / name);
+  EXPECT_EQ(t.substr(0, tmp.path().size() + 1), tmp.path() + "/");
+  EXPECT_LE(t.size() - tmp.path().size() - 1, 255u);
+  EXPECT_NE(temporary_path(tmp / name), temporary_path(tmp / (name.substr(1) + "m"))) << "unique per target";
+  write_text_atomically(tmp / name, "test file", "hello");
+  EXPECT_EQ(read_regular_file(tmp / name, "test file"), "hello");
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 1) << "no temporary left";
+  // Special files are refused, not replaced.
+  ASSERT_EQ(::mkfifo((tmp / "fifo").c_str(), 0644), 0);
+  EXPECT_ERROR(check_writable_path(tmp / "fifo", "output "), IoError, "is a FIFO (named pipe), not a regular file");
+  EXPECT_ERROR(write_text_atomically(tmp / "fifo", "plan JSON", "{}"), IoError, "not a regular file");
+  EXPECT_TRUE(fs::is_fifo(tmp / "fifo"));
+  fs::create_directory(tmp / "dir");
+  EXPECT_ERROR(write_text_atomically(tmp / "dir", "plan JSON", "{}"), IoError, "it is a directory");
+  EXPECT_ERROR(check_writable_path(tmp / std::string(256, 'n')), IoError, "file name is 256 bytes");
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp.path()), fs::directory_iterator()), 3)
+      << "the 252-byte file, the FIFO and the directory; no temporary file";
 }
 
 }  // namespace

@@ -276,7 +276,7 @@ TEST_F(DenoiseTest, BadInputsNamedOnEveryRank) {
            " --guidance 1 --steps 2",
        "does not exist"},
       {" denoise" + model + " --latents " + io + " --context " + io + " --guidance 1 --steps 0",
-       "--steps must be at least 1"},
+       "--steps: '0' is out of range: give a step count from 1 to 100000"},
       {" run" + model + " --input " + io, "use `pipeswap denoise"},
       {" denoise --model " + fixture("llama_bias") + " --latents " + io + " --context " + io +
            " --guidance 1 --steps 2",

@@ -87,20 +87,6 @@ TEST(Residency, Policies) {
     }
 }
 
-TEST(Residency, ParseBytes) {
-  EXPECT_EQ(parse_bytes("1000", "--max-memory"), 1000);
-  EXPECT_EQ(parse_bytes("24GB", "--max-memory"), 24000000000LL);
-  EXPECT_EQ(parse_bytes("512MiB", "--max-memory"), 512LL << 20);
-  EXPECT_EQ(parse_bytes("1.5g", "--max-memory"), 1500000000LL);
-  for (const char* bad : {"", "abc", "-1GB", "12XB", "nan"}) {
-    try {
-      parse_bytes(bad, "--max-memory");
-      ADD_FAILURE() << bad;
-    } catch (const ConfigError& e) {
-      EXPECT_THAT(e.what(), HasSubstr("--max-memory")) << bad;
-    }
-  }
-}
 
 TEST_F(OffloadTest, EverySettingIsBitIdenticalToAllResident) {
   auto ref = run(*resident(), kSweeps);

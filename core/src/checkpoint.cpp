@@ -5,13 +5,14 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <fstream>
 #include <set>
-#include <sstream>
 
 #include "pipeswap/core/checkpoint_index.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/printable.h"
 
 namespace pipeswap {
 namespace {
@@ -22,9 +23,11 @@ using nlohmann::json;
 constexpr const char* kStems[] = {"model", "diffusion_pytorch_model"};
 constexpr const char* kConfigFile = "config.json";
 
-bool is_regular_file(const std::string& path) {
+// Whether something is at `path`: opening it then says if it is not a regular file (a FIFO named
+// model.safetensors is an error about that FIFO, not "no weights").
+bool exists(const std::string& path) {
   struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  return ::stat(path.c_str(), &st) == 0;
 }
 
 std::string join_path(const std::string& dir, const std::string& name) {
@@ -32,23 +35,21 @@ std::string join_path(const std::string& dir, const std::string& name) {
 }
 
 // The text of a small file (config.json, the index); `what` says what the file is for in messages.
+// Opened as a regular file only: a FIFO, a directory or a device in its place is named as such.
 std::string read_text_file(const std::string& path, const char* what) {
-  PS_CHECK(is_regular_file(path), CheckpointError,
+  struct stat st {};
+  PS_CHECK(::stat(path.c_str(), &st) == 0, CheckpointError,
            "{} '{}' is missing: a Hugging Face checkpoint directory needs config.json and model.safetensors (or "
            "model.safetensors.index.json with its shards)",
            what, path);
-  std::ifstream in(path, std::ios::binary);
-  PS_CHECK(in.good(), CheckpointError, "cannot read {} '{}': check its permissions", what, path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return read_regular_file(path, what);
 }
 
 json read_json_file(const std::string& path, const char* what) {
   const std::string text = read_text_file(path, what);
   try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
+    return parse_json(text);
+  } catch (const JsonError& e) {
     PS_THROW(CheckpointError, "{} '{}' is not valid JSON ({}): re-download the checkpoint or fix the file", what, path,
              e.what());
   }
@@ -58,8 +59,8 @@ json read_json_file(const std::string& path, const char* what) {
 
 std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
   struct stat st {};
-  const bool exists = ::stat(dir.c_str(), &st) == 0;
-  if (exists && !S_ISDIR(st.st_mode)) {
+  const bool dir_exists = ::stat(dir.c_str(), &st) == 0;
+  if (dir_exists && !S_ISDIR(st.st_mode)) {
     // A weight file or config.json given for the directory that holds it.
     const auto slash = dir.find_last_of('/');
     PS_THROW(CheckpointError,
@@ -67,7 +68,7 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
              "the .safetensors files (--model {})",
              dir, slash == std::string::npos ? std::string(".") : dir.substr(0, std::max<size_t>(slash, 1)));
   }
-  PS_CHECK(exists, CheckpointError,
+  PS_CHECK(dir_exists, CheckpointError,
            "model directory '{}' does not exist: pass --model DIR with a Hugging Face checkpoint (config.json + "
            "model.safetensors)",
            dir);
@@ -83,9 +84,9 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
 
   std::string index_path, single_path, single_name;
   for (const char* stem : kStems) {
-    if (index_path.empty() && is_regular_file(join_path(dir, fmt::format("{}.safetensors.index.json", stem))))
+    if (index_path.empty() && exists(join_path(dir, fmt::format("{}.safetensors.index.json", stem))))
       index_path = join_path(dir, fmt::format("{}.safetensors.index.json", stem));
-    if (single_path.empty() && is_regular_file(join_path(dir, fmt::format("{}.safetensors", stem)))) {
+    if (single_path.empty() && exists(join_path(dir, fmt::format("{}.safetensors", stem)))) {
       single_name = fmt::format("{}.safetensors", stem);
       single_path = join_path(dir, single_name);
     }
@@ -96,7 +97,7 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
     for (const auto& [tensor, file] : ck->weight_map_) files.insert(file);
     // Check every shard is present now, so a partial download fails at start-up and not mid-run.
     for (const std::string& name : files) {
-      PS_CHECK(is_regular_file(join_path(dir, name)), CheckpointError,
+      PS_CHECK(exists(join_path(dir, name)), CheckpointError,
                "checkpoint shard '{}' listed in '{}' is missing from '{}' ({} shards listed): the download is "
                "incomplete; re-download the checkpoint",
                name, index_path, dir, files.size());
@@ -135,6 +136,14 @@ std::shared_ptr<const SafetensorsFile> Checkpoint::shard(const std::string& file
   auto it = shards_.find(file);
   if (it != shards_.end()) return it->second;
   auto opened = SafetensorsFile::open(join_path(dir_, file));
+  // A tensor the index puts in another shard is listed twice: which copy is meant is anyone's guess.
+  for (const TensorInfo& t : opened->tensors()) {
+    auto it = weight_map_.find(t.name);
+    PS_CHECK(it == weight_map_.end() || it->second == file, CheckpointError,
+             "tensor '{}' is in shard '{}', but the checkpoint index in '{}' puts it in shard '{}': the index and "
+             "shards disagree (a tensor belongs to one shard, the one the index names); re-download the checkpoint",
+             printable(t.name), printable(file), dir_, printable(it->second));
+  }
   shards_.emplace(file, opened);
   return opened;
 }
@@ -142,15 +151,15 @@ std::shared_ptr<const SafetensorsFile> Checkpoint::shard(const std::string& file
 TensorLocation Checkpoint::locate(const std::string& tensor) const {
   auto it = weight_map_.find(tensor);
   PS_CHECK(it != weight_map_.end(), CheckpointError,
-           "tensor '{}' is not in the checkpoint '{}' ({} tensors): does --model point at the right model?", tensor,
-           dir_, weight_map_.size());
+           "tensor '{}' is not in the checkpoint '{}' ({} tensors): does --model point at the right model?",
+           printable(tensor), dir_, weight_map_.size());
   TensorLocation loc;
   loc.file = shard(it->second);
   loc.info = loc.file->find(tensor);
   PS_CHECK(loc.info != nullptr, CheckpointError,
            "checkpoint index in '{}' puts tensor '{}' in shard '{}', but that shard's header does not list it: the "
            "index and shards disagree; re-download the checkpoint",
-           dir_, tensor, it->second);
+           dir_, printable(tensor), printable(it->second));
   return loc;
 }
 

@@ -76,18 +76,13 @@ std::shared_ptr<const SafetensorsFile> SafetensorsFile::open(const std::string& 
   // lives in the object from the start so that every failed check below closes it.
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  f->fd_.reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!f->fd_) {
-    const int err = errno;
-    PS_THROW(CheckpointError, "cannot open safetensors file '{}': {}: check the path and its permissions", path,
-             errno_text(err));
-  }
+  // Never blocks (a FIFO in a shard's place), and only a regular file passes.
+  f->fd_ = open_regular_file(path, "safetensors file");
   struct stat st {};
   if (::fstat(f->fd_.get(), &st) != 0) {
     const int err = errno;
     PS_THROW(CheckpointError, "cannot stat safetensors file '{}': {}", path, errno_text(err));
   }
-  PS_CHECK(S_ISREG(st.st_mode), CheckpointError, "safetensors file '{}' is not a regular file", path);
   f->file_size_ = static_cast<uint64_t>(st.st_size);
 
   PS_CHECK(f->file_size_ >= 8, CheckpointError,

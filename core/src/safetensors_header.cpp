@@ -8,6 +8,8 @@
 #include <limits>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/json.h"
+#include "pipeswap/core/printable.h"
 #include "pipeswap/core/shape.h"
 
 namespace pipeswap {
@@ -34,10 +36,7 @@ std::string describe(const json& v) {
   };
   const bool shallow = flat(v) || (v.is_object() && std::all_of(v.begin(), v.end(), flat));
   if (!shallow) return fmt::format("{} of {} entries", v.type_name(), v.size());
-  std::string text = v.dump();
-  constexpr size_t kMaxText = 200;
-  if (text.size() > kMaxText) text = text.substr(0, kMaxText) + "...";
-  return text;
+  return printable(v.dump());
 }
 
 std::string known_dtypes() {
@@ -62,12 +61,13 @@ bool as_uint(const json& v, uint64_t* out) {
   return false;
 }
 
-TensorInfo parse_entry(const std::string& path, const std::string& name, const json& e) {
+TensorInfo parse_entry(const std::string& path, const std::string& raw_name, const json& e) {
+  const std::string name = printable(raw_name);  // for messages
   PS_CHECK(e.is_object(), CheckpointError,
            "safetensors file '{}': header entry for tensor '{}' is not an object ({}): {}", path, name, describe(e),
            kCheckpointFix);
   TensorInfo info;
-  info.name = name;
+  info.name = raw_name;
 
   auto dt = e.find("dtype");
   PS_CHECK(dt != e.end() && dt->is_string(), CheckpointError,
@@ -78,7 +78,7 @@ TensorInfo parse_entry(const std::string& path, const std::string& name, const j
   PS_CHECK(dtype.has_value(), CheckpointError,
            "safetensors file '{}': tensor '{}' has unknown dtype '{}' (known: {}): convert the checkpoint to one "
            "of the known dtypes",
-           path, name, dtype_word, known_dtypes());
+           path, name, printable(dtype_word), known_dtypes());
   info.dtype = *dtype;
 
   auto sh = e.find("shape");
@@ -152,8 +152,8 @@ uint64_t safetensors_header_length(const std::string& path, const unsigned char 
 SafetensorsHeader parse_safetensors_header(const std::string& path, std::string_view text, uint64_t data_size) {
   json header;
   try {
-    header = json::parse(text);
-  } catch (const json::exception& e) {
+    header = parse_json(text);  // a tensor listed twice is an error naming it
+  } catch (const JsonError& e) {
     PS_THROW(CheckpointError, "safetensors file '{}': the header is not valid JSON ({}): {}", path, e.what(),
              kCheckpointFix);
   }
@@ -169,7 +169,7 @@ SafetensorsHeader parse_safetensors_header(const std::string& path, std::string_
                entry.type_name(), kCheckpointFix);
       for (const auto& [key, value] : entry.items()) {
         PS_CHECK(value.is_string(), CheckpointError,
-                 "safetensors file '{}': \"__metadata__\" entry '{}' is {}, not a string: {}", path, key,
+                 "safetensors file '{}': \"__metadata__\" entry '{}' is {}, not a string: {}", path, printable(key),
                  value.type_name(), kCheckpointFix);
         out.metadata[key] = value.get<std::string>();
       }
@@ -179,7 +179,7 @@ SafetensorsHeader parse_safetensors_header(const std::string& path, std::string_
     PS_CHECK(info.end <= data_size, CheckpointError,
              "safetensors file '{}' is truncated: tensor '{}' needs data bytes [{}, {}) but the data section holds "
              "only {} bytes: {}",
-             path, name, info.begin, info.end, data_size, kCheckpointFix);
+             path, printable(name), info.begin, info.end, data_size, kCheckpointFix);
     out.tensors.push_back(std::move(info));
   }
 
@@ -192,7 +192,7 @@ SafetensorsHeader parse_safetensors_header(const std::string& path, std::string_
     const TensorInfo& cur = out.tensors[i];
     PS_CHECK(prev.end <= cur.begin, CheckpointError,
              "safetensors file '{}': tensors '{}' [{}, {}) and '{}' [{}, {}) have overlapping data_offsets: {}", path,
-             prev.name, prev.begin, prev.end, cur.name, cur.begin, cur.end, kCheckpointFix);
+             printable(prev.name), prev.begin, prev.end, printable(cur.name), cur.begin, cur.end, kCheckpointFix);
   }
   return out;
 }

@@ -2,13 +2,19 @@
 
 #include <CLI/CLI.hpp>
 
+#include <sys/stat.h>
+
 #include <algorithm>
-#include <fstream>
+#include <cerrno>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "command_words.h"
+#include "flags.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
+#include "pipeswap/core/printable.h"
 #include "pipeswap/core/torch_compat.h"
 
 namespace pipeswap::launcher {
@@ -44,7 +50,9 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
                   "through torch._scaled_mm, activations quantised per token; CUDA with LibTorch >= 2.5)")
       ->check(CLI::IsMember({"off", "scaled-mm"}))
       ->default_str("off");
-  cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")->default_str("1");
+  cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")
+      ->transform(flags::integer(1, flags::kMaxCount, "a count"))
+      ->default_str("1");
   if (dit || cmd->get_name() == "plan") {
     cmd->add_option("--cfg-parallel", o.cfg_parallel,
                     "guidance groups: 2 runs the conditional and the unconditional branch on the two halves of the "
@@ -59,9 +67,11 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
                     "model: 8 built-in sequences of 64 tokens)");
   }
   cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")
+      ->transform(flags::real(flags::kMinTimeout, flags::kMaxTimeout, "seconds"))
       ->default_str("60")
       ->group(run_only);
   cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")
+      ->transform(flags::integer(0, flags::max_threads(), "0 (automatic) or a thread count (4 per core at most),"))
       ->default_str("0")
       ->group(run_only);
   cmd->add_option("--log-level", o.log_level,
@@ -72,11 +82,17 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->check(CLI::IsMember({"auto", "host"}))
       ->default_str("auto")
       ->group(run_only);
+  cmd->add_flag("--force", o.force,
+                "run even where the plan predicts more host or device memory than the machine has (a warning "
+                "instead of an error)")
+      ->group(run_only);
 
   auto* off = "Offload";
   cmd->add_option("--blocks-to-swap", o.blocks_to_swap, "how many of each rank's blocks live off the device")
+      ->transform(flags::integer(0, flags::kMaxCount, "a block count"))
       ->group(off);
   cmd->add_option("--offload-ratio", o.offload_ratio, "fraction of each rank's blocks that swap (instead of a count)")
+      ->transform(flags::real(0, 1, "a fraction"))
       ->group(off);
   cmd->add_option("--resident-policy", o.resident_policy,
                   "which blocks stay: suffix (the last swap), prefix (the first swap), interleaved")
@@ -91,6 +107,7 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->default_str("auto")
       ->group(off);
   cmd->add_option("--prefetch-depth", o.prefetch_depth, "copies in flight ahead of compute (the lookahead buffer)")
+      ->transform(flags::integer(1, flags::kMaxPrefetchDepth, "a depth"))
       ->default_str("1")
       ->group(off);
   cmd->add_flag("--use-non-blocking", o.use_non_blocking,
@@ -99,12 +116,16 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->group(off);
   cmd->add_flag("--lazy-load", o.lazy_load, "read swapped blocks from the safetensors files when needed")->group(off);
   cmd->add_option("--num-disk-workers", o.num_disk_workers, "threads reading from disk with --lazy-load")
+      ->transform(flags::integer(1, flags::kMaxDiskWorkers, "a thread count"))
       ->default_str("2")
       ->group(off);
-  cmd->add_option("--max-memory", o.max_memory, "host memory budget for swapped blocks, e.g. 24GB")->group(off);
+  cmd->add_option("--max-memory", o.max_memory, "host memory budget for swapped blocks, e.g. 24GB")
+      ->transform(flags::byte_size("--max-memory", /*allow_auto=*/false, &o.max_memory_text))
+      ->group(off);
   cmd->add_option("--vram-budget", o.vram_budget,
                   "automatic VRAM mode: each rank's device budget (bytes, e.g. 20GB, or auto); the plan picks the "
                   "swapped blocks")
+      ->transform(flags::byte_size("--vram-budget", /*allow_auto=*/true, &o.vram_budget_text))
       ->group(off);
   cmd->add_flag("--offload-txt-emb", o.offload_txt_emb, "keep the text embedding on the host, move it in when used")
       ->group(off);
@@ -121,14 +142,35 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
 }
 
 // --trace FILE (config key "trace") for the commands that run a job.
+void add_trace(CLI::App* cmd, Options& o) {
+  cmd->add_option("--trace", o.trace,
+                  "write a Chrome / Perfetto JSON timeline of every rank (compute, copy, disk, send, recv, wait) "
+                  "to this file; open it in https://ui.perfetto.dev");
+}
+
+// --frames, --height, --width (generate, and plan for a Wan repo): bounded here; the shape rules (4k+1
+// frames, multiples of 16) are generate_job's check_video_size.
+void add_video_size(CLI::App* cmd, Options& o, const std::string& prefix) {
+  cmd->add_option("--frames", o.frames, prefix + "video frames, 4k+1")
+      ->transform(flags::integer(1, flags::kMaxFrames, "a frame count"))
+      ->default_str("81");
+  cmd->add_option("--height", o.height, prefix + "pixels, a multiple of 16")
+      ->transform(flags::integer(1, flags::kMaxPixels, "pixels"))
+      ->default_str("480");
+  cmd->add_option("--width", o.width, prefix + "pixels, a multiple of 16")
+      ->transform(flags::integer(1, flags::kMaxPixels, "pixels"))
+      ->default_str("832");
+}
+
 // The flags `plan` (on a Wan repo) and `generate` share: the video's size, the steps and guidance, and where
 // the text encoder and the VAE go. `prefix` starts each help line ("Wan repo: " for plan).
 void add_video_job_flags(CLI::App* cmd, Options& o, const std::string& prefix) {
-  cmd->add_option("--frames", o.frames, prefix + "video frames, 4k+1")->default_str("81");
-  cmd->add_option("--height", o.height, prefix + "pixels, a multiple of 16")->default_str("480");
-  cmd->add_option("--width", o.width, prefix + "pixels, a multiple of 16")->default_str("832");
-  cmd->add_option("--steps", o.steps, prefix + "denoising steps")->default_str("50");
+  add_video_size(cmd, o, prefix);
+  cmd->add_option("--steps", o.steps, prefix + "denoising steps")
+      ->transform(flags::integer(1, flags::kMaxCount, "a step count"))
+      ->default_str("50");
   cmd->add_option("--guidance", o.guidance, prefix + "classifier-free guidance scale (<= 1: no unconditional pass)")
+      ->transform(flags::real(0, flags::kMaxGuidance, "a scale"))
       ->default_str("5");
   cmd->add_option("--text-encoder", o.text_encoder,
                   prefix + "text encoder placement: on-demand (read, encode, freed before the DiT loads), resident "
@@ -138,16 +180,11 @@ void add_video_job_flags(CLI::App* cmd, Options& o, const std::string& prefix) {
       ->check(CLI::IsMember({"on-demand", "resident", "swapped"}))
       ->default_str("on-demand");
   cmd->add_option("--text-encoder-blocks-to-swap", o.text_encoder_blocks_to_swap,
-                  prefix + "--text-encoder swapped: how many of its layers stream (default: all)");
+                  prefix + "--text-encoder swapped: how many of its layers stream (default: all)")
+      ->transform(flags::integer(0, flags::kMaxCount, "a layer count"));
   cmd->add_option("--text-encoder-device", o.text_encoder_device, prefix + "cpu or cuda:N (default: rank 0's device)");
   cmd->add_option("--vae-device", o.vae_device, prefix + "cpu or cuda:N (default: rank 0's device)");
   cmd->add_flag("--vae-tiling", o.vae_tiling, prefix + "decode in 256x256 spatial tiles (bounds the VAE's memory)");
-}
-
-void add_trace(CLI::App* cmd, Options& o) {
-  cmd->add_option("--trace", o.trace,
-                  "write a Chrome / Perfetto JSON timeline of every rank (compute, copy, disk, send, recv, wait) "
-                  "to this file; open it in https://ui.perfetto.dev");
 }
 
 std::string config_value(const nlohmann::json& v) {
@@ -163,12 +200,13 @@ std::string config_value(const nlohmann::json& v) {
 
 // Turns a JSON config file into flags: {"blocks_to_swap": 4} -> --blocks-to-swap 4.
 std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
-  std::ifstream in(path);
-  PS_CHECK(in.good(), ConfigError, "cannot read config file {} (--config)", path);
+  struct stat st {};
+  PS_CHECK(::stat(path.c_str(), &st) == 0, ConfigError, "cannot read config file {} (--config): {}", path,
+           errno_text(errno));
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
+    j = parse_json(read_regular_file(path, "config file (--config)"));
+  } catch (const JsonError& e) {
     PS_THROW(ConfigError, "config file {} is not valid JSON: {}", path, e.what());
   }
   PS_CHECK(j.is_object(), ConfigError, "config file {} must hold a JSON object of snake_case keys", path);
@@ -176,9 +214,11 @@ std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
   for (const auto& [key, value] : j.items()) {
     std::string flag = "--" + key;
     for (char& c : flag) c = (c == '_') ? '-' : c;
-    PS_CHECK(key != "config" && cmd->get_option_no_throw(flag) != nullptr, ConfigError,
+    // "help" and "version" are flags of CLI11's own that end parsing: they are no settings.
+    PS_CHECK(key != "config" && key != "help" && key != "version" && cmd->get_option_no_throw(flag) != nullptr,
+             ConfigError,
              "config file {}: unknown key '{}' for '{}' (see pipeswap {} --help; keys are the flags in snake_case)",
-             path, key, cmd->get_name(), cmd->get_name());
+             path, printable(key), cmd->get_name(), cmd->get_name());
     args.push_back(flag + "=" + config_value(value));  // "=" so that flags take values too
   }
   return args;
@@ -211,6 +251,7 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
       ->default_str("logits.safetensors");
   add_trace(run, o);
   run->add_option("--repeat", o.repeat, "run the forward N times (benchmarks: the summary reports the median warm pass)")
+      ->transform(flags::integer(1, flags::kMaxCount, "a count"))
       ->default_str("1");
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
   // A diffusers Wan repo (generate's --model): the job's size decides the DiT's tokens and the VAE's memory.
@@ -227,10 +268,14 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
                       "I2V: safetensors with the image condition [B, Cy, F, H, W] (mask + image latents), "
                       "concatenated after the latents on channels");
   denoise->add_option("--clip-fea", o.clip_fea, "I2V: safetensors with the CLIP image features [B, 257, 1280]");
-  denoise->add_option("--steps", o.steps, "denoising steps")->default_str("50");
+  denoise->add_option("--steps", o.steps, "denoising steps")
+      ->transform(flags::integer(1, flags::kMaxCount, "a step count"))
+      ->default_str("50");
   denoise->add_option("--guidance", o.guidance, "classifier-free guidance scale (1: no unconditional pass)")
+      ->transform(flags::real(0, flags::kMaxGuidance, "a scale"))
       ->default_str("5");
   denoise->add_option("--shift", o.shift, "flow-matching schedule shift (Wan2.1: 5 for T2V 720p, 3 for 480p)")
+      ->transform(flags::real(0, flags::kMaxShift, "a shift", /*lo_open=*/true))
       ->default_str("5");
   denoise->add_option("--output", o.output,
                       "safetensors file for the final latents (written atomically; default: latents.safetensors in "
@@ -248,14 +293,18 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
                        "attention_mask [B, 512] (and negative_input_ids, negative_attention_mask with guidance)");
   add_video_job_flags(generate, o, "");
   generate->add_option("--seed", o.seed, "noise seed (torch.Generator(\"cpu\").manual_seed, as diffusers)")
+      ->transform(flags::integer(0, flags::kMaxSeed, "a seed"))
       ->default_str("0");
   generate->add_option("--sampler", o.sampler, "unipc (the repo's scheduler) or euler (flow-matching Euler)")
       ->check(CLI::IsMember({"unipc", "euler"}))
       ->default_str("unipc");
   generate->add_option("--flow-shift", o.flow_shift,
-                       "schedule shift (default: the repo's scheduler_config.json; Wan2.1: 3 at 480p, 5 at 720p)");
+                       "schedule shift (default: the repo's scheduler_config.json; Wan2.1: 3 at 480p, 5 at 720p)")
+      ->transform(flags::real(0, flags::kMaxShift, "a shift", /*lo_open=*/true));
   generate->add_option("--latents", o.latents, "safetensors with the initial noise [B, z, f, h, w] instead of --seed");
-  generate->add_option("--fps", o.fps, "frames a second of the MP4")->default_str("16");
+  generate->add_option("--fps", o.fps, "frames a second of the MP4")
+      ->transform(flags::real(0, flags::kMaxFps, "frames a second", /*lo_open=*/true))
+      ->default_str("16");
   generate->add_option("--output", o.output,
                        "video.mp4 (H.264, builds with FFmpeg), frames/ (PNG) or latents.safetensors")
       ->default_str("video.mp4");
@@ -315,14 +364,9 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
   o.config = config_path;
   // Given (even empty: that is the kNoModelOrChain error, not the default chain): parsed here only.
   if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
-  PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
   if (cmd == generate && cmd->count("--output") == 0) o.output = "video.mp4";
   if (cmd == generate) {
-    PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
-    PS_CHECK(o.flow_shift == -1 || o.flow_shift > 0, ConfigError, "--flow-shift must be positive (got {})",
-             o.flow_shift);
-    PS_CHECK(o.fps > 0, ConfigError, "--fps must be positive (got {})", o.fps);
     const int given = (cmd->count("--prompt") > 0) + !o.prompts_file.empty() + !o.prompt_ids.empty();
     PS_CHECK(given == 1, ConfigError,
              "generate needs exactly one of --prompt TEXT, --prompts FILE.jsonl or --prompt-ids FILE.safetensors "
@@ -337,8 +381,6 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
              "inputs");
     PS_CHECK(!o.model.empty() || o.latents.empty() == o.context.empty(), ConfigError,
              "give both --latents and --context, or neither (the demo Wan's built-in inputs)");
-    PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
-    PS_CHECK(o.shift > 0, ConfigError, "--shift must be positive (got {})", o.shift);
     PS_CHECK(o.guidance == 1.0 || !o.context_null.empty() || o.latents.empty(), ConfigError,
              "--guidance {} needs --context-null (the negative prompt's embeddings) for the unconditional pass; give "
              "it, or --guidance 1 to sample without guidance",
@@ -348,9 +390,6 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
            "{}: --model was given without a directory; pass --model DIR with a Hugging Face checkpoint (config.json + "
            "model.safetensors), or leave it out to run the built-in demo",
            pipeline::kNoModelOrChain);
-  PS_CHECK(o.micro_batches >= 1, ConfigError, "--micro-batches must be at least 1 (got {})", o.micro_batches);
-  PS_CHECK(o.comm_timeout > 0, ConfigError, "--comm-timeout must be positive seconds (got {})", o.comm_timeout);
-  PS_CHECK(o.threads >= 0, ConfigError, "--threads must be 0 (automatic) or positive (got {})", o.threads);
   return o;
 }
 

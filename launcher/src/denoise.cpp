@@ -11,6 +11,7 @@
 #include "pipeswap/pipeline/denoise_job.h"
 #include "pipeswap/pipeline/inputs.h"
 #include "progress.h"
+#include "spawn.h"
 
 namespace pipeswap::launcher {
 namespace {
@@ -104,6 +105,12 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   one.batch = 1;
   job.plan = make_job_plan(o, world, *transport, job, one, units, settings.steps, settings.cfg);
 
+  // Rank 0 holds the inputs, and the float32 latents with the sampler's copies of them.
+  int64_t io_bytes = 0;
+  for (const auto& x : {in.latents, in.context, in.context_null, in.image_cond, in.clip_fea})
+    if (x.defined()) io_bytes += x.numel() * 4;
+  if (in.latents.defined()) io_bytes += 3 * in.latents.numel() * 4;
+  check_machine_memory(o, world, *transport, job, io_bytes);
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
   Progress bar("step", settings.steps, Progress::Unit::kItems);
@@ -112,9 +119,11 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   };
   auto result = pipeline::run_denoise(job.plan, world.rank, *job.arch, *rt.weights, t, in, settings, rt.device,
                                       progress);
+  check_supervisor_alive();  // single-node mode: no output once the parent is gone
   rt.trace->finish(t);
   log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device, settings.steps);
   if (world.rank == 0) {
+    check_supervisor_alive();
     write_safetensors(o.output, {{"latents", result.latents}},
                       {{"producer", "pipeswap denoise"},
                        {"steps", std::to_string(settings.steps)},
@@ -135,6 +144,7 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
     s += fmt::format("  {} steps in {:.3f} s ({:.3f} s/step), guidance {}, shift {}, total {:.2f} s\n", settings.steps,
                      result.seconds, per_step, settings.guidance, settings.shift, since(t_start));
     s += fmt::format("  latents {} float32 -> {}\n", fmt::join(result.latents.sizes(), "x"), o.output);
+    s += nonfinite_line("latents", result.latents);
     std::cout << s << std::flush;
   }
   return 0;

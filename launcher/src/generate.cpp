@@ -4,18 +4,20 @@
 // and rank 0 decodes with the VAE (on demand too) and writes the file.
 #include <ATen/Context.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <sys/stat.h>
 
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <numeric>
 
 #include "components.h"
 #include "job.h"
+#include "outputs.h"
 #include "pipeswap/core/device_memory.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/files.h"
 #include "pipeswap/core/host_memory.h"
+#include "pipeswap/core/json.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/core/weights.h"
@@ -27,6 +29,7 @@
 #include "pipeswap/pipeline/inputs.h"
 #include "pipeswap/pipeline/sampler.h"
 #include "pipeswap/pipeline/video_output.h"
+#include "spawn.h"
 
 namespace pipeswap::launcher {
 namespace {
@@ -63,11 +66,13 @@ std::shared_ptr<const pipeline::Sampler> make_sampler(const Options& o, const mo
   const std::string path = repo.scheduler + "/scheduler_config.json";
   json config = json::object();
   {
-    std::ifstream in(path);
-    PS_CHECK(in.good(), CheckpointError, "cannot read {}: is the repo's scheduler/ folder complete?", path);
+    struct stat st {};
+    PS_CHECK(::stat(path.c_str(), &st) == 0, CheckpointError,
+             "cannot read {}: is the repo's scheduler/ folder complete?", path);
+    const std::string text = read_regular_file(path, "scheduler config");
     try {
-      config = json::parse(in);
-    } catch (const json::exception& e) {
+      config = parse_json(text);
+    } catch (const JsonError& e) {
       PS_THROW(CheckpointError, "{} is not valid JSON ({}): re-download the repo's scheduler/ folder", path, e.what());
     }
   }
@@ -197,6 +202,7 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
   PS_CHECK(!o.model.empty(), ConfigError,
            "generate needs --model DIR: a Wan2.1 text-to-video repo in the diffusers layout (e.g. "
            "Wan-AI/Wan2.1-T2V-1.3B-Diffusers)");
+  if (world.rank == 0) check_job_files(o, o.model);
   set_threads(o, world);
   const models::WanRepo repo = models::WanRepo::open(o.model);
 
@@ -308,6 +314,13 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
                            .text);
   }
 
+  // Rank 0 holds the prompts' embeddings and the float32 latents with the sampler's copies of them.
+  int64_t io_bytes = 0;
+  for (const auto& x : {in.context, in.context_null})
+    if (x.defined()) io_bytes += x.numel() * x.element_size();
+  if (in.latents.defined()) io_bytes += 4 * in.latents.numel() * 4;
+  check_machine_memory(dit, world, t0, job, io_bytes);
+
   // Phase 2, every rank: the DiT.
   const auto t_dit = Clock::now();
   reset_host_tensor_peak();
@@ -323,6 +336,7 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
   };
   auto result =
       pipeline::run_denoise(job.plan, world.rank, *job.arch, *rt.weights, t, in, settings, rt.device, progress);
+  check_supervisor_alive();  // single-node mode: no output once the parent is gone
   rt.trace->finish(t);
   log_memory(job.plan.ranks.at(world.rank), *rt.weights, rt.device, settings.steps);
   PhaseMemory dit_phase = dit_meter.stop("denoise");
@@ -333,7 +347,10 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
 
   // Phase 3, rank 0 alone: the VAE on demand, and the file.
   std::vector<std::string> written;
+  std::string nonfinite;
   if (world.rank == 0) {
+    check_supervisor_alive();
+    nonfinite = nonfinite_line("latents", result.latents);
     const torch::Device vae_device = component_device(o.vae_device, "--vae-device", job.chain);
     PhaseMeter meter(vae_device);
     pipeline::rank0_alone(
@@ -400,6 +417,7 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
       s += " (rank 0)\n";
     }
     s += fmt::format("  total {:.2f} s -> {}\n", since(t_start), fmt::join(written, ", "));
+    s += nonfinite;
     std::cout << s << std::flush;
   }
   (void)rank0_device;

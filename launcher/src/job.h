@@ -25,6 +25,7 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t);
 
 struct Job {
+  JobUse use = JobUse::kRun;
   std::string model_dir;
   std::shared_ptr<Checkpoint> ckpt;
   std::unique_ptr<models::Architecture> arch;
@@ -53,6 +54,16 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
                              const JobShape& shape, int micro_batches, int sweeps, bool guidance = false,
                              pipeline::ArrangementChoice* choice = nullptr);
 
+// ----- guard.cpp
+
+// The plan guards the machine: each rank's predicted host and device bytes for this job (weights,
+// activations, workspace, slots, host-kept blocks; rank 0 also `io_bytes`, the inputs it read and the
+// output it gathers) against what its machine has (MemAvailable, its cgroup's limit, ulimit -v, the
+// GPU's free memory; ranks of one host share its memory). Over it, every rank throws ConfigError naming
+// the first rank over, the plan's numbers and what to change; with --force rank 0 warns instead.
+// Collective; called before any weight loads.
+void check_machine_memory(const Options& o, const World& world, comm::Transport& t, const Job& job, int64_t io_bytes);
+
 // ----- run.cpp
 
 // `pipeswap run` and `plan`: the model opened, rank 0's token input read and checked, the shape
@@ -79,6 +90,9 @@ void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weigh
 
 // The summary's line per rank: device, blocks, prologue/epilogue, swapped blocks.
 std::string rank_lines(const pipeline::Plan& plan);
+// The summary's warning for an output tensor holding NaN or infinite values, counted (also logged as a
+// warning); "" when every value is finite.
+std::string nonfinite_line(const std::string& name, const torch::Tensor& t);
 
 // ----- the commands, one file each: the process exit code; throw on error.
 

@@ -13,6 +13,7 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/identity.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/printable.h"
 #include "spawn.h"
 #include "world.h"
 
@@ -23,7 +24,9 @@ namespace {
 bool g_mpi_initialised = false;
 
 // One line per error: the log pattern gives the prefix; where it was thrown only for --log-level debug.
-[[noreturn]] void fail(const std::string& msg, const std::string& location, int code, comm::Transport* transport) {
+// Messages quote file contents (names, JSON): no control byte reaches the terminal raw.
+[[noreturn]] void fail(const std::string& raw, const std::string& location, int code, comm::Transport* transport) {
+  const std::string msg = printable_message(raw);
   if (!location.empty() && log().should_log(spdlog::level::debug)) {
     log().error("{} ({})", msg, location);
   } else {
@@ -47,10 +50,11 @@ bool fails_alike_everywhere(int argc, char** argv) {
 // it at a barrier before all exit 2 (a rank that left first would have mpirun kill rank 0 mid-message).
 [[noreturn]] void fail_alike_under_mpi(const ConfigError& e, const launcher::World& world, int argc, char** argv) {
   if (world.rank == 0) {
+    const std::string msg = printable_message(e.what());
     if (!e.location().empty() && log().should_log(spdlog::level::debug)) {
-      log().error("{} ({})", e.what(), e.location());
+      log().error("{} ({})", msg, e.location());
     } else {
-      log().error("{}", e.what());
+      log().error("{}", msg);
     }
   }
   int provided = 0;

@@ -10,7 +10,7 @@ namespace {
 
 // The flag that made blocks swap, in the user's words.
 std::string swap_flag(const Options& o) {
-  if (!o.vram_budget.empty()) return "--vram-budget " + o.vram_budget;
+  if (o.vram_budget != 0) return "--vram-budget " + o.vram_budget_text;
   if (o.offload_ratio >= 0) return fmt::format("--offload-ratio {}", o.offload_ratio);
   return fmt::format("--blocks-to-swap {}", o.blocks_to_swap);
 }
@@ -29,18 +29,18 @@ void warn_idle_settings(const Options& o, const pipeline::Plan& plan) {
     if (!r.device.is_cuda()) cpu_swapping.push_back(r.rank);
     if (r.layout.sticky_bytes == 0) cache_empty.push_back(r.rank);
   }
-  if (!o.max_memory.empty() && !o.lazy_load) {
+  if (o.max_memory != 0 && !o.lazy_load) {
     log().warn(
         "--max-memory {} does nothing without --lazy-load: swapped blocks are all kept in host memory; add "
         "--lazy-load to read them from disk through a host cache of that size",
-        o.max_memory);
+        o.max_memory_text);
   }
   if (o.lazy_load && swapping.empty()) {
     log().warn(
         "--lazy-load does nothing: no block swaps; give --blocks-to-swap N or --offload-ratio F to stream blocks "
         "from disk");
   }
-  if (o.lazy_load && !o.max_memory.empty() && !swapping.empty() && cache_empty.size() == swapping.size()) {
+  if (o.lazy_load && o.max_memory != 0 && !swapping.empty() && cache_empty.size() == swapping.size()) {
     const pipeline::RankPlan& r = plan.ranks.at(static_cast<size_t>(swapping.front()));
     int64_t smallest = 0;
     for (const auto& u : r.layout.units)
@@ -48,7 +48,7 @@ void warn_idle_settings(const Options& o, const pipeline::Plan& plan) {
     log().warn(
         "--max-memory {} holds none of the swapped blocks (the smallest swapped unit is {}): every one is read from "
         "disk on every pass",
-        o.max_memory, pipeline::format_bytes(smallest));
+        o.max_memory_text, pipeline::format_bytes(smallest));
   }
   const bool any_gpu = std::any_of(plan.ranks.begin(), plan.ranks.end(),
                                    [](const pipeline::RankPlan& r) { return r.device.is_cuda(); });

@@ -2,6 +2,7 @@
 // snake_case config keys).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -20,8 +21,8 @@ struct Options {
   bool workload_split = true;
   bool auto_vram_balance = false;
   std::string dtype = "auto";
-  std::string weight_dtype = "auto";
-  std::string fp8_gemm = "off";  // off: dequantise fp8 weights per use; scaled-mm: torch._scaled_mm (Hopper)  // auto: as stored (fp8 files stay fp8); fp8: quantise block matrices at load
+  std::string weight_dtype = "auto";  // auto: as stored (fp8 files stay fp8); fp8: quantise block matrices at load
+  std::string fp8_gemm = "off";  // off: dequantise fp8 weights per use; scaled-mm: torch._scaled_mm (Hopper)
   int micro_batches = 1;
   // Guidance groups (CFG-parallel, issue 21): "auto" (the plan picks the fastest arrangement), "1" (one
   // pipeline, both branches as micro-batches) or "2" (the chain's halves run one branch each).
@@ -30,10 +31,11 @@ struct Options {
   int threads = 0;           // 0: cores of this node / ranks on it
   std::string log_level = "info";
   std::string transport = "auto";  // activations between GPU ranks: auto (NCCL) or host (MPI/TCP)
+  bool force = false;  // run even where the plan predicts more memory than the machine has
   std::string json;  // plan --json FILE
   int repeat = 1;      // run --repeat N: forward passes (benchmarks)
   std::string trace;  // --trace FILE: Chrome / Perfetto timeline of every rank (empty: off)
-  std::string config;  // --config FILE (an input of the job: no output may overwrite it)
+  std::string config;  // --config FILE as given (empty: none; an input of the job: no output may overwrite it)
   // denoise
   std::string latents, context, context_null, image_cond, clip_fea;
   int steps = 50;
@@ -61,8 +63,9 @@ struct Options {
   bool use_non_blocking = true;
   bool lazy_load = false;
   int num_disk_workers = 2;
-  std::string max_memory;   // host cache budget, e.g. 24GB (empty: unlimited)
-  std::string vram_budget;  // automatic VRAM mode: bytes or "auto" (empty: off)
+  int64_t max_memory = 0;   // host cache budget in bytes (0: not given, unlimited)
+  int64_t vram_budget = 0;  // automatic VRAM mode: bytes, flags::kAutoBudget for "auto" (0: off)
+  std::string max_memory_text, vram_budget_text;  // both as written ("24GB"), for messages
   bool offload_txt_emb = false;
   bool offload_img_emb = false;
   std::vector<std::string> offload_components;

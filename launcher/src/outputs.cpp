@@ -28,13 +28,23 @@ bool ends_with(const std::string& s, const std::string& tail) {
 
 std::vector<JobFile> job_inputs(const Options& o, const std::string& model_dir) {
   std::vector<JobFile> in;
+  // The checkpoint's files, and those one folder down (a diffusers repo keeps its weights in
+  // transformer/, vae/, text_encoder/, ...).
   std::error_code ec;
   for (fs::directory_iterator it(model_dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (it->is_regular_file(ec)) in.push_back({"a file of the --model checkpoint", it->path().string()});
+    if (it->is_regular_file(ec)) {
+      in.push_back({"a file of the --model checkpoint", it->path().string()});
+    } else if (it->is_directory(ec)) {
+      std::error_code sub_ec;
+      for (fs::directory_iterator sub(it->path(), sub_ec), sub_end; !sub_ec && sub != sub_end; sub.increment(sub_ec))
+        if (sub->is_regular_file(sub_ec)) in.push_back({"a file of the --model checkpoint", sub->path().string()});
+    }
   }
   const std::pair<const char*, const std::string*> flags[] = {
-      {"--input", &o.input},           {"--latents", &o.latents},       {"--context", &o.context},
-      {"--context-null", &o.context_null}, {"--image-cond", &o.image_cond}, {"--clip-fea", &o.clip_fea},
+      {"--input", &o.input},           {"--latents", &o.latents},
+      {"--context", &o.context},       {"--context-null", &o.context_null},
+      {"--image-cond", &o.image_cond}, {"--clip-fea", &o.clip_fea},
+      {"--prompts", &o.prompts_file},  {"--prompt-ids", &o.prompt_ids},
       {"--config", &o.config}};
   for (const auto& [flag, path] : flags)
     if (!path->empty()) in.push_back({std::string("the ") + flag + " file", *path});
@@ -90,7 +100,8 @@ void check_job_files(const Options& o, const std::string& model_dir) {
   const std::vector<JobFile> outputs = job_outputs(o);
   check_outputs_are_not_inputs(outputs, job_inputs(o, model_dir));
   for (const JobFile& f : outputs) {
-    if (f.what == "--output") warn_unexpected_extension(f, ".safetensors", "safetensors");
+    // generate's --output names its format by its extension (video_output.h checks it).
+    if (f.what == "--output" && o.command != "generate") warn_unexpected_extension(f, ".safetensors", "safetensors");
     if (f.what == "--trace") warn_unexpected_extension(f, ".json", "a JSON timeline");
     if (f.what == "--json") warn_unexpected_extension(f, ".json", "the plan as JSON");
   }

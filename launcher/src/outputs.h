@@ -1,6 +1,7 @@
 // The files a job writes, checked on rank 0 before anything loads: none may be one of the job's
 // inputs (the same file through a symlink or a hard link counts), nor another of its outputs; a name
-// whose extension is not the format written gets a warning. (Issue 24's safe outputs extend this.)
+// whose extension is not the format written gets a warning. Issue 24's other output rules (no device,
+// FIFO or directory replaced, names that fit, no temporary file left) are core/files.h's.
 #pragma once
 
 #include <string>
@@ -15,8 +16,10 @@ struct JobFile {
   std::string path;
 };
 
-// The command's inputs (model files, input files, --config) and outputs (--output, --trace, --json).
-// `model_dir`: the checkpoint directory (the demo's when --model is not given).
+// The command's inputs (model files, one folder deep for a diffusers repo; input files, --config) and
+// outputs (--output, --trace, --json). `model_dir`: the checkpoint directory (the demo's when --model
+// is not given). Outputs are compared with inputs by device and inode, and with each other also by
+// their resolved paths (two that do not exist yet).
 std::vector<JobFile> job_inputs(const Options& o, const std::string& model_dir);
 std::vector<JobFile> job_outputs(const Options& o);
 

@@ -11,7 +11,10 @@
 namespace pipeswap::launcher {
 
 int cmd_plan(const Options& o, const World& world, comm::Transport& t) {
-  if (world.rank == 0) check_job_files(o, o.model.empty() ? demo_model_dir() : o.model);
+  if (world.rank == 0) {
+    if (!o.json.empty()) check_writable_path(o.json, "plan JSON ");
+    check_job_files(o, o.model.empty() ? demo_model_dir() : o.model);
+  }
   if (!o.model.empty() && models::classify_model_folder(o.model) == models::ModelFolder::kWanDiffusersRepo)
     return cmd_plan_repo(o, world, t);
   Job job = prepare_forward(o, world, t, JobUse::kPlan);

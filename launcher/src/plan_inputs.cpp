@@ -82,7 +82,7 @@ offload::OffloadOptions offload_options(const Options& o) {
   off.use_non_blocking = o.use_non_blocking;
   off.lazy_load = o.lazy_load;
   off.num_disk_workers = o.num_disk_workers;
-  if (!o.max_memory.empty()) off.max_memory = offload::parse_bytes(o.max_memory, "--max-memory");
+  off.max_memory = o.max_memory;
   off.offload_txt_emb = o.offload_txt_emb;
   off.offload_img_emb = o.offload_img_emb;
   off.offload_components = o.offload_components;
@@ -94,7 +94,7 @@ offload::OffloadOptions offload_options(const Options& o) {
 
 Job open_model(const Options& o, const World& world, comm::Transport& t, JobUse use) {
   Job job;
-  job.chain = agree_chain(o.device_chain, o.auto_vram_balance, world, t, use);
+  job.use = use;
   if (!o.model.empty()) {
     job.model_dir = o.model;
   } else {
@@ -103,6 +103,10 @@ Job open_model(const Options& o, const World& world, comm::Transport& t, JobUse 
   job.ckpt = Checkpoint::open(job.model_dir);
   job.arch = models::make_architecture(job.ckpt->config());
   models::check_checkpoint_tensors(*job.arch, *job.ckpt);
+  // The first collective: ranks started with different settings stop here, before they could
+  // exchange anything that depends on them.
+  if (world.size > 1) agree_settings(shared_settings(o, *job.ckpt), t);
+  job.chain = agree_chain(o.device_chain, o.auto_vram_balance, world, t, use);
   return job;
 }
 
@@ -194,9 +198,11 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
   in.offload.stored_dtype = shape.stored_dtype;
   in.offload.storage = offload::WeightStorage::decode(*job.arch, shape.storage);
   in.weight_dtype = o.weight_dtype;
-  if (!o.vram_budget.empty() && (o.blocks_to_swap >= 0 || o.offload_ratio >= 0))
+  if (o.vram_budget != 0 && (o.blocks_to_swap >= 0 || o.offload_ratio >= 0))
     log().warn("blocks_to_swap ignored: automatic VRAM mode decides residency");
-  in.vram_budget = agree_vram_budgets(o.vram_budget, job.chain, world, t);
+  RankBudgets budgets = agree_budgets(o, job.chain, world, t, job.use);
+  in.vram_budget = std::move(budgets.vram);
+  in.max_memory = std::move(budgets.max_memory);
   const bool dit = o.command == "denoise" || o.command == "generate" || o.command == "plan";
   const int requested = !dit || o.cfg_parallel == "auto" ? 0 : std::stoi(o.cfg_parallel);
   pipeline::Plan plan;

@@ -161,6 +161,18 @@ std::string rank_lines(const pipeline::Plan& plan) {
   return s;
 }
 
+std::string nonfinite_line(const std::string& name, const torch::Tensor& t) {
+  const int64_t nan = torch::isnan(t).sum().item<int64_t>();
+  const int64_t inf = torch::isinf(t).sum().item<int64_t>();
+  if (nan == 0 && inf == 0) return "";
+  const std::string line =
+      fmt::format("warning: {} holds {} NaN and {} infinite value(s) of {}: the result is not usable (check the "
+                  "inputs, the weights and --dtype)",
+                  name, nan, inf, t.numel());
+  log().warn("{}", line);
+  return "  " + line + "\n";
+}
+
 void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weights, torch::Device device,
                 int passes) {
   const offload::OffloadStats st = weights.stats();

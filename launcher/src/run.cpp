@@ -11,6 +11,7 @@
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/pipeline/forward_job.h"
 #include "pipeswap/pipeline/inputs.h"
+#include "spawn.h"
 
 namespace pipeswap::launcher {
 
@@ -66,6 +67,9 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
   }
   set_threads(o, world);
   Job job = prepare_forward(o, world, *transport, JobUse::kRun);
+  // Rank 0 holds the token ids and gathers the float32 logits [B, T, vocab].
+  const int64_t io_bytes = world.rank == 0 ? job.input_ids.numel() * (8 + 4 * job.arch->vocab_size()) : 0;
+  check_machine_memory(o, world, *transport, job, io_bytes);
   const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
@@ -96,9 +100,11 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
     const size_t n = warm.size();
     result.seconds = n % 2 ? warm[n / 2] : (warm[n / 2 - 1] + warm[n / 2]) / 2;
   }
+  check_supervisor_alive();  // single-node mode: no output once the parent is gone
   rt.trace->finish(t);
   log_memory(me, *weights, device, o.repeat);
   if (world.rank == 0) {
+    check_supervisor_alive();
     write_safetensors(o.output, {{"logits", result.logits}}, {{"producer", "pipeswap"}});
   }
   t.barrier();
@@ -113,6 +119,7 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
                      tokens / result.seconds, since(t_start));
     s += fmt::format("  logits {} float32 -> {} (to the host in {:.3f} s)\n", fmt::join(result.logits.sizes(), "x"),
                      o.output, result.copy_seconds);
+    s += nonfinite_line("logits", result.logits);
     std::cout << s << std::flush;
   }
   return 0;

@@ -3,11 +3,13 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,14 +51,31 @@ void signal_all(const std::vector<pid_t>& pids, const std::vector<bool>& done, i
 
 }  // namespace
 
+void check_supervisor_alive() {
+  const char* v = std::getenv(kSupervisorEnv);
+  if (v == nullptr) return;
+  const long parent = std::strtol(v, nullptr, 10);
+  PS_CHECK(::getppid() == static_cast<pid_t>(parent), Error,
+           "the single-node parent process (pid {}) that started this worker is gone: stopping without writing any "
+           "output",
+           parent);
+}
+
 int run_workers(int argc, char** argv, int workers) {
   const int port = free_port();
   log().info("single-node mode: starting {} worker processes (rendezvous on 127.0.0.1:{})", workers, port);
   std::vector<pid_t> pids;
+  const pid_t parent = ::getpid();
   for (int r = 0; r < workers; ++r) {
     const pid_t pid = ::fork();
     PS_CHECK(pid >= 0, Error, "fork failed while starting worker {}", r);
     if (pid == 0) {
+      // A worker dies with this process, even when it is killed outright (SIGKILL): SIGTERM comes with
+      // its death, and removes a temporary output file as a Ctrl-C would. A parent that died before
+      // prctl took effect is seen here (the worker was re-parented).
+      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (::getppid() != parent) _exit(128 + SIGTERM);
+      ::setenv(kSupervisorEnv, std::to_string(parent).c_str(), 1);
       ::setenv("RANK", std::to_string(r).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(workers).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);

@@ -5,7 +5,8 @@
 // crashed worker cannot take the others' memory down with it, and the workers run exactly the code
 // path of a torchrun-style launch (TCP rendezvous on 127.0.0.1, NCCL between GPUs), so this mode
 // gives the same results as mpirun. The parent only supervises: it forwards Ctrl-C / SIGTERM, and
-// when any worker fails it stops the others and exits non-zero.
+// when any worker fails it stops the others and exits non-zero. Workers die with the parent
+// (PR_SET_PDEATHSIG), even when it is killed outright.
 #pragma once
 
 namespace pipeswap::launcher {
@@ -18,5 +19,12 @@ constexpr const char* kSingleNodeWorkerEnv = "PIPESWAP_SINGLE_NODE_WORKER";
 // MASTER_PORT set, waits for them, and returns the exit code for the whole job (0 only when every
 // worker exited 0).
 int run_workers(int argc, char** argv, int workers);
+
+// Set in every worker: the pid of the parent that started it.
+inline constexpr const char* kSupervisorEnv = "PIPESWAP_SUPERVISOR_PID";
+
+// In a worker of single-node mode: throws Error when the parent that started it is gone (a worker
+// never writes output for a job nobody waits on). Elsewhere: nothing.
+void check_supervisor_alive();
 
 }  // namespace pipeswap::launcher

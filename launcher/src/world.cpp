@@ -1,6 +1,9 @@
 #include "world.h"
 
+#include <unistd.h>
+
 #include <cstdlib>
+#include <cstring>
 
 #include "pipeswap/core/error.h"
 
@@ -22,6 +25,17 @@ int env_int(const char* name, int fallback) {
   return static_cast<int>(x);
 }
 
+// Whether an MPI runtime started this process: Open MPI's mpirun (ORTE) or a PMIx server (Open MPI
+// 5, srun --mpi=pmix) leaves its address in the environment. OMPI_COMM_WORLD_* without one (copied
+// from another job's environment, or set by hand) would make MPI_Init fail or crash.
+bool mpi_runtime_present() {
+  if (env("OMPI_MCA_orte_hnp_uri") || env("PMIX_NAMESPACE")) return true;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    if (std::strncmp(*e, "PMIX_SERVER_URI", 15) == 0) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 const char* World::launcher_name() const {
@@ -36,6 +50,11 @@ const char* World::launcher_name() const {
 World discover_world() {
   World w;
   if (env("OMPI_COMM_WORLD_SIZE")) {
+    PS_CHECK(mpi_runtime_present(), ConfigError,
+             "OMPI_COMM_WORLD_SIZE={} is set, but no MPI runtime started this process (mpirun leaves "
+             "OMPI_MCA_orte_hnp_uri or PMIX_SERVER_URI* behind, and neither is here): start it with mpirun -np N, or "
+             "unset the OMPI_COMM_WORLD_* variables to run without MPI",
+             env("OMPI_COMM_WORLD_SIZE"));
     w.launcher = World::Launcher::kMpi;
     w.rank = env_int("OMPI_COMM_WORLD_RANK", 0);
     w.size = env_int("OMPI_COMM_WORLD_SIZE", 1);

@@ -2,6 +2,7 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/fp8.h"
+#include "pipeswap/core/printable.h"
 #include "llama.h"
 #include "wan.h"
 
@@ -51,7 +52,7 @@ void check_checkpoint_tensors(const Architecture& arch, const Checkpoint& ckpt) 
   PS_CHECK(unexpected.empty(), CheckpointError,
            "checkpoint {} holds tensor '{}'{} that a {} model with {} blocks does not have: config.json and the "
            "weights disagree (another model size or family?)",
-           ckpt.dir(), unexpected.front(),
+           ckpt.dir(), printable(unexpected.front()),
            unexpected.size() > 1 ? fmt::format(" (and {} more)", unexpected.size() - 1) : "", arch.family(),
            arch.num_blocks());
 }

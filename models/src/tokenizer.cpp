@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
 #include "pipeswap/core/log.h"
 
 #ifdef PIPESWAP_HAVE_SENTENCEPIECE
@@ -246,20 +248,15 @@ struct AddedToken {
   bool rstrip = false;
 };
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  PS_CHECK(in.good(), ConfigError, "cannot read '{}': check its permissions", path);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
+// A regular file only, opened without blocking (a FIFO in its place is an error, not a wait).
+std::string read_text(const std::string& path) { return read_regular_file(path, "tokenizer file"); }
 
 // A JSON file of the tokenizer folder, or null when it is absent.
 nlohmann::json read_json_if_present(const std::string& path) {
   if (!is_regular_file(path)) return nullptr;
   try {
-    return nlohmann::json::parse(read_text(path));
-  } catch (const nlohmann::json::exception& e) {
+    return parse_json(read_text(path));  // depth-limited, no key twice
+  } catch (const JsonError& e) {
     PS_THROW(ConfigError, "'{}' is not valid JSON ({}): re-download the repo's tokenizer/ folder", path, e.what());
   }
 }

@@ -3,12 +3,12 @@
 #include <dirent.h>
 #include <sys/stat.h>
 
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 #include "pickles.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
 #include "wan.h"
 
 namespace pipeswap::models {
@@ -29,13 +29,21 @@ std::string join(const std::string& dir, const std::string& name) {
   return !dir.empty() && dir.back() == '/' ? dir + name : dir + "/" + name;
 }
 
-// A small JSON file, or null when it is missing or not JSON (the caller says what that means).
-json read_json(const std::string& path) {
-  std::ifstream in(path);
-  if (!in.good()) return nullptr;
+// Whether anything is at `path`: reading it then says if it is not a regular file (a FIFO named
+// model_index.json is an error about that FIFO, never a read that blocks).
+bool present(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// A small JSON file, or null when it is missing or not JSON (the caller says what that means). Read as
+// a regular file only (a directory, FIFO or device there is an IoError naming it), nesting bounded.
+json read_json(const std::string& path, const std::string& what) {
+  if (!present(path)) return nullptr;
+  const std::string text = read_regular_file(path, what);
   try {
-    return json::parse(in);
-  } catch (const json::exception&) {
+    return parse_json(text);
+  } catch (const JsonError&) {
     return nullptr;
   }
 }
@@ -58,8 +66,8 @@ bool listed(const json& index, const char* component) {
 
 ModelFolder classify_model_folder(const std::string& dir) {
   if (!exists(dir, true)) return ModelFolder::kMissing;
-  if (exists(join(dir, "model_index.json"), false)) return ModelFolder::kWanDiffusersRepo;
-  const json config = read_json(join(dir, "config.json"));
+  if (present(join(dir, "model_index.json"))) return ModelFolder::kWanDiffusersRepo;
+  const json config = read_json(join(dir, "config.json"), "model config");
   if (config.is_object() && is_wan_config(config))
     return any_pickle(dir) ? ModelFolder::kWanOriginalRepo : ModelFolder::kDiffusionTransformer;
   if (any_pickle(dir)) return ModelFolder::kWanOriginalRepo;
@@ -91,7 +99,7 @@ WanRepo WanRepo::open(const std::string& dir) {
   WanRepo repo;
   repo.dir = dir;
   const std::string index_path = join(dir, "model_index.json");
-  repo.model_index = read_json(index_path);
+  repo.model_index = read_json(index_path, "the repo's model_index.json");
   PS_CHECK(repo.model_index.is_object(), CheckpointError,
            "'{}' is not a JSON object: re-download the repo ({})", index_path, kLayout);
   const json& index = repo.model_index;

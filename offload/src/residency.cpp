@@ -1,7 +1,6 @@
 #include "pipeswap/offload/residency.h"
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <map>
 
@@ -93,31 +92,6 @@ std::vector<bool> choose_swapped(int n, int swap, ResidentPolicy policy) {
     }
   }
   return swapped;
-}
-
-int64_t parse_bytes(const std::string& text, const std::string& flag) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  std::string unit = text.substr(used);
-  for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  double mul = 0;
-  if (unit.empty() || unit == "b") mul = 1;
-  else if (unit == "k" || unit == "kb") mul = 1e3;
-  else if (unit == "m" || unit == "mb") mul = 1e6;
-  else if (unit == "g" || unit == "gb") mul = 1e9;
-  else if (unit == "t" || unit == "tb") mul = 1e12;
-  else if (unit == "kib") mul = 1024.0;
-  else if (unit == "mib") mul = 1024.0 * 1024;
-  else if (unit == "gib") mul = 1024.0 * 1024 * 1024;
-  else if (unit == "tib") mul = 1024.0 * 1024 * 1024 * 1024;
-  PS_CHECK(used > 0 && mul > 0 && v >= 0 && std::isfinite(v), ConfigError,
-           "{} '{}' is not a size: give bytes or a number with a unit, e.g. 24GB, 512MiB", flag, text);
-  return static_cast<int64_t>(v * mul);
 }
 
 bool WeightStorage::any_fp8() const {
@@ -257,13 +231,13 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
   const int n = end_block - first_block;
   const int swap = blocks_to_swap_for(opts, n);
   l.swapped_blocks = choose_swapped(n, swap, opts.policy);
-  bool any_swapped = false;
+  int64_t swapped_units = 0;
   for (int b = 0; b < n; ++b) {
     for (Unit& u : make_units(model, first_block + b, opts.granularity, dtype, opts.stored_dtype.value_or(dtype),
                                  opts.storage)) {
       u.swapped = l.swapped_blocks[static_cast<size_t>(b)];
       if (u.swapped) {
-        any_swapped = true;
+        ++swapped_units;
         l.swapped_bytes += u.bytes;
         l.slot_bytes = std::max(l.slot_bytes, u.bytes);
       } else {
@@ -272,8 +246,10 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
       l.units.push_back(std::move(u));
     }
   }
-  if (!any_swapped) return l;
-  l.num_slots = opts.use_non_blocking ? opts.prefetch_depth + 1 : 1;
+  if (swapped_units == 0) return l;
+  // Deeper than the swapped units there is nothing more to fetch ahead: the depth stops there.
+  const int depth = static_cast<int>(std::min<int64_t>(opts.prefetch_depth, swapped_units));
+  l.num_slots = opts.use_non_blocking ? depth + 1 : 1;
   if (!opts.lazy_load) {
     l.host_bytes = l.swapped_bytes;
     PS_CHECK(opts.max_memory == 0 || l.host_bytes <= opts.max_memory, ConfigError,

@@ -105,6 +105,11 @@ DeviceChain parse_device_chain(const std::string& raw) {
   }
   double total = 0;
   for (const auto& e : chain.entries) total += e.weight;
+  // Each weight finite is not enough: 1e308 twice adds up to infinity, and every share becomes 0/inf.
+  PS_CHECK(std::isfinite(total), ConfigError,
+           "Invalid weights in --device-chain {}: they add up to more than a number can hold; weights are relative, "
+           "so give small ones (e.g. percentages: cuda:0=60,cuda:1=40)",
+           text);
   PS_CHECK(total > 0, ConfigError,
            "Total percentage is zero or negative (--device-chain {}): give at least one device a positive weight, "
            "e.g. cuda:0=60,cuda:1=40",

@@ -3,10 +3,12 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/core/weights.h"
@@ -74,16 +76,16 @@ torch::Tensor initial_noise(const std::vector<int64_t>& shape, uint64_t seed) {
 }
 
 std::vector<PromptPair> read_prompts_jsonl(const std::string& path, const std::string& default_negative) {
-  std::ifstream in(path);
-  PS_CHECK(in.good(), IoError, "cannot read --prompts file {}", path);
+  // A regular file only: a FIFO or a directory given as --prompts is named, never waited on.
+  std::istringstream in(read_regular_file(path, "--prompts file"));
   std::vector<PromptPair> out;
   std::string line;
   for (int n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
+      j = parse_json(line);
+    } catch (const JsonError& e) {
       PS_THROW(ConfigError, "--prompts {} line {} is not JSON ({}): give one {{\"prompt\": ..., \"negative_prompt\": "
                "...}} a line", path, n, e.what());
     }

@@ -1,11 +1,12 @@
 #include "pipeswap/pipeline/inputs.h"
 
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
+#include "pipeswap/core/printable.h"
 #include "pipeswap/core/safetensors.h"
 
 namespace pipeswap::pipeline {
@@ -17,12 +18,10 @@ bool looks_like_safetensors(const std::string& path) {
 }
 
 torch::Tensor from_json(const std::string& path) {
-  std::ifstream in(path);
-  PS_CHECK(in.good(), IoError, "cannot read input file {}", path);
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
+    j = parse_json(read_regular_file(path, "input file (--input)"));
+  } catch (const JsonError& e) {
     PS_THROW(ConfigError, "input file {} is not valid JSON ({}): give [[token ids...], ...] or {{\"input_ids\": ...}}",
              path, e.what());
   }
@@ -47,7 +46,8 @@ torch::Tensor from_json(const std::string& path) {
     for (size_t t = 0; t < seq; ++t) {
       const auto& v = j[b][t];
       PS_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, ConfigError,
-               "input file {}: sequence {} token {} is {}: token ids are non-negative integers", path, b, t, v.dump());
+               "input file {}: sequence {} token {} is {}: token ids are non-negative integers", path, b, t,
+               printable(v.dump()));
       p[b * seq + t] = v.get<int64_t>();
     }
   }
@@ -73,12 +73,14 @@ torch::Tensor from_safetensors(const std::string& path) {
 
 torch::Tensor read_token_input(const std::string& path) {
   PS_CHECK(fs::exists(path), IoError, "input file {} does not exist (--input)", path);
+  open_regular_file(path, "input file (--input)");  // a directory, FIFO or device: named, never waited on
   return looks_like_safetensors(path) ? from_safetensors(path) : from_json(path);
 }
 
 torch::Tensor read_tensor_input(const std::string& path, const std::string& flag, const std::string& name,
                                 int batched_dim) {
   PS_CHECK(fs::exists(path), IoError, "{} file {} does not exist", flag, path);
+  open_regular_file(path, flag + " file");
   PS_CHECK(looks_like_safetensors(path), ConfigError, "{} file {} must be a .safetensors file", flag, path);
   auto file = SafetensorsFile::open(path);
   const TensorInfo* info = file->find(name);

@@ -149,6 +149,7 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
   const ComponentBytes comp = component_bytes_of(held, offload::component_modes(arch, in.offload), in.dtype, in.offload.storage);
   const int64_t components = comp.device + comp.transient;
   offload::OffloadOptions opts = in.offload;
+  if (rp.rank < static_cast<int>(in.max_memory.size())) opts.max_memory = in.max_memory[rp.rank];
   offload::SwapLayout layout;
   auto device_for = [&](const offload::SwapLayout& l) {
     return components + l.resident_bytes + l.slot_bytes * l.num_slots + rp.activation_bytes + rp.workspace_bytes;

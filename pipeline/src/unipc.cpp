@@ -6,6 +6,8 @@
 #include <fstream>
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/files.h"
+#include "pipeswap/core/json.h"
 
 namespace pipeswap::pipeline {
 namespace {
@@ -133,12 +135,12 @@ UniPCConfig UniPCConfig::from_json(const nlohmann::json& c) {
 UniPCConfig UniPCConfig::from_file(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path file = fs::is_directory(path) ? fs::path(path) / kFile : fs::path(path);
-  std::ifstream in(file);
-  PS_CHECK(in.good(), CheckpointError, "cannot read '{}': a diffusers Wan repo has scheduler/{}", file.string(), kFile);
+  PS_CHECK(fs::exists(file), CheckpointError, "cannot read '{}': a diffusers Wan repo has scheduler/{}",
+           file.string(), kFile);
   nlohmann::json j;
   try {
-    in >> j;
-  } catch (const nlohmann::json::exception& e) {
+    j = parse_json(read_regular_file(file.string(), "scheduler config"));
+  } catch (const JsonError& e) {
     PS_THROW(CheckpointError, "'{}' is not valid JSON: {}", file.string(), e.what());
   }
   return from_json(j);

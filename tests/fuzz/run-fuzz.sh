@@ -4,6 +4,8 @@
 # number of inputs, starting from the kept corpus in corpus/<target>/:
 #   safetensors_header_fuzz  the safetensors length prefix and JSON header (core/src/safetensors_header.cpp)
 #   checkpoint_index_fuzz    model.safetensors.index.json (core/src/checkpoint_index.cpp)
+#   flags_fuzz               the command line (launcher/src/cli.cpp and the numeric bounds of flags.cpp);
+#                            built only where LibTorch's headers are (cli.cpp includes them)
 # A crash, a sanitizer report, an input slower than 10 s, or a single allocation over 64 MiB (a length
 # taken from the file instead of bounded by it) fails the run; libFuzzer writes the input that did it
 # into OUT_DIR (crash-*, oom-*, timeout-*): copy it into the corpus once the bug is fixed.
@@ -24,7 +26,10 @@ cxx=${CLANGXX:-clang++}
 targets=(safetensors_header_fuzz checkpoint_index_fuzz)
 # The core sources the targets need: the parsers and what their error messages use. No LibTorch
 # library, only the c10 header behind DType.
-sources=(safetensors_header checkpoint_index dtype error identity)
+sources=(safetensors_header checkpoint_index dtype error identity json printable bytes files)
+# flags_fuzz also needs the CLI and the device chain parser: sources outside core, by path.
+flag_sources=(launcher/src/cli.cpp launcher/src/command_words.cpp launcher/src/flags.cpp pipeline/src/device_chain.cpp)
+torch_include=${TORCH_INCLUDE:-/usr/include/torch/csrc/api/include}
 
 say() { echo "run-fuzz: $*" >&2; }
 skip() {
@@ -58,15 +63,34 @@ for s in "${sources[@]}"; do
   fi
   objs+=("$o")
 done
+flag_objs=()
+if [ -d "$torch_include" ]; then
+  for f in "${flag_sources[@]}"; do
+    o="$out/obj/$(basename "$f" .cpp).o"
+    if [ ! -f "$o" ] || [ "$root/$f" -nt "$o" ] || [ -n "$newest_header" ] || [ "$0" -nt "$o" ] ||
+       [ -n "$(find "$root/launcher/src" -name '*.h' -newer "$o" | head -n 1)" ]; then
+      "$cxx" "${flags[@]}" -fsanitize=fuzzer-no-link -D_GLIBCXX_USE_CXX11_ABI=1 -I"$root/launcher/src" \
+        -I"$root/pipeline/include" -isystem "$torch_include" "${mpi_compile[@]}" -c "$root/$f" -o "$o"
+    fi
+    flag_objs+=("$o")
+  done
+  targets+=(flags_fuzz)
+else
+  say "flags_fuzz skipped: no LibTorch headers at $torch_include (flags_fuzz_seeded runs it in CI)"
+fi
 touch "$out/obj/.built"
 for t in "${targets[@]}"; do
+  extra=()
+  [ "$t" = flags_fuzz ] && extra=(-I"$root/launcher/src" -I"$root/pipeline/include" -isystem "$torch_include"
+                                  -D_GLIBCXX_USE_CXX11_ABI=1 "${flag_objs[@]}")
   if [ ! -x "$out/$t" ] || [ "$here/$t.cpp" -nt "$out/$t" ] || [ "$out/obj/.built" -nt "$out/$t" ]; then
-    "$cxx" "${flags[@]}" -fsanitize=fuzzer "${mpi_compile[@]}" "$here/$t.cpp" "${objs[@]}" -lfmt "${mpi_link[@]}" \
-      -o "$out/$t"
+    "$cxx" "${flags[@]}" -fsanitize=fuzzer "${mpi_compile[@]}" "${extra[@]}" "$here/$t.cpp" "${objs[@]}" -lfmt \
+      "${mpi_link[@]}" -o "$out/$t"
   fi
 done
 
-limits=(-rss_limit_mb=1024 -malloc_limit_mb=64 -timeout=10)
+# -close_fd_mask=1: no stdout (flags_fuzz prints --help and --version as CLI11 does).
+limits=(-rss_limit_mb=1024 -malloc_limit_mb=64 -timeout=10 -close_fd_mask=1)
 status=0
 for t in "${targets[@]}"; do
   seeds=("$here/corpus/$t"/*)

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -36,6 +37,8 @@ class Checkpoint {
   TensorLocation locate(const std::string& tensor) const;
   // Every tensor name the checkpoint holds (from the index, or from the single file's header).
   std::vector<std::string> tensor_names() const;
+  // Tensor name -> shard file name (the index, or the single file's header).
+  const std::map<std::string, std::string>& weight_map() const { return weight_map_; }
   // Shard files opened so far (tests check that a rank opens only what it owns).
   std::vector<std::string> opened_files() const;
   // Tensor bytes read so far through this checkpoint, over all shards.

@@ -89,9 +89,6 @@ int blocks_to_swap_for(const OffloadOptions& o, int n);
 // hides the next swapped block's copy.
 std::vector<bool> choose_swapped(int n, int swap, ResidentPolicy policy);
 
-// Parses "12GB", "512MiB", "1.5G", "1000000" (bytes) into bytes; throws ConfigError naming `flag`.
-int64_t parse_bytes(const std::string& text, const std::string& flag);
-
 // One slab's worth of weights: a whole block (all its phases), one phase of a block, or one non-block
 // component. Its parts sit at aligned offsets in the slab, so moving a unit is one copy.
 struct Unit {

@@ -73,6 +73,9 @@ struct PlanInputs {
   // Automatic VRAM mode: per-rank device budget in bytes (0: off). The plan then picks each rank's
   // swapped blocks, the fewest that fit, and ignores blocks_to_swap / offload_ratio.
   std::vector<int64_t> vram_budget;
+  // Each rank's own host cache budget (--max-memory may differ per node; 0: unlimited); empty:
+  // offload.max_memory for every rank.
+  std::vector<int64_t> max_memory;
   int sweeps = 1;  // passes of each micro-batch through the blocks (disk-read prediction)
   // CFG-parallel: the chain split into this many guidance groups of equal length (G x p stages). Each
   // group holds (or swaps) every block over its p ranks and runs one guidance branch; micro_batches is
