@@ -313,7 +313,7 @@ TEST(CfgParallel, ThePlanPicksTheFastestArrangementThatFits) {
     in.seq = c.tokens;
     in.micro_batches = c.samples * (c.guidance ? 2 : 1);
     if (!c.budget.empty())
-      in.vram_budget.assign(in.chain.size(), offload::parse_bytes(c.budget, "--vram-budget"));
+      in.vram_budget.assign(in.chain.size(), std::stoll(c.budget) * 1000000000LL);  // "20GB": decimal, as the flag
     const ArrangementChoice got = choose_arrangement(*arch, in, c.guidance, c.requested);
     std::vector<int> groups;
     for (const Arrangement& a : got.candidates) groups.push_back(a.guidance_groups);
@@ -348,7 +348,7 @@ TEST(CfgParallel, WhatCannotBeAskedForIsAConfigError) {
   in.dtype = c10::ScalarType::BFloat16;
   in.batch = 1;
   in.seq = 1024;
-  in.vram_budget.assign(2, offload::parse_bytes("1GB", "--vram-budget"));
+  in.vram_budget.assign(2, int64_t{1000000000});  // --vram-budget 1GB
   EXPECT_THROW(choose_arrangement(*arch, in, true, 0), ConfigError);  // fits nowhere
 }
 
