@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <initializer_list>
@@ -588,6 +589,69 @@ TEST(CompatAttention, MatchesEagerMath) {
 }
 
 // ---- reference fixtures from transformers ------------------------------------------------------------
+
+// The K/V cache (Architecture::allocate_kv_cache and the rows tensor of generation): each prompt of
+// make_generate_fixtures.py's models prefilled alone, then every running sequence decoded together, one token per
+// step, gives the ids of transformers' greedy generate (32 new tokens, stopping at EOS).
+TEST(LlamaKvCache, GreedyDecodeMatchesTransformersGenerate) {
+  int checked = 0;
+  for (const char* name : {"gen-llama3", "gen-qwen2", "gen-mistral"}) {
+    const fs::path dir = fs::path(fixtures_dir()) / name;
+    if (!fs::exists(dir / "expected.json")) continue;
+    SCOPED_TRACE(name);
+    auto ckpt = Checkpoint::open(dir.string());
+    Model m = build(ckpt->config(), [&](const TensorRef& ref) {
+      return ckpt->locate(ref.checkpoint).file->read(ref.checkpoint).to(torch::kFloat32);
+    });
+    std::ifstream in(dir / "expected.json");
+    const json cases = json::parse(in).at("cases");
+    const auto n = static_cast<int64_t>(cases.size());
+    const int64_t eos = ckpt->config().value("eos_token_id", int64_t{-1});
+    m.arch->allocate_kv_cache(0, m.arch->num_blocks(), n, 96, torch::TensorOptions().dtype(torch::kFloat32));
+    torch::NoGradGuard no_grad;
+    auto step = [&](const torch::Tensor& ids, const std::vector<int64_t>& rows) {
+      const torch::Tensor r = torch::tensor(rows, torch::kInt64).view({ids.size(0), 2});
+      Activation act = m.arch->prologue(m.prologue, {ids, r}, torch::TensorOptions());
+      for (int b = 0; b < m.arch->num_blocks(); ++b)
+        for (int p = 0; p < static_cast<int>(m.blocks[b].size()); ++p) m.arch->phase_forward(b, p, m.blocks[b][p], act);
+      return m.arch->epilogue(m.epilogue, act);  // [rows, 1, vocab]
+    };
+    std::vector<std::vector<int64_t>> gen(n);
+    std::vector<int64_t> cached(n);
+    std::vector<bool> done(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto prompt = cases[i].at("prompt_ids").get<std::vector<int64_t>>();
+      const auto logits = step(torch::tensor(prompt, torch::kInt64).unsqueeze(0), {i, 0});
+      ASSERT_EQ(logits.sizes().vec(), (std::vector<int64_t>{1, 1, m.arch->vocab_size()}));
+      gen[i].push_back(logits[0][0].argmax().item<int64_t>());
+      cached[i] = static_cast<int64_t>(prompt.size());
+      done[i] = gen[i].back() == eos;
+    }
+    for (int t = 1; t < 32; ++t) {
+      std::vector<int64_t> live, ids, rows;
+      for (int64_t i = 0; i < n; ++i) {
+        if (done[i]) continue;
+        live.push_back(i);
+        ids.push_back(gen[i].back());
+        rows.insert(rows.end(), {i, cached[i]});
+      }
+      if (live.empty()) break;
+      const auto logits = step(torch::tensor(ids, torch::kInt64).unsqueeze(1), rows);
+      for (size_t r = 0; r < live.size(); ++r) {
+        const int64_t i = live[r];
+        ++cached[i];
+        gen[i].push_back(logits[static_cast<int64_t>(r)][0].argmax().item<int64_t>());
+        done[i] = gen[i].back() == eos;
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(gen[i], cases[i].at("generated_ids").get<std::vector<int64_t>>()) << "prompt " << i;
+      ++checked;
+    }
+    m.arch->release_kv_cache();
+  }
+  if (checked == 0) GTEST_SKIP() << "no generation fixtures: run tests/reference/make_generate_fixtures.py";
+}
 
 TEST(LlamaFixtures, MatchTransformers) {
   const fs::path root = fixtures_dir();
