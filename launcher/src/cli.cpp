@@ -89,6 +89,39 @@ void add_trace(CLI::App* cmd, Options& o) {
                   "to this file; open it in https://ui.perfetto.dev");
 }
 
+// `generate` for Llama-family checkpoints (launcher/src/generate_text.cpp).
+void add_text_generate(CLI::App* cmd, Options& o) {
+  auto* g = "Text generation (Llama, Qwen2, Mistral)";
+  cmd->add_option("--prompt", o.prompt, "the prompt text")->group(g);
+  cmd->add_option("--prompts", o.prompts, "JSON lines file: {\"prompt\": TEXT} (or a JSON string) per line")->group(g);
+  cmd->add_option("--tokenizer", o.tokenizer, "folder with tokenizer.json or tokenizer.model (default: --model)")
+      ->group(g);
+  cmd->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate per prompt")->default_str("32")->group(g);
+  cmd->add_option("--max-seq-len", o.max_seq_len,
+                  "tokens per sequence the K/V cache holds, prompt included (default: longest prompt + "
+                  "--max-new-tokens)")
+      ->group(g);
+  cmd->add_option("--max-batch", o.max_batch, "sequences in flight at once (K/V cache slots; default: every prompt, "
+                                              "at most 64)")
+      ->group(g);
+  cmd->add_option("--temperature", o.temperature, "0: greedy; else sample at this temperature")->default_str("0")
+      ->group(g);
+  cmd->add_option("--top-k", o.top_k, "sample among the k most likely tokens (0: off)")->default_str("0")->group(g);
+  cmd->add_option("--top-p", o.top_p, "sample within this cumulative probability (1: off)")->default_str("1")->group(g);
+  cmd->add_option("--repetition-penalty", o.repetition_penalty, "transformers' repetition penalty (1: off)")
+      ->default_str("1")
+      ->group(g);
+  cmd->add_option("--seed", o.seed, "sampling seed (the same tokens for every split and swap setting)")
+      ->default_str("0")
+      ->group(g);
+  cmd->add_option("--stop", o.stop, "stop a sequence once its text contains this string (repeatable)")->group(g);
+  cmd->add_option("--eos-token", o.eos_token,
+                  "also end a sequence at this token of the tokenizer, e.g. <|eot_id|> (repeatable)")
+      ->group(g);
+  cmd->add_flag("--ignore-eos", o.ignore_eos, "keep generating past the end-of-sequence token")->group(g);
+  cmd->add_option("--stream", o.stream, "print the text as it is generated (rank 0)")->default_str("true")->group(g);
+}
+
 std::string config_value(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>();
   if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
@@ -135,9 +168,12 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   CLI::App* plan = app.add_subcommand("plan", "print the plan (ranks, devices, blocks, memory) without loading");
   CLI::App* denoise = app.add_subcommand(
       "denoise", "sample a diffusion transformer (Wan): flow-matching Euler steps with classifier-free guidance");
+  CLI::App* generate = app.add_subcommand(
+      "generate", "generate text from prompts (Llama-family checkpoints): prefill, then decode with a K/V cache per "
+                  "stage");
   std::string config_path;
   std::string chain_text;  // --device-chain as written; parsed below, once
-  for (CLI::App* cmd : {run, plan, denoise}) {
+  for (CLI::App* cmd : {run, plan, denoise, generate}) {
     add_common(cmd, o, chain_text);
     cmd->add_option("--config", config_path, "JSON file of options with snake_case keys (flags win)");
   }
@@ -166,6 +202,11 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   denoise->add_option("--output", o.output, "safetensors file for the final latents (written atomically)")
       ->default_str("latents.safetensors");
   add_trace(denoise, o);
+  add_text_generate(generate, o);
+  generate->add_option("--output", o.output, "JSON file: per prompt its ids, the generated ids and text (atomic)");
+  add_trace(generate, o);
+  plan->add_option("--max-seq-len", o.max_seq_len, "generation: tokens per sequence of the K/V cache (shows its bytes)");
+  plan->add_option("--max-batch", o.max_batch, "generation: sequences of the K/V cache (default 1)");
 
   std::vector<std::string> args(argv + 1, argv + argc);
   // First pass only to learn the subcommand and --config; then the config's flags go first so that
@@ -184,7 +225,7 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     PS_THROW(ConfigError, "{} (see pipeswap --help)", e.what());
   }
-  CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : plan;
+  CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : generate->parsed() ? generate : plan;
   o.command = cmd->get_name();
   if (!config_path.empty()) {
     std::vector<std::string> merged{o.command};
@@ -205,6 +246,7 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
   PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
+  if (cmd == generate && cmd->count("--output") == 0) o.output.clear();
   if (cmd == denoise) {
     PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
     PS_CHECK(o.shift > 0, ConfigError, "--shift must be positive (got {})", o.shift);

@@ -78,5 +78,9 @@ std::string rank_lines(const pipeline::Plan& plan);
 int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
 int cmd_plan(const Options& o, const World& world, comm::Transport& t);
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+// generate_text.cpp: `generate` for Llama-family checkpoints.
+int cmd_generate_text(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+// Whether `model_dir`'s config.json names a Llama-family model (text generation), not a DiT (video).
+bool is_text_checkpoint(const std::string& model_dir);
 
 }  // namespace pipeswap::launcher

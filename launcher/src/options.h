@@ -34,6 +34,22 @@ struct Options {
   double guidance = 5.0;
   double shift = 5.0;
 
+  // generate (text, Llama family): launcher/src/generate_text.cpp
+  std::string prompt;               // --prompt TEXT
+  std::string prompts;              // --prompts FILE.jsonl: {"prompt": ...} per line (or a JSON string per line)
+  std::string tokenizer;            // --tokenizer DIR (default: the model directory)
+  int64_t max_new_tokens = 32;
+  int64_t max_seq_len = 0;          // 0: the longest prompt + max_new_tokens; plan: with it, the K/V cache bytes
+  int64_t max_batch = 0;            // 0: every prompt at once, at most 64
+  double temperature = 0;           // 0: greedy
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  double repetition_penalty = 1.0;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;    // stop strings
+  std::vector<std::string> eos_token;  // more end-of-sequence tokens by name (e.g. <|eot_id|>)
+  bool ignore_eos = false;
+  bool stream = true;               // decoded text to stdout as it arrives (rank 0)
   // Offload (per rank), in the block-swap nodes' and LightX2V's words.
   int blocks_to_swap = -1;     // -1: not given
   double offload_ratio = -1;   // -1: not given

@@ -90,7 +90,8 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
   offload::OffloadOptions opts = in.offload;
   offload::SwapLayout layout;
   auto device_for = [&](const offload::SwapLayout& l) {
-    return components + l.resident_bytes + l.slot_bytes * l.num_slots + rp.activation_bytes + rp.workspace_bytes;
+    return components + l.resident_bytes + l.slot_bytes * l.num_slots + rp.activation_bytes + rp.workspace_bytes +
+           rp.kv_cache_bytes;
   };
   const int64_t budget = rp.rank < static_cast<int>(in.vram_budget.size()) ? in.vram_budget[rp.rank] : 0;
   if (budget > 0) {
@@ -230,6 +231,8 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // cuBLAS and cuDNN take workspaces through LibTorch's caching allocator (about 35 MB measured on an
     // H100 with LibTorch 2.11, docs/gpu-runs.md 2026-11-22).
     if (!rp.idle() && rp.device.is_cuda()) rp.workspace_bytes += kLibraryWorkspaceBytes;
+    if (!rp.idle() && in.kv_batch > 0 && in.kv_seq > 0)
+      rp.kv_cache_bytes = arch.kv_cache_bytes(rp.num_blocks(), in.kv_batch, in.kv_seq, in.dtype);
     plan_residency(arch, in, held, rp);
     if (!rp.idle()) plan_swap_order(arch, in, stages, act, rp);
     plan.ranks.push_back(rp);
@@ -267,6 +270,7 @@ nlohmann::json Plan::to_json() const {
     jr["weight_bytes"] = r.weight_bytes;
     jr["activation_bytes"] = r.activation_bytes;
     jr["workspace_bytes"] = r.workspace_bytes;
+    jr["kv_cache_bytes"] = r.kv_cache_bytes;
     const std::vector<int> swapped = r.swapped_blocks();
     jr["swapped_blocks"] = swapped;
     jr["resident_blocks"] = nlohmann::json::array();
@@ -298,9 +302,11 @@ std::string Plan::to_text() const {
     if (comps.empty()) comps = "-";
     std::string blocks = r.idle() ? "idle" : fmt::format("{}..{} ({})", r.first_block, r.end_block - 1, r.num_blocks());
     const std::vector<int> swapped = r.swapped_blocks();
+    const std::string kv = r.kv_cache_bytes > 0 ? fmt::format("        K/V cache {} (in the device bytes)\n", format_bytes(r.kv_cache_bytes)) : "";
     s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", r.rank,
                      r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), swapped.size(),
                      format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_bytes));
+    s += kv;
     if (!swapped.empty()) {
       s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(swapped, ","),
                        r.layout.num_slots, format_bytes(r.layout.slot_bytes));

@@ -27,6 +27,7 @@ struct RankPlan {
   int64_t weight_bytes = 0;      // every part this rank owns, in the compute dtype
   int64_t activation_bytes = 0;  // one micro-batch's activation (in + out) and the architecture's caches (Wan:
                                  // context K/V per block and branch), when the input shape is known
+  int64_t kv_cache_bytes = 0;    // generation: the K/V cache of this rank's blocks (PlanInputs::kv_batch x kv_seq)
   int64_t workspace_bytes = 0;   // transient: a block's, the prologue's or the epilogue's, whichever is largest,
                                  // and on GPUs the libraries' workspaces (cuBLAS, cuDNN)
   // Which blocks stay and which stream in from host memory or disk, decided once for this rank; the
@@ -64,6 +65,9 @@ struct PlanInputs {
   // swapped blocks, the fewest that fit, and ignores blocks_to_swap / offload_ratio.
   std::vector<int64_t> vram_budget;
   int sweeps = 1;  // passes of each micro-batch through the blocks (disk-read prediction)
+  // Generation: every rank keeps K/V for kv_batch sequences of kv_seq tokens (0: no cache).
+  int64_t kv_batch = 0;
+  int64_t kv_seq = 0;
 };
 
 struct Plan {

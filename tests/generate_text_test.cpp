@@ -1,0 +1,200 @@
+// `pipeswap generate` on Llama-family checkpoints, end to end under mpirun: the token ids of transformers' greedy
+// `generate` (fp32, 32 new tokens, stopping at EOS) for every prompt of tests/reference/make_generate_fixtures.py's
+// models, at 1-3 ranks, with swapping, several prompts of different lengths in flight at once; seeded sampling the
+// same for every split; bad input refused.
+#include <gtest/gtest.h>
+#include <gmock/gmock.h>
+
+#include <cctype>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using nlohmann::json;
+
+namespace {
+
+using namespace pipeswap::test_support;
+
+json read_json(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return json::parse(text.str());
+}
+
+class GenerateText : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char tmpl[] = "/tmp/pipeswap-generate-test-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static std::string path(const std::string& name) { return dir_ + "/" + name; }
+  static std::string mpirun(int np) { return "mpirun -np " + std::to_string(np) + " "; }
+
+  // Runs generate on `model` with `args`; returns the output JSON (fails the test on a non-zero exit).
+  static json generate(const std::string& model, int np, const std::string& args, const std::string& name) {
+    const std::string out = path(name + ".json");
+    Result r = sh(mpirun(np) + exe() + " generate --model " + fixture(model) + " --output " + out +
+                      " --log-level warn --stream false " + args,
+                  120);
+    EXPECT_EQ(r.code, 0) << r.output;
+    if (r.code != 0) return json::array();
+    return read_json(out);
+  }
+
+  static inline std::string dir_;
+};
+
+// Each prompt's generated ids equal transformers' greedy generate of that prompt alone.
+void expect_reference(const json& got, const std::string& model, const std::string& what) {
+  const json want = read_json(fixture(model) + "/expected.json").at("cases");
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].at("prompt_ids"), want[i].at("prompt_ids")) << what << ": prompt " << i;
+    EXPECT_EQ(got[i].at("generated_ids"), want[i].at("generated_ids")) << what << ": prompt " << i;
+    EXPECT_EQ(got[i].at("text"), want[i].at("text")) << what << ": prompt " << i;
+  }
+}
+
+TEST_F(GenerateText, GreedyMatchesTransformersOverSplitsAndSwapping) {
+  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  struct Case {
+    int np;
+    std::string args;
+  };
+  const std::vector<Case> cases = {
+      {1, ""},
+      {2, "--max-batch 3"},
+      {3, "--blocks-to-swap 1"},
+      {2, "--offload-ratio 0.5 --lazy-load --max-batch 2"},
+      {3, "--micro-batches 2 --blocks-to-swap 1 --offload-granularity phase"},
+  };
+  int n = 0;
+  for (const char* model : {"gen-llama3", "gen-qwen2"}) {
+    for (const auto& c : cases) {
+      const std::string what = std::string(model) + " -np " + std::to_string(c.np) + " " + c.args;
+      SCOPED_TRACE(what);
+      expect_reference(generate(model, c.np, "--prompts " + fixture(std::string(model) + "/prompts.jsonl") + " " + c.args,
+                                "greedy" + std::to_string(n++)),
+                       model, what);
+    }
+  }
+}
+
+TEST_F(GenerateText, SentencePieceAndSlidingWindow) {
+  if (!fs::exists(fixture("gen-mistral/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  if (std::getenv("PIPESWAP_NO_SENTENCEPIECE")) GTEST_SKIP();
+  expect_reference(generate("gen-mistral", 1, "--prompts " + fixture("gen-mistral/prompts.jsonl"), "mistral1"),
+                   "gen-mistral", "np 1");
+  expect_reference(generate("gen-mistral", 3, "--prompts " + fixture("gen-mistral/prompts.jsonl") + " --max-batch 2",
+                            "mistral3"),
+                   "gen-mistral", "np 3");
+}
+
+TEST_F(GenerateText, TokenIdsInputAndOnePromptStreams) {
+  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  const json want = read_json(fixture("gen-llama3/expected.json")).at("cases");
+  json ids = json::array();
+  for (const auto& c : want) ids.push_back(c.at("prompt_ids"));
+  std::ofstream(path("ids.json")) << ids.dump();
+  expect_reference(generate("gen-llama3", 2, "--input " + path("ids.json"), "ids"), "gen-llama3", "--input");
+
+  // One prompt: the text streams to stdout, and the summary names the rates.
+  const json qwen = read_json(fixture("gen-qwen2/expected.json")).at("cases");
+  Result r = sh(mpirun(1) + exe() + " generate --model " + fixture("gen-qwen2") + " --prompt \"Hello world\"" +
+                " --log-level warn");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr(qwen[0].at("text").get<std::string>()));
+  EXPECT_THAT(r.output, HasSubstr("decode"));
+  EXPECT_THAT(r.output, HasSubstr("time to first token"));
+}
+
+TEST_F(GenerateText, SeededSamplingIsTheSameForEverySplit) {
+  if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  const std::string sampling = " --temperature 0.8 --top-k 50 --top-p 0.9 --repetition-penalty 1.1 --seed 7 --prompts " +
+                               fixture("gen-qwen2/prompts.jsonl");
+  const json a = generate("gen-qwen2", 1, sampling, "sample1");
+  const json b = generate("gen-qwen2", 3, sampling + " --max-batch 2 --blocks-to-swap 1", "sample3");
+  const json c = generate("gen-qwen2", 2, sampling + " --micro-batches 2 --lazy-load --offload-ratio 1", "sample2");
+  ASSERT_EQ(a.size(), 7u);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].at("generated_ids"), b[i].at("generated_ids")) << "prompt " << i;
+    EXPECT_EQ(a[i].at("generated_ids"), c[i].at("generated_ids")) << "prompt " << i;
+  }
+  // Sampling differs from greedy somewhere, and another seed gives other tokens.
+  const json greedy = read_json(fixture("gen-qwen2/expected.json")).at("cases");
+  const json d = generate("gen-qwen2", 1, sampling + " --seed 8", "sample_seed8");
+  bool differs_greedy = false, differs_seed = false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    differs_greedy |= a[i].at("generated_ids") != greedy[i].at("generated_ids");
+    differs_seed |= a[i].at("generated_ids") != d[i].at("generated_ids");
+  }
+  EXPECT_TRUE(differs_greedy);
+  EXPECT_TRUE(differs_seed);
+}
+
+TEST_F(GenerateText, StopStringsAndMaxSeqLen) {
+  if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  const json want = read_json(fixture("gen-qwen2/expected.json")).at("cases");
+  const std::string full = want[0].at("text").get<std::string>();
+  // The first three ASCII letters in a row of the greedy text: a stop string the shell passes as it is.
+  std::string stop;
+  for (size_t i = 4; i + 3 <= full.size() && stop.empty(); ++i)
+    if (std::isalpha(static_cast<unsigned char>(full[i])) && std::isalpha(static_cast<unsigned char>(full[i + 1])) &&
+        std::isalpha(static_cast<unsigned char>(full[i + 2])))
+      stop = full.substr(i, 3);
+  ASSERT_FALSE(stop.empty()) << full;
+  std::ofstream(path("one.jsonl")) << json{{"prompt", "Hello world"}}.dump() << "\n";
+  const json s = generate("gen-qwen2", 2, "--prompts " + path("one.jsonl") + " --stop " + stop, "stop");
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0].at("finish_reason"), "stop");
+  const std::string text = s[0].at("text").get<std::string>();
+  EXPECT_NE(text.find(stop), std::string::npos);
+  EXPECT_LT(text.size(), full.size());
+  EXPECT_EQ(full.compare(0, text.size(), text), 0) << "a prefix of the greedy text";
+  // The cache ends the sequence: a prompt of P tokens in a cache of P + 5 gets 6 tokens (the last needs no room).
+  const size_t prompt_len = want[0].at("prompt_ids").size();
+  const json m = generate("gen-qwen2", 1, "--prompts " + path("one.jsonl") + " --max-seq-len " +
+                                              std::to_string(prompt_len + 5), "maxseq");
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_EQ(m[0].at("generated_ids").size(), 6u);
+  EXPECT_EQ(m[0].at("finish_reason"), "max_seq_len");
+}
+
+TEST_F(GenerateText, BadInput) {
+  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  const std::string base = mpirun(1) + exe() + " generate --model " + fixture("gen-llama3") + " --log-level warn ";
+  Result r = sh(base + "--prompt \"a long prompt of many words\" --max-seq-len 3");
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("more than --max-seq-len 3"));
+  std::ofstream(path("empty.json")) << "[[]]";
+  r = sh(base + "--input " + path("empty.json"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("is empty"));
+  // Qwen2 adds no BOS: an empty text is no tokens at all.
+  r = sh(mpirun(1) + exe() + " generate --model " + fixture("gen-qwen2") + " --log-level warn --prompt \"\"");
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("is empty"));
+  std::ofstream(path("big.json")) << "[[1, 2, 100000]]";
+  r = sh(base + "--input " + path("big.json"));
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("outside the model's vocabulary"));
+  r = sh(base + "--prompt hi --eos-token \"<|no_such_token|>\"");
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("the tokenizer has no such token"));
+  r = sh(base);
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("exactly one of --prompt"));
+}
+
+}  // namespace
