@@ -247,6 +247,8 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
   if (cmd == generate && cmd->count("--output") == 0) o.output.clear();
+  PS_CHECK(cmd != generate || cmd->count("--prompt") == 0 || !o.prompt.empty(), ConfigError,
+           "--prompt is empty: give the text to continue (an empty prompt has no token to start from)");
   if (cmd == denoise) {
     PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
     PS_CHECK(o.shift > 0, ConfigError, "--shift must be positive (got {})", o.shift);
