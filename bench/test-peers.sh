@@ -82,6 +82,12 @@ if [ -n "$exe" ] && [ -x "$exe" ]; then
   quiet "$py" "$here/pipeswap_rows.py" scale --exe "$exe" --model "$tmp/wan" --inputs "$tmp/inputs" --tokens 16 --steps 2 \
     --launcher "" --one-chain cpu --two-chain cpu=1,cpu=1 --scale-settings "1:--blocks-to-swap 2;2:--blocks-to-swap 1;2:" \
     --scratch "$tmp/scratch" --out "$tmp/scale.json"
+  # The shared-fills rows (issue 16): diffusers with the CFG pair batched, pipeswap in each swap order.
+  quiet "$py" "$here/wan_cfg_peers.py" --model "$tmp/wan" --inputs "$tmp/inputs" --device cpu --tokens 16 \
+    --samples 1,2 --steps 2 --iters 1 --ref-dir "$tmp/ref" --out "$tmp/wan_cfg_peers.json"
+  quiet "$py" "$here/pipeswap_rows.py" cfg "${rows[@]}" --model "$tmp/wan" --inputs "$tmp/inputs" --tokens 16 \
+    --steps 2 --swap 2 --cfg-flags "--dtype bf16" --peers "$tmp/wan_cfg_peers.json" --ref-dir "$tmp/ref" \
+    --out "$tmp/cfg.json"
 else
   echo "no pipeswap executable given: its rows are not checked"
 fi
@@ -188,6 +194,14 @@ if os.path.exists(f"{t}/wan_pipeswap.json"):
     scale = rows("scale.json")
     assert [r["gpus"] for r in scale] == [1, 2, 2] and not [r for r in scale if r.get("error")], scale
     assert all(r["same_latents_as_first_row"] for r in scale[1:]) and scale[0]["swapped_blocks"] == 2, scale
+    cfg = rows("cfg.json")  # every order: same latents, diffusers' CFG loop's within tolerance, its fills
+    assert [(r["samples"], r["mode"]) for r in cfg] == [(s, "pipeswap cfg " + o) for s in (1, 2)
+                                                       for o in ("per-micro-batch", "shared", "auto")], cfg
+    assert all(r["status"] == "ok" and r["check"]["ok"] for r in cfg), [(r["mode"], r["status"]) for r in cfg]
+    for r in cfg:
+        shared = r["mode"].endswith("shared") or r["order_chosen"] == "shared"
+        assert r["fills_per_step"] == r["plan_fills_per_step"] == (2 if shared else 4 * r["samples"]), r
+    assert all(r["identity_check"]["ok"] for r in cfg if not r["mode"].endswith("per-micro-batch")), cfg
     for r in two:
         if r["gpus"] == 2:
             st = r["stage_transfer"]
@@ -200,6 +214,7 @@ grep -q "(median of 1 < 5)" "$tmp/benchmarks.md"  # --iters 1 here: the docs say
 if [ -f "$tmp/wan_pipeswap.json" ]; then
   grep -q "^| pipeswap resident | 16 | bfloat16 / bfloat16 | .* | ok |" "$tmp/benchmarks.md"
   grep -q "^| 2 | --blocks-to-swap 1 | .* | yes | " "$tmp/benchmarks.md"
+  grep -q "^| 2 | shared | .* | 2 (2) " "$tmp/benchmarks.md"
   # A FAILED row renders as FAILED.
   mkdir "$tmp/bad" && cp "$tmp/wan_pipeswap_bad.json" "$tmp/bad/wan_pipeswap.json" && cp "$tmp/wan_peers_bad.json" "$tmp/bad/wan_peers.json"
   "$py" "$here/render.py" --results "$tmp/bad" --doc "$tmp/bad.md"

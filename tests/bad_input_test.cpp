@@ -216,7 +216,7 @@ class BadInputTest : public ::testing::TestWithParam<Row> {
       h["model.layers.9.mlp.down_proj.weight"]["shape"] = {256, 700};
     });
     header_variant("unknown-dtype",
-                   [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["dtype"] = "F8_E4M3"; });
+                   [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["dtype"] = "C64"; });
     // Same byte size as F32: the header is consistent, the element type is wrong for a weight.
     header_variant("wrong-dtype", [](ordered_json& h) { h["model.layers.9.mlp.down_proj.weight"]["dtype"] = "I32"; });
     tensor_variant("missing-tensor", [](auto& t) {
@@ -383,7 +383,7 @@ const Row kRows[] = {
     {"header-shape-bytes-mismatch", Launch::kAlone, "--model {D}/m/shape-bytes-mismatch --input {D}/in/ok.json",
      "shape/bytes mismatch for tensor 'model.layers.9.mlp.down_proj.weight'"},
     {"header-unknown-dtype", Launch::kAlone, "--model {D}/m/unknown-dtype --input {D}/in/ok.json",
-     "unknown dtype 'F8_E4M3'"},
+     "unknown dtype 'C64'"},
     {"tensor-wrong-dtype", Launch::kMpi2, "--model {D}/m/wrong-dtype --input {D}/in/ok.json",
      "is I32 but a floating-point weight is expected"},
     {"tensor-shapes-disagree-with-config", Launch::kMpi2, "--model {D}/m/config-shapes-disagree --input {D}/in/ok.json",

@@ -6,7 +6,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <tuple>
+#include <vector>
 #include <filesystem>
 #include <string>
 
@@ -148,6 +151,62 @@ TEST_F(DenoiseTest, SharedFillsOncePerStepSameLatents) {
         EXPECT_EQ(std::stoi((*m)[2]), order == "shared" ? c.units : 2 * c.units) << r.output;  // the CFG pair
       }
       EXPECT_GE(seen, 1) << r.output;
+    }
+  }
+}
+
+// The trace of a CFG run with 2 of 3 blocks swapped: with shared fills the copy lane holds one fill per
+// swapped block per step and each block's phases run for both micro-batches back to back (block-outer);
+// per micro-batch, twice the fills and each micro-batch through every block before the next.
+TEST_F(DenoiseTest, TraceShowsOneFillPerSwappedBlockPerStep) {
+  using nlohmann::json;
+  const int steps = 4;  // wan_reference_denoise's
+  for (const std::string order : {"shared", "per-micro-batch"}) {
+    SCOPED_TRACE(order);
+    const std::string trace = path("order_" + order + ".json");
+    Result r = sh(exe() + wan_reference_denoise() + " --blocks-to-swap 2 --swap-order " + order + " --trace " + trace + " --output " +
+                  path("order_" + order + ".safetensors"));
+    ASSERT_EQ(r.code, 0) << r.output;
+    std::ifstream f(trace);
+    const json t = json::parse(f);
+    int copies = 0;
+    std::vector<json> compute;
+    std::vector<double> copy_starts;
+    double step1 = 1e300;  // the first prologue of step 1
+    for (const json& e : t["traceEvents"]) {
+      if (e.value("ph", "") != "X") continue;
+      if (e.value("cat", "") == "copy") ++copies, copy_starts.push_back(e["ts"].get<double>());
+      if (e.value("cat", "") == "compute" && e["args"].contains("block")) compute.push_back(e);
+      if (e.value("cat", "") == "compute" && e.value("name", "").rfind("prologue", 0) == 0 &&
+          e["args"].value("step", -1) == 1)
+        step1 = std::min(step1, e["ts"].get<double>());
+    }
+    // Across steps: the next step's first swapped block is filled while this step's last blocks run.
+    EXPECT_GT(std::count_if(copy_starts.begin(), copy_starts.end(), [&](double ts) { return ts < step1; }),
+              order == "shared" ? 2 : 4);
+    std::sort(compute.begin(), compute.end(),
+              [](const json& a, const json& b) { return a["ts"].get<double>() < b["ts"].get<double>(); });
+    EXPECT_EQ(copies, (order == "shared" ? 2 : 4) * steps);
+    // The order of (step, block, micro-batch) in which phases ran, runs of one phase's repeats merged.
+    std::vector<std::tuple<int, int, int>> seq;
+    for (const json& e : compute) {
+      const auto key = std::make_tuple(e["args"]["step"].get<int>(), e["args"]["block"].get<int>(),
+                                       e["args"]["micro_batch"].get<int>());
+      if (order == "shared" || seq.empty() || seq.back() != key) seq.push_back(key);
+    }
+    ASSERT_FALSE(seq.empty());
+    if (order == "shared") {  // per phase: mb0 then mb1 on the same block, before the next phase or block
+      for (size_t i = 0; i + 1 < seq.size(); i += 2) {
+        EXPECT_EQ(std::get<2>(seq[i]), 0);
+        EXPECT_EQ(std::get<2>(seq[i + 1]), 1);
+        EXPECT_EQ(std::get<1>(seq[i]), std::get<1>(seq[i + 1]));
+      }
+    } else {  // micro-batch 0 through blocks 0..2, then micro-batch 1 through them, each step
+      std::vector<std::tuple<int, int, int>> want;
+      for (int s = 0; s < steps; ++s)
+        for (int u = 0; u < 2; ++u)
+          for (int b = 0; b < 3; ++b) want.emplace_back(s, b, u);
+      EXPECT_EQ(seq, want);
     }
   }
 }

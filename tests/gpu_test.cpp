@@ -18,6 +18,8 @@
 #include <nlohmann/json.hpp>
 
 #include "pipeswap/core/checkpoint.h"
+#include "pipeswap/core/fp8.h"
+#include "pipeswap/core/torch_compat.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/offload/block_weights.h"
 #include "test_util.h"
@@ -311,6 +313,72 @@ TEST_F(GpuTest, TwoGpusDenoiseMatchOneGpu) {
     ASSERT_EQ(sn.code, 0) << "single-node" << extra << "\n" << sn.output;
     EXPECT_TRUE(same_bytes(out, ref)) << "single-node" << extra;
   }
+}
+
+// fp8 (issue 17) on the device: LibTorch's float8 conversion and the 256-entry table give the same bits
+// (both are float32(fp8) * scale rounded once), on CUDA as on the CPU.
+TEST_F(GpuTest, Fp8DequantiseOnCudaMatchesTableAndCpu) {
+  SKIP_WITHOUT_GPU(1);
+  const torch::Device cuda(torch::kCUDA, 0);
+  torch::manual_seed(17);
+  const torch::Tensor bytes = torch::randint(0, 256, {512, 384}, torch::kInt32).to(torch::kUInt8);
+  const torch::Tensor scale = torch::rand({512, 1}) + 0.01;
+  for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+    for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+      const auto cpu = dequantize_fp8(bytes, f, scale, dt);
+      const auto native = dequantize_fp8(bytes.to(cuda), f, scale.to(cuda), dt).cpu();
+      const auto table = dequantize_fp8_by_table(bytes.to(cuda), f, scale.to(cuda), dt).cpu();
+      // NaN patterns compared as NaN: equal where both are not NaN, NaN at the same places.
+      auto same = [](const torch::Tensor& a, const torch::Tensor& b) {
+        auto an = a.isnan(), bn = b.isnan();
+        return torch::equal(an, bn) && torch::equal(a.masked_fill(an, 0), b.masked_fill(bn, 0));
+      };
+      EXPECT_TRUE(same(native, table)) << to_string(f) << " " << c10::toString(dt);
+      EXPECT_TRUE(same(native, cpu)) << to_string(f) << " " << c10::toString(dt);
+    }
+  }
+}
+
+// An fp8 checkpoint on the GPU (bf16 compute) equals the run on torch's dequantised copy (float32, rounded
+// to bf16 at load: the same values the device dequantise gives), resident and swapped.
+TEST_F(GpuTest, Fp8WanOnGpuMatchesDequantisedWeights) {
+  SKIP_WITHOUT_GPU(1);
+  const std::string ref = path("fp8_ref.safetensors");
+  auto args = [](const std::string& model) {
+    return exe() + wan_reference_denoise("fp8/" + model) + " --device-chain cuda:0 --dtype bf16 --log-level warn";
+  };
+  Result r = sh(args("wan21-scaled-e4m3-ref") + " --output " + ref);
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const std::string& extra : {std::string(""), std::string(" --blocks-to-swap 2"),
+                                   std::string(" --blocks-to-swap 2 --lazy-load --offload-granularity phase")}) {
+    const std::string out = path("fp8_out.safetensors");
+    Result s = sh(args("wan21-scaled-e4m3") + extra + " --output " + out);
+    ASSERT_EQ(s.code, 0) << extra << "\n" << s.output;
+    EXPECT_TRUE(same_bytes(out, ref)) << extra;
+  }
+}
+
+// --fp8-gemm scaled-mm (torch._scaled_mm, LibTorch >= 2.5 on Hopper): the tiny Llama's matrices (64, 128
+// wide: multiples of 16) run as fp8 GEMMs with activations quantised per token; the logits stay close to
+// the dequantise-per-use run.
+TEST_F(GpuTest, Fp8ScaledMmCloseToDequantisePerUse) {
+  SKIP_WITHOUT_GPU(1);
+  if (!compat::kHasScaledMm) GTEST_SKIP() << "LibTorch " << compat::torch_version() << " has no row-wise _scaled_mm";
+  const std::string base = exe() + " run --model " + fixture("llama_bias") + " --input " +
+                           fixture("llama_bias/expected.safetensors") +
+                           " --device-chain cuda:0 --dtype bf16 --weight-dtype fp8 --log-level info";
+  const std::string a = path("deq.safetensors"), b = path("smm.safetensors");
+  Result r = sh(base + " --output " + a);
+  ASSERT_EQ(r.code, 0) << r.output;
+  Result s = sh(base + " --fp8-gemm scaled-mm --output " + b);
+  ASSERT_EQ(s.code, 0) << s.output;
+  EXPECT_THAT(s.output, ::testing::Not(HasSubstr("dequantised per use instead")));
+  const auto x = SafetensorsFile::open(a)->read("logits").to(torch::kFloat32);
+  const auto y = SafetensorsFile::open(b)->read("logits").to(torch::kFloat32);
+  const double rel = ((x - y).norm() / x.norm()).item<double>();
+  std::cout << "[ fp8      ] llama logits, _scaled_mm vs dequantise per use: relative L2 " << rel << "\n";
+  EXPECT_GT(rel, 0.0) << "the fp8 GEMM path did not run";
+  EXPECT_LT(rel, 0.1);
 }
 
 }  // namespace

@@ -281,18 +281,28 @@ TEST_F(RunTest, SingleNodeModeStartsItsOwnWorkers) {
   EXPECT_NE(bad.code, 124) << "hung";
   EXPECT_THAT(bad.output, HasSubstr("token id 99999 is out of range"));
   EXPECT_FALSE(fs::exists(path("single-bad.safetensors")));
-  // Ctrl-C on the parent stops every worker.
+  // Ctrl-C on the parent stops every worker. (Its own workers are checked, by pid: other pipeswap
+  // processes may run on the machine.)
+  const std::string kLeft = "for k in $kids; do kill -0 $k 2>/dev/null && echo LEFT; done; true";
+  // The signal goes in once both workers have loaded their weights: a fixed sleep raced a slow start-up
+  // under load (a background job ignores SIGINT until pipeswap installs its handler).
+  auto started = [](const std::string& log) {
+    return "for i in $(seq 300); do [ \"$(cat " + log + " 2>/dev/null | grep -c 'loaded ')\" -ge 2 ] && break; "
+           "sleep 0.1; done; sleep 0.2; ";
+  };
   Result sig = sh("( " + exe() + " run --device-chain cpu,cpu --input " + long_input() +
-                  " --micro-batches 16 --output " + path("sig.safetensors") + " & p=$!; sleep 2; kill -INT $p; " +
-                  "wait $p; echo exit=$? ); sleep 1; pgrep -x pipeswap && echo LEFT",
+                  " --micro-batches 16 --output " + path("sig.safetensors") + " > " + path("sig.log") + " 2>&1 & p=$!; " +
+                  started(path("sig.log")) + "kids=$(pgrep -P $p); " +
+                  "kill -INT $p; wait $p; echo exit=$?; sleep 1; " + kLeft + " )",
                   60);
   EXPECT_THAT(sig.output, HasSubstr("exit=130"));
   EXPECT_THAT(sig.output, ::testing::Not(HasSubstr("LEFT")));
   // kill -9 of one worker mid-run: the job stops within seconds, naming the worker, nothing left.
   Result killed = sh("( " + exe() + " run --device-chain cpu,cpu --input " + long_input() +
-                     " --micro-batches 16 --output " + path("k.safetensors") + " & p=$!; sleep 2; " +
-                     "kill -9 $(pgrep -P $p | tail -n 1); s=$(date +%s); wait $p; echo exit=$? took=$(( $(date +%s) - s ))s ); " +
-                     "sleep 1; pgrep -x pipeswap && echo LEFT",
+                     " --micro-batches 16 --output " + path("k.safetensors") + " > " + path("k.log") + " 2>&1 & p=$!; " +
+                     started(path("k.log")) + "kids=$(pgrep -P $p); " +
+                     "kill -9 $(pgrep -P $p | tail -n 1); s=$(date +%s); wait $p; echo exit=$? took=$(( $(date +%s) - s ))s; " +
+                     "sleep 1; " + kLeft + "; cat " + path("k.log") + " )",
                      60);
   EXPECT_THAT(killed.output, HasSubstr("worker 1 exited with code 137"));
   EXPECT_THAT(killed.output, ::testing::Not(HasSubstr("exit=0")));

@@ -1,5 +1,7 @@
 #include "pipeswap/core/checkpoint.h"
 
+#include <cstring>
+
 #include <sys/stat.h>
 
 #include <fstream>
@@ -106,6 +108,16 @@ std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
 }
 
 bool Checkpoint::has(const std::string& tensor) const { return weight_map_.count(tensor) != 0; }
+
+bool Checkpoint::has_fp8_scales() const {
+  auto ends = [](const std::string& s, const char* t) {
+    const size_t n = std::strlen(t);
+    return s.size() >= n && s.compare(s.size() - n, n, t) == 0;
+  };
+  for (const auto& [name, file] : weight_map_)
+    if (name == "scaled_fp8" || ends(name, ".scale_weight") || ends(name, ".weight_scale")) return true;
+  return false;
+}
 
 std::shared_ptr<const SafetensorsFile> Checkpoint::shard(const std::string& file) const {
   // Held while opening, so two threads asking for the same shard open it once.

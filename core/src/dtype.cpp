@@ -16,6 +16,8 @@ constexpr Row kRows[] = {
     {DType::I64, "I64", 8, c10::ScalarType::Long},   {DType::I32, "I32", 4, c10::ScalarType::Int},
     {DType::I16, "I16", 2, c10::ScalarType::Short},  {DType::I8, "I8", 1, c10::ScalarType::Char},
     {DType::U8, "U8", 1, c10::ScalarType::Byte},     {DType::BOOL, "BOOL", 1, c10::ScalarType::Bool},
+    // After U8, so that from_scalar_type(kByte) stays U8: the fp8 carrier type.
+    {DType::F8_E4M3, "F8_E4M3", 1, c10::ScalarType::Byte}, {DType::F8_E5M2, "F8_E5M2", 1, c10::ScalarType::Byte},
 };
 const Row& row(DType d) {
   for (const Row& r : kRows)

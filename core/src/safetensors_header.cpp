@@ -42,7 +42,7 @@ std::string describe(const json& v) {
 
 std::string known_dtypes() {
   std::string out;
-  for (int d = static_cast<int>(DType::F64); d <= static_cast<int>(DType::BOOL); ++d) {
+  for (int d = static_cast<int>(DType::F64); d <= static_cast<int>(DType::F8_E5M2); ++d) {
     if (!out.empty()) out += ", ";
     out += dtype_name(static_cast<DType>(d));
   }

@@ -4,18 +4,32 @@
 
 namespace pipeswap {
 
-void WeightView::add(const std::string& local, torch::Tensor t) { items_.emplace_back(local, std::move(t)); }
+void WeightView::add(const std::string& local, torch::Tensor t) { items_.push_back(Item{local, std::move(t), {}}); }
 
-const torch::Tensor* WeightView::find(const std::string& local) const {
-  for (const auto& [name, t] : items_)
-    if (name == local) return &t;
+void WeightView::add_fp8(const std::string& local, Fp8Weight w) {
+  PS_CHECK(w.format != Fp8Format::kNone && w.bytes.scalar_type() == torch::kUInt8, Error,
+           "fp8 weight '{}' must be uint8 bytes with a format", local);
+  items_.push_back(Item{local, {}, std::move(w)});
+}
+
+const WeightView::Item* WeightView::find(const std::string& local) const {
+  for (const auto& it : items_)
+    if (it.local == local) return &it;
   return nullptr;
 }
 
-const torch::Tensor& WeightView::operator[](const std::string& local) const {
-  const torch::Tensor* t = find(local);
-  PS_CHECK(t != nullptr, Error, "weight '{}' is not in this part's view (architecture declaration bug)", local);
-  return *t;
+bool WeightView::has(const std::string& local) const { return find(local) != nullptr; }
+
+const WeightView::Fp8Weight* WeightView::fp8(const std::string& local) const {
+  const Item* it = find(local);
+  return it != nullptr && it->fp8.format != Fp8Format::kNone ? &it->fp8 : nullptr;
+}
+
+torch::Tensor WeightView::operator[](const std::string& local) const {
+  const Item* it = find(local);
+  PS_CHECK(it != nullptr, Error, "weight '{}' is not in this part's view (architecture declaration bug)", local);
+  if (it->fp8.format == Fp8Format::kNone) return it->tensor;
+  return dequantize_fp8(it->fp8.bytes, it->fp8.format, it->fp8.scale, it->fp8.dtype);
 }
 
 std::vector<PartSpec> block_parts(const ModelParts& model, int block) {

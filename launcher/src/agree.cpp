@@ -119,9 +119,11 @@ std::vector<int64_t> agree_vram_budgets(const std::string& vram_budget, const st
 
 JobShape agree_shape(comm::Transport& t, const JobShape& mine) {
   const int64_t stored = mine.stored_dtype ? static_cast<int64_t>(*mine.stored_dtype) : -1;
-  const std::vector<int64_t> v = pipeline::broadcast(t, {mine.batch, mine.seq, stored});
-  PS_CHECK(v.size() == 3, CommError, "rank 0 sent a job shape of {} values where 3 were expected", v.size());
-  JobShape out{v[0], v[1], std::nullopt};
+  std::vector<int64_t> mine_v{mine.batch, mine.seq, stored};
+  mine_v.insert(mine_v.end(), mine.storage.begin(), mine.storage.end());
+  const std::vector<int64_t> v = pipeline::broadcast(t, mine_v);
+  PS_CHECK(v.size() >= 3, CommError, "rank 0 sent a job shape of {} values where at least 3 were expected", v.size());
+  JobShape out{v[0], v[1], std::nullopt, std::vector<int64_t>(v.begin() + 3, v.end())};
   if (v[2] >= 0) out.stored_dtype = static_cast<c10::ScalarType>(v[2]);
   return out;
 }

@@ -38,6 +38,7 @@ struct JobShape {
   int64_t batch = 0;                            // samples (0: unknown, a plan without inputs)
   int64_t seq = 0;                              // tokens per sample
   std::optional<c10::ScalarType> stored_dtype;  // what most of block 0's bytes are stored in
+  std::vector<int64_t> storage;                 // fp8 weights: offload::WeightStorage::encode (empty: none)
 };
 // Rank 0's shape on every rank (`mine` is read on rank 0 only).
 JobShape agree_shape(comm::Transport& t, const JobShape& mine);

@@ -26,6 +26,16 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
                   "weigh the chain's devices by their free memory instead of the given weights")
       ->default_str("false");
   cmd->add_option("--dtype", o.dtype, "compute dtype: auto (the checkpoint's), fp32, bf16, fp16")->default_str("auto");
+  cmd->add_option("--weight-dtype", o.weight_dtype,
+                  "how block weights rest in host memory, on disk reads and in device slots: auto (as stored; fp8 "
+                  "files stay fp8) or fp8 (quantise bf16/fp32 block matrices to e4m3 per output channel at load)")
+      ->check(CLI::IsMember({"auto", "fp8"}))
+      ->default_str("auto");
+  cmd->add_option("--fp8-gemm", o.fp8_gemm,
+                  "fp8 weights: off (dequantise each to the compute dtype just before use) or scaled-mm (fp8 GEMMs "
+                  "through torch._scaled_mm, activations quantised per token; CUDA with LibTorch >= 2.5)")
+      ->check(CLI::IsMember({"off", "scaled-mm"}))
+      ->default_str("off");
   cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")->default_str("1");
   cmd->add_option("--input", o.input, "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T]");
   cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")->default_str("60");

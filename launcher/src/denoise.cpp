@@ -78,14 +78,16 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
   JobShape shape;
   if (world.rank == 0) {
     in = read_inputs(o, *job.arch);
-    shape = JobShape{in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)), stored_dtype(job)};
+    shape = JobShape{in.latents.size(0), job.arch->sequence_length(first_sample(in, in.context)), stored_dtype(job),
+                     weight_storage(o, job)};
   }
   if (world.size > 1) shape = agree_shape(*transport, shape);
   PS_CHECK(shape.batch > 0, CommError, "rank 0 could not read the inputs (see its error)");
   settings.batch = static_cast<int>(shape.batch);
   const int units = pipeline::denoise_units(settings);
-  job.plan =
-      make_job_plan(o, world, *transport, job, JobShape{1, shape.seq, shape.stored_dtype}, units, settings.steps);
+  JobShape one = shape;
+  one.batch = 1;
+  job.plan = make_job_plan(o, world, *transport, job, one, units, settings.steps);
 
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;

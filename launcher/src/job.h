@@ -41,6 +41,10 @@ Job open_model(const Options& o, const World& world, comm::Transport& t, JobUse 
 // What most of block 0's bytes are stored in (the compute dtype under --dtype auto, the plan's
 // disk-read figures), from the safetensors headers (rank 0 owns block 0); unset when unknown.
 std::optional<c10::ScalarType> stored_dtype(const Job& job);
+// How the weights rest (fp8 or not, offload::WeightStorage::encode), from the headers of block 0 and the
+// non-block parts, and --weight-dtype (rank 0; a header read). Throws CheckpointError for fp8 variants
+// pipeswap cannot handle.
+std::vector<int64_t> weight_storage(const Options& o, const Job& job);
 // The plan for micro-batches of shape.batch samples of shape.seq tokens (0: unknown); `sweeps` passes
 // of each micro-batch (denoising steps). Collective for automatic VRAM budgets of "auto".
 pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job,

@@ -20,6 +20,8 @@ struct Options {
   bool workload_split = true;
   bool auto_vram_balance = false;
   std::string dtype = "auto";
+  std::string weight_dtype = "auto";
+  std::string fp8_gemm = "off";  // off: dequantise fp8 weights per use; scaled-mm: torch._scaled_mm (Hopper)  // auto: as stored (fp8 files stay fp8); fp8: quantise block matrices at load
   int micro_batches = 1;
   double comm_timeout = 60;  // seconds
   int threads = 0;           // 0: cores of this node / ranks on it

@@ -8,6 +8,7 @@
 #include "job.h"
 #include "pipeswap/core/dtype.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/fp8.h"
 #include "pipeswap/core/log.h"
 
 namespace pipeswap::launcher {
@@ -103,13 +104,21 @@ std::optional<c10::ScalarType> stored_dtype(const Job& job) {
   // The dtype of most of block 0's bytes (the weight matrices; a norm kept in fp32 does not decide). A
   // header read, not a weight read: rank 0 owns block 0 (or the prologue of a model without blocks).
   const auto parts = job.arch->num_blocks() > 0 ? models::block_parts(*job.arch, 0) : job.arch->prologue_parts();
+  // fp8 weights do not decide: they are dequantised to the dtype their neighbours are stored in (bf16
+  // where every tensor of block 0 is fp8).
   std::map<int, int64_t> bytes;  // by c10::ScalarType
+  bool fp8 = false;
   for (const auto& part : parts) {
     for (const auto& t : part.tensors) {
       const auto info = job.ckpt->locate(t.checkpoint).info;
+      if (is_fp8(info->dtype)) {
+        fp8 = true;
+        continue;
+      }
       bytes[static_cast<int>(to_scalar_type(info->dtype))] += static_cast<int64_t>(info->nbytes());
     }
   }
+  if (bytes.empty() && fp8) return c10::ScalarType::BFloat16;
   std::optional<c10::ScalarType> best;
   int64_t most = -1;
   for (const auto& [code, n] : bytes) {
@@ -119,6 +128,44 @@ std::optional<c10::ScalarType> stored_dtype(const Job& job) {
     }
   }
   return best;
+}
+
+std::vector<int64_t> weight_storage(const Options& o, const Job& job) {
+  offload::WeightStorage s;
+  const auto& arch = *job.arch;
+  const bool quantise = o.weight_dtype == "fp8";
+  int ignored = 0;
+  if (arch.num_blocks() > 0) {
+    for (const auto& part : models::block_parts(arch, 0)) {
+      for (const auto& t : part.tensors) {
+        const Fp8Found f = find_fp8(*job.ckpt, t.checkpoint, t.shape);
+        ignored += static_cast<int>(f.ignored.size());
+        Fp8Storage st = f.storage;
+        // --weight-dtype fp8: the block's matrices (2-D "*.weight"); norms, biases and modulation stay.
+        const bool matrix = t.shape.size() == 2 && t.local.size() > 7 &&
+                            t.local.compare(t.local.size() - 7, 7, ".weight") == 0;
+        if (quantise && !st.fp8() && matrix) st = Fp8Storage{Fp8Format::kE4M3, Fp8Scale::kPerChannel, true};
+        s.block.push_back(st);
+      }
+    }
+    if (!s.any_fp8()) s.block.clear();
+  }
+  for (const auto& side : {arch.prologue_parts(), arch.epilogue_parts()}) {
+    for (const auto& part : side) {
+      for (const auto& t : part.tensors) {
+        const Fp8Found f = find_fp8(*job.ckpt, t.checkpoint, t.shape);
+        ignored += static_cast<int>(f.ignored.size());
+        if (f.storage.fp8()) s.components[t.checkpoint] = f.storage;
+      }
+    }
+  }
+  if (ignored > 0) {
+    log().info("fp8: ignoring the activation scales (scale_input / input_scale) of block 0 and the non-block parts "
+               "({} keys, and the other blocks' alike): weights are dequantised on the device and activations stay "
+               "in the compute dtype",
+               ignored);
+  }
+  return s.encode(arch);
 }
 
 pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transport& t, const Job& job,
@@ -142,6 +189,8 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
   }
   in.offload = offload_options(o);
   in.offload.stored_dtype = shape.stored_dtype;
+  in.offload.storage = offload::WeightStorage::decode(*job.arch, shape.storage);
+  in.weight_dtype = o.weight_dtype;
   if (!o.vram_budget.empty() && (o.blocks_to_swap >= 0 || o.offload_ratio >= 0))
     log().warn("blocks_to_swap ignored: automatic VRAM mode decides residency");
   in.vram_budget = agree_vram_budgets(o.vram_budget, job.chain, world, t);

@@ -13,6 +13,7 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/identity.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/torch_compat.h"
 
 namespace pipeswap::launcher {
 
@@ -57,6 +58,12 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
       at::globalContext().setAllowTF32CuDNN(false);
     }
   }
+  models::set_fp8_gemm(o.fp8_gemm == "scaled-mm");
+  if (o.fp8_gemm == "scaled-mm" && (!rt.device.is_cuda() || !compat::kHasScaledMm)) {
+    log().warn("--fp8-gemm scaled-mm needs CUDA and LibTorch >= 2.5 (this rank: {}, LibTorch {}): fp8 weights are "
+               "dequantised per use instead",
+               rt.device.str(), compat::torch_version());
+  }
   // --trace: records from here (weight loading included)
   rt.trace = std::make_unique<pipeline::JobTrace>(o.trace, rt.device, world.rank);
   const auto t_load = Clock::now();
@@ -70,6 +77,7 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
 
 std::string rank_lines(const pipeline::Plan& plan) {
   std::string s = fmt::format("  compute dtype {} ({})\n", dtype_word(plan.dtype), plan.dtype_source);
+  if (!plan.weight_storage.empty()) s += fmt::format("  {}\n", plan.weight_storage);
   for (const auto& r : plan.ranks) {
     s += fmt::format(
         "  rank {} {:<6} {}\n", r.rank, r.device.str(),

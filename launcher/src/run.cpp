@@ -41,6 +41,7 @@ Job prepare_forward(const Options& o, const World& world, comm::Transport& t, Jo
   if (world.rank == 0) {
     try {
       shape.stored_dtype = stored_dtype(job);
+      shape.storage = weight_storage(o, job);
     } catch (const CheckpointError& e) {
       if (!plan_only) throw;
       // A plan needs no weights: a shard not (yet) readable leaves the dtype to config.json.

@@ -1,6 +1,7 @@
 #include "pipeswap/models/architecture.h"
 
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/fp8.h"
 #include "llama.h"
 #include "wan.h"
 
@@ -34,8 +35,14 @@ void check_checkpoint_tensors(const Architecture& arch, const Checkpoint& ckpt) 
   std::vector<std::string> missing, unexpected;
   for (const auto& n : declared)
     if (!present.count(n)) missing.push_back(n);
+  // fp8 scales ("<m>.scale_weight", "<weight>_scale", input scales) of declared weights, and ComfyUI's
+  // "scaled_fp8" marker, belong to the weights (core/fp8.h reads or ignores them).
+  auto fp8_aux = [&](const std::string& n) {
+    const auto owner = fp8_aux_owner(n);
+    return owner && (owner->empty() || declared.count(*owner));
+  };
   for (const auto& n : names)
-    if (!declared.count(n) && !arch.ignores_tensor(n)) unexpected.push_back(n);
+    if (!declared.count(n) && !arch.ignores_tensor(n) && !fp8_aux(n)) unexpected.push_back(n);
   PS_CHECK(missing.empty(), CheckpointError,
            "checkpoint {} lacks tensor '{}'{} that its config.json implies for a {} model with {} blocks: is the "
            "download complete, and is config.json from the same model?",

@@ -349,7 +349,7 @@ class Llama final : public Architecture {
     // Generation needs each row's last token only.
     const torch::Tensor h = act.size() > 1 ? act[0].narrow(1, act[0].size(1) - 1, 1) : act[0];
     auto x = rms_norm(h, w["norm.weight"], c_.rms_norm_eps);
-    return dense(x, w["lm_head.weight"]);  // the compute dtype: the job makes float32 on the host
+    return dense(x, w, "lm_head.weight");  // the compute dtype: the job makes float32 on the host
   }
 
   bool ignores_tensor(const std::string& name) const override {
@@ -430,12 +430,12 @@ class Llama final : public Architecture {
     auto x = rms_norm(h, w["input_layernorm.weight"], c_.rms_norm_eps);
     // RoPE on the [B, T, heads, D] projections (one pass each on CUDA), then the [B, heads, T, D] views SDPA takes.
     const auto [cos_t, sin_t] = rope_tables(t, h.device(), h.scalar_type());
-    auto q = fused::rope_half(dense(x, w["q_proj.weight"], bias("q_proj.bias")).view({b, t, heads, d}), cos_t, sin_t)
+    auto q = fused::rope_half(dense(x, w, "q_proj.weight", bias("q_proj.bias")).view({b, t, heads, d}), cos_t, sin_t)
                  .transpose(1, 2);
-    auto k = fused::rope_half(dense(x, w["k_proj.weight"], bias("k_proj.bias")).view({b, t, kv_heads, d}), cos_t,
+    auto k = fused::rope_half(dense(x, w, "k_proj.weight", bias("k_proj.bias")).view({b, t, kv_heads, d}), cos_t,
                               sin_t)
                  .transpose(1, 2);
-    auto v = dense(x, w["v_proj.weight"], bias("v_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
+    auto v = dense(x, w, "v_proj.weight", bias("v_proj.bias")).view({b, t, kv_heads, d}).transpose(1, 2);
     if (kv_heads != heads) {
       // HF's repeat_kv: kv head j serves query heads j*n .. j*n+n-1.
       const int64_t n = heads / kv_heads;
@@ -453,7 +453,7 @@ class Llama final : public Architecture {
     }
     auto o = compat::attention(q, k, v, /*causal=*/true, std::pow(static_cast<double>(d), -0.5), blocked);
     o = o.transpose(1, 2).reshape({b, t, heads * d});
-    return h + dense(o, w["o_proj.weight"], c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
+    return h + dense(o, w, "o_proj.weight", c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
   }
 
   // Attention over the K/V cache: each row's t new tokens at positions [start, start + t) of its cache slot are
@@ -476,9 +476,9 @@ class Llama final : public Architecture {
     auto bias = [&](const char* name) { return c_.qkv_bias ? w[name] : torch::Tensor(); };
 
     auto x = rms_norm(h, w["input_layernorm.weight"], c_.rms_norm_eps);
-    auto q = dense(x, w["q_proj.weight"], bias("q_proj.bias")).view({b, t, heads, d});
-    auto k = dense(x, w["k_proj.weight"], bias("k_proj.bias")).view({b, t, kv_heads, d});
-    auto v = dense(x, w["v_proj.weight"], bias("v_proj.bias")).view({b, t, kv_heads, d});
+    auto q = dense(x, w, "q_proj.weight", bias("q_proj.bias")).view({b, t, heads, d});
+    auto k = dense(x, w, "k_proj.weight", bias("k_proj.bias")).view({b, t, kv_heads, d});
+    auto v = dense(x, w, "v_proj.weight", bias("v_proj.bias")).view({b, t, kv_heads, d});
     auto acc = rows.accessor<int64_t, 2>();
     const int64_t window = c_.sliding_window[static_cast<size_t>(block)];
     const double scale = std::pow(static_cast<double>(d), -0.5);
@@ -521,7 +521,7 @@ class Llama final : public Architecture {
       if (window > 0) blocked = blocked.logical_or((qpos - kpos) >= window);
       auto o = compat::attention(qr, keys, values, /*causal=*/false, scale, blocked.view({b, 1, 1, longest}));
       o = o.transpose(1, 2).reshape({b, 1, heads * d});
-      return h + dense(o, w["o_proj.weight"], c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
+      return h + dense(o, w, "o_proj.weight", c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
     }
     std::vector<torch::Tensor> outs;
     for (int64_t i = 0; i < b; ++i) {
@@ -556,7 +556,7 @@ class Llama final : public Architecture {
       outs.push_back(compat::attention(qi, keys, values, /*causal=*/true, scale, blocked));
     }
     auto o = (b == 1 ? outs[0] : torch::cat(outs, 0)).transpose(1, 2).reshape({b, t, heads * d});
-    return h + dense(o, w["o_proj.weight"], c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
+    return h + dense(o, w, "o_proj.weight", c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
   }
 
   // The length of the RoPE table that positions [0, end) are read from: the whole cache for the RoPE types whose
@@ -566,9 +566,9 @@ class Llama final : public Architecture {
   torch::Tensor mlp(const WeightView& w, const torch::Tensor& h) const {
     auto bias = [&](const char* name) { return c_.mlp_bias ? w[name] : torch::Tensor(); };
     auto x = rms_norm(h, w["post_attention_layernorm.weight"], c_.rms_norm_eps);
-    auto gate = torch::silu(dense(x, w["gate_proj.weight"], bias("gate_proj.bias")));
-    auto up = dense(x, w["up_proj.weight"], bias("up_proj.bias"));
-    return h + dense(gate * up, w["down_proj.weight"], bias("down_proj.bias"));
+    auto gate = torch::silu(dense(x, w, "gate_proj.weight", bias("gate_proj.bias")));
+    auto up = dense(x, w, "up_proj.weight", bias("up_proj.bias"));
+    return h + dense(gate * up, w, "down_proj.weight", bias("down_proj.bias"));
   }
 
   // cos/sin [T, head_dim] as HF's rotary embedding makes them: fp32 on the compute device, scaled by the

@@ -173,8 +173,7 @@ class Wan final : public Architecture {
       PS_CHECK(act.size() == 6, Error, "wan block {}: the ffn phase ran without its self_attn phase", block);
       auto m = act[5].chunk(3, 1);
       auto n = fused::modulated_layer_norm(x, c_.eps, m[0], m[1]);
-      auto y = dense(compat::linear_gelu_tanh(n, w["ffn.0.weight"], w["ffn.0.bias"]), w["ffn.2.weight"],
-                     w["ffn.2.bias"]);
+      auto y = dense(dense_gelu_tanh(n, w, "ffn.0.weight", w["ffn.0.bias"]), w, "ffn.2.weight", w["ffn.2.bias"]);
       fused::gated_residual_(x, y, m[2]);
       act.pop_back();
     } else {
@@ -187,7 +186,7 @@ class Wan final : public Architecture {
     const torch::Tensor& x = act[0];
     auto m = (w["head.modulation"].to(torch::kFloat32) + act[1].unsqueeze(1)).chunk(2, 1);
     auto n = fused::modulated_layer_norm(x, c_.eps, m[0], m[1]);
-    auto y = dense(n, w["head.head.weight"], w["head.head.bias"]);
+    auto y = dense(n, w, "head.head.weight", w["head.head.bias"]);
     // Unpatchify: [B, f*h*w, pt*ph*pw*C] -> [B, C, f*pt, h*ph, w*pw].
     const auto g = grid_of(act);
     const int64_t b = y.size(0);
@@ -296,8 +295,10 @@ class Wan final : public Architecture {
   // [cos, sin] of t * 10000^(-i/half), i < half, computed in fp64 (Wan's sinusoidal_embedding_1d).
   torch::Tensor sinusoidal(const torch::Tensor& t) const {
     const int64_t half = c_.freq_dim / 2;
-    auto freqs = torch::pow(10000.0, -torch::arange(half, torch::kFloat64) / static_cast<double>(half));
-    auto s = torch::outer(t.to(torch::kCPU, torch::kFloat64), freqs);
+    // On t's device: a step's timestep made on the GPU never comes to the host (no sync).
+    const auto f64 = torch::TensorOptions(torch::kFloat64).device(t.device());
+    auto freqs = torch::pow(10000.0, -torch::arange(half, f64) / static_cast<double>(half));
+    auto s = torch::outer(t.to(torch::kFloat64), freqs);
     return torch::cat({torch::cos(s), torch::sin(s)}, 1);
   }
 
@@ -312,13 +313,13 @@ class Wan final : public Architecture {
     if (c_.text_len > 0 && ctx.size(1) < c_.text_len) {
       ctx = torch::cat({ctx, torch::zeros({b, c_.text_len - ctx.size(1), ctx.size(2)}, ctx.options())}, 1);
     }
-    ctx = dense(gelu_tanh(dense(ctx, w["text_embedding.0.weight"], w["text_embedding.0.bias"])),
+    ctx = dense(gelu_tanh(dense(ctx, w, "text_embedding.0.weight", w["text_embedding.0.bias"])),
                 w["text_embedding.2.weight"], w["text_embedding.2.bias"]);
     int64_t img_len = 0;
     if (c_.i2v()) {
       auto img = inputs[3].to(device, dtype);
       img = layer_norm32(img, 1e-5, w["img_emb.proj.0.weight"], w["img_emb.proj.0.bias"]).to(dtype);
-      img = dense(torch::gelu(dense(img, w["img_emb.proj.1.weight"], w["img_emb.proj.1.bias"])),
+      img = dense(torch::gelu(dense(img, w, "img_emb.proj.1.weight", w["img_emb.proj.1.bias"])),
                   w["img_emb.proj.3.weight"], w["img_emb.proj.3.bias"]);
       img = layer_norm32(img, 1e-5, w["img_emb.proj.4.weight"], w["img_emb.proj.4.bias"]).to(dtype);
       img_len = img.size(1);
@@ -350,9 +351,9 @@ class Wan final : public Architecture {
 
   torch::Tensor self_attention(const WeightView& w, const torch::Tensor& n, const std::vector<int64_t>& g) const {
     const int64_t b = n.size(0), l = n.size(1), heads = c_.num_heads, hd = c_.head_dim();
-    auto q = dense(n, w["self_attn.q.weight"], w["self_attn.q.bias"]);
-    auto k = dense(n, w["self_attn.k.weight"], w["self_attn.k.bias"]);
-    auto v = dense(n, w["self_attn.v.weight"], w["self_attn.v.bias"]);
+    auto q = dense(n, w, "self_attn.q.weight", w["self_attn.q.bias"]);
+    auto k = dense(n, w, "self_attn.k.weight", w["self_attn.k.bias"]);
+    auto v = dense(n, w, "self_attn.v.weight", w["self_attn.v.bias"]);
     const auto [cos, sin] = rope_tables(g[0], g[1], g[2], n.device());
     PS_CHECK(cos.size(0) == l, Error, "wan: the grid {}x{}x{} does not match {} tokens", g[0], g[1], g[2], l);
     const torch::Tensor none;
@@ -362,7 +363,7 @@ class Wan final : public Architecture {
     auto o = compat::attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), /*causal=*/false,
                                1.0 / std::sqrt(static_cast<double>(hd)));
     o = o.transpose(1, 2).reshape({b, l, c_.dim});
-    return dense(o, w["self_attn.o.weight"], w["self_attn.o.bias"]);
+    return dense(o, w, "self_attn.o.weight", w["self_attn.o.bias"]);
   }
 
   // K and V of the context for one block, [B, heads, tokens, head_dim] each: text, then the image's (I2V).
@@ -374,16 +375,16 @@ class Wan final : public Architecture {
     auto split = [&](const torch::Tensor& t) { return t.view({b, t.size(1), heads, hd}).transpose(1, 2); };
     ContextKV kv;
     auto text = context.narrow(1, img_len, context.size(1) - img_len);
-    auto k = dense(text, w["cross_attn.k.weight"], w["cross_attn.k.bias"]);
+    auto k = dense(text, w, "cross_attn.k.weight", w["cross_attn.k.bias"]);
     if (c_.qk_norm) k = rms_norm(k, w["cross_attn.norm_k.weight"], c_.eps);
     kv.k = split(k);
-    kv.v = split(dense(text, w["cross_attn.v.weight"], w["cross_attn.v.bias"]));
+    kv.v = split(dense(text, w, "cross_attn.v.weight", w["cross_attn.v.bias"]));
     if (c_.i2v() && img_len > 0) {
       auto img = context.narrow(1, 0, img_len);
-      auto ki = dense(img, w["cross_attn.k_img.weight"], w["cross_attn.k_img.bias"]);
+      auto ki = dense(img, w, "cross_attn.k_img.weight", w["cross_attn.k_img.bias"]);
       if (c_.qk_norm) ki = rms_norm(ki, w["cross_attn.norm_k_img.weight"], c_.eps);
       kv.k_img = split(ki);
-      kv.v_img = split(dense(img, w["cross_attn.v_img.weight"], w["cross_attn.v_img.bias"]));
+      kv.v_img = split(dense(img, w, "cross_attn.v_img.weight", w["cross_attn.v_img.bias"]));
     }
     return kv;
   }
@@ -405,14 +406,14 @@ class Wan final : public Architecture {
     const int64_t b = n.size(0), l = n.size(1), heads = c_.num_heads, hd = c_.head_dim();
     const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
     const int64_t img_len = g[3];
-    auto q = dense(n, w["cross_attn.q.weight"], w["cross_attn.q.bias"]);
+    auto q = dense(n, w, "cross_attn.q.weight", w["cross_attn.q.bias"]);
     if (c_.qk_norm) q = rms_norm(q, w["cross_attn.norm_q.weight"], c_.eps);
     q = q.view({b, l, heads, hd}).transpose(1, 2);
     const ContextKV kv = cached_context_kv(block, w, context, img_len, g[4]);
     auto o = compat::attention(q, kv.k, kv.v, false, scale);
     if (kv.k_img.defined()) o = o + compat::attention(q, kv.k_img, kv.v_img, false, scale);
     o = o.transpose(1, 2).reshape({b, l, c_.dim});
-    return dense(o, w["cross_attn.o.weight"], w["cross_attn.o.bias"]);
+    return dense(o, w, "cross_attn.o.weight", w["cross_attn.o.bias"]);
   }
 
   // 3D RoPE tables for an f x h x w grid: [L, head_dim/2] cos and sin in fp32. The head dimension's

@@ -72,7 +72,7 @@ ComponentWeights::ComponentWeights(const ModelParts& model, std::shared_ptr<cons
   const auto modes = component_modes(model, opts);
   for (const PartSpec& spec : held_.parts) {
     Part p;
-    p.unit = component_unit(spec, dtype, opts.stored_dtype.value_or(dtype));
+    p.unit = component_unit(spec, dtype, opts.stored_dtype.value_or(dtype), opts.storage);
     p.mode = modes.at(spec.name);
     if (p.mode == ComponentMode::kResident) {
       p.slab = load_unit(*ckpt_, p.unit, device_, "read (component)");
@@ -102,7 +102,7 @@ void ComponentWeights::build_view(Side side) {
       const torch::Tensor slab = p.slab.narrow(0, p.unit.base[i], layout.bytes);
       for (const auto& e : layout.entries) {
         auto it = u.local_of.find(e.checkpoint);
-        if (it != u.local_of.end()) v.view.add(it->second, entry_view(layout, e, slab));
+        if (it != u.local_of.end()) add_entry_view(layout, e, slab, it->second, v.view);
       }
     }
   }

@@ -119,15 +119,88 @@ int64_t parse_bytes(const std::string& text, const std::string& flag) {
   return static_cast<int64_t>(v * mul);
 }
 
-void Unit::add(SlabLayout part, c10::ScalarType disk_dtype) {
+bool WeightStorage::any_fp8() const {
+  for (const auto& s : block)
+    if (s.fp8()) return true;
+  return !components.empty();
+}
+
+std::vector<Fp8Storage> WeightStorage::phase(const ModelParts& model, int phase) const {
+  if (block.empty()) return {};
+  size_t first = 0;
+  for (int p = 0; p < phase; ++p) first += model.phase_tensors(0, p).size();
+  const size_t n = model.phase_tensors(0, phase).size();
+  PS_CHECK(first + n <= block.size(), Error, "fp8 storage of {} block tensors, phase {} needs {}", block.size(),
+           phase, first + n);
+  return std::vector<Fp8Storage>(block.begin() + static_cast<std::ptrdiff_t>(first),
+                                 block.begin() + static_cast<std::ptrdiff_t>(first + n));
+}
+
+std::vector<Fp8Storage> WeightStorage::part(const PartSpec& spec) const {
+  if (components.empty()) return {};
+  std::vector<Fp8Storage> out;
+  for (const auto& t : spec.tensors) {
+    auto it = components.find(t.checkpoint);
+    out.push_back(it == components.end() ? Fp8Storage{} : it->second);
+  }
+  return out;
+}
+
+namespace {
+std::vector<const TensorRef*> component_tensors(const std::vector<PartSpec>& pro, const std::vector<PartSpec>& epi) {
+  std::vector<const TensorRef*> out;
+  for (const auto* side : {&pro, &epi})
+    for (const auto& p : *side)
+      for (const auto& t : p.tensors) out.push_back(&t);
+  return out;
+}
+}  // namespace
+
+std::vector<int64_t> WeightStorage::encode(const ModelParts& model) const {
+  std::vector<int64_t> out;
+  if (!any_fp8()) return out;
+  int64_t nblock = 0;
+  for (int p = 0; p < static_cast<int>(model.phase_names().size()); ++p)
+    nblock += static_cast<int64_t>(model.phase_tensors(0, p).size());
+  out.push_back(block.empty() ? 0 : nblock);
+  for (const auto& s : block) out.push_back(s.code());
+  const auto pro = model.prologue_parts();
+  const auto epi = model.epilogue_parts();
+  for (const TensorRef* t : component_tensors(pro, epi)) {
+    auto it = components.find(t->checkpoint);
+    out.push_back(it == components.end() ? 0 : it->second.code());
+  }
+  return out;
+}
+
+WeightStorage WeightStorage::decode(const ModelParts& model, const std::vector<int64_t>& codes) {
+  WeightStorage w;
+  if (codes.empty()) return w;
+  const size_t nblock = static_cast<size_t>(codes[0]);
+  PS_CHECK(codes.size() >= 1 + nblock, Error, "fp8 storage codes: {} values for {} block tensors", codes.size(),
+           nblock);
+  for (size_t i = 0; i < nblock; ++i) w.block.push_back(Fp8Storage::from_code(codes[1 + i]));
+  const auto pro = model.prologue_parts();
+  const auto epi = model.epilogue_parts();
+  const auto refs = component_tensors(pro, epi);
+  PS_CHECK(codes.size() == 1 + nblock + refs.size(), Error, "fp8 storage codes: {} values, expected {}", codes.size(),
+           1 + nblock + refs.size());
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const Fp8Storage s = Fp8Storage::from_code(codes[1 + nblock + i]);
+    if (s.fp8()) w.components[refs[i]->checkpoint] = s;
+  }
+  return w;
+}
+
+void Unit::add(SlabLayout part) {
   base.push_back(bytes);
-  for (const auto& e : part.entries) tensor_bytes += pipeswap::tensor_bytes(e.shape, disk_dtype);
+  for (const auto& e : part.entries) tensor_bytes += e.disk_bytes;
   bytes = align_up(bytes + part.bytes, kSlabAlignment);
   parts.push_back(std::move(part));
 }
 
 std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, c10::ScalarType dtype,
-                             c10::ScalarType disk_dtype) {
+                             c10::ScalarType disk_dtype, const WeightStorage& storage) {
   const auto parts = block_parts(model, block);
   const int nphases = static_cast<int>(parts.size());
   std::vector<Unit> units;
@@ -136,7 +209,7 @@ std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, 
     u.block = block;
     u.first_phase = p0;
     u.end_phase = p1;
-    for (int p = p0; p < p1; ++p) u.add(make_layout(parts[p], dtype), disk_dtype);
+    for (int p = p0; p < p1; ++p) u.add(make_layout(parts[p], dtype, storage.phase(model, p), disk_dtype));
     units.push_back(std::move(u));
   };
   if (g == Granularity::kPhase) {
@@ -147,9 +220,10 @@ std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, 
   return units;
 }
 
-Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype) {
+Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype,
+                    const WeightStorage& storage) {
   Unit u;
-  u.add(make_layout(part, dtype), disk_dtype);
+  u.add(make_layout(part, dtype, storage.part(part), disk_dtype));
   return u;
 }
 
@@ -171,7 +245,8 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
   l.swapped_blocks = choose_swapped(n, swap, opts.policy);
   std::vector<int64_t> swapped_units, unit_disk;
   for (int b = 0; b < n; ++b) {
-    for (Unit& u : make_units(model, first_block + b, opts.granularity, dtype, opts.stored_dtype.value_or(dtype))) {
+    for (Unit& u : make_units(model, first_block + b, opts.granularity, dtype, opts.stored_dtype.value_or(dtype),
+                                 opts.storage)) {
       u.swapped = l.swapped_blocks[static_cast<size_t>(b)];
       if (u.swapped) {
         swapped_units.push_back(u.bytes);

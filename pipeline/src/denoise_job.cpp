@@ -5,6 +5,7 @@
 
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
+#include "pipeswap/core/torch_compat.h"
 #include "pipeswap/core/trace.h"
 #include "stage.h"
 
@@ -54,7 +55,12 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   std::vector<torch::Tensor> velocity(units);
   std::vector<int> done_step(settings.batch, 0);  // steps applied to each sample
   auto last_report = t0;
-  if (rank == 0) x = in.latents.to(torch::kFloat32).clone();
+  // The latents, the velocities and the Euler update stay on rank 0's device: a step makes no
+  // host-to-device or device-to-host copy (on a GPU, small pageable copies would wait behind the copy
+  // stream's slot fills on the copy engine), and the latents come to the host once, at the end.
+  if (rank == 0) x = in.latents.to(device, torch::kFloat32).clone();
+  const torch::Tensor image_cond =
+      rank == 0 && in.image_cond.defined() ? in.image_cond.to(device, torch::kFloat32) : torch::Tensor();
 
   // Rank 0: take the velocities of sample i's step s (from the last stage unless rank 0 is it) and
   // apply the guidance mix and the Euler step, as the fixture script's loop does.
@@ -62,7 +68,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     for (int b = 0; b < branches; ++b) {
       const int u = i * branches + b;
       if (!stage.keeps_outputs()) velocity[u] = stage.output(s, u);
-      velocity[u] = velocity[u].to(torch::kCPU, torch::kFloat32);
+      velocity[u] = velocity[u].to(x.device(), torch::kFloat32);
     }
     torch::Tensor v = velocity[i * branches];
     if (settings.cfg) {
@@ -72,6 +78,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     x.narrow(0, i, 1).add_((sigma(s + 1) - sigma(s)) * v);
     done_step[i] = s + 1;
     if (i == settings.batch - 1) {
+      compat::synchronize_stream(device);  // the step's time is its compute's, not its launch's
       const auto now = Clock::now();
       const double dt = std::chrono::duration<double>(now - last_report).count();
       last_report = now;
@@ -85,13 +92,13 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     std::vector<int> all(units);
     for (int u = 0; u < units; ++u) all[u] = u;
     for (int s = 0; s < steps; ++s) {
-      const auto t = torch::full({1}, sigma(s) * 1000.0, torch::kFloat32);
+      const auto t = torch::full({1}, sigma(s) * 1000.0, torch::TensorOptions(torch::kFloat32).device(device));
       const std::vector<torch::Tensor> outs = stage.pass_group(s, all, [&](int u) {
         const int i = u / branches;
         const bool uncond = settings.cfg && u % branches == 1;
         if (done_step[i] < s) finish_sample_step(s - 1, i);
         torch::Tensor lat = x.narrow(0, i, 1);
-        if (in.image_cond.defined()) lat = torch::cat({lat, row(in.image_cond, i).to(torch::kFloat32)}, 1);
+        if (image_cond.defined()) lat = torch::cat({lat, row(image_cond, i)}, 1);
         return models::Activation{lat, t, row(uncond ? in.context_null : in.context, i),
                                   in.clip_fea.defined() ? row(in.clip_fea, i) : torch::Tensor(), context_key(u)};
       });
@@ -101,7 +108,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   }
   if (rank == 0) {
     for (int i = 0; i < settings.batch; ++i) finish_sample_step(steps - 1, i);
-    result.latents = x;
+    result.latents = x.to(torch::kCPU);
   }
   transport.flush();
   result.seconds = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -58,10 +58,11 @@ struct ComponentBytes {
   int64_t transient = 0;
 };
 ComponentBytes component_bytes_of(const offload::RankComponents& held,
-                                  const std::map<std::string, offload::ComponentMode>& modes, c10::ScalarType dtype) {
+                                  const std::map<std::string, offload::ComponentMode>& modes, c10::ScalarType dtype,
+                                  const offload::WeightStorage& storage) {
   ComponentBytes out;
   for (const auto& part : held.parts) {
-    const int64_t bytes = offload::make_layout(part, dtype).bytes;
+    const int64_t bytes = offload::make_layout(part, dtype, storage.part(part)).bytes;
     switch (modes.at(part.name)) {
       case offload::ComponentMode::kResident:
         out.device += bytes;
@@ -78,6 +79,50 @@ ComponentBytes component_bytes_of(const offload::RankComponents& held,
   return out;
 }
 
+// Bytes of a part's tensors as they rest (no slab padding): part_bytes in the compute dtype, fp8 weights
+// as one byte an element plus their float32 scale.
+int64_t rest_bytes(const PartSpec& part, c10::ScalarType dtype, const std::vector<Fp8Storage>& fp8) {
+  if (fp8.empty()) return part_bytes(part, dtype);
+  int64_t n = 0;
+  for (size_t i = 0; i < part.tensors.size(); ++i) {
+    const auto& shape = part.tensors[i].shape;
+    n += fp8[i].fp8() ? tensor_bytes(shape, c10::ScalarType::Byte) + 4 * fp8[i].scale_numel(shape)
+                      : tensor_bytes(shape, dtype);
+  }
+  return n;
+}
+
+// One line on how the weights rest, for the plan and the run's summary ("" when nothing is fp8).
+std::string describe_storage(const models::Architecture& arch, const offload::WeightStorage& s,
+                             const std::string& weight_dtype) {
+  if (!s.any_fp8()) return weight_dtype == "fp8" ? "--weight-dtype fp8: no block matrix to quantise" : "";
+  std::map<std::string, int> kinds;
+  int n = 0, total = 0;
+  bool quantised = false;
+  for (int p = 0; p < static_cast<int>(arch.phase_names().size()); ++p) {
+    const auto st = s.phase(arch, p);
+    total += static_cast<int>(arch.phase_tensors(0, p).size());
+    for (const auto& f : st) {
+      if (!f.fp8()) continue;
+      ++n;
+      quantised = quantised || f.quantise;
+      kinds[fmt::format("{} {}", to_string(f.format),
+                        f.scale == Fp8Scale::kNone        ? "unscaled"
+                        : f.scale == Fp8Scale::kPerTensor ? "per-tensor scale"
+                                                          : "per-channel scale")]++;
+    }
+  }
+  std::string k;
+  for (const auto& [name, c] : kinds) k += (k.empty() ? "" : ", ") + name;
+  std::string out = fmt::format("fp8 weights: {} of {} tensors per block ({}){}", n, total, k.empty() ? "-" : k,
+                                quantised ? ", quantised from the checkpoint at load per output channel "
+                                            "(--weight-dtype fp8)"
+                                          : ", as stored");
+  out += fmt::format("; {} non-block tensor(s) stored in fp8", s.components.size());
+  out += "; kept as fp8 bytes on the host, on disk reads and in device slots, dequantised on the device per use";
+  return out;
+}
+
 // Resident and swapped blocks of one rank, and its predicted peaks.
 void plan_residency(const models::Architecture& arch, const PlanInputs& in, const offload::RankComponents& held,
                     RankPlan& rp) {
@@ -85,7 +130,7 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
   rp.layout.end_block = rp.end_block;
   rp.layout.dtype = in.dtype;
   if (rp.idle()) return;
-  const ComponentBytes comp = component_bytes_of(held, offload::component_modes(arch, in.offload), in.dtype);
+  const ComponentBytes comp = component_bytes_of(held, offload::component_modes(arch, in.offload), in.dtype, in.offload.storage);
   const int64_t components = comp.device + comp.transient;
   offload::OffloadOptions opts = in.offload;
   offload::SwapLayout layout;
@@ -138,9 +183,18 @@ void plan_swap_order(const models::Architecture& arch, const PlanInputs& in, int
   const int64_t swapped_units =
       std::count_if(rp.layout.units.begin(), rp.layout.units.end(), [](const offload::Unit& u) { return u.swapped; });
   if (swapped_units > 0) {
-    const double compute = in.batch > 0 && in.seq > 0
-                               ? arch.block_flops(in.batch, in.seq) * rp.num_blocks() / compute_rate(rp.device, in.dtype)
-                               : 0;
+    // fp8 weights are dequantised at each use: about 351 MB of fp8 in 2.55 ms on an H200 (issue 17's
+    // measurement, 1.4e11 bytes/s), a few GB/s on CPU cores.
+    int64_t fp8_bytes = 0;
+    for (const auto& u : rp.layout.units)
+      for (const auto& part : u.parts)
+        for (const auto& e : part.entries)
+          if (e.fp8.fp8()) fp8_bytes += e.nbytes;
+    const double dequantise = static_cast<double>(fp8_bytes) / (rp.device.is_cuda() ? 1.4e11 : 2e9);
+    const double compute =
+        in.batch > 0 && in.seq > 0
+            ? arch.block_flops(in.batch, in.seq) * rp.num_blocks() / compute_rate(rp.device, in.dtype) + dequantise
+            : 0;
     const double transfer = static_cast<double>(rp.layout.swapped_bytes) / link_rate(rp.device, rp.layout);
     const SwapOrderChoice c = choose_swap_order(compute, transfer, m, stages, in.offload.swap_order);
     rp.shared_fills = c.shared;
@@ -182,6 +236,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
   plan.num_blocks = arch.num_blocks();
   plan.dtype = in.dtype;
   plan.dtype_source = in.dtype_source;
+  plan.weight_storage = describe_storage(arch, in.offload.storage, in.weight_dtype);
   plan.micro_batches = in.micro_batches;
   plan.offload = in.offload;
 
@@ -216,9 +271,12 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // Every block and component this rank holds, tied embeddings once.
     const offload::RankComponents held =
         offload::rank_components(arch, {rp.first_block, rp.end_block, rp.prologue, rp.epilogue});
-    for (const auto& part : held.parts) rp.weight_bytes += part_bytes(part, in.dtype);
-    for (int b = rp.first_block; b < rp.end_block; ++b)
-      for (const auto& part : block_parts(arch, b)) rp.weight_bytes += part_bytes(part, in.dtype);
+    for (const auto& part : held.parts) rp.weight_bytes += rest_bytes(part, in.dtype, in.offload.storage.part(part));
+    for (int b = rp.first_block; b < rp.end_block; ++b) {
+      const auto parts = block_parts(arch, b);
+      for (size_t ph = 0; ph < parts.size(); ++ph)
+        rp.weight_bytes += rest_bytes(parts[ph], in.dtype, in.offload.storage.phase(arch, static_cast<int>(ph)));
+    }
     if (!rp.idle() && act > 0) {
       rp.activation_bytes = 2 * act + arch.cache_bytes(rp.num_blocks(), in.micro_batches, in.batch, in.dtype);
       rp.workspace_bytes = std::max({arch.block_workspace_bytes(in.batch, in.seq, in.dtype),
@@ -247,6 +305,7 @@ nlohmann::json Plan::to_json() const {
   j["num_blocks"] = num_blocks;
   j["dtype"] = dtype_word(dtype);
   j["dtype_source"] = dtype_source;
+  j["weight_storage"] = weight_storage.empty() ? "compute dtype" : weight_storage;
   j["micro_batches"] = micro_batches;
   j["offload"] = {{"granularity", offload::to_string(offload.granularity)},
                   {"swap_order", offload::to_string(offload.swap_order)},
@@ -293,6 +352,7 @@ std::string Plan::to_text() const {
   std::string s = fmt::format("plan: {} ({}), {} blocks, {}, {} micro-batch(es), {} rank(s)\n", model_dir, family,
                               num_blocks, dtype_word(dtype), micro_batches, ranks.size());
   if (!dtype_source.empty()) s += fmt::format("  compute dtype {}: {}\n", dtype_word(dtype), dtype_source);
+  if (!weight_storage.empty()) s += fmt::format("  {}\n", weight_storage);
   s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", "rank", "device",
                    "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk read");
   for (const auto& r : ranks) {

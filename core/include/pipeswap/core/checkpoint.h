@@ -28,6 +28,9 @@ class Checkpoint {
   const std::string& dir() const { return dir_; }
   const nlohmann::json& config() const { return config_; }
   bool has(const std::string& tensor) const;
+  // Whether the checkpoint carries fp8 weight scales (fp8.h): a "scaled_fp8" marker or any
+  // "*.scale_weight" / "*.weight_scale" key. A names lookup, no file is opened.
+  bool has_fp8_scales() const;
   // Opens the shard holding the tensor if needed. Throws CheckpointError naming the tensor (and the
   // shard the index points to) when it is absent.
   TensorLocation locate(const std::string& tensor) const;

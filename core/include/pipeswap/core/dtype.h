@@ -9,7 +9,10 @@
 
 namespace pipeswap {
 
-enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL };
+// F8_E4M3 / F8_E5M2 (fp8 weights) have no LibTorch type in 1.13: they travel as uint8 bytes (to_scalar_type
+// gives kByte) and are dequantised on the device (fp8.h).
+enum class DType { F64, F32, F16, BF16, I64, I32, I16, I8, U8, BOOL, F8_E4M3, F8_E5M2 };
+inline bool is_fp8(DType d) { return d == DType::F8_E4M3 || d == DType::F8_E5M2; }
 
 // "F32", "BF16", ... as in a safetensors header; std::nullopt for anything else.
 std::optional<DType> dtype_from_safetensors(const std::string& name);

@@ -136,4 +136,68 @@ inline void synchronize_device(const c10::Device& device) {
 #endif
 }
 
+// fp8 bytes (uint8) as float32, through LibTorch's own float8 types where the version has them (>= 2.1:
+// a view of the bytes, one conversion kernel); nullopt on 1.13, where the caller indexes the 256-entry
+// table (fp8.h). fp8 -> float32 is exact, so the two give the same values.
+inline constexpr bool kHasFloat8 = PIPESWAP_TORCH_AT_LEAST(2, 1);
+inline std::optional<torch::Tensor> fp8_to_float32(const torch::Tensor& bytes, bool e4m3) {
+#if PIPESWAP_TORCH_AT_LEAST(2, 1)
+  return bytes.view(e4m3 ? c10::ScalarType::Float8_e4m3fn : c10::ScalarType::Float8_e5m2).to(torch::kFloat32);
+#else
+  (void)bytes;
+  (void)e4m3;
+  return std::nullopt;
+#endif
+}
+
+// x W^T (+ b) with W in fp8 through torch._scaled_mm (Hopper's fp8 tensor cores): x is quantised per
+// row (token) to e4m3 with scale amax / 448, W's bytes are used as they rest in the slot with their
+// per-tensor or per-output-channel float32 scale; the product is accumulated in fp32 and returned in
+// x's dtype. Only CUDA with LibTorch >= 2.5 (row-wise scales), bf16 activations and dimensions that are
+// multiples of 16; nullopt elsewhere (the caller dequantises). `w_bytes` [out, in] uint8, `w_scale` float32
+// with one or `out` elements (undefined: 1).
+inline constexpr bool kHasScaledMm = PIPESWAP_TORCH_AT_LEAST(2, 5);
+inline std::optional<torch::Tensor> scaled_mm_fp8(const torch::Tensor& x, const torch::Tensor& w_bytes, bool e4m3,
+                                                  const torch::Tensor& w_scale, const torch::Tensor& bias) {
+#if PIPESWAP_TORCH_AT_LEAST(2, 5)
+  if (!x.is_cuda() || x.scalar_type() != torch::kBFloat16 || w_bytes.dim() != 2 || x.size(-1) % 16 != 0 ||
+      w_bytes.size(0) % 16 != 0)
+    return std::nullopt;
+  auto sizes = x.sizes().vec();
+  sizes.back() = w_bytes.size(0);
+  auto x2 = x.reshape({-1, x.size(-1)});
+  auto xs = x2.abs().amax(1, /*keepdim=*/true).to(torch::kFloat32).clamp_min(1e-12) / 448.0;
+  auto xq = (x2.to(torch::kFloat32) / xs).to(c10::ScalarType::Float8_e4m3fn);
+  auto w = w_bytes.view(e4m3 ? c10::ScalarType::Float8_e4m3fn : c10::ScalarType::Float8_e5m2);
+  const int64_t out = w_bytes.size(0);
+  auto ws = !w_scale.defined()
+                ? torch::ones({1, out}, x.options().dtype(torch::kFloat32))
+                : (w_scale.numel() == 1 ? w_scale.reshape({1}).expand({out}) : w_scale.reshape({out}))
+                      .to(torch::kFloat32)
+                      .reshape({1, out})
+                      .contiguous();
+  // _scaled_mm wants the second operand column-major: W^T of a row-major [out, in] W is exactly that.
+  auto y = at::_scaled_mm(xq, w.t(), xs, ws, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt,
+                          std::nullopt, x.scalar_type());
+  return y.view(sizes);
+#else
+  (void)x;
+  (void)w_bytes;
+  (void)e4m3;
+  (void)w_scale;
+  (void)bias;
+  return std::nullopt;
+#endif
+}
+
+// Blocks until the work queued so far on `device`'s current stream (the compute stream) is done; the
+// copy stream's prefetches go on. A step's end, timed on the host without a device-to-host copy.
+inline void synchronize_stream(const c10::Device& device) {
+  if (device.is_cpu()) return;
+  const auto* impl = c10::impl::getDeviceGuardImpl(device.type());
+  c10::Event done(device.type());
+  done.record(impl->getStream(device));
+  synchronize_event(done);
+}
+
 }  // namespace pipeswap::compat

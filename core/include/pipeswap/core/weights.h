@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "pipeswap/core/fp8.h"
 #include "pipeswap/core/shape.h"
 
 namespace pipeswap {
@@ -32,16 +33,37 @@ struct PartSpec {
 };
 
 // Named tensor views (into one or more slabs). Lookups by local name.
+//
+// An fp8 weight (fp8.h) rests as bytes plus a float32 scale; operator[] dequantises it to the compute
+// dtype on the device it rests on, at each lookup: the compute-dtype tensor is a temporary of one weight
+// that lives while the layer uses it, never a second resident copy. Model code looks each weight up
+// once per use and never learns which kind it got.
 class WeightView {
  public:
+  struct Fp8Weight {
+    torch::Tensor bytes;  // uint8, the weight's shape
+    torch::Tensor scale;  // float32, broadcastable to the weight; undefined: 1
+    Fp8Format format = Fp8Format::kNone;
+    c10::ScalarType dtype = c10::ScalarType::Float;  // what operator[] gives
+  };
   void add(const std::string& local, torch::Tensor t);
-  // Throws Error naming the missing tensor (a bug in an architecture's declarations).
-  const torch::Tensor& operator[](const std::string& local) const;
-  const torch::Tensor* find(const std::string& local) const;
+  void add_fp8(const std::string& local, Fp8Weight w);
+  // The weight in the compute dtype. Throws Error naming the missing tensor (a bug in an architecture's
+  // declarations).
+  torch::Tensor operator[](const std::string& local) const;
+  bool has(const std::string& local) const;
+  // The fp8 form of a weight (for fp8 GEMMs); nullptr where the weight is not fp8.
+  const Fp8Weight* fp8(const std::string& local) const;
   size_t size() const { return items_.size(); }
 
  private:
-  std::vector<std::pair<std::string, torch::Tensor>> items_;
+  struct Item {
+    std::string local;
+    torch::Tensor tensor;  // plain weights
+    Fp8Weight fp8;         // fp8 weights (fp8.format != kNone)
+  };
+  const Item* find(const std::string& local) const;
+  std::vector<Item> items_;
 };
 
 // The weights a model declares, block by block and phase by phase, and its non-block components:

@@ -94,4 +94,10 @@ void check_checkpoint_tensors(const Architecture& arch, const Checkpoint& ckpt);
 // naming the unsupported type and the supported ones.
 std::unique_ptr<Architecture> make_architecture(const nlohmann::json& config);
 
+// --fp8-gemm scaled-mm: fp8 weights multiply through torch._scaled_mm where it runs (CUDA, LibTorch >= 2.5,
+// compat::kHasScaledMm); off (the default): each fp8 weight is dequantised to the compute dtype for its use.
+// Process-wide (a process runs one model); set before the job starts.
+void set_fp8_gemm(bool on);
+bool fp8_gemm_enabled();
+
 }  // namespace pipeswap::models

@@ -10,10 +10,12 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "pipeswap/core/fp8.h"
 #include "pipeswap/core/weights.h"
 #include "pipeswap/offload/slab.h"
 
@@ -34,6 +36,21 @@ const char* to_string(SwapOrder o);
 const char* to_string(ResidentPolicy p);
 const char* to_string(Granularity g);
 
+// How weights rest (core/fp8.h): fp8 bytes plus a float32 scale, or in the compute dtype. Decided by the
+// launcher from the checkpoint's headers (block 0 stands for every block: the loader holds the others
+// to it) or by --weight-dtype fp8. Empty: every weight in the compute dtype.
+struct WeightStorage {
+  std::vector<Fp8Storage> block;                 // one block's tensors, phases in order, as declared
+  std::map<std::string, Fp8Storage> components;  // fp8 non-block tensors, by checkpoint name
+  bool any_fp8() const;
+  // The storage of block phase `phase`'s tensors (empty: none fp8), and of a component part's.
+  std::vector<Fp8Storage> phase(const ModelParts& model, int phase) const;
+  std::vector<Fp8Storage> part(const PartSpec& part) const;
+  // As integers (ranks agree on them) and back, given the model's declarations.
+  std::vector<int64_t> encode(const ModelParts& model) const;
+  static WeightStorage decode(const ModelParts& model, const std::vector<int64_t>& codes);
+};
+
 struct OffloadOptions {
   std::optional<int> blocks_to_swap;    // of this rank's blocks
   std::optional<double> offload_ratio;  // instead of blocks_to_swap: fraction of this rank's blocks
@@ -48,6 +65,7 @@ struct OffloadOptions {
   // The checkpoint's dtype, for the bytes a read from disk moves (a bf16 checkpoint computed in fp32
   // reads half its slab bytes); unset: the compute dtype.
   std::optional<c10::ScalarType> stored_dtype;
+  WeightStorage storage;  // fp8 weights
   // Non-block components (embeddings, head): kept on the host and moved in when used
   // (offload_txt_emb, offload_img_emb, or by name), or kept nowhere and read from disk when used.
   bool offload_txt_emb = false;
@@ -85,15 +103,17 @@ struct Unit {
   int64_t bytes = 0;              // slab bytes (aligned)
   int64_t tensor_bytes = 0;       // bytes of the tensors themselves as stored: what a read from disk moves
   bool swapped = false;           // streamed through the device slots (else resident)
-  // Appends a part at the next aligned offset. `disk_dtype`: what the checkpoint stores.
-  void add(SlabLayout part, c10::ScalarType disk_dtype);
+  // Appends a part at the next aligned offset (its entries' disk_bytes add to tensor_bytes).
+  void add(SlabLayout part);
 };
 
-// The units of one block in `dtype`: one for the whole block, or one per phase.
+// The units of one block in `dtype` (fp8 weights as `storage` says): one for the whole block, or one
+// per phase. `disk_dtype`: what the checkpoint stores its other tensors in.
 std::vector<Unit> make_units(const ModelParts& model, int block, Granularity g, c10::ScalarType dtype,
-                             c10::ScalarType disk_dtype);
+                             c10::ScalarType disk_dtype, const WeightStorage& storage = {});
 // A non-block component as a unit of its own.
-Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype);
+Unit component_unit(const PartSpec& part, c10::ScalarType dtype, c10::ScalarType disk_dtype,
+                    const WeightStorage& storage = {});
 
 // A rank's residency, decided once.
 struct SwapLayout {

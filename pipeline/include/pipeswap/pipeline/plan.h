@@ -24,7 +24,7 @@ struct RankPlan {
   int end_block = 0;
   bool prologue = false;  // first stage: embeddings
   bool epilogue = false;  // last stage: final norm + head
-  int64_t weight_bytes = 0;      // every part this rank owns, in the compute dtype
+  int64_t weight_bytes = 0;      // every part this rank owns, as it rests (compute dtype; fp8 bytes + scales)
   int64_t activation_bytes = 0;  // one micro-batch's activation (in + out) and the architecture's caches (Wan:
                                  // context K/V per block and branch), when the input shape is known
   int64_t kv_cache_bytes = 0;    // generation: the K/V cache of this rank's blocks (PlanInputs::kv_batch x kv_seq)
@@ -57,6 +57,7 @@ struct PlanInputs {
   bool workload_split = true;     // false: every block on the first entry
   c10::ScalarType dtype = c10::ScalarType::Float;
   std::string dtype_source;  // why this dtype ("stored bfloat16 in the safetensors files", "--dtype bf16")
+  std::string weight_dtype = "auto";  // --weight-dtype (offload.storage says what it decided)
   int micro_batches = 1;
   int64_t batch = 0;  // sequences per micro-batch (0 when unknown: plan without --input)
   int64_t seq = 0;
@@ -76,6 +77,8 @@ struct Plan {
   int num_blocks = 0;
   c10::ScalarType dtype = c10::ScalarType::Float;
   std::string dtype_source;
+  // How the weights rest: "" when all in the compute dtype, else which are fp8 and how (plan and summary).
+  std::string weight_storage;
   int micro_batches = 1;
   offload::OffloadOptions offload;
   std::vector<RankPlan> ranks;
