@@ -131,7 +131,7 @@ text = open(log).read()
 units = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 m = re.search(r"read from disk during the run ([0-9.]+) ?([KMGT]?i?B)", text)
 disk = float(m.group(1)) * units[m.group(2)]
-passes = [float(s) for s in re.findall(r"forward pass \d+/\d+: ([0-9.]+) s", text)]
+passes = [float(s) for s in re.findall(r"forward pass \d+/\d+:? ([0-9.]+) s", text)]
 warm = sorted(passes[1:]) or passes
 median = warm[len(warm) // 2] if len(warm) % 2 else (warm[len(warm) // 2 - 1] + warm[len(warm) // 2]) / 2
 # The log rounds to 0.1 of its unit: the exact figure per pass is every block tensor's bytes (every

@@ -277,8 +277,9 @@ TEST_F(DenoiseTest, BadInputsNamedOnEveryRank) {
       {" denoise" + model + " --latents " + io + " --context " + io + " --guidance 1 --steps 0",
        "--steps must be at least 1"},
       {" run" + model + " --input " + io, "use `pipeswap denoise"},
-      {" denoise --latents " + io + " --context " + io + " --guidance 1 --steps 2", "`pipeswap denoise` samples "
-                                                                                     "diffusion transformers"},
+      {" denoise --model " + fixture("llama_bias") + " --latents " + io + " --context " + io +
+           " --guidance 1 --steps 2",
+       "`pipeswap denoise` samples diffusion transformers"},
   };
   for (const Case& c : cases) {
     const std::string out = path("never.safetensors");

@@ -1,5 +1,5 @@
 // `pipeswap generate` on Llama-family checkpoints, end to end under mpirun: the token ids of transformers' greedy
-// `generate` (fp32, 32 new tokens, stopping at EOS) for every prompt of tests/reference/make_generate_fixtures.py's
+// `generate` (fp32, 32 new tokens, stopping at EOS) for every prompt of tests/reference/make_generate_text_fixtures.py's
 // models, at 1-3 ranks, with swapping, several prompts of different lengths in flight at once; seeded sampling the
 // same for every split; bad input refused.
 #include <gtest/gtest.h>
@@ -67,7 +67,7 @@ void expect_reference(const json& got, const std::string& model, const std::stri
 }
 
 TEST_F(GenerateText, GreedyMatchesTransformersOverSplitsAndSwapping) {
-  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
   struct Case {
     int np;
     std::string args;
@@ -92,7 +92,7 @@ TEST_F(GenerateText, GreedyMatchesTransformersOverSplitsAndSwapping) {
 }
 
 TEST_F(GenerateText, SentencePieceAndSlidingWindow) {
-  if (!fs::exists(fixture("gen-mistral/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  if (!fs::exists(fixture("gen-mistral/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
   if (std::getenv("PIPESWAP_NO_SENTENCEPIECE")) GTEST_SKIP();
   expect_reference(generate("gen-mistral", 1, "--prompts " + fixture("gen-mistral/prompts.jsonl"), "mistral1"),
                    "gen-mistral", "np 1");
@@ -102,7 +102,7 @@ TEST_F(GenerateText, SentencePieceAndSlidingWindow) {
 }
 
 TEST_F(GenerateText, TokenIdsInputAndOnePromptStreams) {
-  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
   const json want = read_json(fixture("gen-llama3/expected.json")).at("cases");
   json ids = json::array();
   for (const auto& c : want) ids.push_back(c.at("prompt_ids"));
@@ -120,7 +120,7 @@ TEST_F(GenerateText, TokenIdsInputAndOnePromptStreams) {
 }
 
 TEST_F(GenerateText, SeededSamplingIsTheSameForEverySplit) {
-  if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
   const std::string sampling = " --temperature 0.8 --top-k 50 --top-p 0.9 --repetition-penalty 1.1 --seed 7 --prompts " +
                                fixture("gen-qwen2/prompts.jsonl");
   const json a = generate("gen-qwen2", 1, sampling, "sample1");
@@ -144,7 +144,7 @@ TEST_F(GenerateText, SeededSamplingIsTheSameForEverySplit) {
 }
 
 TEST_F(GenerateText, StopStringsAndMaxSeqLen) {
-  if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
   const json want = read_json(fixture("gen-qwen2/expected.json")).at("cases");
   const std::string full = want[0].at("text").get<std::string>();
   // The first three ASCII letters in a row of the greedy text: a stop string the shell passes as it is.
@@ -171,8 +171,23 @@ TEST_F(GenerateText, StopStringsAndMaxSeqLen) {
   EXPECT_EQ(m[0].at("finish_reason"), "max_seq_len");
 }
 
+// One generate command for both architectures: the other one's flags are named in a warning.
+TEST_F(GenerateText, VideoFlagsWarnOnATextModel) {
+  if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
+  Result r = sh(mpirun(1) + exe() + " generate --model " + fixture("gen-qwen2") +
+                " --prompt hi --max-new-tokens 2 --frames 9 --guidance 3 --stream false --output " + path("w.json"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--frames, --guidance do nothing for a text model (qwen2 checkpoint"));
+  r = sh(mpirun(1) + exe() + " generate --model " + fixture("gen-qwen2") + " --prompt-ids x.safetensors");
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("give its token ids with --input ids.json"));
+  r = sh(exe() + " generate --help");
+  EXPECT_THAT(r.output, HasSubstr("Video (Wan2.1 T2V, diffusers repo)"));
+  EXPECT_THAT(r.output, HasSubstr("Text (Llama, Qwen2, Mistral checkpoint)"));
+}
+
 TEST_F(GenerateText, BadInput) {
-  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_fixtures.py";
+  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
   const std::string base = mpirun(1) + exe() + " generate --model " + fixture("gen-llama3") + " --log-level warn ";
   Result r = sh(base + "--prompt \"a long prompt of many words\" --max-seq-len 3");
   EXPECT_NE(r.code, 0);

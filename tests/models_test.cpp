@@ -591,7 +591,7 @@ TEST(CompatAttention, MatchesEagerMath) {
 // ---- reference fixtures from transformers ------------------------------------------------------------
 
 // The K/V cache (Architecture::allocate_kv_cache and the rows tensor of generation): each prompt of
-// make_generate_fixtures.py's models prefilled alone, then every running sequence decoded together, one token per
+// make_generate_text_fixtures.py's models prefilled alone, then every running sequence decoded together, one token per
 // step, gives the ids of transformers' greedy generate (32 new tokens, stopping at EOS).
 TEST(LlamaKvCache, GreedyDecodeMatchesTransformersGenerate) {
   int checked = 0;
@@ -650,7 +650,7 @@ TEST(LlamaKvCache, GreedyDecodeMatchesTransformersGenerate) {
     }
     m.arch->release_kv_cache();
   }
-  if (checked == 0) GTEST_SKIP() << "no generation fixtures: run tests/reference/make_generate_fixtures.py";
+  if (checked == 0) GTEST_SKIP() << "no generation fixtures: run tests/reference/make_generate_text_fixtures.py";
 }
 
 TEST(LlamaFixtures, MatchTransformers) {

@@ -237,10 +237,11 @@ TEST_F(RunTest, PlanShowsResidencyAndBudgetsAreChecked) {
   Result both = sh(exe() + " run --vram-budget 30MB --blocks-to-swap 2 --output " + path("w.safetensors"));
   EXPECT_EQ(both.code, 0) << both.output;
   EXPECT_THAT(both.output, HasSubstr("blocks_to_swap ignored: automatic VRAM mode decides residency"));
-  Result cache = sh(exe() + " run --blocks-to-swap 4 --lazy-load --max-memory 1MB --output " + path("c.safetensors"));
-  EXPECT_NE(cache.code, 0);
-  EXPECT_THAT(cache.output, HasSubstr("--max-memory 1000000 is too small for lazy loading: it needs at least"));
-  EXPECT_FALSE(fs::exists(path("c.safetensors")));
+  // A host cache too small for any swapped block is no error (issue 23): every swapped block streams, as
+  // the plan says, with a warning.
+  Result cache = sh(exe() + " plan --blocks-to-swap 4 --lazy-load --max-memory 1MB");
+  EXPECT_EQ(cache.code, 0) << cache.output;
+  EXPECT_THAT(cache.output, HasSubstr("--max-memory 1MB holds none of the swapped blocks"));
 }
 
 TEST_F(RunTest, ConfigFileUsesSnakeCaseKeysAndFlagsWin) {
@@ -285,9 +286,10 @@ TEST_F(RunTest, SingleNodeModeStartsItsOwnWorkers) {
   // processes may run on the machine.)
   const std::string kLeft = "for k in $kids; do kill -0 $k 2>/dev/null && echo LEFT; done; true";
   // The signal goes in once both workers have loaded their weights: a fixed sleep raced a slow start-up
-  // under load (a background job ignores SIGINT until pipeswap installs its handler).
+  // under load (a background job ignores SIGINT until pipeswap installs its handler). No single quotes:
+  // sh() runs the command inside bash -c '...'.
   auto started = [](const std::string& log) {
-    return "for i in $(seq 300); do [ \"$(cat " + log + " 2>/dev/null | grep -c 'loaded ')\" -ge 2 ] && break; "
+    return "for i in $(seq 300); do [ \"$(cat " + log + " 2>/dev/null | grep -c loaded)\" -ge 2 ] && break; "
            "sleep 0.1; done; sleep 0.2; ";
   };
   Result sig = sh("( " + exe() + " run --device-chain cpu,cpu --input " + long_input() +

@@ -13,6 +13,7 @@
 #include "expect_error.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/safetensors.h"
+#include "pipeswap/pipeline/sampler.h"
 #include "pipeswap/pipeline/unipc.h"
 #include "test_util.h"
 
@@ -75,6 +76,38 @@ TEST(UniPC, MatchesDiffusers) {
   }
   EXPECT_GE(cases, 5) << "the fixture should hold the Wan configuration and its variants";
   std::cout << "[ unipc    ] " << cases << " cases, worst relative error " << worst << "\n";
+}
+
+// `generate --sampler euler` against diffusers' FlowMatchEulerDiscreteScheduler(shift) on its own
+// (make_generate_fixtures.py's flow-euler/): timesteps and sigmas as float32 exactly, every sample within 1e-6.
+TEST(FlowEuler, MatchesDiffusers) {
+  const std::string path = fixture("flow-euler/euler.safetensors");
+  if (!fs::exists(path)) GTEST_SKIP() << "no fixture " << path << ": run tests/reference/make_generate_fixtures.py";
+  auto file = SafetensorsFile::open(path);
+  const torch::Tensor noise = file->read("noise");
+  int cases = 0;
+  for (const auto& [name, value] : file->metadata()) {
+    if (name == "diffusers" || name == "torch") continue;
+    SCOPED_TRACE(name);
+    ++cases;
+    const json c = json::parse(value);
+    const int steps = c.at("steps").get<int>();
+    auto sampler = pipeline::make_diffusers_flow_euler(steps, c.at("shift").get<double>());
+    const torch::Tensor ts = file->read("timesteps_" + name);
+    const torch::Tensor sig = file->read("sigmas_" + name);
+    ASSERT_EQ(sampler->steps(), steps);
+    for (int i = 0; i < steps; ++i) EXPECT_EQ(static_cast<float>(sampler->timestep(i)), ts[i].item<float>()) << i;
+    for (int i = 0; i <= steps; ++i) EXPECT_EQ(static_cast<float>(sampler->sigma(i)), sig[i].item<float>()) << i;
+    const torch::Tensor outputs = file->read("output_model_" + name);
+    const torch::Tensor samples = file->read("output_samples_" + name);
+    torch::Tensor x = noise.clone();
+    for (int i = 0; i < steps; ++i) {
+      sampler->step(outputs[i], x);
+      const torch::Tensor want = samples[i + 1];
+      EXPECT_LE((x - want).abs().max().item<double>() / want.abs().max().item<double>(), 1e-6) << "step " << i;
+    }
+  }
+  EXPECT_EQ(cases, 3);
 }
 
 TEST(UniPC, WanConfigFromTheRepoFile) {

@@ -298,7 +298,7 @@ class MpiTransport final : public Transport {
 
   void abort(const std::string& reason) noexcept override {
     try {
-      log().error("aborting the MPI job: {}", reason);
+      log().debug("aborting the MPI job: {}", reason);  // the launcher has said why, once
     } catch (...) {
       // Logging must not stop the abort.
     }

@@ -304,7 +304,7 @@ class TcpTransport final : public Transport {
   void throw_if_aborted_locked() const {
     PS_CHECK(!aborted_, CommError, "this rank already aborted the job ({}): the transport is closed", abort_reason_);
     if (peer_abort_) {
-      PS_THROW(PeerLostError, "{} aborted the job: {}", who(peer_abort_->first), peer_abort_->second);
+      PS_THROW(PeerAbortedError, "{} aborted the job: {}", who(peer_abort_->first), peer_abort_->second);
     }
   }
 
@@ -316,7 +316,7 @@ class TcpTransport final : public Transport {
 
   void throw_if_lost_locked(const Peer& p) const {
     if (p.lost.empty()) return;
-    if (p.corrupt) throw CommError(p.lost);  // already carries the rank prefix and where it was found
+    if (p.corrupt) PS_THROW(CommError, "{}", p.lost);
     PS_THROW(PeerLostError, "{}", p.lost);
   }
 
@@ -504,11 +504,10 @@ class TcpTransport final : public Transport {
           cv_.notify_all();
         } else {
           corrupt = true;
-          lost = detail::with_location(
-              fmt::format("{} sent a frame of unknown type {} and length {}: the stream is corrupt, or the peer runs "
-                          "another pipeswap build",
-                          who(p.rank), fh.type, fh.length),
-              __FILE__, __LINE__);
+          lost = fmt::format(
+              "{} sent a frame of unknown type {} and length {}: the stream is corrupt, or the peer runs another "
+              "pipeswap build",
+              who(p.rank), fh.type, fh.length);
           break;
         }
       }

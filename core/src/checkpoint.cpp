@@ -4,6 +4,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -57,7 +58,16 @@ json read_json_file(const std::string& path, const char* what) {
 
 std::shared_ptr<Checkpoint> Checkpoint::open(const std::string& dir) {
   struct stat st {};
-  PS_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), CheckpointError,
+  const bool exists = ::stat(dir.c_str(), &st) == 0;
+  if (exists && !S_ISDIR(st.st_mode)) {
+    // A weight file or config.json given for the directory that holds it.
+    const auto slash = dir.find_last_of('/');
+    PS_THROW(CheckpointError,
+             "--model {} is a file, not a directory: give the checkpoint's directory, the one holding config.json and "
+             "the .safetensors files (--model {})",
+             dir, slash == std::string::npos ? std::string(".") : dir.substr(0, std::max<size_t>(slash, 1)));
+  }
+  PS_CHECK(exists, CheckpointError,
            "model directory '{}' does not exist: pass --model DIR with a Hugging Face checkpoint (config.json + "
            "model.safetensors)",
            dir);

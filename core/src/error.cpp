@@ -2,16 +2,10 @@
 
 #include <mpi.h>
 
-#include "pipeswap/core/identity.h"
 
 namespace pipeswap::detail {
 
-std::string where_prefix() {
-  const RankIdentity& id = rank_identity();
-  return fmt::format("[{} r{} {}] ", id.host, id.rank, id.device);
-}
-
-std::string with_location(const std::string& msg, const char* file, int line) {
+std::string source_location(const char* file, int line) {
   // Strip the directories: "offload/src/host_cache.cpp:42" is enough to find it.
   std::string f(file);
   for (const char* top : {"/core/", "/comm/", "/models/", "/offload/", "/pipeline/", "/launcher/", "/tests/"}) {
@@ -21,7 +15,7 @@ std::string with_location(const std::string& msg, const char* file, int line) {
       break;
     }
   }
-  return fmt::format("{}{} ({}:{})", where_prefix(), msg, f, line);
+  return fmt::format("{}:{}", f, line);
 }
 
 std::string mpi_error_string(int rc) {

@@ -7,6 +7,7 @@
 #include <map>
 #include <utility>
 
+#include "notices.h"
 #include "pipeswap/core/cuda_info.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/identity.h"
@@ -85,8 +86,9 @@ std::vector<pipeline::ChainEntry> agree_chain(const std::optional<pipeline::Devi
   const bool preview = use == JobUse::kPlan && world.size == 1;
   if (!preview) {
     PS_CHECK(n == world.size, ConfigError,
-             "--device-chain has {} entr{} but {} rank(s) are running: give one entry per rank, or start {} rank(s) "
-             "(e.g. mpirun -np {} pipeswap ...)",
+             "--device-chain has {} entr{} but {} rank(s) are running: give one entry per rank, or start {} rank(s): "
+             "leave out mpirun and pipeswap starts one per entry itself, or mpirun -np {} pipeswap ... (as root, or "
+             "with more ranks than cores, Open MPI needs the settings in README.md, Running)",
              n, n == 1 ? "y" : "ies", world.size, n, n);
   }
   if (preview) return chain.entries;  // devices as written
@@ -98,7 +100,8 @@ std::vector<pipeline::ChainEntry> agree_chain(const std::optional<pipeline::Devi
   DeviceSpec& mine = chain.entries.at(world.rank).device;
   mine = resolve_device(mine, world);
   if (world.size > 1) agree_devices(chain.entries, world.rank, t);
-  if (chain.automatic || auto_vram_balance) {
+  // --auto-vram-balance weighs GPUs; a chain of CPUs keeps its weights (notices.h says so).
+  if (chain.automatic || (auto_vram_balance && balances_anything(chain.entries))) {
     // Every rank's free memory, gathered so that all ranks build the same plan.
     const std::vector<int64_t> free =
         world.size > 1 ? all_free_bytes(mine, world, t) : std::vector<int64_t>{free_bytes(mine, world)};

@@ -2,28 +2,39 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "command_words.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/torch_compat.h"
 
 namespace pipeswap::launcher {
 namespace {
 
+// Flags every command takes. `plan` also takes the run-only flags (a run's command line turned into a
+// plan works) but does not list them in its --help.
 void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
-  cmd->add_option("--model", o.model, "Hugging Face checkpoint directory (config.json + *.safetensors); "
-                                      "default: the built-in demo model")
+  const bool dit = cmd->get_name() == "denoise";
+  const bool generate = cmd->get_name() == "generate";
+  const char* run_only = cmd->get_name() == "plan" ? "" : "Options";
+  cmd->add_option("--model", o.model,
+                  generate ? "a Wan2.1 text-to-video repo in diffusers' layout (model_index.json: makes a video) or a "
+                             "Llama, Qwen2 or Mistral checkpoint directory (config.json + *.safetensors: makes text)"
+                  : dit ? "Wan2.1 DiT checkpoint directory (Wan2.1's or diffusers' layout); default: the built-in demo "
+                        "Wan, with built-in inputs"
+                      : "Hugging Face checkpoint directory (config.json + *.safetensors); default: the built-in "
+                        "demo model (a small Llama), with a built-in input")
       ->expected(0, 1);  // "--model" with nothing after it is the "Model is None" error, not the demo
   cmd->add_option("--device-chain", chain_text,
                   "one entry per rank, device=weight: cpu=3,cpu=1 or cuda:0=60,cuda:1=40; 'auto' weighs by free "
                   "memory (default: every rank on cpu, equal weights)")
       ->expected(0, 1);  // an empty value must reach the chain parser, which names the problem
-  cmd->add_option("--workload-split", o.workload_split, "false: every block on the first device")
-      ->default_str("true");
-  cmd->add_option("--auto-vram-balance", o.auto_vram_balance,
-                  "weigh the chain's devices by their free memory instead of the given weights")
+  cmd->add_flag("--workload-split", o.workload_split, "false: every block on the first device")->default_str("true");
+  cmd->add_flag("--auto-vram-balance", o.auto_vram_balance,
+                "weigh the chain's GPUs by their free memory instead of the given weights")
       ->default_str("false");
   cmd->add_option("--dtype", o.dtype, "compute dtype: auto (the checkpoint's), fp32, bf16, fp16")->default_str("auto");
   cmd->add_option("--weight-dtype", o.weight_dtype,
@@ -37,13 +48,25 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
       ->check(CLI::IsMember({"off", "scaled-mm"}))
       ->default_str("off");
   cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")->default_str("1");
-  cmd->add_option("--input", o.input, "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T]");
-  cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")->default_str("60");
-  cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")->default_str("0");
-  cmd->add_option("--log-level", o.log_level, "trace, debug, info, warn, error, off")->default_str("info");
+  if (!dit && !generate) {
+    cmd->add_option("--input", o.input,
+                    "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T] (default with the demo "
+                    "model: 8 built-in sequences of 64 tokens)");
+  }
+  cmd->add_option("--comm-timeout", o.comm_timeout, "seconds before a silent peer is an error")
+      ->default_str("60")
+      ->group(run_only);
+  cmd->add_option("--threads", o.threads, "CPU threads per rank (0: cores / ranks on this node)")
+      ->default_str("0")
+      ->group(run_only);
+  cmd->add_option("--log-level", o.log_level,
+                  "trace, debug, info, warn, error, off (warn: no progress lines; debug: errors name their source "
+                  "line)")
+      ->default_str("info");
   cmd->add_option("--transport", o.transport, "activations between GPU ranks: auto (NCCL) or host (via MPI/TCP)")
       ->check(CLI::IsMember({"auto", "host"}))
-      ->default_str("auto");
+      ->default_str("auto")
+      ->group(run_only);
 
   auto* off = "Offload";
   cmd->add_option("--blocks-to-swap", o.blocks_to_swap, "how many of each rank's blocks live off the device")
@@ -99,11 +122,59 @@ void add_trace(CLI::App* cmd, Options& o) {
                   "to this file; open it in https://ui.perfetto.dev");
 }
 
-// `generate` for Llama-family checkpoints (launcher/src/generate_text.cpp).
-void add_text_generate(CLI::App* cmd, Options& o) {
-  auto* g = "Text generation (Llama, Qwen2, Mistral)";
-  cmd->add_option("--prompt", o.prompt, "the prompt text")->group(g);
-  cmd->add_option("--prompts", o.prompts, "JSON lines file: {\"prompt\": TEXT} (or a JSON string) per line")->group(g);
+// `generate`: one command, two architectures, picked by --model (generate.cpp). A diffusers Wan2.1 T2V repo
+// (model_index.json) makes a video; a Llama, Qwen2 or Mistral checkpoint (config.json's model_type) makes text.
+// Flags of the other architecture's group are accepted and warned about (notices.h: warn_idle_generate_flags).
+void add_generate(CLI::App* cmd, Options& o) {
+  cmd->add_option("--prompt", o.prompt, "the prompt text");
+  cmd->add_option("--prompts", o.prompts_file,
+                  "JSON lines, one prompt each: {\"prompt\": ...} (video: and \"negative_prompt\"; text: or a JSON "
+                  "string); video: sampled together, text: sequences in flight (continuous batching)");
+  cmd->add_option("--seed", o.seed,
+                  "video: the noise (torch.Generator(\"cpu\").manual_seed, as diffusers); text: sampling (the same "
+                  "tokens for every split and swap setting)")
+      ->default_str("0");
+  cmd->add_option("--output", o.output,
+                  "video: video.mp4 (H.264, builds with FFmpeg), frames/ (PNG) or latents.safetensors (default "
+                  "video.mp4); text: a JSON file with per prompt its ids, the generated ids and text (default: none)");
+
+  const char* v = kVideoGroup;
+  cmd->add_option("--negative-prompt", o.negative_prompt, "the negative prompt (default: empty, as diffusers)")
+      ->group(v);
+  cmd->add_option("--prompt-ids", o.prompt_ids,
+                  "token ids instead of prompts (builds without SentencePiece): safetensors with input_ids, "
+                  "attention_mask [B, 512] (and negative_input_ids, negative_attention_mask with guidance)")
+      ->group(v);
+  cmd->add_option("--frames", o.frames, "video frames, 4k+1")->default_str("81")->group(v);
+  cmd->add_option("--height", o.height, "pixels, a multiple of 16")->default_str("480")->group(v);
+  cmd->add_option("--width", o.width, "pixels, a multiple of 16")->default_str("832")->group(v);
+  cmd->add_option("--steps", o.steps, "denoising steps")->default_str("50")->group(v);
+  cmd->add_option("--guidance", o.guidance, "classifier-free guidance scale (<= 1: no unconditional pass)")
+      ->default_str("5")
+      ->group(v);
+  cmd->add_option("--sampler", o.sampler, "unipc (the repo's scheduler) or euler (flow-matching Euler)")
+      ->check(CLI::IsMember({"unipc", "euler"}))
+      ->default_str("unipc")
+      ->group(v);
+  cmd->add_option("--flow-shift", o.flow_shift,
+                  "schedule shift (default: the repo's scheduler_config.json; Wan2.1: 3 at 480p, 5 at 720p)")
+      ->group(v);
+  cmd->add_option("--latents", o.latents, "safetensors with the initial noise [B, z, f, h, w] instead of --seed")
+      ->group(v);
+  cmd->add_option("--text-encoder", o.text_encoder,
+                  "text encoder placement: on-demand (read, encode, freed before the DiT loads)")
+      ->check(CLI::IsMember({"on-demand"}))
+      ->default_str("on-demand")
+      ->group(v);
+  cmd->add_option("--text-encoder-device", o.text_encoder_device, "cpu or cuda:N (default: rank 0's device)")
+      ->group(v);
+  cmd->add_option("--vae-device", o.vae_device, "cpu or cuda:N (default: rank 0's device)")->group(v);
+  cmd->add_flag("--vae-tiling", o.vae_tiling, "decode in 256x256 spatial tiles (bounds the VAE's memory)")->group(v);
+  cmd->add_option("--fps", o.fps, "frames a second of the MP4")->default_str("16")->group(v);
+
+  const char* g = kTextGroup;
+  cmd->add_option("--input", o.input, "token ids instead of prompts: JSON [[ids...], ...] (rows may differ in length)")
+      ->group(g);
   cmd->add_option("--tokenizer", o.tokenizer, "folder with tokenizer.json or tokenizer.model (default: --model)")
       ->group(g);
   cmd->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate per prompt")->default_str("32")->group(g);
@@ -111,25 +182,23 @@ void add_text_generate(CLI::App* cmd, Options& o) {
                   "tokens per sequence the K/V cache holds, prompt included (default: longest prompt + "
                   "--max-new-tokens)")
       ->group(g);
-  cmd->add_option("--max-batch", o.max_batch, "sequences in flight at once (K/V cache slots; default: every prompt, "
-                                              "at most 64)")
+  cmd->add_option("--max-batch", o.max_batch,
+                  "sequences in flight at once (K/V cache slots; default: every prompt, at most 64)")
       ->group(g);
-  cmd->add_option("--temperature", o.temperature, "0: greedy; else sample at this temperature")->default_str("0")
+  cmd->add_option("--temperature", o.temperature, "0: greedy; else sample at this temperature")
+      ->default_str("0")
       ->group(g);
   cmd->add_option("--top-k", o.top_k, "sample among the k most likely tokens (0: off)")->default_str("0")->group(g);
   cmd->add_option("--top-p", o.top_p, "sample within this cumulative probability (1: off)")->default_str("1")->group(g);
   cmd->add_option("--repetition-penalty", o.repetition_penalty, "transformers' repetition penalty (1: off)")
       ->default_str("1")
       ->group(g);
-  cmd->add_option("--seed", o.seed, "sampling seed (the same tokens for every split and swap setting)")
-      ->default_str("0")
-      ->group(g);
   cmd->add_option("--stop", o.stop, "stop a sequence once its text contains this string (repeatable)")->group(g);
   cmd->add_option("--eos-token", o.eos_token,
                   "also end a sequence at this token of the tokenizer, e.g. <|eot_id|> (repeatable)")
       ->group(g);
   cmd->add_flag("--ignore-eos", o.ignore_eos, "keep generating past the end-of-sequence token")->group(g);
-  cmd->add_option("--stream", o.stream, "print the text as it is generated (rank 0)")->default_str("true")->group(g);
+  cmd->add_flag("--stream", o.stream, "print the text as it is generated (rank 0)")->default_str("true")->group(g);
 }
 
 std::string config_value(const nlohmann::json& v) {
@@ -168,7 +237,7 @@ std::vector<std::string> config_args(const std::string& path, CLI::App* cmd) {
 
 }  // namespace
 
-std::optional<Options> parse_command_line(int argc, char** argv) {
+std::optional<Options> parse_command_line(int argc, char** argv, bool print_help) {
   Options o;
   CLI::App app{"pipeswap: run transformer models too big for one device, split across ranks and swapped"};
   app.require_subcommand(1);
@@ -179,25 +248,39 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
   CLI::App* denoise = app.add_subcommand(
       "denoise", "sample a diffusion transformer (Wan): flow-matching Euler steps with classifier-free guidance");
   CLI::App* generate = app.add_subcommand(
-      "generate", "generate text from prompts (Llama-family checkpoints): prefill, then decode with a K/V cache per "
-                  "stage");
+      "generate", "prompt in, video or text out, by --model's architecture: a Wan2.1 T2V diffusers repo makes a video "
+                  "(text encoder, DiT across the ranks with swapping, VAE decode); a Llama, Qwen2 or Mistral "
+                  "checkpoint makes text (prefill, then decode with a K/V cache per stage)");
   std::string config_path;
   std::string chain_text;  // --device-chain as written; parsed below, once
   for (CLI::App* cmd : {run, plan, denoise, generate}) {
     add_common(cmd, o, chain_text);
     cmd->add_option("--config", config_path, "JSON file of options with snake_case keys (flags win)");
   }
-  run->add_option("--output", o.output, "safetensors file for the logits (written atomically)")
+  run->add_option("--output", o.output,
+                  "safetensors file for the logits (written atomically; default: logits.safetensors in the current "
+                  "directory)")
       ->default_str("logits.safetensors");
   add_trace(run, o);
   run->add_option("--repeat", o.repeat, "run the forward N times (benchmarks: the summary reports the median warm pass)")
       ->default_str("1");
   plan->add_option("--json", o.json, "also write the plan as JSON to this file");
-  denoise->add_option("--latents", o.latents, "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W]")
-      ->required();
+  // A diffusers Wan repo (generate's --model): the job's size decides the DiT's tokens and the VAE's memory.
+  plan->add_option("--frames", o.frames, "Wan repo: video frames, 4k+1")->default_str("81");
+  plan->add_option("--height", o.height, "Wan repo: pixels, a multiple of 16")->default_str("480");
+  plan->add_option("--width", o.width, "Wan repo: pixels, a multiple of 16")->default_str("832");
+  plan->add_option("--steps", o.steps, "Wan repo: denoising steps")->default_str("50");
+  plan->add_option("--guidance", o.guidance, "Wan repo: guidance scale (<= 1: no unconditional pass)")
+      ->default_str("5");
+  plan->add_option("--text-encoder-device", o.text_encoder_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
+  plan->add_option("--vae-device", o.vae_device, "Wan repo: cpu or cuda:N (default: rank 0's)");
+  plan->add_flag("--vae-tiling", o.vae_tiling, "Wan repo: the VAE decodes in 256x256 tiles");
+  denoise->add_option("--latents", o.latents,
+                      "safetensors with the initial noise latents [B, C, F, H, W] or [C, F, H, W] (required with "
+                      "--model)");
   denoise->add_option("--context", o.context,
-                      "safetensors with the text encoder's output [B, L, text_dim] or [L, text_dim] (the prompt)")
-      ->required();
+                      "safetensors with the text encoder's output [B, L, text_dim] or [L, text_dim] (the prompt; "
+                      "required with --model)");
   denoise->add_option("--context-null", o.context_null,
                       "safetensors with the negative prompt's text embeddings (classifier-free guidance)");
   denoise->add_option("--image-cond", o.image_cond,
@@ -209,38 +292,55 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
       ->default_str("5");
   denoise->add_option("--shift", o.shift, "flow-matching schedule shift (Wan2.1: 5 for T2V 720p, 3 for 480p)")
       ->default_str("5");
-  denoise->add_option("--output", o.output, "safetensors file for the final latents (written atomically)")
+  denoise->add_option("--output", o.output,
+                      "safetensors file for the final latents (written atomically; default: latents.safetensors in "
+                      "the current directory)")
       ->default_str("latents.safetensors");
   add_trace(denoise, o);
-  add_text_generate(generate, o);
-  generate->add_option("--output", o.output, "JSON file: per prompt its ids, the generated ids and text (atomic)");
+  add_generate(generate, o);
   add_trace(generate, o);
   plan->add_option("--max-seq-len", o.max_seq_len, "generation: tokens per sequence of the K/V cache (shows its bytes)");
   plan->add_option("--max-batch", o.max_batch, "generation: sequences of the K/V cache (default 1)");
+  for (CLI::App* cmd : {run, plan, denoise, generate}) cmd->allow_extras();  // reject_extras names them, with a suggestion
 
   std::vector<std::string> args(argv + 1, argv + argc);
+  const bool asks_help = std::any_of(args.begin(), args.end(), [](const std::string& a) {
+    return a == "-h" || a == "--help" || a == "--help-all" || a == "--version";
+  });
+  if (!asks_help) {
+    PS_CHECK(!args.empty(), ConfigError,
+             "give a command: pipeswap run (the forward job), plan (the plan only), denoise (diffusion sampling) "
+             "or generate (prompt to video or text); run, plan and denoise run a built-in demo with no other flags (see "
+             "pipeswap --help)");
+    const auto commands = static_cast<const CLI::App&>(app).get_subcommands([](const CLI::App*) { return true; });
+    if (std::none_of(commands.begin(), commands.end(), [&](const CLI::App* c) { return c->get_name() == args[0]; }))
+      reject_command(app, args[0]);
+  }
+  args = join_boolean_values(app, args);
   // First pass only to learn the subcommand and --config; then the config's flags go first so that
   // the command line wins (TakeLast).
   try {
     app.parse(std::vector<std::string>(args.rbegin(), args.rend()));
   } catch (const CLI::CallForHelp& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::CallForAllHelp& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::CallForVersion& e) {
-    app.exit(e);
+    if (print_help) app.exit(e);
     return std::nullopt;
   } catch (const CLI::ParseError& e) {
     PS_THROW(ConfigError, "{} (see pipeswap --help)", e.what());
   }
   CLI::App* cmd = run->parsed() ? run : denoise->parsed() ? denoise : generate->parsed() ? generate : plan;
+  reject_extras(app, *cmd);
   o.command = cmd->get_name();
   if (!config_path.empty()) {
     std::vector<std::string> merged{o.command};
     for (auto& a : config_args(config_path, cmd)) merged.push_back(a);
     for (size_t i = 1; i < args.size(); ++i) merged.push_back(args[i]);
+    merged = join_boolean_values(app, merged);
     Options fresh;
     o = fresh;
     chain_text.clear();
@@ -250,19 +350,41 @@ std::optional<Options> parse_command_line(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
       PS_THROW(ConfigError, "{} (from config file {} or the command line)", e.what(), config_path);
     }
+    reject_extras(app, *cmd);
     o.command = cmd->get_name();
   }
+  o.config = config_path;
   // Given (even empty: that is the kNoModelOrChain error, not the default chain): parsed here only.
   if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
   PS_CHECK(o.repeat >= 1, ConfigError, "--repeat must be at least 1 (got {})", o.repeat);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
-  if (cmd == generate && cmd->count("--output") == 0) o.output.clear();
-  PS_CHECK(cmd != generate || cmd->count("--prompt") == 0 || !o.prompt.empty(), ConfigError,
-           "--prompt is empty: give the text to continue (an empty prompt has no token to start from)");
+  if (cmd == generate) {
+    // The output's default depends on the architecture (video.mp4, or none for text): generate.cpp decides.
+    for (const CLI::Option* opt : cmd->get_options())
+      if (opt->count() > 0 && !opt->get_lnames().empty())
+        o.given.push_back({"--" + opt->get_lnames().front(), opt->get_group()});
+    PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
+    PS_CHECK(o.flow_shift == -1 || o.flow_shift > 0, ConfigError, "--flow-shift must be positive (got {})",
+             o.flow_shift);
+    PS_CHECK(o.fps > 0, ConfigError, "--fps must be positive (got {})", o.fps);
+    const int given = (cmd->count("--prompt") > 0) + !o.prompts_file.empty() + !o.prompt_ids.empty() +
+                      !o.input.empty();
+    PS_CHECK(given == 1, ConfigError,
+             "generate needs exactly one of --prompt TEXT, --prompts FILE.jsonl, or the token ids --prompt-ids "
+             "FILE.safetensors (a Wan repo) or --input ids.json (a text model) (got {})",
+             given);
+  }
   if (cmd == denoise) {
+    // The demo Wan brings its own inputs; a checkpoint of yours needs yours.
+    PS_CHECK(o.model.empty() || (!o.latents.empty() && !o.context.empty()), ConfigError,
+             "--latents and --context are required with --model (safetensors files of the initial noise and the "
+             "text encoder's output); without --model, pipeswap denoise runs the built-in demo Wan on built-in "
+             "inputs");
+    PS_CHECK(!o.model.empty() || o.latents.empty() == o.context.empty(), ConfigError,
+             "give both --latents and --context, or neither (the demo Wan's built-in inputs)");
     PS_CHECK(o.steps >= 1, ConfigError, "--steps must be at least 1 (got {})", o.steps);
     PS_CHECK(o.shift > 0, ConfigError, "--shift must be positive (got {})", o.shift);
-    PS_CHECK(o.guidance == 1.0 || !o.context_null.empty(), ConfigError,
+    PS_CHECK(o.guidance == 1.0 || !o.context_null.empty() || o.latents.empty(), ConfigError,
              "--guidance {} needs --context-null (the negative prompt's embeddings) for the unconditional pass; give "
              "it, or --guidance 1 to sample without guidance",
              o.guidance);

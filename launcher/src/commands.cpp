@@ -23,9 +23,8 @@ int run_command(const Options& opts, const World& world, std::unique_ptr<comm::T
   log().debug("{} rank {} of {} via {}", opts.command, world.rank, world.size, world.launcher_name());
   if (opts.command == "plan") return cmd_plan(opts, world, *transport);
   if (opts.command == "denoise") return cmd_denoise(opts, world, transport);
-  // `generate` picks text or video by the checkpoint's architecture (is_text_checkpoint: config.json's model_type);
-  // the video path is the Wan generate command's.
-  if (opts.command == "generate") return cmd_generate_text(opts, world, transport);
+  // `generate` picks text or video by the checkpoint's architecture (generate.cpp).
+  if (opts.command == "generate") return cmd_generate(opts, world, transport);
   return cmd_run(opts, world, transport);
 }
 

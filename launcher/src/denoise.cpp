@@ -1,13 +1,16 @@
 // `pipeswap denoise`: flow-matching sampling of a diffusion transformer across the ranks.
 #include <iostream>
 
+#include "demo_model.h"
 #include "job.h"
+#include "outputs.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/core/weights.h"
 #include "pipeswap/pipeline/denoise_job.h"
 #include "pipeswap/pipeline/inputs.h"
+#include "progress.h"
 
 namespace pipeswap::launcher {
 namespace {
@@ -30,9 +33,18 @@ models::Activation first_sample(const pipeline::DenoiseInputs& in, const torch::
   return probe;
 }
 
-// Rank 0: reads and checks every input before any weights load.
+// Rank 0: reads and checks every input before any weights load (the demo Wan's built-in ones when no
+// input is given).
 pipeline::DenoiseInputs read_inputs(const Options& o, const models::Architecture& arch) {
   pipeline::DenoiseInputs in;
+  if (o.latents.empty()) {
+    const DemoDenoiseInputs demo = demo_denoise_inputs();
+    in.latents = demo.latents;
+    in.context = demo.context;
+    in.context_null = demo.context_null;
+    arch.check_inputs(first_sample(in, in.context));
+    return in;
+  }
   in.latents = pipeline::read_tensor_input(o.latents, "--latents", "latents", 5);
   in.context = pipeline::read_tensor_input(o.context, "--context", "context", 3);
   if (!o.context_null.empty())
@@ -60,7 +72,10 @@ pipeline::DenoiseInputs read_inputs(const Options& o, const models::Architecture
 
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport) {
   const auto t_start = Clock::now();
-  if (world.rank == 0) pipeline::check_output_path(o.output);
+  if (world.rank == 0) {
+    pipeline::check_output_path(o.output);
+    check_job_files(o, o.model.empty() ? demo_wan_dir() : o.model);
+  }
   set_threads(o, world);
   Job job = open_model(o, world, *transport, JobUse::kRun);
   PS_CHECK(job.arch->kind() == "dit", ConfigError,
@@ -91,8 +106,9 @@ int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Tran
 
   RankRuntime rt = start_rank(o, world, transport, job);
   comm::Transport& t = *transport;
+  Progress bar("step", settings.steps, Progress::Unit::kItems);
   auto progress = [&](const pipeline::StepReport& r) {
-    log().info("step {}/{} sigma {:.4f}: {:.6f} s", r.step, settings.steps, r.sigma, r.seconds);
+    bar.update(r.step, fmt::format("sigma {:.4f}: {:.6f} s", r.sigma, r.seconds));
   };
   auto result = pipeline::run_denoise(job.plan, world.rank, *job.arch, *rt.weights, t, in, settings, rt.device,
                                       progress);

@@ -110,15 +110,15 @@ std::string short_text(const std::string& s) {
 
 }  // namespace
 
-bool is_text_checkpoint(const std::string& model_dir) {
+std::string text_model_type(const std::string& model_dir) {
   std::ifstream in(model_dir + "/config.json");
-  if (!in.good()) return false;
+  if (!in.good()) return "";
   try {
     const json c = json::parse(in);
-    const std::string type = c.value("model_type", "");
-    return type == "llama" || type == "qwen2" || type == "mistral";
+    const std::string type = c.is_object() ? c.value("model_type", "") : "";
+    return type == "llama" || type == "qwen2" || type == "mistral" ? type : "";
   } catch (const json::exception&) {
-    return false;
+    return "";
   }
 }
 
@@ -128,7 +128,9 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
   comm::Transport& t = *transport;
   if (world.rank == 0 && !o.output.empty()) pipeline::check_output_path(o.output);
   PS_CHECK(!o.model.empty(), ConfigError, "generate needs --model DIR (a Llama, Qwen2 or Mistral checkpoint)");
-  const int given = (o.prompt.empty() ? 0 : 1) + (o.prompts.empty() ? 0 : 1) + (o.input.empty() ? 0 : 1);
+  PS_CHECK(!o.was_given("--prompt") || !o.prompt.empty(), ConfigError,
+           "--prompt is empty: give the text to continue (an empty prompt has no token to start from)");
+  const int given = (o.was_given("--prompt") ? 1 : 0) + (o.prompts_file.empty() ? 0 : 1) + (o.input.empty() ? 0 : 1);
   PS_CHECK(given == 1, ConfigError,
            "generate takes exactly one of --prompt TEXT, --prompts FILE.jsonl or --input ids.json (got {})", given);
   PS_CHECK(o.max_new_tokens >= 1, ConfigError, "--max-new-tokens must be at least 1 (got {})", o.max_new_tokens);
@@ -157,7 +159,7 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
       if (models::TextTokenizer::present(tok_dir)) tok = models::TextTokenizer::open(tok_dir);
     } else {
       tok = models::TextTokenizer::open(tok_dir);
-      texts = o.prompts.empty() ? std::vector<std::string>{o.prompt} : read_prompts_jsonl(o.prompts);
+      texts = o.prompts_file.empty() ? std::vector<std::string>{o.prompt} : read_prompts_jsonl(o.prompts_file);
       for (const auto& text : texts) prompts.push_back(tok->encode(text));
     }
     const int64_t vocab = job.arch->vocab_size();

@@ -10,8 +10,12 @@
 
 namespace pipeswap::launcher {
 
+// generate's --help groups of the flags that serve one architecture only.
+inline constexpr const char* kVideoGroup = "Video (Wan2.1 T2V, diffusers repo)";
+inline constexpr const char* kTextGroup = "Text (Llama, Qwen2, Mistral checkpoint)";
+
 struct Options {
-  std::string command;  // "run" | "plan" | "denoise"
+  std::string command;  // "run" | "plan" | "denoise" | "generate"
   std::string model;    // empty: the built-in demo model
   std::string input;    // empty with the demo model: the demo's built-in prompt batch
   std::string output = "logits.safetensors";
@@ -30,15 +34,24 @@ struct Options {
   std::string json;  // plan --json FILE
   int repeat = 1;      // run --repeat N: forward passes (benchmarks)
   std::string trace;  // --trace FILE: Chrome / Perfetto timeline of every rank (empty: off)
+  std::string config;  // --config FILE (an input of the job: no output may overwrite it)
   // denoise
   std::string latents, context, context_null, image_cond, clip_fea;
   int steps = 50;
   double guidance = 5.0;
   double shift = 5.0;
+  // generate (both architectures: prompt, prompts_file, seed, output; the rest video)
+  std::string prompt, negative_prompt, prompts_file, prompt_ids;
+  int64_t frames = 81, height = 480, width = 832;
+  int64_t seed = 0;
+  std::string sampler = "unipc";
+  double flow_shift = -1;  // -1: the repo's scheduler_config.json
+  std::string text_encoder_device, vae_device;  // empty: rank 0's device
+  std::string text_encoder = "on-demand";
+  bool vae_tiling = false;
+  double fps = 16;
 
-  // generate (text, Llama family): launcher/src/generate_text.cpp
-  std::string prompt;               // --prompt TEXT
-  std::string prompts;              // --prompts FILE.jsonl: {"prompt": ...} per line (or a JSON string per line)
+  // generate, text (Llama family): launcher/src/generate_text.cpp (--prompt, --prompts, --seed as above)
   std::string tokenizer;            // --tokenizer DIR (default: the model directory)
   int64_t max_new_tokens = 32;
   int64_t max_seq_len = 0;          // 0: the longest prompt + max_new_tokens; plan: with it, the K/V cache bytes
@@ -47,11 +60,22 @@ struct Options {
   int64_t top_k = 0;
   double top_p = 1.0;
   double repetition_penalty = 1.0;
-  uint64_t seed = 0;
   std::vector<std::string> stop;    // stop strings
   std::vector<std::string> eos_token;  // more end-of-sequence tokens by name (e.g. <|eot_id|>)
   bool ignore_eos = false;
   bool stream = true;               // decoded text to stdout as it arrives (rank 0)
+  // generate: the flags given (command line or --config) with their --help group: which architecture's flags do
+  // nothing for the checkpoint at hand.
+  struct GivenFlag {
+    std::string flag;   // "--frames"
+    std::string group;  // kVideoGroup, kTextGroup, or another
+  };
+  std::vector<GivenFlag> given;
+  bool was_given(const std::string& flag) const {
+    for (const auto& g : given)
+      if (g.flag == flag) return true;
+    return false;
+  }
   // Offload (per rank), in the block-swap nodes' and LightX2V's words.
   int blocks_to_swap = -1;     // -1: not given
   double offload_ratio = -1;   // -1: not given

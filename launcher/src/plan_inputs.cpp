@@ -6,6 +6,7 @@
 
 #include "demo_model.h"
 #include "job.h"
+#include "notices.h"
 #include "pipeswap/core/dtype.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/fp8.h"
@@ -28,7 +29,8 @@ std::pair<c10::ScalarType, std::string> resolve_dtype(const Options& o, const nl
     auto t = parse_float_dtype(o.dtype);
     PS_CHECK(t.has_value(), ConfigError, "unknown --dtype '{}': use auto, fp32, bf16 or fp16", o.dtype);
     PS_CHECK(!(any_cpu && *t == c10::ScalarType::Half), ConfigError,
-             "--dtype fp16 is not supported on CPU ranks (LibTorch has no fp16 matmul there): use fp32 or bf16");
+             "--dtype fp16 is not supported on CPU ranks (LibTorch has no fp16 matmul there): use --dtype auto (fp16 "
+             "weights then compute in float32 on CPU ranks), fp32 or bf16");
     return {*t, "--dtype " + o.dtype};
   }
   std::optional<c10::ScalarType> declared;
@@ -93,7 +95,11 @@ offload::OffloadOptions offload_options(const Options& o) {
 Job open_model(const Options& o, const World& world, comm::Transport& t, JobUse use) {
   Job job;
   job.chain = agree_chain(o.device_chain, o.auto_vram_balance, world, t, use);
-  job.model_dir = o.model.empty() ? ensure_demo_model() : o.model;
+  if (!o.model.empty()) {
+    job.model_dir = o.model;
+  } else {
+    job.model_dir = o.command == "denoise" ? ensure_demo_wan() : ensure_demo_model();
+  }
   job.ckpt = Checkpoint::open(job.model_dir);
   job.arch = models::make_architecture(job.ckpt->config());
   models::check_checkpoint_tensors(*job.arch, *job.ckpt);
@@ -194,7 +200,9 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
   if (!o.vram_budget.empty() && (o.blocks_to_swap >= 0 || o.offload_ratio >= 0))
     log().warn("blocks_to_swap ignored: automatic VRAM mode decides residency");
   in.vram_budget = agree_vram_budgets(o.vram_budget, job.chain, world, t);
-  return pipeline::make_plan(*job.arch, in);
+  pipeline::Plan plan = pipeline::make_plan(*job.arch, in);
+  if (world.rank == 0) warn_idle_settings(o, plan);
+  return plan;
 }
 
 }  // namespace pipeswap::launcher

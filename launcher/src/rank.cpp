@@ -5,6 +5,7 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
+#include <atomic>
 #include <thread>
 
 #include "job.h"
@@ -14,8 +15,69 @@
 #include "pipeswap/core/identity.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/torch_compat.h"
+#include "pipeswap/offload/components.h"
+#include "progress.h"
 
 namespace pipeswap::launcher {
+namespace {
+
+int64_t stored_bytes(const Checkpoint& ckpt, const PartSpec& part) {
+  int64_t n = 0;
+  for (const TensorRef& t : part.tensors) n += static_cast<int64_t>(ckpt.locate(t.checkpoint).info->nbytes());
+  return n;
+}
+
+// Tensor bytes this rank reads from its checkpoint while its weights load (headers only): resident
+// units, swapped ones unless they stream from disk later (lazy_load), and components not read on demand.
+int64_t load_bytes(const Job& job, const pipeline::RankPlan& me) {
+  int64_t n = 0;
+  for (const offload::Unit& u : me.layout.units) {
+    if (u.swapped && job.plan.offload.lazy_load) continue;
+    const std::vector<PartSpec> parts = block_parts(*job.arch, u.block);
+    for (int p = u.first_phase; p < u.end_phase; ++p) n += stored_bytes(*job.ckpt, parts[static_cast<size_t>(p)]);
+  }
+  const auto held = offload::rank_components(*job.arch, {me.first_block, me.end_block, me.prologue, me.epilogue});
+  const auto modes = offload::component_modes(*job.arch, job.plan.offload);
+  for (const PartSpec& part : held.parts)
+    if (modes.at(part.name) != offload::ComponentMode::kOnDemand) n += stored_bytes(*job.ckpt, part);
+  return n;
+}
+
+// A progress bar of the checkpoint's bytes read while this rank loads its weights (a thread polls the
+// checkpoint's counter: the loading code knows nothing of it).
+class LoadProgress {
+ public:
+  LoadProgress(const Checkpoint& ckpt, int64_t total)
+      : ckpt_(ckpt), total_(total), start_(ckpt.bytes_read()), bar_("loading", total, Progress::Unit::kBytes) {
+    poller_ = std::thread([this] {
+      while (!done_.load()) {
+        bar_.update(std::min(read(), total_ - 1));
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    });
+  }
+  ~LoadProgress() {
+    done_ = true;
+    if (poller_.joinable()) poller_.join();
+  }
+  // The weights are in: the bar ends at 100% (if it was shown).
+  void finish() {
+    done_ = true;
+    if (poller_.joinable()) poller_.join();
+    bar_.update(total_);
+  }
+
+ private:
+  int64_t read() const { return static_cast<int64_t>(ckpt_.bytes_read() - start_); }
+  const Checkpoint& ckpt_;
+  int64_t total_;
+  uint64_t start_;
+  Progress bar_;
+  std::atomic<bool> done_{false};
+  std::thread poller_;
+};
+
+}  // namespace
 
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -68,7 +130,11 @@ RankRuntime start_rank(const Options& o, const World& world, std::unique_ptr<com
   rt.trace = std::make_unique<pipeline::JobTrace>(o.trace, rt.device, world.rank);
   const auto t_load = Clock::now();
   const offload::OwnedParts owned{me.first_block, me.end_block, me.prologue, me.epilogue};
-  rt.weights = offload::make_block_weights(*job.arch, job.ckpt, owned, me.layout, rt.device, job.plan.offload);
+  {
+    LoadProgress progress(*job.ckpt, std::max<int64_t>(1, load_bytes(job, me)));
+    rt.weights = offload::make_block_weights(*job.arch, job.ckpt, owned, me.layout, rt.device, job.plan.offload);
+    progress.finish();
+  }
   log().info("loaded {} of weights ({} read from {}) in {:.2f} s", pipeline::format_bytes(rt.weights->device_bytes()),
              pipeline::format_bytes(static_cast<int64_t>(job.ckpt->bytes_read())), job.model_dir, since(t_load));
   transport->barrier();

@@ -4,6 +4,8 @@
 
 #include "demo_model.h"
 #include "job.h"
+#include "outputs.h"
+#include "progress.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
 #include "pipeswap/core/safetensors.h"
@@ -52,13 +54,16 @@ Job prepare_forward(const Options& o, const World& world, comm::Transport& t, Jo
   // The plan sizes one micro-batch: ceil(batch / micro-batches) sequences.
   JobShape micro = shape;
   micro.batch = shape.batch > 0 ? (shape.batch + o.micro_batches - 1) / o.micro_batches : 0;
-  job.plan = make_job_plan(o, world, t, job, micro, o.micro_batches, 1);
+  job.plan = make_job_plan(o, world, t, job, micro, o.micro_batches, o.repeat);  // --repeat N: N passes read from disk
   return job;
 }
 
 int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport) {
   const auto t_start = Clock::now();
-  if (world.rank == 0) pipeline::check_output_path(o.output);
+  if (world.rank == 0) {
+    pipeline::check_output_path(o.output);
+    check_job_files(o, o.model.empty() ? demo_model_dir() : o.model);
+  }
   set_threads(o, world);
   Job job = prepare_forward(o, world, *transport, JobUse::kRun);
   const pipeline::RankPlan& me = job.plan.ranks.at(world.rank);
@@ -69,12 +74,21 @@ int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transpor
 
   // --repeat N: the same forward N times (benchmarks time warm passes); the last pass's logits are
   // written, and the summary reports the median pass (the first, cold one only when it is the only one).
+  // Each pass's disk reads (lazy_load) beside the plan's figure for that pass, on every rank.
   std::vector<double> passes;
   pipeline::ForwardResult result;
+  Progress bar("forward pass", o.repeat, Progress::Unit::kItems);
+  const bool streams = job.plan.offload.lazy_load && !me.swapped_blocks().empty();
   for (int k = 0; k < o.repeat; ++k) {
+    const int64_t read_before = weights->stats().disk_bytes_read;
     result = pipeline::run_forward(job.plan, world.rank, *job.arch, *weights, t, job.input_ids, device);
     passes.push_back(result.seconds);
-    if (o.repeat > 1) log().info("forward pass {}/{}: {:.6f} s", k + 1, o.repeat, result.seconds);
+    if (world.rank == 0) bar.update(k + 1, fmt::format("{:.6f} s", result.seconds));
+    if (streams) {
+      log().info("pass {}/{} read {} bytes from disk (plan {})", k + 1, o.repeat,
+                 weights->stats().disk_bytes_read - read_before,
+                 k == 0 ? me.disk_read_first_pass_bytes : me.disk_read_pass_bytes);
+    }
   }
   if (passes.size() > 1) {
     std::vector<double> warm(passes.begin() + 1, passes.end());

@@ -63,6 +63,7 @@ int run_workers(int argc, char** argv, int workers) {
       ::setenv("LOCAL_WORLD_SIZE", std::to_string(workers).c_str(), 1);
       ::setenv("MASTER_ADDR", "127.0.0.1", 1);
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      ::setenv(kSingleNodeWorkerEnv, "1", 1);
       std::vector<char*> args(argv, argv + argc);
       args.push_back(nullptr);
       ::execv("/proc/self/exe", args.data());
@@ -103,7 +104,11 @@ int run_workers(int argc, char** argv, int workers) {
         // worker that failed on its own is named (a peer may notice a killed worker and exit before
         // the killed one is reaped); those we stopped with SIGTERM are not.
         const bool stopped_by_us = stopping && WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM;
-        if (!stopped_by_us) {
+        // Exit codes 1 and 2 are pipeswap's own errors, which the worker has printed.
+        const bool said_why = WIFEXITED(status) && (code == 1 || code == 2);
+        if (said_why) {
+          log().debug("worker {} exited with code {}{}", i, code, stopping ? "" : ": stopping the other workers");
+        } else if (!stopped_by_us) {
           log().error("worker {} exited with code {} (rank {} on {}{}){}", i, code, i, local_hostname(),
                       WIFSIGNALED(status) ? fmt::format(", killed by signal {}", WTERMSIG(status)) : std::string(),
                       stopping ? "" : ": stopping the other workers");

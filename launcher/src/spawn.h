@@ -10,6 +10,10 @@
 
 namespace pipeswap::launcher {
 
+// Set in each worker's environment: a worker that stops because another one aborted the job stays
+// quiet, since the one that aborted has printed why on the same terminal.
+constexpr const char* kSingleNodeWorkerEnv = "PIPESWAP_SINGLE_NODE_WORKER";
+
 // Runs `argv` again as `workers` processes with RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
 // MASTER_PORT set, waits for them, and returns the exit code for the whole job (0 only when every
 // worker exited 0).

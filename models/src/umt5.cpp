@@ -1,14 +1,12 @@
 #include "pipeswap/models/umt5.h"
 
-#include <dirent.h>
-#include <sys/stat.h>
-
 #include <cmath>
 #include <limits>
 #include <utility>
 
 #include "config_json.h"
 #include "layers.h"
+#include "pickles.h"
 #include "pipeswap/core/dtype.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/log.h"
@@ -46,42 +44,6 @@ double lowest(c10::ScalarType t) {
     default:
       return std::numeric_limits<float>::lowest();
   }
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-bool is_pickle_name(const std::string& name) {
-  return ends_with(name, ".pth") || ends_with(name, ".pt") || ends_with(name, ".bin") || ends_with(name, ".ckpt");
-}
-
-// Refuses pickled checkpoints (Wan2.1's own models_t5_umt5-xxl-enc-bf16.pth, pytorch_model.bin) before
-// Checkpoint::open gives its generic message: the user has the wrong layout, not a broken download.
-void refuse_pickles(const std::string& dir) {
-  const std::string layout =
-      "pipeswap never unpickles: use the diffusers layout of the Wan repo (e.g. Wan-AI/Wan2.1-T2V-14B-Diffusers), "
-      "whose text_encoder/ folder holds config.json and model-*.safetensors";
-  struct stat st {};
-  PS_CHECK(::stat(dir.c_str(), &st) == 0, CheckpointError, "text encoder folder '{}' does not exist: {}", dir,
-           "pass the text_encoder/ folder of a diffusers Wan repo (config.json and model-*.safetensors)");
-  PS_CHECK(!(S_ISREG(st.st_mode) && is_pickle_name(dir)), CheckpointError,
-           "text encoder '{}' is a pickled PyTorch file: {}", dir, layout);
-  PS_CHECK(S_ISDIR(st.st_mode), CheckpointError,
-           "text encoder '{}' is not a folder: pass the text_encoder/ folder of a diffusers Wan repo (config.json "
-           "and model-*.safetensors)",
-           dir);
-  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
-  if (!d) return;  // Checkpoint::open says what is wrong
-  std::string pickle;
-  bool safetensors = false;
-  while (const dirent* e = ::readdir(d.get())) {
-    const std::string name = e->d_name;
-    safetensors = safetensors || ends_with(name, ".safetensors");
-    if (pickle.empty() && is_pickle_name(name)) pickle = name;
-  }
-  PS_CHECK(safetensors || pickle.empty(), CheckpointError,
-           "text encoder folder '{}' holds the pickled '{}' and no safetensors: {}", dir, pickle, layout);
 }
 
 class UMT5 final : public Architecture {
@@ -324,7 +286,7 @@ std::unique_ptr<UMT5Encoder> UMT5Encoder::load(const std::string& dir, torch::De
            "the umT5 text encoder runs in float32 or bfloat16, not {} (in float16 its activations overflow; "
            "transformers clamps them, pipeswap does not run it so)",
            dtype_word(dtype));
-  refuse_pickles(dir);
+  refuse_pickles(dir, "text encoder", "the text_encoder/ folder of a diffusers Wan repo (config.json and model-*.safetensors)");
   auto ckpt = Checkpoint::open(dir);
   std::unique_ptr<UMT5Encoder> enc(new UMT5Encoder());
   enc->config_ = parse_umt5_config(ckpt->config());

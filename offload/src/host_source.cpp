@@ -39,26 +39,23 @@ class PreloadedSource final : public HostSource {
 };
 
 // lazy_load: disk worker threads read units from the safetensors files ahead of the copy thread.
-// Units that fit in the budget ("sticky", first in compute order) are read once and kept; the rest
-// stream through staging buffers every sweep. Host memory never exceeds the budget: sticky entries
-// plus staging buffers are sized by plan_swapping to fit in it.
+// The units the layout caches (every one that fits in the budget, chosen by plan_swapping) are read
+// once and kept ("sticky"): never evicted, since under the sweeps' cyclic order any eviction would
+// throw out a unit needed again before the units read in its place. The rest stream through the
+// staging buffers every sweep. Host memory is what the layout says: the cached units plus the staging
+// buffers.
 class LazySource final : public HostSource {
  public:
   LazySource(std::shared_ptr<const Checkpoint> ckpt, std::vector<const Unit*> units, const SwapLayout& layout,
              int workers, SwapBackend& backend, bool& pinned)
       : ckpt_(std::move(ckpt)), units_(std::move(units)), backend_(backend) {
-    int64_t sticky = 0;
-    for (const Unit* u : units_) {
-      const bool keep = sticky + u->bytes <= layout.sticky_bytes;
-      sticky_.push_back(keep);
-      if (keep) sticky += u->bytes;
-    }
+    for (const Unit* u : units_) sticky_.push_back(u->cached);
     loaded_.assign(units_.size(), torch::Tensor());
     state_.assign(units_.size(), kNotLoaded);
     for (int i = 0; i < layout.staging_buffers; ++i) {
-      staging_.push_back(backend.host_slab(layout.slot_bytes, pinned));
+      staging_.push_back(backend.host_slab(layout.staging_bytes, pinned));
       free_staging_.push_back(i);
-      bytes_ += layout.slot_bytes;
+      bytes_ += layout.staging_bytes;
     }
     peak_ = bytes_;
     pinned_ = &pinned;

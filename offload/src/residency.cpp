@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <map>
 
 #include "pipeswap/core/error.h"
 
@@ -234,6 +235,19 @@ std::vector<int> SwapLayout::swapped_block_ids() const {
   return ids;
 }
 
+std::vector<int> SwapLayout::cached_block_ids() const {
+  std::map<int, bool> whole;  // swapped block -> every unit of it cached
+  for (const Unit& u : units) {
+    if (!u.swapped) continue;
+    auto it = whole.emplace(u.block, true).first;
+    it->second = it->second && u.cached;
+  }
+  std::vector<int> ids;
+  for (const auto& [block, all] : whole)
+    if (all) ids.push_back(block);
+  return ids;
+}
+
 SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block, c10::ScalarType dtype,
                          const OffloadOptions& opts) {
   SwapLayout l;
@@ -243,14 +257,13 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
   const int n = end_block - first_block;
   const int swap = blocks_to_swap_for(opts, n);
   l.swapped_blocks = choose_swapped(n, swap, opts.policy);
-  std::vector<int64_t> swapped_units, unit_disk;
+  bool any_swapped = false;
   for (int b = 0; b < n; ++b) {
     for (Unit& u : make_units(model, first_block + b, opts.granularity, dtype, opts.stored_dtype.value_or(dtype),
                                  opts.storage)) {
       u.swapped = l.swapped_blocks[static_cast<size_t>(b)];
       if (u.swapped) {
-        swapped_units.push_back(u.bytes);
-        unit_disk.push_back(u.tensor_bytes);
+        any_swapped = true;
         l.swapped_bytes += u.bytes;
         l.slot_bytes = std::max(l.slot_bytes, u.bytes);
       } else {
@@ -259,7 +272,7 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
       l.units.push_back(std::move(u));
     }
   }
-  if (swapped_units.empty()) return l;
+  if (!any_swapped) return l;
   l.num_slots = opts.use_non_blocking ? opts.prefetch_depth + 1 : 1;
   if (!opts.lazy_load) {
     l.host_bytes = l.swapped_bytes;
@@ -269,32 +282,23 @@ SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block
              swap, l.host_bytes, opts.max_memory);
     return l;
   }
-  // lazy_load: everything sticks when it fits; otherwise staging buffers first, then as many units
-  // (in compute order) as the rest of the budget holds.
-  int64_t all_disk = 0;
-  for (int64_t d : unit_disk) all_disk += d;
-  if (opts.max_memory == 0 || l.swapped_bytes <= opts.max_memory) {
-    l.sticky_bytes = l.swapped_bytes;
-    l.host_bytes = l.swapped_bytes;
-    l.sticky_disk_bytes = all_disk;
-    return l;
+  // lazy_load: the host cache keeps every unit that fits (all of them when the budget holds them).
+  int64_t room = opts.max_memory == 0 ? l.swapped_bytes : opts.max_memory;
+  for (Unit& u : l.units) {
+    if (!u.swapped) continue;
+    if (u.bytes <= room) {
+      u.cached = true;
+      room -= u.bytes;
+      l.sticky_bytes += u.bytes;
+      l.sticky_disk_bytes += u.tensor_bytes;
+    } else {
+      l.streamed_bytes += u.bytes;
+      l.streamed_disk_bytes += u.tensor_bytes;
+      l.staging_bytes = std::max(l.staging_bytes, u.bytes);
+    }
   }
-  l.staging_buffers = std::max(2, opts.num_disk_workers + 1);
-  const int64_t staging = l.staging_buffers * l.slot_bytes;
-  PS_CHECK(opts.max_memory >= staging, ConfigError,
-           "--max-memory {} is too small for lazy loading: it needs at least {} bytes ({} staging buffers of the "
-           "largest swapped unit, {} bytes; fewer --num-disk-workers need fewer)",
-           opts.max_memory, staging, l.staging_buffers, l.slot_bytes);
-  int64_t room = opts.max_memory - staging;
-  for (size_t i = 0; i < swapped_units.size(); ++i) {
-    if (swapped_units[i] > room) break;
-    l.sticky_bytes += swapped_units[i];
-    l.sticky_disk_bytes += unit_disk[i];
-    room -= swapped_units[i];
-  }
-  l.streamed_bytes = l.swapped_bytes - l.sticky_bytes;
-  l.streamed_disk_bytes = all_disk - l.sticky_disk_bytes;
-  l.host_bytes = staging + l.sticky_bytes;
+  if (l.streamed_bytes > 0) l.staging_buffers = std::max(2, opts.num_disk_workers + 1);
+  l.host_bytes = l.sticky_bytes + l.staging_buffers * l.staging_bytes;
   return l;
 }
 

@@ -1,6 +1,10 @@
 #include "pipeswap/pipeline/collective.h"
 
+#include <ATen/Parallel.h>
+
 #include <cstring>
+#include <exception>
+#include <future>
 
 #include "pipeswap/core/error.h"
 
@@ -139,6 +143,38 @@ std::vector<std::string> gather_strings(comm::Transport& t, const std::string& m
   std::vector<std::string> out;
   for (const torch::Tensor& b : gather_tensors(t, bytes_of(mine))) out.push_back(string_in(b, 0, b.numel()));
   return out;
+}
+
+void rank0_alone(comm::Transport& t, const std::string& what, const std::function<void()>& work,
+                 std::chrono::milliseconds interval) {
+  enum : int64_t { kBusy = 0, kDone = 1, kFailed = 2 };
+  if (t.world_size() == 1) {
+    work();
+    return;
+  }
+  if (t.rank() != 0) {
+    for (;;) {
+      const int64_t state = ints_in(expect_control(t, 0, {torch::kInt64}).at(0)).at(0);
+      if (state == kDone) return;
+      PS_CHECK(state == kBusy, CommError, "rank 0 failed while {} (see its error)", what);
+    }
+  }
+  const int threads = at::get_num_threads();
+  std::future<void> done = std::async(std::launch::async, [&] {
+    at::set_num_threads(threads);  // OpenMP's thread count is per calling thread
+    work();
+  });
+  auto tell = [&](int64_t state) {
+    for (int r = 1; r < t.world_size(); ++r) t.send(r, Message{MessageKind::kControl, 0, 0, {ints_of({state})}});
+  };
+  while (done.wait_for(interval) != std::future_status::ready) tell(kBusy);
+  try {
+    done.get();
+  } catch (...) {
+    tell(kFailed);
+    throw;
+  }
+  tell(kDone);
 }
 
 }  // namespace pipeswap::pipeline

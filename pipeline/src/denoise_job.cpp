@@ -41,8 +41,11 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   const int branches = settings.cfg ? 2 : 1;
   const int units = denoise_units(settings);
   const int steps = settings.steps;
-  const torch::Tensor sigmas = flow_sigmas(steps, settings.shift);
-  auto sigma = [&](int i) { return sigmas[i].item<double>(); };
+  const std::shared_ptr<const Sampler> schedule =
+      settings.sampler ? settings.sampler : std::shared_ptr<const Sampler>(make_flow_euler(steps, settings.shift));
+  PS_CHECK(schedule->steps() == steps, ConfigError, "the {} sampler has {} steps where the job has {}",
+           schedule->name(), schedule->steps(), steps);
+  auto sigma = [&](int i) { return schedule->sigma(i); };
   at::NoGradGuard no_grad;
   // A unit's context is the same at every step: its key (unique to this job in this process) lets each
   // block keep the context's cross-attention K/V from the first step (models/src/wan.cpp).
@@ -50,20 +53,25 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
   const int64_t serial = ++jobs;
   auto context_key = [&](int u) { return torch::full({}, (serial << 20) | u, torch::kInt64); };
 
-  // Rank 0's state: the latents of every sample, and each unit's velocity of the current step.
+  // Rank 0's state: the latents of every sample, each sample's sampler, and each unit's velocity of the
+  // current step.
   torch::Tensor x;
+  std::vector<std::unique_ptr<Sampler>> samplers;
   std::vector<torch::Tensor> velocity(units);
   std::vector<int> done_step(settings.batch, 0);  // steps applied to each sample
   auto last_report = t0;
-  // The latents, the velocities and the Euler update stay on rank 0's device: a step makes no
+  // The latents, the velocities and the sampler's update stay on rank 0's device: a step makes no
   // host-to-device or device-to-host copy (on a GPU, small pageable copies would wait behind the copy
   // stream's slot fills on the copy engine), and the latents come to the host once, at the end.
-  if (rank == 0) x = in.latents.to(device, torch::kFloat32).clone();
+  if (rank == 0) {
+    x = in.latents.to(device, torch::kFloat32).clone();
+    for (int i = 0; i < settings.batch; ++i) samplers.push_back(schedule->clone());
+  }
   const torch::Tensor image_cond =
       rank == 0 && in.image_cond.defined() ? in.image_cond.to(device, torch::kFloat32) : torch::Tensor();
 
   // Rank 0: take the velocities of sample i's step s (from the last stage unless rank 0 is it) and
-  // apply the guidance mix and the Euler step, as the fixture script's loop does.
+  // apply the guidance mix and the sampler's step, as the fixture scripts' loops do.
   auto finish_sample_step = [&](int s, int i) {
     for (int b = 0; b < branches; ++b) {
       const int u = i * branches + b;
@@ -75,7 +83,7 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
       const torch::Tensor& uncond = velocity[i * branches + 1];
       v = uncond + settings.guidance * (v - uncond);
     }
-    x.narrow(0, i, 1).add_((sigma(s + 1) - sigma(s)) * v);
+    samplers[static_cast<size_t>(i)]->step(v, x.narrow(0, i, 1));
     done_step[i] = s + 1;
     if (i == settings.batch - 1) {
       compat::synchronize_stream(device);  // the step's time is its compute's, not its launch's
@@ -92,7 +100,8 @@ DenoiseResult run_denoise(const Plan& plan, int rank, const models::Architecture
     std::vector<int> all(units);
     for (int u = 0; u < units; ++u) all[u] = u;
     for (int s = 0; s < steps; ++s) {
-      const auto t = torch::full({1}, sigma(s) * 1000.0, torch::TensorOptions(torch::kFloat32).device(device));
+      const auto t =
+          torch::full({1}, schedule->timestep(s), torch::TensorOptions(torch::kFloat32).device(device));
       const std::vector<torch::Tensor> outs = stage.pass_group(s, all, [&](int u) {
         const int i = u / branches;
         const bool uncond = settings.cfg && u % branches == 1;

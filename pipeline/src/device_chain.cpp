@@ -60,7 +60,12 @@ std::string DeviceSpec::str() const {
 DeviceSpec parse_device(const std::string& raw) {
   const std::string text = trim(raw);
   if (text == "cpu") return DeviceSpec{};
-  if (text == "cuda" || text == "gpu") return DeviceSpec{DeviceSpec::Kind::kCuda, -1};
+  if (text == "cuda") return DeviceSpec{DeviceSpec::Kind::kCuda, -1};
+  // "gpu=1" reads like GPU 1 but would be any GPU with weight 1: no such name.
+  PS_CHECK(text.rfind("gpu", 0) != 0, ConfigError,
+           "Invalid device: {} (write cuda for each rank's own GPU, or cuda:N for GPU N; after = comes the weight, "
+           "not a GPU index)",
+           text);
   if (text.rfind("cuda:", 0) == 0 && text.size() > 5) {
     const std::string num = text.substr(5);
     if (std::all_of(num.begin(), num.end(), [](char c) { return c >= '0' && c <= '9'; }) && num.size() <= 4) {

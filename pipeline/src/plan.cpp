@@ -204,6 +204,11 @@ void plan_swap_order(const models::Architecture& arch, const PlanInputs& in, int
   const int sweeps_per_pass = rp.shared_fills ? 1 : m;
   rp.fills_per_pass = swapped_units * sweeps_per_pass;
   rp.disk_read_bytes = in.offload.lazy_load ? rp.layout.disk_bytes(sweeps_per_pass * in.sweeps) : 0;
+  if (in.offload.lazy_load) {
+    // Per pass, as `run --repeat` measures it: the first pass also reads what the host cache keeps.
+    rp.disk_read_first_pass_bytes = rp.layout.disk_bytes(sweeps_per_pass);
+    rp.disk_read_pass_bytes = rp.layout.disk_bytes(2 * sweeps_per_pass) - rp.disk_read_first_pass_bytes;
+  }
   if (rp.shared_fills && act > 0) {
     // Every micro-batch of the pass is held at once.
     rp.activation_bytes += static_cast<int64_t>(m - 1) * act;
@@ -340,6 +345,10 @@ nlohmann::json Plan::to_json() const {
     jr["predicted_device_bytes"] = r.device_bytes;
     jr["predicted_host_bytes"] = r.host_bytes;
     jr["predicted_disk_read_bytes"] = r.disk_read_bytes;
+    jr["predicted_disk_read_first_pass_bytes"] = r.disk_read_first_pass_bytes;
+    jr["predicted_disk_read_pass_bytes"] = r.disk_read_pass_bytes;
+    jr["host_cache_blocks"] = nlohmann::json::array();  // lazy_load: swapped blocks whose every unit stays
+    for (int b : r.layout.cached_block_ids()) jr["host_cache_blocks"].push_back(b);
     jr["swap_order"] = r.shared_fills ? "shared" : "per-micro-batch";
     jr["fills_per_pass"] = r.fills_per_pass;
     jr["predicted_seconds_per_pass"] = {{"per-micro-batch", r.per_micro_batch_seconds}, {"shared", r.shared_seconds}};
@@ -354,7 +363,7 @@ std::string Plan::to_text() const {
   if (!dtype_source.empty()) s += fmt::format("  compute dtype {}: {}\n", dtype_word(dtype), dtype_source);
   if (!weight_storage.empty()) s += fmt::format("  {}\n", weight_storage);
   s += fmt::format("  {:>4}  {:<8} {:>7}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", "rank", "device",
-                   "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk read");
+                   "weight", "blocks", "components", "weights", "swapped", "device", "host", "disk/pass");
   for (const auto& r : ranks) {
     std::string comps;
     if (r.prologue) comps += "prologue";
@@ -365,7 +374,7 @@ std::string Plan::to_text() const {
     const std::string kv = r.kv_cache_bytes > 0 ? fmt::format("        K/V cache {} (in the device bytes)\n", format_bytes(r.kv_cache_bytes)) : "";
     s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", r.rank,
                      r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), swapped.size(),
-                     format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_bytes));
+                     format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_pass_bytes));
     s += kv;
     if (!swapped.empty()) {
       s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(swapped, ","),
@@ -378,6 +387,21 @@ std::string Plan::to_text() const {
                            r.per_micro_batch_seconds);
         s += "\n";
       }
+    }
+    if (!swapped.empty() && offload.lazy_load) {
+      const offload::SwapLayout& l = r.layout;
+      const std::vector<int> kept = l.cached_block_ids();
+      std::string cache;
+      if (l.streamed_bytes == 0) {
+        cache = fmt::format("keeps every swapped block ({})", format_bytes(l.sticky_bytes));
+      } else {
+        cache = fmt::format("keeps {} ({} of {} swapped), {} staging buffers of {} beside it",
+                            kept.empty() ? std::string("no whole block") : fmt::format("blocks {}", fmt::join(kept, ",")),
+                            format_bytes(l.sticky_bytes), format_bytes(l.swapped_bytes), l.staging_buffers,
+                            format_bytes(l.staging_bytes));
+      }
+      s += fmt::format("        host cache {}; disk reads {} in the first pass, {} in each later pass\n", cache,
+                       format_bytes(r.disk_read_first_pass_bytes), format_bytes(r.disk_read_pass_bytes));
     }
   }
   return s;

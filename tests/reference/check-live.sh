@@ -3,7 +3,8 @@
 # (ctest: reference_live, label unit):
 #  1. make_fixtures.py (transformers), make_wan_fixtures.py and make_vae_unipc_fixtures.py (diffusers) and
 #     make_t5_fixtures.py (umT5's tokenizer and text encoder: transformers, sentencepiece, diffusers'
-#     WanPipeline) run again with the committed seeds: their weights and inputs (token ids included) must
+#     WanPipeline), make_generate_fixtures.py (a tiny diffusers-layout repo run by WanPipeline) and
+#     make_fp8_fixtures.py (torch's float8 of those tiny models) run again with the committed seeds: their weights and inputs (token ids included) must
 #     be bit-identical to tests/reference/fixtures and their outputs equal within 1e-5
 #     (compare_fixtures.py), so the committed fixtures are what those libraries compute.
 #  2. All run with a fresh seed (LIVE_SEED, drawn and printed unless set): models_test's fixture tests
@@ -31,7 +32,9 @@ make_all() {  # make_all DIR [--seed-args]
   "$py" "$here/make_fixtures.py" --out "$1" ${2:+--seed $((1234 + 100 * $2))} > "$tmp/make.log" 2>&1 &&
     "$py" "$here/make_wan_fixtures.py" --out "$1" ${2:+--seed $((10 * $2))} >> "$tmp/make.log" 2>&1 &&
     "$py" "$here/make_vae_unipc_fixtures.py" --out "$1" ${2:+--seed $((10 * $2 + 5))} >> "$tmp/make.log" 2>&1 &&
-    "$py" "$here/make_t5_fixtures.py" --out "$1" ${2:+--seed $((7 * $2))} >> "$tmp/make.log" 2>&1 ||
+    "$py" "$here/make_t5_fixtures.py" --out "$1" ${2:+--seed $((7 * $2))} >> "$tmp/make.log" 2>&1 &&
+    "$py" "$here/make_generate_fixtures.py" --out "$1" ${2:+--seed $((3 * $2))} >> "$tmp/make.log" 2>&1 &&
+    "$py" "$here/make_fp8_fixtures.py" --out "$1" >> "$tmp/make.log" 2>&1 ||
     { cat "$tmp/make.log"; echo "check-live: making the fixtures failed"; exit 1; }
 }
 
@@ -47,7 +50,9 @@ export PIPESWAP_FIXTURES_DIR=$tmp/fresh PIPESWAP_BUILD_DIR=$build PIPESWAP_SOURC
 "$build/tests/denoise_test" --gtest_brief=1 --gtest_filter='DenoiseTest.MatchesDiffusersReferenceLoop'
 "$build/tests/vae_test" --gtest_brief=1 \
   --gtest_filter='VaeFixture.MatchesDiffusers:VaeFixture.TilingMatchesDiffusersTiling:VaeFixture.Bf16WithinDiffusersOwnBf16Error'
-"$build/tests/sampler_test" --gtest_brief=1 --gtest_filter='UniPC.MatchesDiffusers'
+"$build/tests/sampler_test" --gtest_brief=1 --gtest_filter='UniPC.MatchesDiffusers:FlowEuler.MatchesDiffusers'
 "$build/tests/text_encoder_test" --gtest_brief=1 \
   --gtest_filter='PromptClean.MatchesDiffusers:T5Tokenizer.MatchesTransformers:T5Tokenizer.RandomStringsMatchTransformers:UMT5.RelativePositionBuckets:UMT5.MatchesTransformersFp32:UMT5.Bf16NearTransformersBf16:UMT5.PromptsToEmbeddings'
+"$build/tests/generate_test" --gtest_brief=1 \
+  --gtest_filter='GenerateTest.TokenIdsMatchTheWanPipeline:GenerateTest.EmbeddingsAndNoiseMatchTheWanPipeline:GenerateTest.MatchesWanPipelineEndToEnd:GenerateTest.EulerAndNoGuidanceMatch:GenerateTest.PromptBatchMatches'
 echo "check-live: ok (LIVE_SEED=$seed)"

@@ -15,11 +15,20 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 OUTPUTS = {"logits", "output"}
 REL = 1e-5
 
+
+
+def same_bits(x, y):
+    """Bit for bit, NaNs included (torch.equal says NaN != NaN)."""
+    if x.is_floating_point() and x.element_size() in (2, 4, 8):
+        view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+        return x.contiguous().view(view).equal(y.contiguous().view(view))
+    return x.equal(y)
 
 def fail(msg):
     sys.exit(f"compare_fixtures: {msg}")
@@ -60,7 +69,7 @@ def main():
                     worst = max(worst, err)
                     if err > REL:
                         fail(f"{d.name}/{name}: {key} differs by {err:.3g} of its largest magnitude (bound {REL})")
-                elif not x.equal(y):
+                elif not same_bits(x, y):
                     fail(f"{d.name}/{name}: {key} is not bit-identical")
             if set(tb) - set(ta):
                 fail(f"{d.name}/{name}: fresh file has tensors the committed one lacks: {sorted(set(tb) - set(ta))}")

@@ -215,6 +215,13 @@ def values():
 
 
 def main():
+    import argparse
+    global FIX, OUT
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(FIX),
+                    help="the fixtures folder: its tiny models are read, fp8/ is written in it (check-live.sh)")
+    FIX = Path(ap.parse_args().out)
+    OUT = FIX / "fp8"
     wan_file = "diffusion_pytorch_model.safetensors"
 
     def marker(out):

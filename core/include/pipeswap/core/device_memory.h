@@ -9,6 +9,8 @@ namespace pipeswap {
 
 // Most bytes allocated at once on `device` since the last reset (or since start).
 std::optional<int64_t> device_peak_allocated(int device);
+// Bytes allocated on `device` now.
+std::optional<int64_t> device_allocated(int device);
 // Starts a new peak measurement on `device`.
 void reset_device_peak(int device);
 

@@ -8,14 +8,22 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace pipeswap {
 
-// Base of every error pipeswap throws on purpose. what() already holds "where" (host, rank, device)
-// and file:line, so the launcher can print it as is.
+// Base of every error pipeswap throws on purpose. what() is the message alone (what is wrong and how
+// to fix it); the launcher's log line adds the rank prefix, and location() (file:line, shown at
+// --log-level debug) says where it was thrown.
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  explicit Error(const std::string& what, std::string location = {})
+      : std::runtime_error(what), location_(std::move(location)) {}
+  // "offload/src/host_source.cpp:42", or empty when not thrown through PS_THROW.
+  const std::string& location() const { return location_; }
+
+ private:
+  std::string location_;
 };
 
 // Bad user input: flags, config files, device chains, input files. The message says how to fix it.
@@ -38,22 +46,25 @@ class CommError : public Error {
 class PeerLostError : public CommError {
   using CommError::CommError;
 };
+// Another rank aborted the job; its own error line says why (this one repeats it, naming the rank).
+class PeerAbortedError : public PeerLostError {
+  using PeerLostError::PeerLostError;
+};
 // A device-side failure (CUDA, NCCL, allocation).
 class DeviceError : public Error {
   using Error::Error;
 };
 
 namespace detail {
-// "where" part of every message: "[host r3 cuda:1]" once the rank is known, "" before.
-std::string where_prefix();
-std::string with_location(const std::string& msg, const char* file, int line);
+// "offload/src/host_cache.cpp:42": the file without its directories above the library folder.
+std::string source_location(const char* file, int line);
 }  // namespace detail
 
 }  // namespace pipeswap
 
-// PS_THROW(ConfigError, "bad {} value", x): throws with rank prefix and file:line.
+// PS_THROW(ConfigError, "bad {} value", x): throws the message, with file:line as its location().
 #define PS_THROW(Type, ...) \
-  throw ::pipeswap::Type(::pipeswap::detail::with_location(fmt::format(__VA_ARGS__), __FILE__, __LINE__))
+  throw ::pipeswap::Type(fmt::format(__VA_ARGS__), ::pipeswap::detail::source_location(__FILE__, __LINE__))
 
 // PS_CHECK(cond, Type, fmt, args...): the message is only formatted when the check fails.
 #define PS_CHECK(cond, Type, ...) \

@@ -3,6 +3,7 @@
 
 #include <torch/types.h>
 #include <torch/version.h>
+#include <c10/core/Allocator.h>
 #include <c10/core/Event.h>
 #include <c10/core/Stream.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -189,6 +190,20 @@ inline std::optional<torch::Tensor> scaled_mm_fp8(const torch::Tensor& x, const 
   return std::nullopt;
 #endif
 }
+
+// A c10::Allocator written once for both versions: allocate() is const before LibTorch 2.3 and not from
+// 2.3 on, when copy_data() became pure virtual too. Derived allocators implement allocate_bytes().
+struct AllocatorBase : c10::Allocator {
+  virtual c10::DataPtr allocate_bytes(size_t n) const = 0;
+#if PIPESWAP_TORCH_AT_LEAST(2, 3)
+  c10::DataPtr allocate(size_t n) override { return allocate_bytes(n); }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+#else
+  c10::DataPtr allocate(size_t n) const override { return allocate_bytes(n); }
+#endif
+};
 
 // Blocks until the work queued so far on `device`'s current stream (the compute stream) is done; the
 // copy stream's prefetches go on. A step's end, timed on the host without a device-to-host copy.

@@ -61,7 +61,7 @@ struct OffloadOptions {
   bool use_non_blocking = true;    // false: synchronous copies, no prefetch
   bool lazy_load = false;          // swapped units come from the safetensors files when needed
   int num_disk_workers = 2;        // threads reading from disk (lazy_load)
-  int64_t max_memory = 0;          // host cache budget in bytes (lazy_load); 0: unlimited
+  int64_t max_memory = 0;          // host cache size in bytes (lazy_load): swapped units that fit stay; 0: unlimited
   // The checkpoint's dtype, for the bytes a read from disk moves (a bf16 checkpoint computed in fp32
   // reads half its slab bytes); unset: the compute dtype.
   std::optional<c10::ScalarType> stored_dtype;
@@ -103,6 +103,7 @@ struct Unit {
   int64_t bytes = 0;              // slab bytes (aligned)
   int64_t tensor_bytes = 0;       // bytes of the tensors themselves as stored: what a read from disk moves
   bool swapped = false;           // streamed through the device slots (else resident)
+  bool cached = false;            // lazy_load: swapped and kept in the host cache after its first read
   // Appends a part at the next aligned offset (its entries' disk_bytes add to tensor_bytes).
   void add(SlabLayout part);
 };
@@ -127,10 +128,11 @@ struct SwapLayout {
   int64_t slot_bytes = 0;            // one slot: the largest swapped unit
   int num_slots = 0;                 // K+1 (1 without non-blocking copies), 0 when nothing swaps
   int64_t swapped_bytes = 0;         // all swapped units of one sweep
-  int64_t host_bytes = 0;            // host memory for swapped units: all of them, or the cache budget
+  int64_t host_bytes = 0;            // host memory for swapped units: all of them, or the cache and staging
   int64_t sticky_bytes = 0;          // lazy_load: units kept in the host cache after their first read
   int64_t streamed_bytes = 0;        // lazy_load: units read from disk every sweep
-  int staging_buffers = 0;           // lazy_load: buffers streamed units pass through
+  int staging_buffers = 0;           // lazy_load: buffers streamed units pass through (beside the cache)
+  int64_t staging_bytes = 0;         // lazy_load: one staging buffer (the largest streamed unit)
   int64_t sticky_disk_bytes = 0;     // tensor bytes (no slab padding) of the sticky units
   int64_t streamed_disk_bytes = 0;   // ... and of the streamed ones
   // Tensor bytes read from disk over `sweeps` sweeps (lazy_load): sticky units once, streamed ones
@@ -138,11 +140,17 @@ struct SwapLayout {
   int64_t disk_bytes(int sweeps) const { return sweeps <= 0 ? 0 : sticky_disk_bytes + streamed_disk_bytes * sweeps; }
   // Global indices of the swapped blocks.
   std::vector<int> swapped_block_ids() const;
+  // lazy_load: global indices of the swapped blocks the host cache keeps whole (every unit cached).
+  std::vector<int> cached_block_ids() const;
 };
 
-// The one place residency is decided; the engine follows it exactly. Throws ConfigError when
-// max_memory is too small for lazy loading (naming the minimum), or when swapping without lazy_load
-// would need more host memory than max_memory.
+// The one place residency is decided; the engine follows it exactly. With lazy_load the host cache
+// (max_memory) keeps every swapped unit that fits, read once: the units are taken in compute order and
+// each one that still fits is kept. A cyclic scan (sweep after sweep through the same units) then reads
+// exactly the units that do not fit on every sweep; an LRU cache would evict the unit needed next and
+// read them all. The units that stream pass through staging buffers (num_disk_workers + 1 of the
+// largest streamed unit) beside the cache, so the cache holds what it is sized for. Throws ConfigError
+// when swapping without lazy_load would need more host memory than max_memory.
 SwapLayout plan_swapping(const ModelParts& model, int first_block, int end_block, c10::ScalarType dtype,
                          const OffloadOptions& opts);
 

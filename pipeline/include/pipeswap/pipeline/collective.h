@@ -6,7 +6,9 @@
 // Collective: every rank calls the same ones, in the same order.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,5 +25,15 @@ std::vector<std::string> allgather_strings(comm::Transport& t, const std::string
 // Rank 0 gets every rank's bytes, in rank order; the others get an empty vector (for large per-rank
 // payloads such as traces, which only rank 0 needs).
 std::vector<std::string> gather_strings(comm::Transport& t, const std::string& mine);
+
+// Rank 0 works alone (generate's text encoder, VAE decode and files) while every other rank waits for it
+// without its wait counting as a silent peer: rank 0 runs `work` on a worker thread (with the caller's
+// LibTorch thread count) while its calling thread, the one that owns the transport (MPI_THREAD_FUNNELED),
+// sends every other rank a heartbeat each `interval`, then a last message when `work` has returned or
+// thrown. The others return on that message (CommError naming `what` if rank 0's work failed); a rank 0
+// that dies stops its heartbeats, and they fail within the comm timeout, naming it. `work`'s exception is
+// rethrown on rank 0. Alone in the world, `work` just runs. Collective.
+void rank0_alone(comm::Transport& t, const std::string& what, const std::function<void()>& work,
+                 std::chrono::milliseconds interval);
 
 }  // namespace pipeswap::pipeline

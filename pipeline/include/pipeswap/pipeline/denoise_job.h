@@ -1,5 +1,7 @@
-// The denoising job: flow-matching Euler sampling of a diffusion transformer (Wan), with the
-// conditional and unconditional passes of classifier-free guidance as separate micro-batches.
+// The denoising job: flow-matching sampling of a diffusion transformer (Wan), with the conditional and
+// unconditional passes of classifier-free guidance as separate micro-batches. The sampler is a hook
+// (sampler.h): `pipeswap denoise` steps with Euler on its own schedule, `pipeswap generate` with UniPC or
+// diffusers' Euler.
 //
 // Units: each sample of the batch gives one micro-batch per branch (cond, and uncond when guidance is
 // on). Every rank walks the same static order, step by step and unit by unit. Rank 0 is the first
@@ -11,11 +13,12 @@
 // pipeline can keep at most 2/(p+1) of its stages busy: that is the arithmetic of exact CFG, not of
 // the schedule (see docs/design-notes.md).
 //
-// The Euler step and the guidance mix run on rank 0's CPU in float32 whatever the split, so every
+// The sampler's step and the guidance mix run on rank 0's CPU in float32 whatever the split, so every
 // split and swap setting gives the same arithmetic as a single-rank run.
 #pragma once
 
 #include <functional>
+#include <memory>
 
 #include <torch/types.h>
 
@@ -23,6 +26,7 @@
 #include "pipeswap/models/architecture.h"
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/pipeline/plan.h"
+#include "pipeswap/pipeline/sampler.h"
 
 namespace pipeswap::pipeline {
 
@@ -40,6 +44,9 @@ struct DenoiseSettings {
   double shift = 5.0;
   int batch = 1;            // samples (all ranks know it)
   bool cfg = true;          // guidance on: two branches per sample
+  // Rank 0 clones one per sample; its steps() must equal `steps`. Unset: Euler on flow_sigmas(steps, shift)
+  // (make_flow_euler), `pipeswap denoise`'s sampler. Only rank 0 steps; the other ranks need only `steps`.
+  std::shared_ptr<const Sampler> sampler;
 };
 
 struct StepReport {

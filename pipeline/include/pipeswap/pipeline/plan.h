@@ -38,6 +38,11 @@ struct RankPlan {
   int64_t device_bytes = 0;
   int64_t host_bytes = 0;
   int64_t disk_read_bytes = 0;
+  // ... per pass (every micro-batch once through the rank's blocks: a forward, a denoising step): the
+  // first reads the units the host cache keeps once and the rest, each later one the rest again.
+  // `run --repeat` measures the same figures pass by pass.
+  int64_t disk_read_first_pass_bytes = 0;
+  int64_t disk_read_pass_bytes = 0;
   // The order of this rank's micro-batches through its swapped blocks (offload::SwapOrder): shared fills
   // run a pass's micro-batches block-outer, so each swapped unit is filled once per pass; the cost
   // model's predicted seconds per pass for each order (0 when it has nothing to go on).
