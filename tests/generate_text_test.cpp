@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -171,6 +173,101 @@ TEST_F(GenerateText, StopStringsAndMaxSeqLen) {
   EXPECT_EQ(m[0].at("finish_reason"), "max_seq_len");
 }
 
+// The ids of expected.json's prompts as --input JSON, and the vocabulary's name of each id (tokenizer.json).
+std::string write_ids(const std::string& file, const json& cases) {
+  json ids = json::array();
+  for (const auto& c : cases) ids.push_back(c.at("prompt_ids"));
+  std::ofstream(file) << ids.dump();
+  return file;
+}
+
+std::map<int64_t, std::string> vocabulary_names(const std::string& model) {
+  std::map<int64_t, std::string> names;
+  const json t = read_json(fixture(model) + "/tokenizer.json");
+  for (const auto& [name, id] : t.at("model").at("vocab").items()) names[id.get<int64_t>()] = name;
+  return names;
+}
+
+// A token the greedy continuation of `ids` makes first at index >= 3 (so it stops there), whose vocabulary name the
+// shell passes as it is in double quotes (sh() itself wraps the command in single quotes).
+size_t pick_stop_index(const std::vector<int64_t>& ids, const std::map<int64_t, std::string>& names) {
+  for (size_t k = 3; k < ids.size(); ++k) {
+    if (std::find(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids[k]) != ids.begin() + static_cast<std::ptrdiff_t>(k)) continue;
+    const auto it = names.find(ids[k]);
+    if (it == names.end() || it->second.empty()) continue;
+    bool plain = true;
+    for (char c : it->second) plain &= c != '\'' && c != '\\' && c != '"' && c != '$' && c != '`';
+    if (plain) return k;
+  }
+  return ids.size();
+}
+
+// --stop-token ends a sequence at a token named as the tokenizer spells it (a special token such as <|eot_id|>, or
+// a vocabulary entry); generation_config.json's eos_token_id list is the default set of end tokens; --ignore-eos
+// drops that list but keeps --stop-token.
+TEST_F(GenerateText, StopTokensByNameAndTheEosList) {
+  if (!fs::exists(fixture("gen-llama3/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
+  const json want = read_json(fixture("gen-llama3/expected.json")).at("cases");
+  const auto names = vocabulary_names("gen-llama3");
+  const auto ref0 = want[0].at("generated_ids").get<std::vector<int64_t>>();
+  const size_t k = pick_stop_index(ref0, names);
+  ASSERT_LT(k, ref0.size());
+  const std::string name = names.at(ref0[k]);
+  const std::vector<int64_t> until(ref0.begin(), ref0.begin() + static_cast<std::ptrdiff_t>(k) + 1);
+  std::ofstream(path("ids0.json")) << json::array({want[0].at("prompt_ids")}).dump();
+  // The special token is never generated here: it must resolve and change nothing; the vocabulary entry stops.
+  const json s = generate("gen-llama3", 2,
+                          "--input " + path("ids0.json") + " --stop-token \"<|eot_id|>\" --stop-token \"" + name + "\"",
+                          "stoptoken");
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0].at("generated_ids").get<std::vector<int64_t>>(), until) << name;
+  EXPECT_EQ(s[0].at("finish_reason"), "stop_token");
+  // generation_config.json's eos_token_id as a list: a copy of the checkpoint whose list adds that token.
+  const std::string model = path("llama3-eos-list");
+  fs::create_directories(model);
+  for (const auto& e : fs::directory_iterator(fixture("gen-llama3")))
+    if (e.path().filename() != "generation_config.json") fs::create_symlink(e.path(), model + "/" + e.path().filename().string());
+  const int64_t eos = read_json(fixture("gen-llama3/generation_config.json")).at("eos_token_id").get<int64_t>();
+  std::ofstream(model + "/generation_config.json") << json{{"eos_token_id", {eos, ref0[k]}}}.dump();
+  const std::string ids = write_ids(path("ids_all.json"), want);
+  auto run = [&](const std::string& args, const std::string& out) {
+    Result r = sh(mpirun(2) + exe() + " generate --model " + model + " --output " + path(out) +
+                      " --log-level warn --stream false --input " + ids + " " + args,
+                  120);
+    EXPECT_EQ(r.code, 0) << r.output;
+    return r.code == 0 ? read_json(path(out)) : json::array();
+  };
+  const json listed = run("", "eoslist.json");
+  ASSERT_EQ(listed.size(), want.size());
+  bool stopped_early = false;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const auto ref = want[i].at("generated_ids").get<std::vector<int64_t>>();
+    std::vector<int64_t> expect;
+    for (int64_t t : ref) {
+      expect.push_back(t);
+      if (t == eos || t == ref0[k]) break;
+    }
+    stopped_early |= expect.size() < ref.size();
+    EXPECT_EQ(listed[i].at("generated_ids").get<std::vector<int64_t>>(), expect) << "prompt " << i;
+    if (expect.back() == eos || expect.back() == ref0[k]) EXPECT_EQ(listed[i].at("finish_reason"), "eos") << i;
+  }
+  EXPECT_TRUE(stopped_early);
+  // --ignore-eos: 32 tokens each, transformers' ids up to its own EOS; --stop-token still stops.
+  const json ignored = run("--ignore-eos", "ignore.json");
+  ASSERT_EQ(ignored.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    const auto ref = want[i].at("generated_ids").get<std::vector<int64_t>>();
+    const auto got = ignored[i].at("generated_ids").get<std::vector<int64_t>>();
+    EXPECT_EQ(got.size(), 32u) << "prompt " << i;
+    EXPECT_TRUE(std::equal(ref.begin(), ref.end(), got.begin())) << "prompt " << i;
+    EXPECT_EQ(ignored[i].at("finish_reason"), "length") << i;
+  }
+  const json ignored_stop = run("--ignore-eos --stop-token \"" + name + "\"", "ignore_stop.json");
+  ASSERT_EQ(ignored_stop.size(), want.size());
+  EXPECT_EQ(ignored_stop[0].at("generated_ids").get<std::vector<int64_t>>(), until);
+  EXPECT_EQ(ignored_stop[0].at("finish_reason"), "stop_token");
+}
+
 // One generate command for both architectures: the other one's flags are named in a warning.
 TEST_F(GenerateText, VideoFlagsWarnOnATextModel) {
   if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
@@ -184,6 +281,7 @@ TEST_F(GenerateText, VideoFlagsWarnOnATextModel) {
   r = sh(exe() + " generate --help");
   EXPECT_THAT(r.output, HasSubstr("Video (Wan2.1 T2V, diffusers repo)"));
   EXPECT_THAT(r.output, HasSubstr("Text (Llama, Qwen2, Mistral checkpoint)"));
+  EXPECT_THAT(r.output, HasSubstr("--stop-token"));
 }
 
 TEST_F(GenerateText, BadInput) {
@@ -203,9 +301,10 @@ TEST_F(GenerateText, BadInput) {
   r = sh(base + "--input " + path("big.json"));
   EXPECT_NE(r.code, 0);
   EXPECT_THAT(r.output, HasSubstr("outside the model's vocabulary"));
-  r = sh(base + "--prompt hi --eos-token \"<|no_such_token|>\"");
+  r = sh(base + "--prompt hi --stop-token \"<|no_such_token|>\"");
   EXPECT_NE(r.code, 0);
   EXPECT_THAT(r.output, HasSubstr("the tokenizer has no such token"));
+  EXPECT_THAT(r.output, HasSubstr("its special tokens: <|begin_of_text|> <|end_of_text|> <|eot_id|>"));
   r = sh(base);
   EXPECT_NE(r.code, 0);
   EXPECT_THAT(r.output, HasSubstr("exactly one of --prompt"));

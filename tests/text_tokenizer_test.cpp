@@ -3,6 +3,7 @@
 // and a Qwen2-style byte-level BPE (tokenizer.json) and a Llama 2-style SentencePiece BPE (tokenizer.model alone).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -94,6 +95,39 @@ TEST(TextTokenizer, SpecialTokensAndErrors) {
   EXPECT_EQ(tok->encode("", true), std::vector<int64_t>{*tok->bos_id()});
   EXPECT_ERROR(tok->encode(std::string("bad \xC3\x28 utf8")), ConfigError, "not valid UTF-8");
   EXPECT_ERROR(TextTokenizer::open(fixture("llama_bias")), ConfigError, "neither tokenizer.json nor");
+}
+
+// --stop-token's names: a special token, a vocabulary entry as the file spells it, text the tokenizer makes one
+// token of; the special tokens a message lists; for tokenizer.model too.
+TEST(TextTokenizer, StopTokensByName) {
+  const std::string dir = fixture("tok-llama3");
+  if (!fs::exists(dir)) GTEST_SKIP() << "no fixture";
+  const auto tok = TextTokenizer::open(dir);
+  EXPECT_EQ(tok->stop_token_id("<|eot_id|>"), tok->token_id("<|eot_id|>"));
+  EXPECT_EQ(tok->special_tokens(), (std::vector<std::string>{"<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"}));
+  int checked = 0;
+  const json vocab = read_json(dir + "/tokenizer.json").at("model").at("vocab");
+  for (const auto& [name, id] : vocab.items()) {
+    EXPECT_EQ(tok->stop_token_id(name), id.get<int64_t>()) << name;
+    // "Ġthe" is " the" in text: where the text encodes to that one token, its text names it too.
+    if (name.rfind("\xC4\xA0", 0) == 0 && name.size() > 2) {
+      const std::string text = " " + name.substr(2);
+      if (tok->encode(text, false) == std::vector<int64_t>{id.get<int64_t>()} && !tok->token_id(text)) {
+        EXPECT_EQ(tok->stop_token_id(text), id.get<int64_t>()) << text;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 0);
+  EXPECT_FALSE(tok->stop_token_id("<|no_such_token|>").has_value());
+  EXPECT_FALSE(tok->stop_token_id("").has_value());
+  EXPECT_FALSE(tok->stop_token_id(std::string("\xC3\x28")).has_value());  // not UTF-8: no error, no token
+  if (T5Tokenizer::available() && fs::exists(fixture("tok-spm"))) {
+    const auto spm = TextTokenizer::open(fixture("tok-spm"));
+    EXPECT_EQ(spm->stop_token_id("</s>"), spm->eos_id());
+    const auto specials = spm->special_tokens();
+    EXPECT_NE(std::find(specials.begin(), specials.end(), "</s>"), specials.end());
+  }
 }
 
 }  // namespace

@@ -193,11 +193,19 @@ void add_generate(CLI::App* cmd, Options& o) {
   cmd->add_option("--repetition-penalty", o.repetition_penalty, "transformers' repetition penalty (1: off)")
       ->default_str("1")
       ->group(g);
-  cmd->add_option("--stop", o.stop, "stop a sequence once its text contains this string (repeatable)")->group(g);
-  cmd->add_option("--eos-token", o.eos_token,
-                  "also end a sequence at this token of the tokenizer, e.g. <|eot_id|> (repeatable)")
+  cmd->add_option("--stop", o.stop, "stop a sequence once its text contains this string (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->group(g);
-  cmd->add_flag("--ignore-eos", o.ignore_eos, "keep generating past the end-of-sequence token")->group(g);
+  cmd->add_option("--stop-token", o.stop_token,
+                  "also end a sequence at this token, by name, e.g. '<|eot_id|>' (a special or added token of the "
+                  "tokenizer, a vocabulary entry, or text that is one token; repeatable), besides "
+                  "generation_config.json's eos_token_id")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->group(g);
+  cmd->add_flag("--ignore-eos", o.ignore_eos,
+                "keep generating past the end-of-sequence tokens (generation_config.json's eos_token_id; "
+                "--stop-token still stops)")
+      ->group(g);
   cmd->add_flag("--stream", o.stream, "print the text as it is generated (rank 0)")->default_str("true")->group(g);
 }
 

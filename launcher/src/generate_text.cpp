@@ -151,7 +151,7 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
   std::vector<std::vector<int64_t>> prompts;
   std::vector<std::string> texts;
   std::vector<int64_t> sizes(3, 0);  // max_seq_len, max_batch, longest prompt
-  std::vector<int64_t> eos;
+  std::vector<int64_t> eos, stop_ids;
   if (world.rank == 0) {
     const std::string tok_dir = o.tokenizer.empty() ? job.model_dir : o.tokenizer;
     if (!o.input.empty()) {
@@ -184,14 +184,19 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
         o.max_batch > 0 ? o.max_batch : std::min<int64_t>(static_cast<int64_t>(prompts.size()), 64);
     sizes = {max_seq, max_batch, longest};
     if (!o.ignore_eos) eos = eos_ids(job.model_dir, tok.get());
-    for (const auto& name : o.eos_token) {
-      PS_CHECK(tok, ConfigError, "--eos-token {} needs a tokenizer (--tokenizer DIR)", name);
-      const auto id = tok->token_id(name);
-      PS_CHECK(id.has_value(), ConfigError,
-               "--eos-token {}: the tokenizer has no such token (neither an added/special token nor in the "
-               "vocabulary); check its spelling against tokenizer.json's added_tokens",
-               name);
-      eos.push_back(*id);
+    for (const auto& name : o.stop_token) {
+      PS_CHECK(tok, ConfigError, "--stop-token '{}' needs a tokenizer to look the name up (--tokenizer DIR)", name);
+      const auto id = tok->stop_token_id(name);
+      if (!id) {
+        std::vector<std::string> specials = tok->special_tokens();
+        const size_t shown = std::min<size_t>(specials.size(), 12);
+        PS_THROW(ConfigError,
+                 "--stop-token '{}': the tokenizer has no such token (no special or added token, no vocabulary "
+                 "entry, and the text is not one token); its special tokens: {}{}",
+                 name, specials.empty() ? "none" : fmt::format("{}", fmt::join(specials.begin(), specials.begin() + shown, " ")),
+                 specials.size() > shown ? fmt::format(" and {} more", specials.size() - shown) : "");
+      }
+      stop_ids.push_back(*id);
     }
     for (const auto& s : o.stop)
       PS_CHECK(!s.empty(), ConfigError, "--stop needs a non-empty string");
@@ -221,6 +226,7 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
   jo.max_seq_len = o.max_seq_len;
   jo.micro_batches = o.micro_batches;
   jo.eos_ids = eos;
+  jo.stop_ids = stop_ids;
   jo.sampling.temperature = o.temperature;
   jo.sampling.top_k = o.top_k;
   jo.sampling.top_p = o.top_p;

@@ -60,8 +60,8 @@ struct Options {
   int64_t top_k = 0;
   double top_p = 1.0;
   double repetition_penalty = 1.0;
-  std::vector<std::string> stop;    // stop strings
-  std::vector<std::string> eos_token;  // more end-of-sequence tokens by name (e.g. <|eot_id|>)
+  std::vector<std::string> stop;        // stop strings
+  std::vector<std::string> stop_token;  // more end-of-sequence tokens by name (e.g. <|eot_id|>)
   bool ignore_eos = false;
   bool stream = true;               // decoded text to stdout as it arrives (rank 0)
   // generate: the flags given (command line or --config) with their --help group: which architecture's flags do

@@ -1082,6 +1082,35 @@ bool TextTokenizer::is_special(int64_t id) const {
   return it != impl_->added_by_id.end() && impl_->added[it->second].special;
 }
 
+std::vector<std::string> TextTokenizer::special_tokens() const {
+  std::vector<std::string> out;
+  auto add = [&](const std::string& t) {
+    if (std::find(out.begin(), out.end(), t) == out.end()) out.push_back(t);
+  };
+  for (std::optional<int64_t> id : {impl_->bos, impl_->eos})
+    if (id && *id >= 0 && *id < static_cast<int64_t>(impl_->bpe.id_to_token.size()))
+      add(impl_->bpe.id_to_token[static_cast<size_t>(*id)]);
+  std::vector<const AddedToken*> by_id;
+  for (const auto& a : impl_->added)
+    if (a.special) by_id.push_back(&a);
+  std::sort(by_id.begin(), by_id.end(), [](const AddedToken* a, const AddedToken* b) { return a->id < b->id; });
+  for (const AddedToken* a : by_id) add(a->content);
+  return out;
+}
+
+std::optional<int64_t> TextTokenizer::stop_token_id(std::string_view name) const {
+  if (name.empty()) return std::nullopt;
+  if (auto id = impl_->id_of(name)) return id;
+  std::vector<int64_t> ids;
+  try {
+    ids = encode(name, /*add_special_tokens=*/false);
+  } catch (const ConfigError&) {
+    return std::nullopt;  // not UTF-8: no text of this tokenizer
+  }
+  if (ids.size() == 1) return ids[0];
+  return std::nullopt;
+}
+
 std::optional<int64_t> TextTokenizer::bos_id() const { return impl_->bos; }
 std::optional<int64_t> TextTokenizer::eos_id() const { return impl_->eos; }
 int64_t TextTokenizer::vocab_size() const { return impl_->vocab_size; }

@@ -292,6 +292,8 @@ TextJobResult run_text_job(const Plan& plan, int rank, const models::Architectur
         const bool stop = on_token ? on_token(i, token) : false;
         if (std::find(o.eos_ids.begin(), o.eos_ids.end(), token) != o.eos_ids.end()) {
           finish(i, "eos");
+        } else if (std::find(o.stop_ids.begin(), o.stop_ids.end(), token) != o.stop_ids.end()) {
+          finish(i, "stop_token");
         } else if (stop) {
           finish(i, "stop");
         } else if (static_cast<int64_t>(seq.generated.size()) >= o.max_new_tokens) {

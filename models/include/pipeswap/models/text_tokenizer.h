@@ -51,6 +51,11 @@ class TextTokenizer {
   // The id of a token of the vocabulary or an added token (nullopt when there is none).
   std::optional<int64_t> token_id(std::string_view token) const;
   bool is_special(int64_t id) const;
+  // The special tokens' text (added tokens marked special, and the configured BOS/EOS), for messages.
+  std::vector<std::string> special_tokens() const;
+  // A stop token as a user names it: an added or special token ('<|eot_id|>'), a vocabulary entry ('</s>',
+  // 'Ġthe'), or text that the tokenizer makes exactly one token of ('.', '\n'); nullopt when none of these.
+  std::optional<int64_t> stop_token_id(std::string_view name) const;
   // bos_token / eos_token of tokenizer_config.json (nullopt when it names none).
   std::optional<int64_t> bos_id() const;
   std::optional<int64_t> eos_id() const;

@@ -42,14 +42,15 @@ struct TextJobOptions {
   int64_t max_batch = 1;    // sequences whose K/V the caches hold at once
   int64_t max_seq_len = 0;  // tokens per sequence (prompt + generated) the caches hold
   int micro_batches = 1;    // micro-batches in flight at once
-  std::vector<int64_t> eos_ids;
+  std::vector<int64_t> eos_ids;   // end a sequence (finish_reason "eos"): generation_config.json's eos_token_id
+  std::vector<int64_t> stop_ids;  // end a sequence too (finish_reason "stop_token"): --stop-token's names
   SamplingOptions sampling;
 };
 
 struct TextSequence {
   std::vector<int64_t> prompt;
   std::vector<int64_t> generated;
-  std::string finish_reason;  // "eos", "length" (max-new-tokens), "max_seq_len", "stop" (the callback)
+  std::string finish_reason;  // "eos", "stop_token", "length" (max-new-tokens), "max_seq_len", "stop" (the callback)
   double first_token_seconds = 0;
 };
 
