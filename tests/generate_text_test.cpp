@@ -268,6 +268,54 @@ TEST_F(GenerateText, StopTokensByNameAndTheEosList) {
   EXPECT_EQ(ignored_stop[0].at("finish_reason"), "stop_token");
 }
 
+// Chunked prefill: transformers' ids for every prompt, whatever the chunk size, split, swap setting and
+// micro-batches; and between two chunks of a long prompt the running sequences decode (the trace-level schedule).
+TEST_F(GenerateText, ChunkedPrefillMatchesTransformersAndInterleavesDecode) {
+  if (!fs::exists(fixture("gen-mistral/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
+  struct Case {
+    const char* model;
+    int np;
+    const char* args;
+  };
+  const Case cases[] = {
+      {"gen-llama3", 1, "--prefill-chunk 4"},
+      {"gen-qwen2", 2, "--prefill-chunk 5 --max-batch 3"},
+      {"gen-mistral", 3, "--prefill-chunk 4 --blocks-to-swap 1 --max-batch 2"},  // chunks across its window of 6
+      {"gen-mistral", 2, "--prefill-chunk 1 --micro-batches 2 --offload-ratio 1 --lazy-load"},
+      {"gen-llama3", 2, "--prefill-chunk 3 --micro-batches 2 --blocks-to-swap 1 --swap-order shared"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::string(c.model) + " np " + std::to_string(c.np) + " " + c.args);
+    const json want = read_json(fixture(std::string(c.model) + "/expected.json")).at("cases");
+    const std::string ids = write_ids(path(std::string(c.model) + "_ids.json"), want);
+    expect_reference(generate(c.model, c.np, "--input " + ids + " " + c.args, "chunk"), c.model, c.args);
+  }
+  // The schedule: the 2-token prompt is prefilled and then decodes between the 24-token prompt's chunks.
+  const json want = read_json(fixture("gen-llama3/expected.json")).at("cases");
+  std::ofstream(path("two.json")) << json::array({want[6].at("prompt_ids"), want[1].at("prompt_ids")}).dump();
+  Result r = sh(mpirun(2) + exe() + " generate --model " + fixture("gen-llama3") + " --input " + path("two.json") +
+                    " --prefill-chunk 4 --log-level trace --stream false --output " + path("two_out.json"),
+                120);
+  ASSERT_EQ(r.code, 0) << r.output;
+  std::vector<std::string> schedule;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);)
+    if (const size_t at = line.find("generation micro-batch "); at != std::string::npos)
+      schedule.push_back(line.substr(line.find(": ", at) + 2));
+  ASSERT_GE(schedule.size(), 8u) << r.output;
+  EXPECT_EQ(schedule[0], "prefill prompt 0 tokens 0..1");
+  EXPECT_EQ(schedule[1], "prefill prompt 1 tokens 0..3 (a chunk)");
+  EXPECT_EQ(schedule[2], "decode prompts 0");
+  EXPECT_EQ(schedule[3], "prefill prompt 1 tokens 4..7 (a chunk)");
+  EXPECT_EQ(schedule[4], "decode prompts 0");
+  const auto it = std::find(schedule.begin(), schedule.end(), "prefill prompt 1 tokens 20..23");
+  EXPECT_NE(it, schedule.end());
+  const json two = read_json(path("two_out.json"));
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0].at("generated_ids"), want[6].at("generated_ids"));
+  EXPECT_EQ(two[1].at("generated_ids"), want[1].at("generated_ids"));
+}
+
 // One generate command for both architectures: the other one's flags are named in a warning.
 TEST_F(GenerateText, VideoFlagsWarnOnATextModel) {
   if (!fs::exists(fixture("gen-qwen2/expected.json"))) GTEST_SKIP() << "run make_generate_text_fixtures.py";
@@ -282,6 +330,7 @@ TEST_F(GenerateText, VideoFlagsWarnOnATextModel) {
   EXPECT_THAT(r.output, HasSubstr("Video (Wan2.1 T2V, diffusers repo)"));
   EXPECT_THAT(r.output, HasSubstr("Text (Llama, Qwen2, Mistral checkpoint)"));
   EXPECT_THAT(r.output, HasSubstr("--stop-token"));
+  EXPECT_THAT(r.output, HasSubstr("--prefill-chunk"));
 }
 
 TEST_F(GenerateText, BadInput) {
@@ -305,6 +354,9 @@ TEST_F(GenerateText, BadInput) {
   EXPECT_NE(r.code, 0);
   EXPECT_THAT(r.output, HasSubstr("the tokenizer has no such token"));
   EXPECT_THAT(r.output, HasSubstr("its special tokens: <|begin_of_text|> <|end_of_text|> <|eot_id|>"));
+  r = sh(base + "--prompt hi --prefill-chunk -1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_THAT(r.output, HasSubstr("--prefill-chunk must be 0"));
   r = sh(base);
   EXPECT_NE(r.code, 0);
   EXPECT_THAT(r.output, HasSubstr("exactly one of --prompt"));

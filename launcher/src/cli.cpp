@@ -185,6 +185,11 @@ void add_generate(CLI::App* cmd, Options& o) {
   cmd->add_option("--max-batch", o.max_batch,
                   "sequences in flight at once (K/V cache slots; default: every prompt, at most 64)")
       ->group(g);
+  cmd->add_option("--prefill-chunk", o.prefill_chunk,
+                  "prefill a prompt at most this many tokens at a time, so that other sequences' decode steps run "
+                  "between the chunks (0: the whole prompt at once)")
+      ->default_str("0")
+      ->group(g);
   cmd->add_option("--temperature", o.temperature, "0: greedy; else sample at this temperature")
       ->default_str("0")
       ->group(g);

@@ -135,6 +135,8 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
            "generate takes exactly one of --prompt TEXT, --prompts FILE.jsonl or --input ids.json (got {})", given);
   PS_CHECK(o.max_new_tokens >= 1, ConfigError, "--max-new-tokens must be at least 1 (got {})", o.max_new_tokens);
   PS_CHECK(o.max_seq_len >= 0 && o.max_batch >= 0, ConfigError, "--max-seq-len and --max-batch must be positive");
+  PS_CHECK(o.prefill_chunk >= 0, ConfigError, "--prefill-chunk must be 0 (off) or a number of tokens (got {})",
+           o.prefill_chunk);
   PS_CHECK(o.temperature >= 0, ConfigError, "--temperature must not be negative (got {})", o.temperature);
   PS_CHECK(o.top_p > 0 && o.top_p <= 1, ConfigError, "--top-p must be in (0, 1] (got {})", o.top_p);
   PS_CHECK(o.top_k >= 0, ConfigError, "--top-k must not be negative (got {})", o.top_k);
@@ -208,7 +210,7 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
 
   JobShape shape;
   shape.batch = 1;
-  shape.seq = sizes[2];
+  shape.seq = o.prefill_chunk > 0 ? std::min(o.prefill_chunk, sizes[2]) : sizes[2];  // the largest micro-batch
   if (world.rank == 0) shape.stored_dtype = stored_dtype(job);
   if (world.size > 1) shape = agree_shape(t, shape);
   job.plan = make_job_plan(o, world, t, job, shape, o.micro_batches, 1);
@@ -227,6 +229,7 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
   jo.micro_batches = o.micro_batches;
   jo.eos_ids = eos;
   jo.stop_ids = stop_ids;
+  jo.prefill_chunk = o.prefill_chunk;
   jo.sampling.temperature = o.temperature;
   jo.sampling.top_k = o.top_k;
   jo.sampling.top_p = o.top_p;

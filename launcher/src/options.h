@@ -56,6 +56,7 @@ struct Options {
   int64_t max_new_tokens = 32;
   int64_t max_seq_len = 0;          // 0: the longest prompt + max_new_tokens; plan: with it, the K/V cache bytes
   int64_t max_batch = 0;            // 0: every prompt at once, at most 64
+  int64_t prefill_chunk = 0;        // tokens of a prompt per prefill step (0: the whole prompt)
   double temperature = 0;           // 0: greedy
   int64_t top_k = 0;
   double top_p = 1.0;

@@ -25,6 +25,9 @@ struct Unit {
   std::vector<int64_t> slots, starts;
   std::vector<size_t> seqs;    // rank 0: the sequences of the rows
   torch::Tensor ids;           // rank 0: int64 [rows, tokens]
+  bool prefill = false;        // rank 0: prompt tokens (else one decode token per row)
+  bool samples = true;         // rank 0: the rows' next tokens are sampled from its logits (false: a prompt's
+                               // chunk before its last)
   torch::Tensor rows() const {  // int64 [rows, 2]: (slot, start)
     auto t = torch::empty({static_cast<int64_t>(slots.size()), 2}, torch::kInt64);
     auto a = t.accessor<int64_t, 2>();
@@ -67,7 +70,8 @@ std::vector<Unit> decode_step(const std::vector<int64_t>& v) {
 // Per sequence on rank 0.
 struct Running {
   int64_t slot = -1;
-  int64_t cached = 0;  // tokens in the cache
+  int64_t sent = 0;    // prompt tokens sent into the pipeline (chunked prefill: the next chunk starts here)
+  int64_t cached = 0;  // tokens in the cache (those whose micro-batch came back)
   bool done = false;
   std::mt19937_64 rng;
 };
@@ -219,7 +223,6 @@ TextJobResult run_text_job(const Plan& plan, int rank, const models::Architectur
 
   struct Flight {
     std::vector<Unit> units;
-    std::vector<bool> prefill;
     int serial = 0;
     std::vector<torch::Tensor> outs;
     Clock::time_point launched;
@@ -227,41 +230,75 @@ TextJobResult run_text_job(const Plan& plan, int rank, const models::Architectur
   std::deque<Flight> flight;
   int serial = 0;
   Clock::time_point last_back = t0;
-  auto can_launch = [&] { return (!waiting.empty() && !free_slots.empty()) || !ready.empty(); };
+  std::deque<size_t> prefilling;  // sequences with a slot and prompt tokens still to send (chunked prefill)
+  bool mid_prefill = false;       // the last micro-batch launched was a chunk with more of its prompt to come
+  auto can_launch = [&] { return !prefilling.empty() || (!waiting.empty() && !free_slots.empty()) || !ready.empty(); };
+  // The next chunk of sequence i's prompt (all of it without --prefill-chunk).
+  auto prefill_unit = [&](size_t i) {
+    const auto len = static_cast<int64_t>(prompts[i].size());
+    const int64_t from = run[i].sent;
+    const int64_t n = o.prefill_chunk > 0 ? std::min(o.prefill_chunk, len - from) : len - from;
+    Unit u;
+    u.tokens = n;
+    u.slots = {run[i].slot};
+    u.starts = {from};
+    u.seqs = {i};
+    u.ids = torch::tensor(std::vector<int64_t>(prompts[i].begin() + from, prompts[i].begin() + from + n), torch::kInt64)
+                .unsqueeze(0);
+    u.prefill = true;
+    run[i].sent = from + n;
+    u.samples = run[i].sent == len;
+    if (!u.samples) prefilling.push_back(i);
+    mid_prefill = !u.samples;
+    return u;
+  };
+  auto decode_unit = [&] {
+    Unit u;
+    u.tokens = 1;
+    std::vector<int64_t> ids;
+    while (!ready.empty() && u.seqs.size() < rows_per_unit) {
+      const size_t i = ready.front();
+      ready.pop_front();
+      u.slots.push_back(run[i].slot);
+      u.starts.push_back(run[i].cached);
+      u.seqs.push_back(i);
+      ids.push_back(result.sequences[i].generated.back());
+    }
+    u.ids = torch::tensor(ids, torch::kInt64).unsqueeze(1);
+    mid_prefill = false;
+    return u;
+  };
   for (;;) {
     if (flight.size() < groups_max && can_launch()) {
-      // Waiting prompts first (one micro-batch each), then the sequences ready to decode, up to a share of the batch.
+      // A prompt being prefilled in chunks first, with a decode step of the ready sequences between two of its
+      // chunks; then waiting prompts (one micro-batch each), then the sequences ready to decode, up to a share of
+      // the batch.
       Flight f;
       f.serial = serial++;
       f.launched = Clock::now();
       while (f.units.size() < units_per_group && can_launch()) {
-        Unit u;
-        if (!waiting.empty() && !free_slots.empty()) {
+        if (mid_prefill && !ready.empty()) {
+          f.units.push_back(decode_unit());
+        } else if (!prefilling.empty()) {
+          const size_t i = prefilling.front();
+          prefilling.pop_front();
+          f.units.push_back(prefill_unit(i));
+        } else if (!waiting.empty() && !free_slots.empty()) {
           const size_t i = waiting.front();
           waiting.pop_front();
           run[i].slot = free_slots.back();
           free_slots.pop_back();
-          u.tokens = static_cast<int64_t>(prompts[i].size());
-          u.slots = {run[i].slot};
-          u.starts = {0};
-          u.seqs = {i};
-          u.ids = torch::tensor(prompts[i], torch::kInt64).unsqueeze(0);
-          f.prefill.push_back(true);
+          f.units.push_back(prefill_unit(i));
         } else {
-          u.tokens = 1;
-          std::vector<int64_t> ids;
-          while (!ready.empty() && u.seqs.size() < rows_per_unit) {
-            const size_t i = ready.front();
-            ready.pop_front();
-            u.slots.push_back(run[i].slot);
-            u.starts.push_back(run[i].cached);
-            u.seqs.push_back(i);
-            ids.push_back(result.sequences[i].generated.back());
-          }
-          u.ids = torch::tensor(ids, torch::kInt64).unsqueeze(1);
-          f.prefill.push_back(false);
+          f.units.push_back(decode_unit());
         }
-        f.units.push_back(std::move(u));
+      }
+      for (const Unit& u : f.units) {
+        if (u.prefill)
+          log().trace("generation micro-batch {}: prefill prompt {} tokens {}..{}{}", f.serial, u.seqs[0], u.starts[0],
+                      u.starts[0] + u.tokens - 1, u.samples ? "" : " (a chunk)");
+        else
+          log().trace("generation micro-batch {}: decode prompts {}", f.serial, fmt::join(u.seqs, ","));
       }
       send_control(encode_step(f.units), f.serial);
       f.outs = run_group(f.units, f.serial);
@@ -276,7 +313,8 @@ TextJobResult run_text_job(const Plan& plan, int rank, const models::Architectur
       torch::Tensor logits =
           stage.keeps_outputs() ? f.outs[k] : stage.output(f.serial, static_cast<int>(k));
       logits = logits.to(torch::kCPU, torch::kFloat32);  // [rows, 1, vocab]
-      for (size_t r = 0; r < unit.seqs.size(); ++r) {
+      for (size_t r = 0; r < unit.seqs.size() && !unit.samples; ++r) run[unit.seqs[r]].cached += unit.tokens;
+      for (size_t r = 0; r < unit.seqs.size() && unit.samples; ++r) {
         const size_t i = unit.seqs[r];
         TextSequence& seq = result.sequences[i];
         run[i].cached += unit.tokens;
@@ -310,8 +348,8 @@ TextJobResult run_text_job(const Plan& plan, int rank, const models::Architectur
       const double seconds = std::chrono::duration<double>(now - std::max(last_back, f.launched)).count();
       last_back = now;
       const int64_t tokens = unit.tokens * static_cast<int64_t>(unit.slots.size());
-      (f.prefill[k] ? result.prefill_seconds : result.decode_seconds) += seconds;
-      (f.prefill[k] ? result.prefill_tokens : result.decode_tokens) += tokens;
+      (unit.prefill ? result.prefill_seconds : result.decode_seconds) += seconds;
+      (unit.prefill ? result.prefill_tokens : result.decode_tokens) += tokens;
       ++result.steps;
     }
   }

@@ -5,7 +5,11 @@
 // rank a control message per micro-batch (its rows: cache slot and position, and tokens per row) before the
 // micro-batch's activation, so that the other stages follow a schedule they cannot know in advance (EOS, stop
 // strings). A micro-batch either prefills one prompt that found a free cache slot, or decodes one token of up to
-// max_batch / micro_batches running sequences. Up to --micro-batches micro-batches are in flight at once, cycling
+// max_batch / micro_batches running sequences. With prefill_chunk, a prompt longer than that is prefilled in
+// chunks of that many tokens, one micro-batch each (each chunk attends to the cache the ones before it wrote), and
+// between two chunks the sequences ready to decode take a micro-batch, so a long prompt does not stall them. A
+// chunk follows the one before it without waiting for it: every rank runs the micro-batches in the order they
+// were sent. Up to --micro-batches micro-batches are in flight at once, cycling
 // through the stages: a micro-batch's next decode step enters the first stage as soon as rank 0 has its tokens,
 // while the others are still in later stages. A finished sequence frees its slot at once and a waiting prompt
 // takes it (continuous batching). With one micro-batch (the default) a decode step is one pass of every running
@@ -42,6 +46,7 @@ struct TextJobOptions {
   int64_t max_batch = 1;    // sequences whose K/V the caches hold at once
   int64_t max_seq_len = 0;  // tokens per sequence (prompt + generated) the caches hold
   int micro_batches = 1;    // micro-batches in flight at once
+  int64_t prefill_chunk = 0;  // prompt tokens per prefill micro-batch (0: the whole prompt in one)
   std::vector<int64_t> eos_ids;   // end a sequence (finish_reason "eos"): generation_config.json's eos_token_id
   std::vector<int64_t> stop_ids;  // end a sequence too (finish_reason "stop_token"): --stop-token's names
   SamplingOptions sampling;
