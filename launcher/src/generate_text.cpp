@@ -292,6 +292,9 @@ int cmd_generate_text(const Options& opts, const World& world, std::unique_ptr<c
                      result.sequences.empty() ? 0.0 : result.sequences[0].first_token_seconds,
                      result.sequences.size() > 1 ? fmt::format(" (last prompt's {:.3f} s)", ttft) : "", result.steps,
                      since(t_start));
+    if (job.plan.generation.known())
+      s += fmt::format("  the plan predicted decode at {:.1f} tokens/s for {} sequences at once (bound by {})\n",
+                       job.plan.generation.tokens_per_second, job.plan.generation.batch, job.plan.generation.bound);
     if (!o.output.empty()) s += fmt::format("  output -> {}\n", o.output);
     if (!texts.empty() && !stream_tokens)
       for (size_t i = 0; i < texts.size() && i < 3; ++i) s += fmt::format("  prompt {}: {}\n", i, short_text(texts[i]));

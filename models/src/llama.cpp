@@ -371,6 +371,18 @@ class Llama final : public Architecture {
            2 * t * static_cast<double>(seq) * q;
   }
 
+  // One new token per row: the projections and the MLP as block_flops, q.k and p.v over the cached tokens.
+  double decode_block_flops(int64_t rows, int64_t context) const override {
+    const double r = static_cast<double>(rows), h = static_cast<double>(c_.hidden_size);
+    const double q = static_cast<double>(c_.num_heads * c_.head_dim), kv = static_cast<double>(c_.num_kv_heads * c_.head_dim);
+    return 2 * r * h * (2 * q + 2 * kv + 3 * static_cast<double>(c_.intermediate_size)) +
+           4 * r * static_cast<double>(context) * q;
+  }
+
+  double head_flops(int64_t rows) const override {
+    return 2 * static_cast<double>(rows) * static_cast<double>(c_.hidden_size) * static_cast<double>(c_.vocab_size);
+  }
+
   // Attention: the normalised input, q/k/v, roped q/k, GQA's expanded k/v, the output and its copy, the
   // projection; MLP: gate, silu(gate), up and their product alive at once, and the projection.
   int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {

@@ -72,6 +72,10 @@ class Architecture : public ModelParts {
   virtual void allocate_kv_cache(int first_block, int end_block, int64_t max_batch, int64_t max_seq,
                                  const torch::TensorOptions& options) const {}
   virtual void release_kv_cache() const {}
+  // Generation's cost model (pipeswap plan's tokens/s): FLOPs of one block for `rows` sequences decoding one token
+  // each over `context` cached tokens, and of the head (final norm + lm_head) for `rows` tokens.
+  virtual double decode_block_flops(int64_t rows, int64_t context) const { return block_flops(rows, 1); }
+  virtual double head_flops(int64_t rows) const { return 0; }
 
   // Validates a forward pass's inputs before any weights load (ConfigError naming what is wrong), and
   // the tokens they make per sample (the plan sizes activations from it).
