@@ -223,7 +223,7 @@ TEST_F(FirstHourTest, ErrorsAreOneLineWithTheFix) {
       {"run --latents x.safetensors", "--latents is a flag of `pipeswap denoise`, not of `pipeswap run`"},
       {"rnu", "unknown command 'rnu': did you mean run? (commands: run, plan, denoise, generate; see pipeswap --help)"},
       {"", "give a command: pipeswap run (the forward job), plan (the plan only), denoise (diffusion sampling) or "
-             "generate (prompt to video); run, plan and denoise run a built-in demo with no other flags"},
+             "generate (prompt to video or text); run, plan and denoise run a built-in demo with no other flags"},
   };
   for (const Case& c : cases) {
     r = in(d, exe() + " " + c.args);

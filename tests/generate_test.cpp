@@ -344,6 +344,10 @@ TEST_F(GenerateTest, BadInput) {
       {" generate --model " + no_vae + " --prompt cat --frames 9 --height 32 --width 48", "lacks its vae/ folder"},
       {" generate --model " + pth + " --prompt cat --frames 9 --height 32 --width 48", "never unpickles"},
       {base + "--frames 10 --height 32 --width 48", "4k+1"},
+      // One generate for text and video: the text model's flags do nothing here, and say so.
+      {base + "--frames 10 --height 32 --width 48 --max-new-tokens 5 --temperature 0.5",
+       "--max-new-tokens, --temperature do nothing for a Wan video repo"},
+      {" generate --model " + repo() + " --input " + path("ids.json"), "--input is a text model's token ids"},
       {base + "--frames 9 --height 40 --width 48", "multiple of 16"},
       {base + "--frames 9 --height 32 --width 50", "multiple of 16"},
       {base + "--frames 9 --height 32 --width 48 --output out.avi", "--output"},

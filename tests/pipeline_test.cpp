@@ -195,6 +195,131 @@ TEST(SwapOrder, TheCostModelPicks) {
   EXPECT_STREQ(offload::to_string(SwapOrder::kShared), "shared");
 }
 
+// Generation's decode estimate (plan's tokens/s) on a table of stage costs: one stage is bound by its slowest
+// resource; swapped weights refill once per micro-batch, or once per step with shared fills; several stages with
+// one micro-batch wait for its round trip (pipeline latency) until enough micro-batches keep them busy.
+TEST(Generation, DecodeEstimateTable) {
+  struct Case {
+    std::vector<DecodeStage> stages;
+    int64_t batch;
+    int m;
+    bool shared;
+    double step;
+    const char* bound;
+    int bound_rank;
+  };
+  const Case cases[] = {
+      {{{0, 0.001, 0.004, 0}}, 8, 1, false, 0.004, "memory bandwidth", 0},     // resident, small batch
+      {{{0, 0.010, 0.004, 0}}, 64, 1, false, 0.010, "compute", 0},             // resident, large batch
+      {{{0, 0.001, 0.004, 0.25}}, 1, 1, false, 0.25, "swap transfers", 0},     // every layer swapped, batch 1
+      {{{0, 0.010, 0.004, 0.25}}, 64, 1, false, 0.25, "swap transfers", 0},    // ... batch 64: the same step
+      {{{0, 0.300, 0.004, 0.25}}, 256, 1, false, 0.30, "compute", 0},          // ... until compute-bound
+      {{{0, 0.010, 0.004, 0.25}}, 64, 4, true, 0.25, "swap transfers", 0},     // shared: one fill for 4 micro-batches
+      {{{0, 0.010, 0.004, 0.25}}, 64, 4, false, 1.0, "swap transfers", 0},     // cycling: a fill per micro-batch
+      {{{0, 0.080, 0.004, 0.25}}, 64, 4, true, 0.32, "compute", 0},            // shared, 4 x 0.08 over the fill
+      {{{0, 0.002, 0.004, 0}, {1, 0.001, 0.003, 0}}, 8, 1, false, 0.007, "pipeline latency", -1},
+      {{{0, 0.002, 0.004, 0}, {1, 0.001, 0.003, 0}}, 8, 2, false, 0.008, "memory bandwidth", 0},
+      {{{0, 0.002, 0.004, 0.1}, {1, 0.001, 0.003, 0.05}}, 16, 2, true, 0.15, "swap transfers", 0},
+      {{{0, 0.002, 0.004, 0.01}, {1, 0.001, 0.003, 0.05}}, 16, 2, true, 0.06, "swap transfers", 1},
+      {{{0, 0.002, 0.004, 0}}, 8, 1, true, 0.004, "memory bandwidth", 0},      // shared with one micro-batch: cycling
+  };
+  for (const Case& c : cases) {
+    const GenerationEstimate g = estimate_decode(c.stages, c.batch, c.m, c.shared);
+    SCOPED_TRACE("batch " + std::to_string(c.batch) + " m " + std::to_string(c.m) + (c.shared ? " shared" : ""));
+    EXPECT_TRUE(g.known());
+    EXPECT_NEAR(g.step_seconds, c.step, 1e-12);
+    EXPECT_NEAR(g.tokens_per_second, static_cast<double>(c.batch) / c.step, 1e-6);
+    EXPECT_EQ(g.bound, c.bound);
+    EXPECT_EQ(g.bound_rank, c.bound_rank);
+  }
+  EXPECT_FALSE(estimate_decode({}, 8, 1, false).known());
+  EXPECT_FALSE(estimate_decode({{0, 1, 1, 0}}, 0, 1, false).known());
+}
+
+// A Llama-shaped architecture for the plan's generation figures: 2 phases of dim x dim weights per block, K/V and
+// FLOPs as the Llama formulas give them for one head of `dim`.
+class LlmArch : public FakeArch {
+ public:
+  LlmArch(int n, int64_t dim) : FakeArch(n, false), dim_(dim) {}
+  std::vector<models::TensorRef> phase_tensors(int block, int phase) const override {
+    return {{"w", "blocks." + std::to_string(block) + "." + std::to_string(phase), {dim_, dim_}}};
+  }
+  double block_flops(int64_t batch, int64_t seq) const override {
+    return 2.0 * static_cast<double>(batch * seq) * 2 * static_cast<double>(dim_ * dim_);
+  }
+  double decode_block_flops(int64_t rows, int64_t context) const override {
+    return 2.0 * static_cast<double>(rows) * 2 * static_cast<double>(dim_ * dim_) +
+           4.0 * static_cast<double>(rows * context * dim_);
+  }
+  int64_t kv_cache_bytes(int64_t blocks, int64_t batch, int64_t seq, c10::ScalarType t) const override {
+    return 2 * blocks * batch * seq * dim_ * static_cast<int64_t>(c10::elementSize(t));
+  }
+
+ private:
+  int64_t dim_;
+};
+
+// plan's figures from the ranks' plans: the stage costs follow the stated rates (GPU: 4e14 FLOP/s in bf16, 3e12
+// bytes/s of HBM, 5e10 over the link), decode throughput grows with the batch while the weights' reads (or fills)
+// bound it and stops growing once compute does, and the text and JSON name them.
+TEST(Generation, PlanPredictsTokensPerSecond) {
+  LlmArch arch(8, 4096);
+  auto plan_for = [&](const std::string& chain, int64_t batch, int swap, int m) {
+    PlanInputs in = inputs_for(chain);
+    in.dtype = c10::ScalarType::BFloat16;
+    in.kv_batch = batch;
+    in.kv_seq = 32;  // a short context: the weights, not the K/V reads, decide at large batches
+    in.batch = 1;
+    in.seq = 16;
+    in.micro_batches = m;
+    in.offload.blocks_to_swap = swap;
+    return make_plan(arch, in);
+  };
+  const Plan resident = plan_for("cuda:0", 8, 0, 1);
+  ASSERT_TRUE(resident.generation.known());
+  const GenerationEstimate& g = resident.generation;
+  ASSERT_EQ(g.stages.size(), 1u);
+  EXPECT_EQ(g.context, 16);
+  EXPECT_NEAR(g.stages[0].memory,
+              static_cast<double>(resident.ranks[0].weight_bytes +
+                                  arch.kv_cache_bytes(8, 8, 16, c10::ScalarType::BFloat16)) / 3e12,
+              1e-12);
+  EXPECT_NEAR(g.stages[0].compute, 8 * arch.decode_block_flops(8, 16) / 4e14, 1e-12);
+  EXPECT_EQ(g.stages[0].transfer, 0);
+  EXPECT_EQ(g.bound, "memory bandwidth");
+  EXPECT_GT(g.prefill_tokens_per_second, 0);
+  EXPECT_EQ(g.prompt_tokens, 16);
+
+  // Every block swapped: transfer-bound, so 8x the batch is about 8x the tokens/s, until compute takes over.
+  double previous = 0;
+  std::string last_bound;
+  for (int64_t batch : {1, 8, 64, 512, 16384}) {
+    const Plan p = plan_for("cuda:0", batch, 8, 1);
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    ASSERT_TRUE(p.generation.known());
+    EXPECT_GT(p.generation.stages[0].transfer, 0);
+    EXPECT_GE(p.generation.tokens_per_second, previous);
+    if (batch <= 512) {
+      EXPECT_EQ(p.generation.bound, "swap transfers");
+      EXPECT_NEAR(p.generation.step_seconds, p.generation.stages[0].transfer, 1e-12);
+    }
+    previous = p.generation.tokens_per_second;
+    last_bound = p.generation.bound;
+  }
+  EXPECT_EQ(last_bound, "compute");
+  // Two GPUs, one micro-batch: latency; two micro-batches fill the pipeline.
+  EXPECT_EQ(plan_for("cuda:0,cuda:1", 8, 0, 1).generation.bound, "pipeline latency");
+  const Plan two = plan_for("cuda:0,cuda:1", 8, 0, 2);
+  EXPECT_EQ(two.generation.bound, "memory bandwidth");
+  EXPECT_THAT(two.to_text(), HasSubstr("tokens/s, bound by memory bandwidth (rank"));
+  const auto j = two.to_json();
+  EXPECT_EQ(j["generation"]["batch"], 8);
+  EXPECT_GT(j["generation"]["predicted_decode_tokens_per_second"].get<double>(), 0);
+  // No cache, no figures.
+  EXPECT_FALSE(make_plan(arch, inputs_for("cuda:0")).generation.known());
+  EXPECT_FALSE(make_plan(arch, inputs_for("cuda:0")).to_json().contains("generation"));
+}
+
 TEST(Plan, RangesComponentsAndBytes) {
   FakeArch arch(10, /*tied=*/false);
   Plan plan = make_plan(arch, inputs_for("cpu=3,cpu=1,cpu=1"));

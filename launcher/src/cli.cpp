@@ -23,10 +23,13 @@ namespace {
 // Flags every command takes. `plan` also takes the run-only flags (a run's command line turned into a
 // plan works) but does not list them in its --help.
 void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
-  const bool dit = cmd->get_name() == "denoise" || cmd->get_name() == "generate";
+  const bool dit = cmd->get_name() == "denoise";
+  const bool generate = cmd->get_name() == "generate";
   const char* run_only = cmd->get_name() == "plan" ? "" : "Options";
   cmd->add_option("--model", o.model,
-                  dit ? "Wan2.1 DiT checkpoint directory (Wan2.1's or diffusers' layout); default: the built-in demo "
+                  generate ? "a Wan2.1 text-to-video repo in diffusers' layout (model_index.json: makes a video) or a "
+                             "Llama, Qwen2 or Mistral checkpoint directory (config.json + *.safetensors: makes text)"
+                  : dit ? "Wan2.1 DiT checkpoint directory (Wan2.1's or diffusers' layout); default: the built-in demo "
                         "Wan, with built-in inputs"
                       : "Hugging Face checkpoint directory (config.json + *.safetensors); default: the built-in "
                         "demo model (a small Llama), with a built-in input")
@@ -53,7 +56,7 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
   cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")
       ->transform(flags::integer(1, flags::kMaxCount, "a count"))
       ->default_str("1");
-  if (dit || cmd->get_name() == "plan") {
+  if (dit || generate || cmd->get_name() == "plan") {
     cmd->add_option("--cfg-parallel", o.cfg_parallel,
                     "guidance groups: 2 runs the conditional and the unconditional branch on the two halves of the "
                     "device chain (each half a pipeline over every block, exchanging noise predictions each step), "
@@ -61,7 +64,7 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
         ->check(CLI::IsMember({"auto", "1", "2"}))
         ->default_str("auto");
   }
-  if (!dit) {
+  if (!dit && !generate) {
     cmd->add_option("--input", o.input,
                     "token ids: JSON [[ids...], ...] or safetensors with input_ids [B, T] (default with the demo "
                     "model: 8 built-in sequences of 64 tokens)");
@@ -150,41 +153,131 @@ void add_trace(CLI::App* cmd, Options& o) {
 
 // --frames, --height, --width (generate, and plan for a Wan repo): bounded here; the shape rules (4k+1
 // frames, multiples of 16) are generate_job's check_video_size.
-void add_video_size(CLI::App* cmd, Options& o, const std::string& prefix) {
-  cmd->add_option("--frames", o.frames, prefix + "video frames, 4k+1")
-      ->transform(flags::integer(1, flags::kMaxFrames, "a frame count"))
-      ->default_str("81");
-  cmd->add_option("--height", o.height, prefix + "pixels, a multiple of 16")
-      ->transform(flags::integer(1, flags::kMaxPixels, "pixels"))
-      ->default_str("480");
-  cmd->add_option("--width", o.width, prefix + "pixels, a multiple of 16")
-      ->transform(flags::integer(1, flags::kMaxPixels, "pixels"))
-      ->default_str("832");
+std::vector<CLI::Option*> add_video_size(CLI::App* cmd, Options& o, const std::string& prefix) {
+  return {cmd->add_option("--frames", o.frames, prefix + "video frames, 4k+1")
+              ->transform(flags::integer(1, flags::kMaxFrames, "a frame count"))
+              ->default_str("81"),
+          cmd->add_option("--height", o.height, prefix + "pixels, a multiple of 16")
+              ->transform(flags::integer(1, flags::kMaxPixels, "pixels"))
+              ->default_str("480"),
+          cmd->add_option("--width", o.width, prefix + "pixels, a multiple of 16")
+              ->transform(flags::integer(1, flags::kMaxPixels, "pixels"))
+              ->default_str("832")};
 }
 
 // The flags `plan` (on a Wan repo) and `generate` share: the video's size, the steps and guidance, and where
-// the text encoder and the VAE go. `prefix` starts each help line ("Wan repo: " for plan).
-void add_video_job_flags(CLI::App* cmd, Options& o, const std::string& prefix) {
-  add_video_size(cmd, o, prefix);
-  cmd->add_option("--steps", o.steps, prefix + "denoising steps")
+// the text encoder and the VAE go. `prefix` starts each help line ("Wan repo: " for plan); `group`, when
+// given, is their help group (generate's video group).
+void add_video_job_flags(CLI::App* cmd, Options& o, const std::string& prefix, const std::string& group = "") {
+  std::vector<CLI::Option*> added = add_video_size(cmd, o, prefix);
+  added.push_back(cmd->add_option("--steps", o.steps, prefix + "denoising steps")
       ->transform(flags::integer(1, flags::kMaxCount, "a step count"))
-      ->default_str("50");
-  cmd->add_option("--guidance", o.guidance, prefix + "classifier-free guidance scale (<= 1: no unconditional pass)")
+      ->default_str("50"));
+  added.push_back(cmd->add_option("--guidance", o.guidance, prefix + "classifier-free guidance scale (<= 1: no unconditional pass)")
       ->transform(flags::real(0, flags::kMaxGuidance, "a scale"))
-      ->default_str("5");
-  cmd->add_option("--text-encoder", o.text_encoder,
+      ->default_str("5"));
+  added.push_back(cmd->add_option("--text-encoder", o.text_encoder,
                   prefix + "text encoder placement: on-demand (read, encode, freed before the DiT loads), resident "
                            "(kept on its device for the whole job), swapped (layers in host memory, streamed through "
                            "the device one ahead, as --blocks-to-swap does for the DiT: for a device that cannot hold "
                            "it)")
       ->check(CLI::IsMember({"on-demand", "resident", "swapped"}))
-      ->default_str("on-demand");
-  cmd->add_option("--text-encoder-blocks-to-swap", o.text_encoder_blocks_to_swap,
+      ->default_str("on-demand"));
+  added.push_back(cmd->add_option("--text-encoder-blocks-to-swap", o.text_encoder_blocks_to_swap,
                   prefix + "--text-encoder swapped: how many of its layers stream (default: all)")
-      ->transform(flags::integer(0, flags::kMaxCount, "a layer count"));
-  cmd->add_option("--text-encoder-device", o.text_encoder_device, prefix + "cpu or cuda:N (default: rank 0's device)");
-  cmd->add_option("--vae-device", o.vae_device, prefix + "cpu or cuda:N (default: rank 0's device)");
-  cmd->add_flag("--vae-tiling", o.vae_tiling, prefix + "decode in 256x256 spatial tiles (bounds the VAE's memory)");
+      ->transform(flags::integer(0, flags::kMaxCount, "a layer count")));
+  added.push_back(
+      cmd->add_option("--text-encoder-device", o.text_encoder_device, prefix + "cpu or cuda:N (default: rank 0's device)"));
+  added.push_back(cmd->add_option("--vae-device", o.vae_device, prefix + "cpu or cuda:N (default: rank 0's device)"));
+  added.push_back(
+      cmd->add_flag("--vae-tiling", o.vae_tiling, prefix + "decode in 256x256 spatial tiles (bounds the VAE's memory)"));
+  if (!group.empty())
+    for (CLI::Option* opt : added) opt->group(group);
+// `generate`: one command, two architectures, picked by --model (generate.cpp). A diffusers Wan2.1 T2V repo
+// (model_index.json) makes a video; a Llama, Qwen2 or Mistral checkpoint (config.json's model_type) makes text.
+// Flags of the other architecture's group are accepted and warned about (notices.h: warn_idle_generate_flags).
+void add_generate(CLI::App* cmd, Options& o) {
+  cmd->add_option("--prompt", o.prompt, "the prompt text");
+  cmd->add_option("--prompts", o.prompts_file,
+                  "JSON lines, one prompt each: {\"prompt\": ...} (video: and \"negative_prompt\"; text: or a JSON "
+                  "string); video: sampled together, text: sequences in flight (continuous batching)");
+  cmd->add_option("--seed", o.seed,
+                  "video: the noise (torch.Generator(\"cpu\").manual_seed, as diffusers); text: sampling (the same "
+                  "tokens for every split and swap setting)")
+      ->transform(flags::integer(0, flags::kMaxSeed, "a seed"))
+      ->default_str("0");
+  cmd->add_option("--output", o.output,
+                  "video: video.mp4 (H.264, builds with FFmpeg), frames/ (PNG) or latents.safetensors (default "
+                  "video.mp4); text: a JSON file with per prompt its ids, the generated ids and text (default: none)");
+
+  const char* v = kVideoGroup;
+  cmd->add_option("--negative-prompt", o.negative_prompt, "the negative prompt (default: empty, as diffusers)")
+      ->group(v);
+  cmd->add_option("--prompt-ids", o.prompt_ids,
+                  "token ids instead of prompts (builds without SentencePiece): safetensors with input_ids, "
+                  "attention_mask [B, 512] (and negative_input_ids, negative_attention_mask with guidance)")
+      ->group(v);
+  add_video_job_flags(cmd, o, "", v);
+  cmd->add_option("--sampler", o.sampler, "unipc (the repo's scheduler) or euler (flow-matching Euler)")
+      ->check(CLI::IsMember({"unipc", "euler"}))
+      ->default_str("unipc")
+      ->group(v);
+  cmd->add_option("--flow-shift", o.flow_shift,
+                  "schedule shift (default: the repo's scheduler_config.json; Wan2.1: 3 at 480p, 5 at 720p)")
+      ->transform(flags::real(0, flags::kMaxShift, "a shift", /*lo_open=*/true))
+      ->group(v);
+  cmd->add_option("--latents", o.latents, "safetensors with the initial noise [B, z, f, h, w] instead of --seed")
+      ->group(v);
+  cmd->add_option("--fps", o.fps, "frames a second of the MP4")
+      ->transform(flags::real(0, flags::kMaxFps, "frames a second", /*lo_open=*/true))
+      ->default_str("16")
+      ->group(v);
+
+  const char* g = kTextGroup;
+  cmd->add_option("--input", o.input, "token ids instead of prompts: JSON [[ids...], ...] (rows may differ in length)")
+      ->group(g);
+  cmd->add_option("--tokenizer", o.tokenizer, "folder with tokenizer.json or tokenizer.model (default: --model)")
+      ->group(g);
+  cmd->transform(flags::integer(1, flags::kMaxCount, "a token count"))
+      ->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate per prompt")->default_str("32")->group(g);
+  cmd->transform(flags::integer(1, flags::kMaxCount, "a token count"))
+      ->add_option("--max-seq-len", o.max_seq_len,
+                  "tokens per sequence the K/V cache holds, prompt included (default: longest prompt + "
+                  "--max-new-tokens)")
+      ->group(g);
+  cmd->transform(flags::integer(1, flags::kMaxCount, "a count"))
+      ->add_option("--max-batch", o.max_batch,
+                  "sequences in flight at once (K/V cache slots; default: every prompt, at most 64)")
+      ->group(g);
+  cmd->transform(flags::integer(0, flags::kMaxCount, "a token count"))
+      ->add_option("--prefill-chunk", o.prefill_chunk,
+                  "prefill a prompt at most this many tokens at a time, so that other sequences' decode steps run "
+                  "between the chunks (0: the whole prompt at once)")
+      ->default_str("0")
+      ->group(g);
+  cmd->add_option("--temperature", o.temperature, "0: greedy; else sample at this temperature")
+      ->default_str("0")
+      ->group(g);
+  cmd->transform(flags::integer(0, flags::kMaxCount, "a count"))
+      ->add_option("--top-k", o.top_k, "sample among the k most likely tokens (0: off)")->default_str("0")->group(g);
+  cmd->add_option("--top-p", o.top_p, "sample within this cumulative probability (1: off)")->default_str("1")->group(g);
+  cmd->add_option("--repetition-penalty", o.repetition_penalty, "transformers' repetition penalty (1: off)")
+      ->default_str("1")
+      ->group(g);
+  cmd->add_option("--stop", o.stop, "stop a sequence once its text contains this string (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->group(g);
+  cmd->add_option("--stop-token", o.stop_token,
+                  "also end a sequence at this token, by name, e.g. '<|eot_id|>' (a special or added token of the "
+                  "tokenizer, a vocabulary entry, or text that is one token; repeatable), besides "
+                  "generation_config.json's eos_token_id")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->group(g);
+  cmd->add_flag("--ignore-eos", o.ignore_eos,
+                "keep generating past the end-of-sequence tokens (generation_config.json's eos_token_id; "
+                "--stop-token still stops)")
+      ->group(g);
+  cmd->add_flag("--stream", o.stream, "print the text as it is generated (rank 0)")->default_str("true")->group(g);
 }
 
 std::string config_value(const nlohmann::json& v) {
@@ -237,8 +330,9 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
   CLI::App* denoise = app.add_subcommand(
       "denoise", "sample a diffusion transformer (Wan): flow-matching Euler steps with classifier-free guidance");
   CLI::App* generate = app.add_subcommand(
-      "generate", "Wan2.1 text-to-video from a diffusers repo: prompt in, video out (text encoder, DiT across the "
-                  "ranks with swapping, VAE decode)");
+      "generate", "prompt in, video or text out, by --model's architecture: a Wan2.1 T2V diffusers repo makes a video "
+                  "(text encoder, DiT across the ranks with swapping, VAE decode); a Llama, Qwen2 or Mistral "
+                  "checkpoint makes text (prefill, then decode with a K/V cache per stage)");
   std::string config_path;
   std::string chain_text;  // --device-chain as written; parsed below, once
   for (CLI::App* cmd : {run, plan, denoise, generate}) {
@@ -282,33 +376,12 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
                       "the current directory)")
       ->default_str("latents.safetensors");
   add_trace(denoise, o);
-
-  generate->add_option("--prompt", o.prompt, "the text prompt");
-  generate->add_option("--negative-prompt", o.negative_prompt, "the negative prompt (default: empty, as diffusers)");
-  generate->add_option("--prompts", o.prompts_file,
-                       "JSON lines {\"prompt\": ..., \"negative_prompt\": ...}: one sample each, sampled together "
-                       "(keeps the pipeline full across steps)");
-  generate->add_option("--prompt-ids", o.prompt_ids,
-                       "token ids instead of prompts (builds without SentencePiece): safetensors with input_ids, "
-                       "attention_mask [B, 512] (and negative_input_ids, negative_attention_mask with guidance)");
-  add_video_job_flags(generate, o, "");
-  generate->add_option("--seed", o.seed, "noise seed (torch.Generator(\"cpu\").manual_seed, as diffusers)")
-      ->transform(flags::integer(0, flags::kMaxSeed, "a seed"))
-      ->default_str("0");
-  generate->add_option("--sampler", o.sampler, "unipc (the repo's scheduler) or euler (flow-matching Euler)")
-      ->check(CLI::IsMember({"unipc", "euler"}))
-      ->default_str("unipc");
-  generate->add_option("--flow-shift", o.flow_shift,
-                       "schedule shift (default: the repo's scheduler_config.json; Wan2.1: 3 at 480p, 5 at 720p)")
-      ->transform(flags::real(0, flags::kMaxShift, "a shift", /*lo_open=*/true));
-  generate->add_option("--latents", o.latents, "safetensors with the initial noise [B, z, f, h, w] instead of --seed");
-  generate->add_option("--fps", o.fps, "frames a second of the MP4")
-      ->transform(flags::real(0, flags::kMaxFps, "frames a second", /*lo_open=*/true))
-      ->default_str("16");
-  generate->add_option("--output", o.output,
-                       "video.mp4 (H.264, builds with FFmpeg), frames/ (PNG) or latents.safetensors")
-      ->default_str("video.mp4");
+  add_generate(generate, o);
   add_trace(generate, o);
+  plan->add_option("--max-seq-len", o.max_seq_len, "generation: tokens per sequence of the K/V cache (shows its bytes)")
+      ->transform(flags::integer(1, flags::kMaxCount, "a token count"));
+  plan->add_option("--max-batch", o.max_batch, "generation: sequences of the K/V cache (default 1)")
+      ->transform(flags::integer(1, flags::kMaxCount, "a count"));
   for (CLI::App* cmd : {run, plan, denoise, generate}) cmd->allow_extras();  // reject_extras names them, with a suggestion
 
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -318,7 +391,7 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
   if (!asks_help) {
     PS_CHECK(!args.empty(), ConfigError,
              "give a command: pipeswap run (the forward job), plan (the plan only), denoise (diffusion sampling) "
-             "or generate (prompt to video); run, plan and denoise run a built-in demo with no other flags (see "
+             "or generate (prompt to video or text); run, plan and denoise run a built-in demo with no other flags (see "
              "pipeswap --help)");
     const auto commands = static_cast<const CLI::App&>(app).get_subcommands([](const CLI::App*) { return true; });
     if (std::none_of(commands.begin(), commands.end(), [&](const CLI::App* c) { return c->get_name() == args[0]; }))
@@ -365,12 +438,16 @@ std::optional<Options> parse_command_line(int argc, char** argv, bool print_help
   // Given (even empty: that is the kNoModelOrChain error, not the default chain): parsed here only.
   if (cmd->count("--device-chain") > 0) o.device_chain = pipeline::parse_device_chain(chain_text);
   if (cmd == denoise && cmd->count("--output") == 0) o.output = "latents.safetensors";
-  if (cmd == generate && cmd->count("--output") == 0) o.output = "video.mp4";
   if (cmd == generate) {
-    const int given = (cmd->count("--prompt") > 0) + !o.prompts_file.empty() + !o.prompt_ids.empty();
+    // The output's default depends on the architecture (video.mp4, or none for text): generate.cpp decides.
+    for (const CLI::Option* opt : cmd->get_options())
+      if (opt->count() > 0 && !opt->get_lnames().empty())
+        o.given.push_back({"--" + opt->get_lnames().front(), opt->get_group()});
+    const int given = (cmd->count("--prompt") > 0) + !o.prompts_file.empty() + !o.prompt_ids.empty() +
+                      !o.input.empty();
     PS_CHECK(given == 1, ConfigError,
-             "generate needs exactly one of --prompt TEXT, --prompts FILE.jsonl or --prompt-ids FILE.safetensors "
-             "(got {})",
+             "generate needs exactly one of --prompt TEXT, --prompts FILE.jsonl, or the token ids --prompt-ids "
+             "FILE.safetensors (a Wan repo) or --input ids.json (a text model) (got {})",
              given);
   }
   if (cmd == denoise) {

@@ -23,6 +23,7 @@ int run_command(const Options& opts, const World& world, std::unique_ptr<comm::T
   log().debug("{} rank {} of {} via {}", opts.command, world.rank, world.size, world.launcher_name());
   if (opts.command == "plan") return cmd_plan(opts, world, *transport);
   if (opts.command == "denoise") return cmd_denoise(opts, world, transport);
+  // `generate` picks text or video by the checkpoint's architecture (generate.cpp).
   if (opts.command == "generate") return cmd_generate(opts, world, transport);
   return cmd_run(opts, world, transport);
 }

@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "components.h"
+#include "notices.h"
 #include "job.h"
 #include "outputs.h"
 #include "pipeswap/core/device_memory.h"
@@ -190,7 +191,8 @@ int cmd_plan_repo(const Options& o, const World& world, comm::Transport& t) {
   return 0;
 }
 
-int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport) {
+// Wan2.1 T2V from a diffusers repo.
+int cmd_generate_video(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport) {
   const auto t_start = Clock::now();
   count_host_tensor_memory();
   // Everything that can be checked without weights, before any are read.
@@ -423,6 +425,31 @@ int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Tra
   (void)rank0_device;
   text_encoder_kept.reset();
   return 0;
+}
+
+int cmd_generate(const Options& opts, const World& world, std::unique_ptr<comm::Transport>& transport) {
+  PS_CHECK(!opts.model.empty(), ConfigError,
+           "generate needs --model DIR: a Wan2.1 text-to-video repo in the diffusers layout (e.g. "
+           "Wan-AI/Wan2.1-T2V-1.3B-Diffusers) for a video, or a Llama, Qwen2 or Mistral checkpoint for text");
+  const std::string text_type = text_model_type(opts.model);
+  const bool text = !text_type.empty();
+  Options o = opts;
+  if (!o.was_given("--output")) o.output = text ? "" : "video.mp4";
+  if (world.rank == 0)
+    warn_idle_generate_flags(o, text, text ? fmt::format("a text model ({} checkpoint {})", text_type, o.model)
+                                           : fmt::format("a Wan video repo ({})", o.model));
+  if (text) {
+    PS_CHECK(o.prompt_ids.empty(), ConfigError,
+             "--prompt-ids is a Wan repo's T5 token ids; {} is a {} checkpoint: give its token ids with --input "
+             "ids.json",
+             o.model, text_type);
+    return cmd_generate_text(o, world, transport);
+  }
+  PS_CHECK(o.input.empty(), ConfigError,
+           "--input is a text model's token ids; {} is no Llama-family checkpoint (config.json's model_type): for a "
+           "Wan repo give T5 token ids with --prompt-ids FILE.safetensors",
+           o.model);
+  return cmd_generate_video(o, world, transport);
 }
 
 }  // namespace pipeswap::launcher

@@ -99,6 +99,13 @@ std::string nonfinite_line(const std::string& name, const torch::Tensor& t);
 int cmd_run(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
 int cmd_plan(const Options& o, const World& world, comm::Transport& t);
 int cmd_denoise(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+// generate.cpp: `generate` picks by --model's architecture: text (Llama family) or video (a Wan repo).
 int cmd_generate(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+int cmd_generate_video(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+// generate_text.cpp: `generate` for Llama-family checkpoints.
+int cmd_generate_text(const Options& o, const World& world, std::unique_ptr<comm::Transport>& transport);
+// config.json's model_type when `model_dir` holds a Llama-family checkpoint (llama, qwen2, mistral: text
+// generation); "" for anything else (a Wan repo, a DiT, no config.json).
+std::string text_model_type(const std::string& model_dir);
 
 }  // namespace pipeswap::launcher

@@ -65,6 +65,17 @@ void warn_idle_settings(const Options& o, const pipeline::Plan& plan) {
   }
 }
 
+void warn_idle_generate_flags(const Options& o, bool text, const std::string& architecture) {
+  const std::string idle_group = text ? kVideoGroup : kTextGroup;
+  std::vector<std::string> idle;
+  for (const auto& g : o.given)
+    if (g.group == idle_group) idle.push_back(g.flag);
+  if (idle.empty()) return;
+  log().warn("{} {} nothing for {}: {} generate's {} flags ({}; see pipeswap generate --help)", fmt::join(idle, ", "),
+             idle.size() == 1 ? "does" : "do", architecture, idle.size() == 1 ? "it is one of" : "they are",
+             text ? "video" : "text", text ? "Wan2.1 T2V repos" : "Llama, Qwen2 and Mistral checkpoints");
+}
+
 void warn_absent_gpus(const pipeline::Plan& plan) {
   const bool wants_gpu = std::any_of(plan.ranks.begin(), plan.ranks.end(),
                                      [](const pipeline::RankPlan& r) { return r.device.is_cuda(); });

@@ -11,6 +11,10 @@
 
 namespace pipeswap::launcher {
 
+// generate's --help groups of the flags that serve one architecture only.
+inline constexpr const char* kVideoGroup = "Video (Wan2.1 T2V, diffusers repo)";
+inline constexpr const char* kTextGroup = "Text (Llama, Qwen2, Mistral checkpoint)";
+
 struct Options {
   std::string command;  // "run" | "plan" | "denoise" | "generate"
   std::string model;    // empty: the built-in demo model
@@ -41,7 +45,7 @@ struct Options {
   int steps = 50;
   double guidance = 5.0;
   double shift = 5.0;
-  // generate
+  // generate (both architectures: prompt, prompts_file, seed, output; the rest video)
   std::string prompt, negative_prompt, prompts_file, prompt_ids;
   int64_t frames = 81, height = 480, width = 832;
   int64_t seed = 0;
@@ -53,6 +57,32 @@ struct Options {
   bool vae_tiling = false;
   double fps = 16;
 
+  // generate, text (Llama family): launcher/src/generate_text.cpp (--prompt, --prompts, --seed as above)
+  std::string tokenizer;            // --tokenizer DIR (default: the model directory)
+  int64_t max_new_tokens = 32;
+  int64_t max_seq_len = 0;          // 0: the longest prompt + max_new_tokens; plan: with it, the K/V cache bytes
+  int64_t max_batch = 0;            // 0: every prompt at once, at most 64
+  int64_t prefill_chunk = 0;        // tokens of a prompt per prefill step (0: the whole prompt)
+  double temperature = 0;           // 0: greedy
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  double repetition_penalty = 1.0;
+  std::vector<std::string> stop;        // stop strings
+  std::vector<std::string> stop_token;  // more end-of-sequence tokens by name (e.g. <|eot_id|>)
+  bool ignore_eos = false;
+  bool stream = true;               // decoded text to stdout as it arrives (rank 0)
+  // generate: the flags given (command line or --config) with their --help group: which architecture's flags do
+  // nothing for the checkpoint at hand.
+  struct GivenFlag {
+    std::string flag;   // "--frames"
+    std::string group;  // kVideoGroup, kTextGroup, or another
+  };
+  std::vector<GivenFlag> given;
+  bool was_given(const std::string& flag) const {
+    for (const auto& g : given)
+      if (g.flag == flag) return true;
+    return false;
+  }
   // Offload (per rank), in the block-swap nodes' and LightX2V's words.
   int blocks_to_swap = -1;     // -1: not given
   double offload_ratio = -1;   // -1: not given

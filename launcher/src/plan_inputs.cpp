@@ -194,6 +194,10 @@ pipeline::Plan make_job_plan(const Options& o, const World& world, comm::Transpo
   in.batch = shape.batch;
   in.seq = shape.seq;
   in.sweeps = sweeps;
+  if (o.max_seq_len > 0) {  // generation (and `plan --max-seq-len`): the K/V cache
+    in.kv_seq = o.max_seq_len;
+    in.kv_batch = std::max<int64_t>(o.max_batch, 1);
+  }
   in.offload = offload_options(o);
   in.offload.stored_dtype = shape.stored_dtype;
   in.offload.storage = offload::WeightStorage::decode(*job.arch, shape.storage);

@@ -1,5 +1,6 @@
 #include "llama.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -324,6 +325,7 @@ class Llama final : public Architecture {
     }
     const torch::Tensor& table = w["embed_tokens.weight"];
     auto hidden = torch::embedding(table, ids.to(table.device(), torch::kInt64));
+    if (inputs.size() > 1) return {hidden.to(options.device()), inputs[1]};  // generation: the cache rows
     return {hidden.to(options.device())};
   }
 
@@ -333,7 +335,7 @@ class Llama final : public Architecture {
              "{} block {} expects the hidden state [batch, tokens, {}], got {}", c_.family, block, c_.hidden_size,
              act.empty() || !act[0].defined() ? std::string("nothing") : shape_str(act[0]));
     if (phase == 0) {
-      act[0] = attention(block, w, act[0]);
+      act[0] = act.size() > 1 ? attention_cached(block, w, act[0], act[1]) : attention(block, w, act[0]);
     } else if (phase == 1) {
       act[0] = mlp(w, act[0]);
     } else {
@@ -344,7 +346,9 @@ class Llama final : public Architecture {
   torch::Tensor epilogue(const WeightView& w, const Activation& act) const override {
     PS_CHECK(!act.empty() && act[0].defined() && act[0].dim() == 3, Error,
              "{} epilogue expects the hidden state [batch, tokens, {}]", c_.family, c_.hidden_size);
-    auto x = rms_norm(act[0], w["norm.weight"], c_.rms_norm_eps);
+    // Generation needs each row's last token only.
+    const torch::Tensor h = act.size() > 1 ? act[0].narrow(1, act[0].size(1) - 1, 1) : act[0];
+    auto x = rms_norm(h, w["norm.weight"], c_.rms_norm_eps);
     return dense(x, w, "lm_head.weight");  // the compute dtype: the job makes float32 on the host
   }
 
@@ -367,6 +371,18 @@ class Llama final : public Architecture {
            2 * t * static_cast<double>(seq) * q;
   }
 
+  // One new token per row: the projections and the MLP as block_flops, q.k and p.v over the cached tokens.
+  double decode_block_flops(int64_t rows, int64_t context) const override {
+    const double r = static_cast<double>(rows), h = static_cast<double>(c_.hidden_size);
+    const double q = static_cast<double>(c_.num_heads * c_.head_dim), kv = static_cast<double>(c_.num_kv_heads * c_.head_dim);
+    return 2 * r * h * (2 * q + 2 * kv + 3 * static_cast<double>(c_.intermediate_size)) +
+           4 * r * static_cast<double>(context) * q;
+  }
+
+  double head_flops(int64_t rows) const override {
+    return 2 * static_cast<double>(rows) * static_cast<double>(c_.hidden_size) * static_cast<double>(c_.vocab_size);
+  }
+
   // Attention: the normalised input, q/k/v, roped q/k, GQA's expanded k/v, the output and its copy, the
   // projection; MLP: gate, silu(gate), up and their product alive at once, and the projection.
   int64_t block_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
@@ -385,6 +401,28 @@ class Llama final : public Architecture {
   // The logits in the compute dtype and their float32 copy for the output file.
   int64_t epilogue_workspace_bytes(int64_t batch, int64_t seq, c10::ScalarType dtype) const override {
     return batch * seq * c_.vocab_size * (static_cast<int64_t>(c10::elementSize(dtype)) + 4);
+  }
+
+  int64_t kv_cache_bytes(int64_t blocks, int64_t max_batch, int64_t max_seq, c10::ScalarType dtype) const override {
+    return 2 * blocks * max_batch * c_.num_kv_heads * max_seq * c_.head_dim *
+           static_cast<int64_t>(c10::elementSize(dtype));
+  }
+
+  void allocate_kv_cache(int first_block, int end_block, int64_t max_batch, int64_t max_seq,
+                         const torch::TensorOptions& options) const override {
+    std::lock_guard<std::mutex> lock(kv_mutex_);
+    kv_.clear();
+    kv_first_ = first_block;
+    kv_seq_ = max_seq;
+    for (int b = first_block; b < end_block; ++b) {
+      kv_.push_back({torch::zeros({max_batch, c_.num_kv_heads, max_seq, c_.head_dim}, options),
+                     torch::zeros({max_batch, c_.num_kv_heads, max_seq, c_.head_dim}, options)});
+    }
+  }
+
+  void release_kv_cache() const override {
+    std::lock_guard<std::mutex> lock(kv_mutex_);
+    kv_.clear();
   }
 
  private:
@@ -430,6 +468,113 @@ class Llama final : public Architecture {
     return h + dense(o, w, "o_proj.weight", c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
   }
 
+  // Attention over the K/V cache: each row's t new tokens at positions [start, start + t) of its cache slot are
+  // written there, then attend to the slot's positions [0, start + t) (causal, and the sliding window).
+  torch::Tensor attention_cached(int block, const WeightView& w, const torch::Tensor& h,
+                                 const torch::Tensor& rows) const {
+    const int64_t b = h.size(0);
+    const int64_t t = h.size(1);
+    const int64_t heads = c_.num_heads;
+    const int64_t kv_heads = c_.num_kv_heads;
+    const int64_t d = c_.head_dim;
+    PS_CHECK(rows.device().is_cpu() && rows.scalar_type() == torch::kInt64 && rows.dim() == 2 && rows.size(0) == b &&
+                 rows.size(1) == 2,
+             Error, "{} block {}: the cache rows must be int64 [{}, 2] on the CPU", c_.family, block, b);
+    const int local = block - kv_first_;
+    PS_CHECK(local >= 0 && local < static_cast<int>(kv_.size()), Error,
+             "{} block {} has no K/V cache on this rank (allocate_kv_cache first)", c_.family, block);
+    torch::Tensor kc = kv_[static_cast<size_t>(local)].first;  // handles: writes go to the cache
+    torch::Tensor vc = kv_[static_cast<size_t>(local)].second;
+    auto bias = [&](const char* name) { return c_.qkv_bias ? w[name] : torch::Tensor(); };
+
+    auto x = rms_norm(h, w["input_layernorm.weight"], c_.rms_norm_eps);
+    auto q = dense(x, w, "q_proj.weight", bias("q_proj.bias")).view({b, t, heads, d});
+    auto k = dense(x, w, "k_proj.weight", bias("k_proj.bias")).view({b, t, kv_heads, d});
+    auto v = dense(x, w, "v_proj.weight", bias("v_proj.bias")).view({b, t, kv_heads, d});
+    auto acc = rows.accessor<int64_t, 2>();
+    const int64_t window = c_.sliding_window[static_cast<size_t>(block)];
+    const double scale = std::pow(static_cast<double>(d), -0.5);
+    if (t == 1 && b > 1 && c_.rope.type != "dynamic") {
+      // Decode: one token per row, the rows batched (one attention over the longest row's keys, the others' tail
+      // masked), instead of one small attention per row.
+      std::vector<int64_t> slot_v(static_cast<size_t>(b)), start_v(static_cast<size_t>(b));
+      int64_t longest = 0;
+      for (int64_t i = 0; i < b; ++i) {
+        slot_v[static_cast<size_t>(i)] = acc[i][0];
+        start_v[static_cast<size_t>(i)] = acc[i][1];
+        PS_CHECK(acc[i][0] >= 0 && acc[i][0] < kc.size(0) && acc[i][1] >= 0 && acc[i][1] < kv_seq_, Error,
+                 "{} block {}: cache row (slot {}, token {}) is outside the cache of {} slots x {} tokens", c_.family,
+                 block, acc[i][0], acc[i][1], kc.size(0), kv_seq_);
+        longest = std::max(longest, acc[i][1] + 1);
+      }
+      const auto lopts = torch::TensorOptions().dtype(torch::kInt64).device(h.device());
+      const auto slots_t = torch::tensor(slot_v, torch::kInt64).to(h.device());
+      const auto starts_t = torch::tensor(start_v, torch::kInt64).to(h.device());
+      const auto [cos_all, sin_all] = rope_tables(rope_length(longest), h.device(), h.scalar_type());
+      const auto cos_r = cos_all.index_select(0, starts_t);
+      const auto sin_r = sin_all.index_select(0, starts_t);
+      // The rows as the tokens of one sequence: each gets its own position's rotation.
+      auto qr = fused::rope_half(q.view({1, b, heads, d}), cos_r, sin_r).view({b, 1, heads, d}).transpose(1, 2);
+      auto kr = fused::rope_half(k.view({1, b, kv_heads, d}), cos_r, sin_r).view({b, kv_heads, d});
+      auto vr = v.reshape({b, kv_heads, d});
+      using torch::indexing::Slice;
+      kc.index_put_({slots_t, Slice(), starts_t}, kr);
+      vc.index_put_({slots_t, Slice(), starts_t}, vr);
+      auto keys = kc.index_select(0, slots_t).narrow(2, 0, longest);
+      auto values = vc.index_select(0, slots_t).narrow(2, 0, longest);
+      if (kv_heads != heads) {
+        const int64_t n = heads / kv_heads;
+        keys = keys.unsqueeze(2).expand({b, kv_heads, n, longest, d}).reshape({b, heads, longest, d});
+        values = values.unsqueeze(2).expand({b, kv_heads, n, longest, d}).reshape({b, heads, longest, d});
+      }
+      auto kpos = torch::arange(longest, lopts).unsqueeze(0);
+      auto qpos = starts_t.unsqueeze(1);
+      auto blocked = kpos > qpos;
+      if (window > 0) blocked = blocked.logical_or((qpos - kpos) >= window);
+      auto o = compat::attention(qr, keys, values, /*causal=*/false, scale, blocked.view({b, 1, 1, longest}));
+      o = o.transpose(1, 2).reshape({b, 1, heads * d});
+      return h + dense(o, w, "o_proj.weight", c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
+    }
+    std::vector<torch::Tensor> outs;
+    for (int64_t i = 0; i < b; ++i) {
+      const int64_t slot = acc[i][0];
+      const int64_t start = acc[i][1];
+      const int64_t end = start + t;
+      PS_CHECK(slot >= 0 && slot < kc.size(0) && start >= 0 && end <= kv_seq_, Error,
+               "{} block {}: cache row (slot {}, tokens {}..{}) is outside the cache of {} slots x {} tokens",
+               c_.family, block, slot, start, end - 1, kc.size(0), kv_seq_);
+      const auto [cos_all, sin_all] = rope_tables(rope_length(end), h.device(), h.scalar_type());
+      const auto cos_t = cos_all.narrow(0, start, t);
+      const auto sin_t = sin_all.narrow(0, start, t);
+      auto qi = fused::rope_half(q.narrow(0, i, 1), cos_t, sin_t).transpose(1, 2);  // [1, heads, t, d]
+      auto ki = fused::rope_half(k.narrow(0, i, 1), cos_t, sin_t).transpose(1, 2);  // [1, kv_heads, t, d]
+      auto vi = v.narrow(0, i, 1).transpose(1, 2);
+      kc.select(0, slot).narrow(1, start, t).copy_(ki.select(0, 0));
+      vc.select(0, slot).narrow(1, start, t).copy_(vi.select(0, 0));
+      auto keys = kc.narrow(0, slot, 1).narrow(2, 0, end);
+      auto values = vc.narrow(0, slot, 1).narrow(2, 0, end);
+      if (kv_heads != heads) {
+        const int64_t n = heads / kv_heads;
+        keys = keys.unsqueeze(2).expand({1, kv_heads, n, end, d}).reshape({1, heads, end, d});
+        values = values.unsqueeze(2).expand({1, kv_heads, n, end, d}).reshape({1, heads, end, d});
+      }
+      torch::Tensor blocked;
+      if (window > 0 && end > window) {
+        auto opts = torch::TensorOptions().dtype(torch::kInt64).device(h.device());
+        auto qpos = torch::arange(start, end, opts);
+        auto kpos = torch::arange(end, opts);
+        blocked = (qpos.unsqueeze(1) - kpos.unsqueeze(0)) >= window;
+      }
+      outs.push_back(compat::attention(qi, keys, values, /*causal=*/true, scale, blocked));
+    }
+    auto o = (b == 1 ? outs[0] : torch::cat(outs, 0)).transpose(1, 2).reshape({b, t, heads * d});
+    return h + dense(o, w, "o_proj.weight", c_.o_bias ? w["o_proj.bias"] : torch::Tensor());
+  }
+
+  // The length of the RoPE table that positions [0, end) are read from: the whole cache for the RoPE types whose
+  // table does not depend on the length (its rows are the same whatever the length), `end` for dynamic NTK.
+  int64_t rope_length(int64_t end) const { return c_.rope.type == "dynamic" ? end : std::max(end, kv_seq_); }
+
   torch::Tensor mlp(const WeightView& w, const torch::Tensor& h) const {
     auto bias = [&](const char* name) { return c_.mlp_bias ? w[name] : torch::Tensor(); };
     auto x = rms_norm(h, w["post_attention_layernorm.weight"], c_.rms_norm_eps);
@@ -463,6 +608,11 @@ class Llama final : public Architecture {
   LlamaConfig c_;
   mutable std::mutex rope_mutex_;
   mutable std::map<std::tuple<int64_t, int, int, int>, std::pair<torch::Tensor, torch::Tensor>> rope_cache_;
+  // Generation: K/V [max_batch, kv_heads, max_seq, head_dim] of this rank's blocks from kv_first_ on.
+  mutable std::mutex kv_mutex_;
+  mutable std::vector<std::pair<torch::Tensor, torch::Tensor>> kv_;
+  mutable int kv_first_ = 0;
+  mutable int64_t kv_seq_ = 0;
 };
 
 }  // namespace

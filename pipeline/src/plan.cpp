@@ -152,7 +152,8 @@ void plan_residency(const models::Architecture& arch, const PlanInputs& in, cons
   if (rp.rank < static_cast<int>(in.max_memory.size())) opts.max_memory = in.max_memory[rp.rank];
   offload::SwapLayout layout;
   auto device_for = [&](const offload::SwapLayout& l) {
-    return components + l.resident_bytes + l.slot_bytes * l.num_slots + rp.activation_bytes + rp.workspace_bytes;
+    return components + l.resident_bytes + l.slot_bytes * l.num_slots + rp.activation_bytes + rp.workspace_bytes +
+           rp.kv_cache_bytes;
   };
   const int64_t budget = rp.rank < static_cast<int>(in.vram_budget.size()) ? in.vram_budget[rp.rank] : 0;
   if (budget > 0) {
@@ -184,6 +185,8 @@ double compute_rate(const DeviceSpec& d, c10::ScalarType dtype) {
   if (!d.is_cuda()) return 2e11;
   return dtype == c10::ScalarType::Float ? 4e13 : 4e14;
 }
+// Device memory read per second (HBM on a GPU, DRAM on a CPU rank): decode reads every weight once per micro-batch.
+double memory_rate(const DeviceSpec& d) { return d.is_cuda() ? 3e12 : 2e10; }
 double link_rate(const DeviceSpec& d, const offload::SwapLayout& l) {
   const double link = d.is_cuda() ? 5e10 : 1e10;
   const double disk = 1.5e9;
@@ -234,7 +237,80 @@ void plan_swap_order(const models::Architecture& arch, const PlanInputs& in, int
   }
 }
 
+// Generation's estimate from the ranks' plans (make_plan, with a K/V cache).
+GenerationEstimate plan_generation(const models::Architecture& arch, const PlanInputs& in,
+                                   const std::vector<RankPlan>& ranks) {
+  const int m = std::max(1, in.micro_batches);
+  const int64_t rows = (in.kv_batch + m - 1) / m;
+  const int64_t context = std::max<int64_t>(1, in.kv_seq / 2);
+  std::vector<DecodeStage> stages;
+  bool shared = false;
+  double prefill = 0;
+  const int64_t prompt = in.seq > 0 ? std::min(in.seq, in.kv_seq) : 0;
+  for (const RankPlan& rp : ranks) {
+    if (rp.idle()) continue;
+    shared = shared || (rp.shared_fills && m > 1);  // the text job shares fills on every rank then
+    const double rate = compute_rate(rp.device, in.dtype);
+    const double mem = memory_rate(rp.device);
+    DecodeStage st;
+    st.rank = rp.rank;
+    st.compute = (arch.decode_block_flops(rows, context) * rp.num_blocks() + (rp.epilogue ? arch.head_flops(rows) : 0)) /
+                 rate;
+    st.memory = static_cast<double>(rp.weight_bytes + arch.kv_cache_bytes(rp.num_blocks(), rows, context, in.dtype)) /
+                mem;
+    st.transfer = rp.layout.swapped_bytes > 0 ? static_cast<double>(rp.layout.swapped_bytes) / link_rate(rp.device, rp.layout)
+                                              : 0;
+    stages.push_back(st);
+    if (prompt > 0) {
+      const double c = (arch.block_flops(1, prompt) * rp.num_blocks() + (rp.epilogue ? arch.head_flops(1) : 0)) / rate;
+      prefill += std::max({c, static_cast<double>(rp.weight_bytes) / mem, st.transfer});
+    }
+  }
+  GenerationEstimate g = estimate_decode(stages, in.kv_batch, m, shared);
+  g.context = context;
+  g.prompt_tokens = prompt;
+  if (prefill > 0) g.prefill_tokens_per_second = static_cast<double>(prompt) / prefill;
+  return g;
+}
+
 }  // namespace
+
+GenerationEstimate estimate_decode(const std::vector<DecodeStage>& stages, int64_t batch, int micro_batches,
+                                   bool shared) {
+  GenerationEstimate g;
+  g.batch = batch;
+  g.micro_batches = std::max(1, micro_batches);
+  g.shared = shared && g.micro_batches > 1;
+  g.stages = stages;
+  if (stages.empty() || batch <= 0) return g;
+  const double m = g.micro_batches;
+  double sum = 0, busiest = -1;
+  const DecodeStage* top = nullptr;
+  for (const DecodeStage& s : stages) {
+    const double work = std::max(s.compute, s.memory);
+    const double t = g.shared ? std::max(m * work, s.transfer) : std::max(work, s.transfer);
+    sum += t;
+    if (t > busiest) {
+      busiest = t;
+      top = &s;
+    }
+  }
+  const double work = std::max(top->compute, top->memory);
+  const std::string resource = top->transfer > (g.shared ? m : 1.0) * work ? "swap transfers"
+                               : top->memory >= top->compute               ? "memory bandwidth"
+                                                                           : "compute";
+  if (g.shared) {
+    g.step_seconds = sum;
+  } else {
+    g.step_seconds = std::max(m * busiest, sum);
+  }
+  // The sum wins over the busiest stage only with several stages and too few micro-batches to fill them.
+  const bool latency = stages.size() > 1 && (g.shared || sum > m * busiest);
+  g.bound = latency && !g.shared ? "pipeline latency" : resource;
+  g.bound_rank = latency && !g.shared ? -1 : top->rank;
+  if (g.step_seconds > 0) g.tokens_per_second = static_cast<double>(batch) / g.step_seconds;
+  return g;
+}
 
 SwapOrderChoice choose_swap_order(double compute, double transfer, int micro_batches, int stages,
                                   offload::SwapOrder requested) {
@@ -334,6 +410,8 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     if (!rp.idle() && rp.device.is_cuda()) rp.workspace_bytes += kLibraryWorkspaceBytes;
     // An fp8 weight's dequantised copy lives beside the block's activations while its layer runs.
     if (!rp.idle()) rp.workspace_bytes += dequantise;
+    if (!rp.idle() && in.kv_batch > 0 && in.kv_seq > 0)
+      rp.kv_cache_bytes = arch.kv_cache_bytes(rp.num_blocks(), in.kv_batch, in.kv_seq, in.dtype);
     plan_residency(arch, in, held, rp);
     if (!rp.idle()) plan_swap_order(arch, in, stages[g], act, rp);
     plan.ranks.push_back(rp);
@@ -345,6 +423,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     plan.step_seconds += std::max(1, in.micro_batches) * (groups - 1) * out /
                          (in.chain.front().device.is_cuda() ? 5e10 : 1e10);
   }
+  if (in.kv_batch > 0 && in.kv_seq > 0) plan.generation = plan_generation(arch, in, plan.ranks);
   return plan;
 }
 
@@ -483,6 +562,7 @@ nlohmann::json Plan::to_json() const {
     jr["weight_bytes"] = r.weight_bytes;
     jr["activation_bytes"] = r.activation_bytes;
     jr["workspace_bytes"] = r.workspace_bytes;
+    jr["kv_cache_bytes"] = r.kv_cache_bytes;
     const std::vector<int> swapped = r.swapped_blocks();
     jr["swapped_blocks"] = swapped;
     jr["resident_blocks"] = nlohmann::json::array();
@@ -501,6 +581,24 @@ nlohmann::json Plan::to_json() const {
     jr["fills_per_pass"] = r.fills_per_pass;
     jr["predicted_seconds_per_pass"] = {{"per-micro-batch", r.per_micro_batch_seconds}, {"shared", r.shared_seconds}};
     j["ranks"].push_back(jr);
+  }
+  if (generation.known()) {
+    const GenerationEstimate& g = generation;
+    nlohmann::json stages = nlohmann::json::array();
+    for (const auto& st : g.stages)
+      stages.push_back({{"rank", st.rank}, {"compute_seconds", st.compute}, {"memory_seconds", st.memory},
+                        {"transfer_seconds", st.transfer}});
+    j["generation"] = {{"batch", g.batch},
+                       {"context", g.context},
+                       {"micro_batches", g.micro_batches},
+                       {"swap_order", g.shared ? "shared" : "per-micro-batch"},
+                       {"predicted_step_seconds", g.step_seconds},
+                       {"predicted_decode_tokens_per_second", g.tokens_per_second},
+                       {"bound", g.bound},
+                       {"bound_rank", g.bound_rank},
+                       {"prompt_tokens", g.prompt_tokens},
+                       {"predicted_prefill_tokens_per_second", g.prefill_tokens_per_second},
+                       {"stages", stages}};
   }
   return j;
 }
@@ -524,9 +622,11 @@ std::string Plan::to_text() const {
     if (comps.empty()) comps = "-";
     std::string blocks = r.idle() ? "idle" : fmt::format("{}..{} ({})", r.first_block, r.end_block - 1, r.num_blocks());
     const std::vector<int> swapped = r.swapped_blocks();
+    const std::string kv = r.kv_cache_bytes > 0 ? fmt::format("        K/V cache {} (in the device bytes)\n", format_bytes(r.kv_cache_bytes)) : "";
     s += fmt::format("  {:>4}  {:<8} {:>7.4g}  {:<13} {:<18} {:>10} {:>9}  {:>10} {:>10} {:>10}\n", r.rank,
                      r.device.str(), r.weight, blocks, comps, format_bytes(r.weight_bytes), swapped.size(),
                      format_bytes(r.device_bytes), format_bytes(r.host_bytes), format_bytes(r.disk_read_pass_bytes));
+    s += kv;
     if (!swapped.empty()) {
       s += fmt::format("        swapped blocks {}; {} device slot(s) of {}\n", fmt::join(swapped, ","),
                        r.layout.num_slots, format_bytes(r.layout.slot_bytes));
@@ -554,6 +654,19 @@ std::string Plan::to_text() const {
       s += fmt::format("        host cache {}; disk reads {} in the first pass, {} in each later pass\n", cache,
                        format_bytes(r.disk_read_first_pass_bytes), format_bytes(r.disk_read_pass_bytes));
     }
+  }
+  if (generation.known()) {
+    const GenerationEstimate& g = generation;
+    s += fmt::format("  generation: decode {} sequence(s) at ~{} tokens of context, {} micro-batch(es){}: predicted "
+                     "{:.3g} s per step, {:.{}f} tokens/s, bound by {}{}\n",
+                     g.batch, g.context, g.micro_batches, g.shared ? " with shared fills" : "", g.step_seconds,
+                     g.tokens_per_second, g.tokens_per_second >= 100 ? 0 : 2, g.bound,
+                     g.bound_rank >= 0 ? fmt::format(" (rank {})", g.bound_rank)
+                                       : " (one micro-batch's round trip through the stages: more --micro-batches "
+                                         "keep them busy)");
+    if (g.prefill_tokens_per_second > 0)
+      s += fmt::format("  generation: prefill of a {}-token prompt predicted at {:.0f} tokens/s\n", g.prompt_tokens,
+                       g.prefill_tokens_per_second);
   }
   return s;
 }

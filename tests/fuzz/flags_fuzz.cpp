@@ -39,7 +39,9 @@ const char* const kFlags[] = {
     "--height", "--width", "--seed", "--sampler", "--flow-shift", "--text-encoder", "--text-encoder-device",
     "--vae-device", "--vae-tiling", "--fps",
     // the text encoder's placement and CFG-parallel ranks
-    "--text-encoder-blocks-to-swap", "--cfg-parallel"};
+    "--text-encoder-blocks-to-swap", "--cfg-parallel",
+    // generate's text flags
+    "--max-new-tokens", "--max-seq-len", "--max-batch", "--prefill-chunk", "--top-k"};
 constexpr size_t kNumFlags = sizeof(kFlags) / sizeof(kFlags[0]);
 static_assert(kNumFlags == kFuzzFlagCount, "flags_fuzz.h's count");
 
@@ -70,6 +72,11 @@ void check_bounds(const pipeswap::launcher::Options& o) {
   check_in("guidance", o.guidance, 0, f::kMaxGuidance);
   check_above("shift", o.shift, 0, f::kMaxShift);
   if (o.blocks_to_swap != -1) check_in("blocks_to_swap", o.blocks_to_swap, 0, f::kMaxCount);
+  check_in("max_new_tokens", static_cast<double>(o.max_new_tokens), 1, f::kMaxCount);
+  check_in("max_seq_len", static_cast<double>(o.max_seq_len), 0, f::kMaxCount);
+  check_in("max_batch", static_cast<double>(o.max_batch), 0, f::kMaxCount);
+  check_in("prefill_chunk", static_cast<double>(o.prefill_chunk), 0, f::kMaxCount);
+  check_in("top_k", static_cast<double>(o.top_k), 0, f::kMaxCount);
   if (o.text_encoder_blocks_to_swap)
     check_in("text_encoder_blocks_to_swap", *o.text_encoder_blocks_to_swap, 0, f::kMaxCount);
   if (o.offload_ratio != -1) check_in("offload_ratio", o.offload_ratio, 0, 1);

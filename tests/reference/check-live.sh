@@ -4,7 +4,8 @@
 #  1. make_fixtures.py (transformers), make_wan_fixtures.py and make_vae_unipc_fixtures.py (diffusers) and
 #     make_t5_fixtures.py (umT5's tokenizer and text encoder: transformers, sentencepiece, diffusers'
 #     WanPipeline), make_generate_fixtures.py (a tiny diffusers-layout repo run by WanPipeline) and
-#     make_fp8_fixtures.py (torch's float8 of those tiny models) run again with the committed seeds: their weights and inputs (token ids included) must
+#     make_fp8_fixtures.py (torch's float8 of those tiny models), make_tokenizer_fixtures.py and
+#     make_generate_text_fixtures.py (transformers' tokenizers and greedy generate) run again with the committed seeds: their weights and inputs (token ids included) must
 #     be bit-identical to tests/reference/fixtures and their outputs equal within 1e-5
 #     (compare_fixtures.py), so the committed fixtures are what those libraries compute.
 #  2. All run with a fresh seed (LIVE_SEED, drawn and printed unless set): models_test's fixture tests
@@ -34,7 +35,9 @@ make_all() {  # make_all DIR [--seed-args]
     "$py" "$here/make_vae_unipc_fixtures.py" --out "$1" ${2:+--seed $((10 * $2 + 5))} >> "$tmp/make.log" 2>&1 &&
     "$py" "$here/make_t5_fixtures.py" --out "$1" ${2:+--seed $((7 * $2))} >> "$tmp/make.log" 2>&1 &&
     "$py" "$here/make_generate_fixtures.py" --out "$1" ${2:+--seed $((3 * $2))} >> "$tmp/make.log" 2>&1 &&
-    "$py" "$here/make_fp8_fixtures.py" --out "$1" >> "$tmp/make.log" 2>&1 ||
+    "$py" "$here/make_fp8_fixtures.py" --out "$1" >> "$tmp/make.log" 2>&1 &&
+    "$py" "$here/make_tokenizer_fixtures.py" --out "$1" >> "$tmp/make.log" 2>&1 &&
+    "$py" "$here/make_generate_text_fixtures.py" --out "$1" ${2:+--seed $((11 * $2))} >> "$tmp/make.log" 2>&1 ||
     { cat "$tmp/make.log"; echo "check-live: making the fixtures failed"; exit 1; }
 }
 

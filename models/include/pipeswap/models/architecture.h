@@ -61,6 +61,22 @@ class Architecture : public ModelParts {
     return 0;
   }
 
+  // Generation (kind "llm"): each rank keeps the K/V of its own blocks for up to `max_batch` sequences of
+  // `max_seq` tokens, allocated once (kv_cache_bytes predicts the bytes for `blocks` blocks). With a cache, the
+  // activation carries a second tensor, int64 [B, 2] on the CPU: each row's cache slot and the position of its
+  // first token (prefill from 0, or chunked; decode at the sequence's length). The blocks then attend over the
+  // cache and the epilogue returns the logits of each row's last token only ([B, 1, vocab]).
+  virtual int64_t kv_cache_bytes(int64_t blocks, int64_t max_batch, int64_t max_seq, c10::ScalarType dtype) const {
+    return 0;
+  }
+  virtual void allocate_kv_cache(int first_block, int end_block, int64_t max_batch, int64_t max_seq,
+                                 const torch::TensorOptions& options) const {}
+  virtual void release_kv_cache() const {}
+  // Generation's cost model (pipeswap plan's tokens/s): FLOPs of one block for `rows` sequences decoding one token
+  // each over `context` cached tokens, and of the head (final norm + lm_head) for `rows` tokens.
+  virtual double decode_block_flops(int64_t rows, int64_t context) const { return block_flops(rows, 1); }
+  virtual double head_flops(int64_t rows) const { return 0; }
+
   // Validates a forward pass's inputs before any weights load (ConfigError naming what is wrong), and
   // the tokens they make per sample (the plan sizes activations from it).
   virtual void check_inputs(const Activation& inputs) const {}

@@ -28,6 +28,7 @@ struct RankPlan {
   int64_t weight_bytes = 0;      // every part this rank owns, as it rests (compute dtype; fp8 bytes + scales)
   int64_t activation_bytes = 0;  // one micro-batch's activation (in + out) and the architecture's caches (Wan:
                                  // context K/V per block and branch), when the input shape is known
+  int64_t kv_cache_bytes = 0;    // generation: the K/V cache of this rank's blocks (PlanInputs::kv_batch x kv_seq)
   int64_t workspace_bytes = 0;   // transient: a block's, the prologue's or the epilogue's, whichever is largest,
                                  // and on GPUs the libraries' workspaces (cuBLAS, cuDNN)
   // Which blocks stay and which stream in from host memory or disk, decided once for this rank; the
@@ -81,7 +82,45 @@ struct PlanInputs {
   // group holds (or swaps) every block over its p ranks and runs one guidance branch; micro_batches is
   // then per group.
   int guidance_groups = 1;
+  // Generation: every rank keeps K/V for kv_batch sequences of kv_seq tokens (0: no cache).
+  int64_t kv_batch = 0;
+  int64_t kv_seq = 0;
 };
+
+// Generation's cost model (`pipeswap plan --max-seq-len N --max-batch B` on a Llama-family checkpoint, and
+// generate's plan): what one micro-batch of decode rows (one new token each) costs on a rank, in seconds.
+struct DecodeStage {
+  int rank = 0;
+  double compute = 0;   // the rows' FLOPs (blocks, attention over the context, the head) at the device's rate
+  double memory = 0;    // every weight the rank holds and the rows' K/V read once, at its memory bandwidth
+  double transfer = 0;  // one fill of the rank's swapped bytes over the link (the disk for streamed units)
+};
+
+// A decode step is one new token for each of `batch` sequences, in micro-batches of batch / M rows. Each micro-batch
+// reads the rank's weights and its rows' K/V (work = max(compute, memory)). Shared fills (M > 1 with the shared
+// swap order): one group of M micro-batches moves from stage to stage whole and each swapped unit is filled once
+// per step, so a stage takes max(M x work, transfer) and the step is their sum. Cycling micro-batches: a stage
+// takes max(work, transfer) per micro-batch; the busiest stage serves M per step and one micro-batch's round trip
+// passes every stage, so the step is max(M x the busiest, the sum over the stages). tokens/s = batch / step.
+// `bound` names what sets the step: "compute", "memory bandwidth", "swap transfers" (with the rank), or "pipeline
+// latency" (stages wait for one micro-batch's round trip: more --micro-batches keep them busy).
+struct GenerationEstimate {
+  int64_t batch = 0;    // sequences decoding together (--max-batch)
+  int64_t context = 0;  // tokens each attends to, on average (half of --max-seq-len)
+  int micro_batches = 1;
+  bool shared = false;
+  std::vector<DecodeStage> stages;
+  double step_seconds = 0;
+  double tokens_per_second = 0;
+  std::string bound;
+  int bound_rank = -1;  // -1: pipeline latency (every stage)
+  // One prompt of prompt_tokens (the plan's input length, or a prefill chunk) through every stage.
+  int64_t prompt_tokens = 0;
+  double prefill_tokens_per_second = 0;
+  bool known() const { return step_seconds > 0; }
+};
+GenerationEstimate estimate_decode(const std::vector<DecodeStage>& stages, int64_t batch, int micro_batches,
+                                   bool shared);
 
 struct Plan {
   std::string model_dir;
@@ -100,6 +139,7 @@ struct Plan {
   // Predicted seconds of one pass (a denoising step, a forward): the slowest rank's pass_seconds, plus
   // the exchange of the branches' outputs between groups (0 when the input shape is unknown).
   double step_seconds = 0;
+  GenerationEstimate generation;  // with a K/V cache (PlanInputs::kv_batch, kv_seq); else unknown
 
   int group_size() const { return static_cast<int>(ranks.size()) / guidance_groups; }
   int group_of(int rank) const { return rank / group_size(); }
