@@ -356,7 +356,7 @@ TEST_F(GenerateText, BadInput) {
   EXPECT_THAT(r.output, HasSubstr("its special tokens: <|begin_of_text|> <|end_of_text|> <|eot_id|>"));
   r = sh(base + "--prompt hi --prefill-chunk -1");
   EXPECT_NE(r.code, 0);
-  EXPECT_THAT(r.output, HasSubstr("--prefill-chunk must be 0"));
+  EXPECT_THAT(r.output, HasSubstr("--prefill-chunk: '-1' is out of range: give a token count from 0"));
   r = sh(base);
   EXPECT_NE(r.code, 0);
   EXPECT_THAT(r.output, HasSubstr("exactly one of --prompt"));

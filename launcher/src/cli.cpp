@@ -171,28 +171,33 @@ std::vector<CLI::Option*> add_video_size(CLI::App* cmd, Options& o, const std::s
 void add_video_job_flags(CLI::App* cmd, Options& o, const std::string& prefix, const std::string& group = "") {
   std::vector<CLI::Option*> added = add_video_size(cmd, o, prefix);
   added.push_back(cmd->add_option("--steps", o.steps, prefix + "denoising steps")
-      ->transform(flags::integer(1, flags::kMaxCount, "a step count"))
-      ->default_str("50"));
-  added.push_back(cmd->add_option("--guidance", o.guidance, prefix + "classifier-free guidance scale (<= 1: no unconditional pass)")
-      ->transform(flags::real(0, flags::kMaxGuidance, "a scale"))
-      ->default_str("5"));
-  added.push_back(cmd->add_option("--text-encoder", o.text_encoder,
-                  prefix + "text encoder placement: on-demand (read, encode, freed before the DiT loads), resident "
-                           "(kept on its device for the whole job), swapped (layers in host memory, streamed through "
-                           "the device one ahead, as --blocks-to-swap does for the DiT: for a device that cannot hold "
-                           "it)")
-      ->check(CLI::IsMember({"on-demand", "resident", "swapped"}))
-      ->default_str("on-demand"));
+                      ->transform(flags::integer(1, flags::kMaxCount, "a step count"))
+                      ->default_str("50"));
+  added.push_back(
+      cmd->add_option("--guidance", o.guidance, prefix + "classifier-free guidance scale (<= 1: no unconditional pass)")
+          ->transform(flags::real(0, flags::kMaxGuidance, "a scale"))
+          ->default_str("5"));
+  added.push_back(
+      cmd->add_option("--text-encoder", o.text_encoder,
+                      prefix +
+                          "text encoder placement: on-demand (read, encode, freed before the DiT loads), resident "
+                          "(kept on its device for the whole job), swapped (layers in host memory, streamed through "
+                          "the device one ahead, as --blocks-to-swap does for the DiT: for a device that cannot hold "
+                          "it)")
+          ->check(CLI::IsMember({"on-demand", "resident", "swapped"}))
+          ->default_str("on-demand"));
   added.push_back(cmd->add_option("--text-encoder-blocks-to-swap", o.text_encoder_blocks_to_swap,
-                  prefix + "--text-encoder swapped: how many of its layers stream (default: all)")
-      ->transform(flags::integer(0, flags::kMaxCount, "a layer count")));
-  added.push_back(
-      cmd->add_option("--text-encoder-device", o.text_encoder_device, prefix + "cpu or cuda:N (default: rank 0's device)"));
+                                  prefix + "--text-encoder swapped: how many of its layers stream (default: all)")
+                      ->transform(flags::integer(0, flags::kMaxCount, "a layer count")));
+  added.push_back(cmd->add_option("--text-encoder-device", o.text_encoder_device,
+                                  prefix + "cpu or cuda:N (default: rank 0's device)"));
   added.push_back(cmd->add_option("--vae-device", o.vae_device, prefix + "cpu or cuda:N (default: rank 0's device)"));
-  added.push_back(
-      cmd->add_flag("--vae-tiling", o.vae_tiling, prefix + "decode in 256x256 spatial tiles (bounds the VAE's memory)"));
+  added.push_back(cmd->add_flag("--vae-tiling", o.vae_tiling,
+                                prefix + "decode in 256x256 spatial tiles (bounds the VAE's memory)"));
   if (!group.empty())
     for (CLI::Option* opt : added) opt->group(group);
+}
+
 // `generate`: one command, two architectures, picked by --model (generate.cpp). A diffusers Wan2.1 T2V repo
 // (model_index.json) makes a video; a Llama, Qwen2 or Mistral checkpoint (config.json's model_type) makes text.
 // Flags of the other architecture's group are accepted and warned about (notices.h: warn_idle_generate_flags).
@@ -238,28 +243,30 @@ void add_generate(CLI::App* cmd, Options& o) {
       ->group(g);
   cmd->add_option("--tokenizer", o.tokenizer, "folder with tokenizer.json or tokenizer.model (default: --model)")
       ->group(g);
-  cmd->transform(flags::integer(1, flags::kMaxCount, "a token count"))
-      ->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate per prompt")->default_str("32")->group(g);
-  cmd->transform(flags::integer(1, flags::kMaxCount, "a token count"))
-      ->add_option("--max-seq-len", o.max_seq_len,
+  cmd->add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate per prompt")
+      ->transform(flags::integer(1, flags::kMaxCount, "a token count"))
+      ->default_str("32")->group(g);
+  cmd->add_option("--max-seq-len", o.max_seq_len,
                   "tokens per sequence the K/V cache holds, prompt included (default: longest prompt + "
                   "--max-new-tokens)")
+      ->transform(flags::integer(1, flags::kMaxCount, "a token count"))
       ->group(g);
-  cmd->transform(flags::integer(1, flags::kMaxCount, "a count"))
-      ->add_option("--max-batch", o.max_batch,
+  cmd->add_option("--max-batch", o.max_batch,
                   "sequences in flight at once (K/V cache slots; default: every prompt, at most 64)")
+      ->transform(flags::integer(1, flags::kMaxCount, "a count"))
       ->group(g);
-  cmd->transform(flags::integer(0, flags::kMaxCount, "a token count"))
-      ->add_option("--prefill-chunk", o.prefill_chunk,
+  cmd->add_option("--prefill-chunk", o.prefill_chunk,
                   "prefill a prompt at most this many tokens at a time, so that other sequences' decode steps run "
                   "between the chunks (0: the whole prompt at once)")
+      ->transform(flags::integer(0, flags::kMaxCount, "a token count"))
       ->default_str("0")
       ->group(g);
   cmd->add_option("--temperature", o.temperature, "0: greedy; else sample at this temperature")
       ->default_str("0")
       ->group(g);
-  cmd->transform(flags::integer(0, flags::kMaxCount, "a count"))
-      ->add_option("--top-k", o.top_k, "sample among the k most likely tokens (0: off)")->default_str("0")->group(g);
+  cmd->add_option("--top-k", o.top_k, "sample among the k most likely tokens (0: off)")
+      ->transform(flags::integer(0, flags::kMaxCount, "a count"))
+      ->default_str("0")->group(g);
   cmd->add_option("--top-p", o.top_p, "sample within this cumulative probability (1: off)")->default_str("1")->group(g);
   cmd->add_option("--repetition-penalty", o.repetition_penalty, "transformers' repetition penalty (1: off)")
       ->default_str("1")
