@@ -290,12 +290,13 @@ def _llama_layer_bytes(cfg, esize=2):
     return esize * (2 * h * h + 2 * h * kv + 3 * h * f + 2 * h)
 
 
-def trace_events(trace_path):
-    """Rank 0's complete ("X") ranges of a --trace file (plain or .gz); OSError/ValueError when unreadable."""
+def read_trace(trace_path):
+    """A --trace file (plain or .gz) and rank 0's complete ("X") ranges in it: (trace, ranges).
+    OSError/ValueError when unreadable."""
     opener = gzip.open if trace_path.endswith(".gz") else open
     with opener(trace_path, "rt") as f:
         trace = json.load(f)
-    return [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("pid", 0) == 0]
+    return trace, [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and e.get("pid", 0) == 0]
 
 
 def trace_summary(trace_path, skip=1):
@@ -306,7 +307,7 @@ def trace_summary(trace_path, skip=1):
     range covers (host work, syncs, the velocity's or logits' copy to the host, launch gaps).
     Steps are told apart by their "prologue" ranges (one per micro-batch)."""
     try:
-        ev = trace_events(trace_path)
+        trace, ev = read_trace(trace_path)
     except (OSError, ValueError) as e:
         return {"error": f"cannot read {trace_path}: {e}"}
     for e in ev:  # "self_attn b3 mb0 s2" -> "self_attn" (the merged trace appends the unit)
@@ -505,7 +506,7 @@ def cfg_rows(a):
 def copy_ranges_per_step(trace_path, skip=1):
     """Slot fills per step in a 1-rank trace: the copy lane's ranges after the first step, over the steps."""
     try:
-        ev = trace_events(trace_path)
+        _, ev = read_trace(trace_path)
     except (OSError, ValueError):
         return None
     firsts = {}
