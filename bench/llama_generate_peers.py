@@ -205,7 +205,7 @@ def main():
     bw.pop("bytes", None)
     bw.update(hbm_bandwidth(device))
     hbm = bw.get("hbm_gbs")
-    rows.append({**common, "mode": "bandwidth", "seconds": None, **bw,
+    rows.append({**common, "mode": "bandwidth", "tokens": "-", "seconds": None, **bw,
                  "batch1_hbm_bound_seconds": step_read_bytes / (hbm * 1e9) if hbm else None,
                  "all_layers_transfer_seconds": (len(layers) * layer_bytes / (bw["pinned_h2d_gbs"] * 1e9)
                                                  if bw.get("pinned_h2d_gbs") else None)})
@@ -283,6 +283,7 @@ def main():
         1-token call; the warm-up's ids become the reference (key) or are checked against `ref`."""
         ids = torch.tensor(prompt_ids(batch, P, vocab), device=device)
         r = {**common, "mode": mode, "batch": batch, "prompt_tokens": P, "new_tokens": n, "cache": cache,
+             "tokens": f"batch {batch}, {P}+{n} tokens",
              "compile": a.compile if cache == "static" and device.type == "cuda" else "off"}
         try:
             t0 = time.time()
@@ -334,7 +335,8 @@ def main():
     if "ttft" in modes and a.ttft_tokens > 0:
         T = a.ttft_tokens
         prompts = prompt_ids(TTFT_PROMPTS, T, vocab)
-        r = {**common, "mode": "transformers ttft", "batch": 1, "prompt_tokens": T, "new_tokens": 1, "cache": "static"}
+        r = {**common, "mode": "transformers ttft", "batch": 1, "prompt_tokens": T, "new_tokens": 1, "cache": "static",
+             "tokens": f"batch 1, {T}+1 tokens"}
         try:
             gen_ids, top_ids, top_logits = [], [], []
             for p in prompts:  # untimed: the reference first tokens of every prompt, and the warm-up
