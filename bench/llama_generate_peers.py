@@ -171,6 +171,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
+    if a.out and os.path.dirname(a.out):
+        os.makedirs(os.path.dirname(a.out), exist_ok=True)
     import transformers
     from transformers import LlamaForCausalLM
     device = torch.device(a.device)
@@ -196,6 +198,7 @@ def main():
     step_read_bytes = total_bytes - pc.module_bytes(model.model.embed_tokens)
     os.makedirs(a.ids_dir, exist_ok=True)
     common = dict(workload="textgen", framework=fw, dtype=peer_dtype, device=str(device), layers=len(layers),
+                  hidden=cfg.hidden_size, ffn=cfg.intermediate_size, heads=cfg.num_attention_heads, vocab=vocab,
                   layer_bytes=layer_bytes, weight_bytes=total_bytes, step_read_bytes=step_read_bytes,
                   perturbed=a.perturb or None)
     rows = []

@@ -126,6 +126,8 @@ def main():
     ap.add_argument("--timeout", type=int, default=240)
     ap.add_argument("--out", default="")
     a = ap.parse_args()
+    if a.out and os.path.dirname(a.out):
+        os.makedirs(os.path.dirname(a.out), exist_ok=True)
     os.makedirs(a.scratch, exist_ok=True)
     peers = load_rows(a.peers)
     with open(os.path.join(a.ids_dir, "textgen_ref.json")) as f:
