@@ -37,7 +37,7 @@ peer=(--model "$tmp/llama" --device cpu --dtype fp32 --prompt-tokens 8 --new-tok
 echo "generate peers (transformers static cache, TTFT, Accelerate cpu_offload)"
 quiet "$py" "$here/llama_generate_peers.py" "${peer[@]}" --batches 1,4 --ttft-tokens 32 --ids-dir "$tmp/ids" \
   --out "$tmp/results/textgen_peers.json"
-rows=(--exe "$exe" --model "$tmp/llama" --dtype-flags "--dtype fp32" --one-chain cpu --scratch "$tmp/scratch")
+rows=(--exe "$exe" --model "$tmp/llama" --dtype fp32 --one-chain cpu --scratch "$tmp/scratch")
 echo "pipeswap generate rows against transformers' ids"
 quiet "$py" "$here/textgen_rows.py" "${rows[@]}" --peers "$tmp/results/textgen_peers.json" --ids-dir "$tmp/ids" \
   --resident-batches 1,4 --swap-batches 1,4 --swap-new-tokens 4 --swap-micro-batches 2 --trace-dir "$tmp/traces" \

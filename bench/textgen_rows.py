@@ -68,7 +68,7 @@ def generate(a, name, key, n, batch, extra):
     out_file = os.path.join(a.scratch, f"textgen_{name.replace(' ', '_')}.json")
     cmd = [a.exe, "generate", "--model", a.model, "--input", prompts, "--max-new-tokens", str(n), "--max-batch",
            str(batch), "--max-seq-len", str(plen + n), "--ignore-eos", "--device-chain", a.one_chain, "--output",
-           out_file] + a.dtype_flags.split() + extra
+           out_file, "--dtype", a.dtype] + extra
     info = {}
     if a.trace_dir:
         os.makedirs(a.trace_dir, exist_ok=True)
@@ -78,7 +78,7 @@ def generate(a, name, key, n, batch, extra):
         os.remove(out_file)
     rc, text, wall = run(cmd, a.timeout)
     info.update(command=" ".join(cmd), rc=rc, wall_seconds=round(wall, 2), prompt_tokens=plen, new_tokens=n,
-                batch=batch, tokens=f"batch {batch}, {plen}+{n} tokens", flags=" ".join(a.dtype_flags.split() + extra))
+                batch=batch, tokens=f"batch {batch}, {plen}+{n} tokens", flags=" ".join(["--dtype", a.dtype] + extra))
     s = parse_summary(text)
     if rc != 0 or not s or not os.path.exists(out_file):
         info["error"] = text[-2000:]
@@ -119,7 +119,8 @@ def main():
     ap.add_argument("--swap-flags", default="--offload-ratio 1 --prefetch-depth 2")
     ap.add_argument("--swap-micro-batches", type=int, default=8)
     ap.add_argument("--no-ttft", action="store_true")
-    ap.add_argument("--dtype-flags", default="--dtype bf16", help="added to every command (the peers run bf16)")
+    ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
+                    help="pipeswap's --dtype in every command (as the peers' --dtype)")
     ap.add_argument("--one-chain", default="cuda:0")
     ap.add_argument("--trace-dir", default="")
     ap.add_argument("--scratch", default="/tmp/pipeswap-bench-out")
