@@ -217,7 +217,6 @@ def main():
     batches = [int(b) for b in a.batches.split(",") if b]
     modes = [m for m in a.modes.split(",") if m]
     P, N = a.prompt_tokens, a.new_tokens
-    L = P + N
 
     def gen(ids, n, cache, max_cache_len=None, **kw):
         extra = {}
