@@ -197,6 +197,9 @@ def main():
     total_bytes = pc.module_bytes(model)
     step_read_bytes = total_bytes - pc.module_bytes(model.model.embed_tokens)
     os.makedirs(a.ids_dir, exist_ok=True)
+    for f in os.listdir(a.ids_dir):  # an earlier call's references never stand in for this call's
+        if f.startswith("textgen_"):
+            os.remove(os.path.join(a.ids_dir, f))
     common = dict(workload="textgen", framework=fw, dtype=peer_dtype, device=str(device), layers=len(layers),
                   hidden=cfg.hidden_size, ffn=cfg.intermediate_size, heads=cfg.num_attention_heads, vocab=vocab,
                   layer_bytes=layer_bytes, weight_bytes=total_bytes, step_read_bytes=step_read_bytes,

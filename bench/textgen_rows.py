@@ -5,7 +5,7 @@ checked against transformers' by llama_generate_peers.compare_ids (exact in floa
 bf16: see that module), and its times against the peers and bounds measured in the same call.
 
 Rows ("mode", per batch B):
-  pipeswap resident     every layer on the device, --resident-batches (default 1, 8, 64). Target: decode
+  pipeswap resident     every layer on the device, --resident-batches (default 8, 64, 1). Target: decode
                         tokens/s at or above transformers' static-cache generate at that batch (a step time
                         ratio <= 1.00 at B = 8 and 64); at B = 1 the step within HBM_TARGET x the HBM bound
                         (the bytes a decode step reads / the device copy bandwidth, from the peers' call).
