@@ -6,6 +6,7 @@
 #    from the noise file made from the seed;
 #  * bench/generate_rows.py pipeswap (`pipeswap generate --dtype fp32`, runs A and B): its latents and
 #    frames within the tolerance of diffusers', the dtype the peer's, every phase timed, ratios made;
+#  * the same with diffusers' group offloading and pipeswap --blocks-to-swap 1 (the 24GB pair's code paths);
 #  * the negative checks: the peer with another seed (its noise only), and the peer with one DiT weight
 #    scaled: the pipeswap row against each must FAIL (status and exit status 1);
 #  * render.py renders the rows (the FAILED one as FAILED).
@@ -37,12 +38,16 @@ size=(--repo "$tmp/repo" --frames 5 --height 32 --width 32 --steps 3 --scratch "
 rows=(--exe "$exe" --device-chain "" --flags "--dtype fp32" --peers "$tmp/gen_peers.json")
 echo "diffusers WanPipeline peers (CPU, float32)"
 quiet "$py" "$here/generate_rows.py" peer "${size[@]}" --name resident --device cpu --out "$tmp/gen_peers.json"
+quiet "$py" "$here/generate_rows.py" peer "${size[@]}" --name swapped --offload group --device cpu \
+  --out "$tmp/gen_peers.json"
 quiet "$py" "$here/generate_rows.py" peer "${size[@]}" --name other-seed --seed 7 --device cpu \
   --out "$tmp/gen_peers.json"
 quiet "$py" "$here/generate_rows.py" peer "${size[@]}" --name perturbed --device cpu \
   --perturb blocks.1.ffn.net.2.weight:2 --out "$tmp/gen_peers.json"
 echo "pipeswap generate rows"
 quiet "$py" "$here/generate_rows.py" pipeswap "${size[@]}" --name resident "${rows[@]}" --out "$tmp/generate.json"
+quiet "$py" "$here/generate_rows.py" pipeswap "${size[@]}" --name swapped "${rows[@]/--dtype fp32/--dtype fp32 --blocks-to-swap 1}" \
+  --out "$tmp/generate.json"
 echo "the negative checks: the peer's noise (another seed) or one of its DiT weights differs"
 expect_fail "$tmp/bad_seed.log" "$py" "$here/generate_rows.py" pipeswap "${size[@]}" --name other-seed "${rows[@]}" \
   --no-decode --out "$tmp/generate.json"
@@ -53,7 +58,7 @@ import json, sys
 t = sys.argv[1]
 peers = {r["name"]: r for r in json.load(open(f"{t}/gen_peers.json"))}
 rows = {r["name"]: r for r in json.load(open(f"{t}/generate.json"))}
-assert set(peers) == set(rows) == {"resident", "other-seed", "perturbed"}, (set(peers), set(rows))
+assert set(peers) == set(rows) == {"resident", "swapped", "other-seed", "perturbed"}, (set(peers), set(rows))
 for p in peers.values():
     assert p["status"] == "ok" and p["dtype"] == "float32" and len(p["step_seconds"]) == 3, p
     assert p["host_peak_rss"] > 0 and p["total_seconds"] > 0 and p["extrapolated_total_seconds"] > 0, p
@@ -67,6 +72,8 @@ assert r["host_peak_rss"] > 0 and r["extrapolated_total_seconds"] > r["total_sec
 assert r["noise"] == peers["resident"]["noise"], (r["noise"], peers["resident"]["noise"])
 print(f"resident: latents relative error {r['check']['rel_l2']:.2e}, frames {r['frames_check']['rel_l2']:.2e} "
       f"(tolerance {r['check']['tolerance']})")
+s = rows["swapped"]  # diffusers' group offloading beside pipeswap with a block swapped (the 24GB pair's CPU stand-in)
+assert s["status"] == "ok" and s["swapped_blocks"] == 1 and peers["swapped"]["offload"] == "group", s
 for name in ("other-seed", "perturbed"):
     b = rows[name]
     assert b["status"].startswith("FAILED") and not b["check"]["ok"] and b["dtype_check"]["ok"], b["status"]

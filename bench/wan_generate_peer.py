@@ -112,7 +112,8 @@ def main():
         pipe.enable_model_cpu_offload()
     else:
         transformer.enable_group_offload(onload_device=torch.device(dev), offload_device=torch.device("cpu"),
-                                         offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+                                         offload_type="block_level", num_blocks_per_group=1,
+                                         use_stream=dev.startswith("cuda"))
         vae.to(dev)
     load_s = time.perf_counter() - t0
     noise = load_file(a.latents_in)["latents"] if a.latents_in else None
