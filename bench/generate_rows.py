@@ -221,25 +221,12 @@ def ratio(x, y):
     return round(x / y, 4) if x is not None and y else None
 
 
-def pipeswap_row(a):
+def build_row(a, base, runs, peer, latents_path, frames_dir):
+    """The row of runs A (and B, when it ran) against the peer row `peer`: phases, ratios, checks, status."""
     from safetensors.torch import load_file
     import torch
-    peer = next((r for r in load_rows(a.peers) if r.get("name") == a.name), None)
-    tol = a.tolerance or (TOL_FP32 if peer and peer.get("dtype") == "float32" else TOL_BF16)
-    noise = noise_file(a, a.seed)
-    out_dir = os.path.join(a.scratch, f"gen_{a.name}")
-    os.makedirs(out_dir, exist_ok=True)
-    latents_path, frames_dir = os.path.join(out_dir, "latents.safetensors"), os.path.join(out_dir, "frames")
-    for f in glob.glob(os.path.join(frames_dir, "*.png")) + [latents_path]:
-        if os.path.exists(f):
-            os.remove(f)
-    r = {"workload": "generate", "name": a.name, "mode": f"pipeswap {a.name}", "flags": a.flags, **common(a),
-         "seed": a.seed, "noise": noise, "tolerance": tol, "check_required": True,
-         "peer": {k: peer.get(k) for k in ("mode", "offload", "command", "status", "noise", "perturb")} if peer
-         else None}
-    runs = {"latents": pipeswap_run(a, noise, latents_path, "A (latents)")}
-    if not a.no_decode:
-        runs["frames"] = pipeswap_run(a, noise, frames_dir + "/", "B (frames)")
+    tol = base["tolerance"]
+    r = dict(base)
     r["runs"] = runs
     errors = [f"run {k}: {v['error']}" for k, v in runs.items() if v.get("error")]
     if errors:
@@ -296,6 +283,32 @@ def pipeswap_row(a):
                if "error" not in fc else f"frames check failed: {fc['error']}")
         st = (st + "; " + why) if st.startswith("FAILED") else "FAILED: " + why
     r["status"] = st
+    return r
+
+
+def pipeswap_row(a):
+    peer = next((r for r in load_rows(a.peers) if r.get("name") == a.name), None)
+    tol = a.tolerance or (TOL_FP32 if peer and peer.get("dtype") == "float32" else TOL_BF16)
+    noise = noise_file(a, a.seed)
+    out_dir = os.path.join(a.scratch, f"gen_{a.name}")
+    os.makedirs(out_dir, exist_ok=True)
+    latents_path, frames_dir = os.path.join(out_dir, "latents.safetensors"), os.path.join(out_dir, "frames")
+    for f in glob.glob(os.path.join(frames_dir, "*.png")) + [latents_path]:
+        if os.path.exists(f):
+            os.remove(f)
+    base = {"workload": "generate", "name": a.name, "mode": f"pipeswap {a.name}", "flags": a.flags, **common(a),
+            "seed": a.seed, "noise": noise, "tolerance": tol, "check_required": True,
+            "peer": {k: peer.get(k) for k in ("mode", "offload", "command", "status", "noise", "perturb")} if peer
+            else None}
+    # Run A's row is saved before run B starts: a call cut short during run B keeps it (no decode phase).
+    runs = {"latents": pipeswap_run(a, noise, latents_path, "A (latents)")}
+    if not a.no_decode:
+        partial = build_row(a, base, runs, peer, latents_path, frames_dir)
+        partial["partial"] = "run B (frames) did not finish: no decode phase, no frames check"
+        replace_row(a.out, partial)
+        runs["frames"] = pipeswap_run(a, noise, frames_dir + "/", "B (frames)")
+    r = build_row(a, base, runs, peer, latents_path, frames_dir)
+    st = r["status"]
     replace_row(a.out, r)
     print(json.dumps(r), flush=True)
     if st.startswith("FAILED"):

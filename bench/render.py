@@ -535,7 +535,8 @@ def generate_section(peers, rows, findings):
         c, fc, d = r.get("check") or {}, r.get("frames_check") or {}, r.get("dtype_check") or {}
         checks.append(f"| {label} | {c.get('rel_l2', NOT_RUN)} | {fc.get('rel_l2', NOT_RUN)} | "
                       f"{c.get('tolerance', r.get('tolerance', NOT_RUN))} | {d.get('row') or NOT_RUN} / "
-                      f"{d.get('expected') or NOT_RUN} | {r.get('status', NOT_RUN)} | "
+                      f"{d.get('expected') or NOT_RUN} | {r.get('status', NOT_RUN)}"
+                      f"{' (' + r['partial'] + ')' if r.get('partial') else ''} | "
                       f"{findings.get(f'generate/{name}', '')} |")
         mem.append(f"| {label} | {peaks(p) if p else NOT_RUN} | {peaks(r) if r else NOT_RUN} | "
                    f"{gb(p.get('host_peak_rss')) if p else NOT_RUN} | {gb(r.get('host_peak_rss')) if r else NOT_RUN} | "
