@@ -477,7 +477,7 @@ def generate_section(peers, rows, findings):
     names = list(dict.fromkeys([r.get("name") for r in rows] + [r.get("name") for r in peers])) or ["resident", "24GB"]
     first = (rows or peers or [{}])[0]
     steps, target = first.get("steps", 3), first.get("extrapolate_steps", 30)
-    L = ["\n## 10. Prompt in, video out: `pipeswap generate` against diffusers' WanPipeline\n",
+    L = ["\n## 12. Prompt in, video out: `pipeswap generate` against diffusers' WanPipeline\n",
          "A Wan2.1 T2V repo in diffusers' layout with random weights (`bench/wan_repo.py`: umT5-XXL encoder, the "
          "14B DiT's 40 blocks, the Wan2.1 VAE; SECTIONS=genrepo), the same prompt token ids, the same initial noise "
          "(a file made from the seed as `torch.Generator(\"cpu\")` draws it, given to both), "
@@ -608,6 +608,141 @@ def memory_section(rows):
     return "\n".join(L)
 
 
+def textgen_section(peers, rows):
+    """Issue 19: transformers' generate (static cache) against pipeswap generate, resident and with every layer
+    swapped, and the time to first token (bench/llama_generate_peers.py, bench/textgen_rows.py)."""
+    L = ["\n## 11. Text generation: decode, offload and time to first token (issue 19)\n"]
+    bw = next((r for r in peers if r.get("mode") == "bandwidth"), {})
+    static = {r["batch"]: r for r in peers if r.get("mode") == "transformers static"}
+    ttft_peer = next((r for r in peers if r.get("mode") == "transformers ttft"), None)
+    acc = next((r for r in peers if r.get("mode") == "accelerate"), None)
+    res = {r["batch"]: r for r in rows if r.get("mode") == "pipeswap resident"}
+    swp = {r["batch"]: r for r in rows if r.get("mode") == "pipeswap all swapped"}
+    ttft = next((r for r in rows if r.get("mode") == "pipeswap ttft"), None)
+    any_row = next((r for r in peers + rows if r.get("layers")), {})
+    layers, lb = any_row.get("layers"), any_row.get("layer_bytes")
+    first = next((r for r in list(static.values()) + rows if r.get("prompt_tokens")), {})
+    compiled = next((r.get("compile") for r in static.values() if r.get("compile")), None)
+    dims = ", ".join(f"{k} {any_row[k]}" for k in ("hidden", "ffn", "heads", "vocab") if any_row.get(k))
+    L.append(f"A Llama-2-7B-shaped checkpoint (`bench/llama_peers.py make`: {dims or NOT_RUN}; "
+             f"{layers or NOT_RUN} layers of {f'{lb / 1e6:.1f} MB' if lb else NOT_RUN}, random weights, computed in "
+             f"{any_row.get('dtype') or NOT_RUN}), the "
+             f"same prompt ids for both ({first.get('prompt_tokens', NOT_RUN)} tokens per sequence, different per "
+             "sequence), greedy, every sequence generating its full count (`--ignore-eos`; transformers without an "
+             "EOS id). The peer is transformers' `generate` with `cache_implementation=\"static\"` "
+             f"(decode step compiled by transformers' default: {compiled or NOT_RUN}). A decode step is "
+             "(generate(N) - generate(1)) / (N - 1) for transformers (medians of the timed pairs) and batch / the "
+             "decode tokens/s of `pipeswap generate`'s summary (each decode micro-batch from its launch until its "
+             "tokens are sampled on the host). Measured in the same call: pinned host-to-device "
+             f"{bw.get('pinned_h2d_gbs') or NOT_RUN} GB/s, device memory {bw.get('hbm_gbs') or NOT_RUN} GB/s (a "
+             "device-to-device copy's read + write traffic).\n")
+    rule = next((r.get("id_rule") for r in peers + rows if r.get("id_rule")), None)
+    delta = next((r.get("near_tie_delta") for r in peers if r.get("near_tie_delta")), None)
+    sigma = next((r.get("sigma") for r in peers if r.get("sigma")), None)
+    L.append("**Ids check** (a row whose ids disagree beyond the rule is **FAILED**): "
+             + ("every id equal to transformers' (float32)." if rule == "exact" else
+                "each sequence's ids equal transformers' up to the first difference, if any, and there pipeswap's "
+                "token is a near-tie of transformers' choice: transformers' logit margin <= 6 sigma, sigma = the "
+                "RMS difference of its bf16 logits from its float32 run, measured in the same call "
+                f"(sigma {sigma if sigma else NOT_RUN}, margin {delta if delta else NOT_RUN}; "
+                "bench/llama_generate_peers.py says why). The cell: sequences identical to the end / sequences, "
+                "and the shortest identical prefix.") + "\n")
+
+    def step_cell(r, x=None):
+        if not r:
+            return NOT_RUN
+        secs = r.get("seconds")
+        text = fmt_s(secs)
+        tps = r.get("decode_tokens_per_second")
+        if tps and text != NOT_RUN:
+            text += f", {tps:.0f} tok/s"
+        if r.get("iters") is not None and r["iters"] < MIN_ITERS and text != NOT_RUN:
+            text += f" (median of {r['iters']} < {MIN_ITERS})"
+        if x:
+            text += f" ({x:.2f}x)"
+        return f"**FAILED** {text}" if failed(r) else text
+
+    def ids_cell(r):
+        ic = (r or {}).get("identity_check") or {}
+        if "rows" not in ic:
+            return NOT_RUN if not r else ("**no check**" if not r.get("error") else "-")
+        return f"{ic.get('identical_rows')}/{ic['rows']}, prefix >= {ic.get('min_identical_prefix')}"
+
+    def status_cell(r):
+        return NOT_RUN if not r else ("ok" if not failed(r) else "**FAILED**: " + str(r["status"])[8:].strip()[:200])
+
+    L.append("### Resident, one GPU\n")
+    L.append("Targets: decode tokens/s at batch 8 and 64 at or above transformers' (step ratio <= 1.00x); the "
+             "batch-1 step within 1.5x the HBM bound (every weight byte a step reads, all but the embedding table, "
+             "/ the device memory GB/s).\n")
+    L.append("| batch | transformers static cache | pipeswap resident (x transformers) | HBM bound | pipeswap over "
+             "the HBM bound | target met | ids | status |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for b in sorted(set(res) | set(static) | {1, 8, 64}):
+        if b not in (1, 8, 64) and b not in res:
+            continue
+        r, p = res.get(b), static.get(b)
+        vs = (r or {}).get("vs_transformers")
+        hb = (r or {}).get("bound_seconds") if b == 1 else None
+        ob = (r or {}).get("over_bound") if b == 1 else None
+        if b == 1:
+            target = ("yes" if ob <= 1.5 else "**no**") if ob else NOT_RUN
+        elif b in (8, 64):
+            target = ("yes" if vs <= 1.0 else "**no**") if vs else NOT_RUN
+        else:
+            target = "-"
+        L.append(f"| {b} | {step_cell(p)} | {step_cell(r, vs)} | {fmt_s(hb) if b == 1 else '-'} | "
+                 f"{fmt_x(ob) if b == 1 else '-'} | {target} | {ids_cell(r)} | {status_cell(r)} |")
+    L.append("\n### Every layer swapped, one GPU\n")
+    L.append("`--offload-ratio 1 --prefetch-depth 2` (every layer streams from pinned host memory each step; "
+             "embeddings, final norm and lm_head stay), batches of more than one sequence as up to 8 micro-batches "
+             "sharing each layer's fill (`--swap-order shared`). Bound: max(transformers' resident step at that "
+             "batch, layers x layer bytes / pinned GB/s). Targets: each step within 1.05x the bound, tokens/s "
+             "growing with batch. The peer users run today: Accelerate's `cpu_offload` on each decoder layer, "
+             "batch 1.\n")
+    L.append("| batch | compute: transformers resident | transfer | pipeswap all swapped (x bound) | <= 1.05x bound "
+             "| tokens/s grows | ids | status |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    prev = None
+    for b in sorted(set(swp) | {1, 8, 64, 256}):
+        r = swp.get(b)
+        ob = (r or {}).get("over_bound")
+        tps = (r or {}).get("decode_tokens_per_second")
+        grows = "-" if prev is None else (("yes" if tps > prev else "**no**") if tps and prev else NOT_RUN)
+        prev = tps if tps else None
+        tr = (r or {}).get("transfer_seconds")
+        if tr is None and layers and lb and bw.get("pinned_h2d_gbs"):
+            tr = layers * lb / (bw["pinned_h2d_gbs"] * 1e9)
+        L.append(f"| {b} | {step_cell(static.get(b))} | {fmt_s(tr)} | {step_cell(r, ob)} | "
+                 f"{('yes' if ob <= 1.05 else '**no**') if ob else NOT_RUN} | {grows} | {ids_cell(r)} | "
+                 f"{status_cell(r)} |")
+    if acc or swp:
+        b1 = (swp.get(1) or {}).get("bound_seconds")
+        x = acc and b1 and acc.get("seconds") and acc["seconds"] / b1
+        L.append(f"\nAccelerate `cpu_offload` per layer, batch 1, {acc.get('new_tokens') if acc else NOT_RUN} new "
+                 f"tokens: {step_cell(acc, x)} a step over the same bound; ids {ids_cell(acc)}; "
+                 f"{status_cell(acc)}.")
+    L.append("\n### Time to first token\n")
+    L.append("One prompt at a time. transformers: generate(max_new_tokens=1), median after a warm-up. pipeswap: "
+             "3 prompts one after another (`--max-batch 1 --max-new-tokens 1`), the warm time to first token "
+             "= (the last prompt's - the first's) / 2 from the summary (3 decimals); the first prompt's, which "
+             "includes the process's first kernels, beside it.\n")
+    L.append("| prompt tokens | transformers TTFT | transformers prefill tok/s | pipeswap TTFT (x transformers) | "
+             "pipeswap prefill tok/s | pipeswap first prompt (cold) | ids | status |")
+    L.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    n = (ttft or ttft_peer or {}).get("prompt_tokens", 2048)
+    L.append(f"| {n} | {fmt_s((ttft_peer or {}).get('seconds'))} | "
+             f"{(ttft_peer or {}).get('prefill_tokens_per_second') or NOT_RUN} | "
+             f"{step_cell(ttft, (ttft or {}).get('vs_transformers'))} | "
+             f"{(ttft or {}).get('prefill_tokens_per_second_warm') or NOT_RUN} | "
+             f"{fmt_s((ttft or {}).get('ttft_cold_seconds'))} | {ids_cell(ttft)} | {status_cell(ttft)} |")
+    cmds = [r for r in rows if r.get("command")]
+    if cmds:
+        L.append("\nCommands:\n")
+        L += [f"- {r['mode']}, batch {r['batch']}: `{r['command']}`" for r in cmds]
+    return "\n".join(L)
+
+
 def render(results, doc, command=None):
     findings_path = os.path.join(HERE, "findings.json")
     findings = json.load(open(findings_path)) if os.path.exists(findings_path) else {}
@@ -624,7 +759,8 @@ def render(results, doc, command=None):
     p2p = load(results, "nccl_p2p.json")
     scale = load(results, "scale.json")
     cfg = load(results, "wan_cfg_peers.json") + load(results, "cfg.json")
-    ran = bool(wan or llama or disk or sched or two or gpipe or p2p or scale or cfg)
+    textgen_peers, textgen = load(results, "textgen_peers.json"), load(results, "textgen_pipeswap.json")
+    ran = bool(wan or llama or disk or sched or two or gpipe or p2p or scale or cfg or textgen_peers or textgen)
     date = datetime.date.today().isoformat() if ran else NOT_RUN
     wan_fw = next((r["framework"] for r in wan if r.get("framework")), "diffusers WanTransformer3DModel")
     llama_fw = next((r["framework"] for r in llama if r.get("framework")), "transformers LlamaForCausalLM (sdpa)")
@@ -746,6 +882,7 @@ def render(results, doc, command=None):
     L.append(scale_section(scale, findings))
     L.append(cfg_section(cfg, findings))
     L.append(cfg_parallel_cpu_section(load(os.path.join(HERE, "cpu-results"), "cfg_parallel_cpu.jsonl")))
+    L.append(textgen_section(textgen_peers, textgen))
     L.append(generate_section(load(results, "gen_peers.json"), load(results, "generate.json"), findings))
     L.append("\n## Reading a trace\n")
     L.append("Every pipeswap row writes a `--trace` timeline (`$OUT/traces/*.json.gz`; open in "

@@ -18,6 +18,7 @@
 #include <iostream>
 #include <initializer_list>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -590,32 +591,48 @@ TEST(CompatAttention, MatchesEagerMath) {
 
 // ---- reference fixtures from transformers ------------------------------------------------------------
 
+// One of make_generate_text_fixtures.py's models (float32) and its expected.json cases; nullopt where not made.
+struct GenerationFixture {
+  json config;
+  Model model;
+  json cases;
+};
+std::optional<GenerationFixture> load_generation_fixture(const std::string& name) {
+  const fs::path dir = fs::path(fixtures_dir()) / name;
+  if (!fs::exists(dir / "expected.json")) return std::nullopt;
+  auto ckpt = Checkpoint::open(dir.string());
+  std::ifstream in(dir / "expected.json");
+  return GenerationFixture{ckpt->config(), build(ckpt->config(), [&](const TensorRef& ref) {
+                             return ckpt->locate(ref.checkpoint).file->read(ref.checkpoint).to(torch::kFloat32);
+                           }),
+                           json::parse(in).at("cases")};
+}
+// Every block over `ids` [rows, T], row i's K/V written into cache slot rows[2i] from position rows[2i+1]: the
+// logits of each row's last token.
+torch::Tensor forward_rows(const Model& m, const torch::Tensor& ids, const std::vector<int64_t>& rows) {
+  const torch::Tensor r = torch::tensor(rows, torch::kInt64).view({ids.size(0), 2});
+  Activation act = m.arch->prologue(m.prologue, {ids, r}, torch::TensorOptions());
+  for (int b = 0; b < m.arch->num_blocks(); ++b)
+    for (int p = 0; p < static_cast<int>(m.blocks[b].size()); ++p) m.arch->phase_forward(b, p, m.blocks[b][p], act);
+  return m.arch->epilogue(m.epilogue, act);  // [rows, 1, vocab]
+}
+
 // The K/V cache (Architecture::allocate_kv_cache and the rows tensor of generation): each prompt of
 // make_generate_text_fixtures.py's models prefilled alone, then every running sequence decoded together, one token per
 // step, gives the ids of transformers' greedy generate (32 new tokens, stopping at EOS).
 TEST(LlamaKvCache, GreedyDecodeMatchesTransformersGenerate) {
   int checked = 0;
   for (const char* name : {"gen-llama3", "gen-qwen2", "gen-mistral"}) {
-    const fs::path dir = fs::path(fixtures_dir()) / name;
-    if (!fs::exists(dir / "expected.json")) continue;
+    std::optional<GenerationFixture> f = load_generation_fixture(name);
+    if (!f) continue;
     SCOPED_TRACE(name);
-    auto ckpt = Checkpoint::open(dir.string());
-    Model m = build(ckpt->config(), [&](const TensorRef& ref) {
-      return ckpt->locate(ref.checkpoint).file->read(ref.checkpoint).to(torch::kFloat32);
-    });
-    std::ifstream in(dir / "expected.json");
-    const json cases = json::parse(in).at("cases");
+    Model& m = f->model;
+    const json& cases = f->cases;
     const auto n = static_cast<int64_t>(cases.size());
-    const int64_t eos = ckpt->config().value("eos_token_id", int64_t{-1});
+    const int64_t eos = f->config.value("eos_token_id", int64_t{-1});
     m.arch->allocate_kv_cache(0, m.arch->num_blocks(), n, 96, torch::TensorOptions().dtype(torch::kFloat32));
     torch::NoGradGuard no_grad;
-    auto step = [&](const torch::Tensor& ids, const std::vector<int64_t>& rows) {
-      const torch::Tensor r = torch::tensor(rows, torch::kInt64).view({ids.size(0), 2});
-      Activation act = m.arch->prologue(m.prologue, {ids, r}, torch::TensorOptions());
-      for (int b = 0; b < m.arch->num_blocks(); ++b)
-        for (int p = 0; p < static_cast<int>(m.blocks[b].size()); ++p) m.arch->phase_forward(b, p, m.blocks[b][p], act);
-      return m.arch->epilogue(m.epilogue, act);  // [rows, 1, vocab]
-    };
+    auto step = [&](const torch::Tensor& ids, const std::vector<int64_t>& rows) { return forward_rows(m, ids, rows); };
     std::vector<std::vector<int64_t>> gen(n);
     std::vector<int64_t> cached(n);
     std::vector<bool> done(n);
@@ -665,15 +682,11 @@ TEST(LlamaKvCache, GreedyDecodeMatchesTransformersGenerate) {
 TEST(LlamaKvCache, ChunkedPrefillGivesTheWholePrefillsLogits) {
   int checked = 0;
   for (const char* name : {"gen-llama3", "gen-qwen2", "gen-mistral"}) {
-    const fs::path dir = fs::path(fixtures_dir()) / name;
-    if (!fs::exists(dir / "expected.json")) continue;
+    std::optional<GenerationFixture> f = load_generation_fixture(name);
+    if (!f) continue;
     SCOPED_TRACE(name);
-    auto ckpt = Checkpoint::open(dir.string());
-    Model m = build(ckpt->config(), [&](const TensorRef& ref) {
-      return ckpt->locate(ref.checkpoint).file->read(ref.checkpoint).to(torch::kFloat32);
-    });
-    std::ifstream in(dir / "expected.json");
-    const json cases = json::parse(in).at("cases");
+    Model& m = f->model;
+    const json& cases = f->cases;
     std::vector<int64_t> prompt;
     for (const auto& c : cases)
       if (c.at("prompt_ids").size() > prompt.size()) prompt = c.at("prompt_ids").get<std::vector<int64_t>>();
@@ -681,13 +694,7 @@ TEST(LlamaKvCache, ChunkedPrefillGivesTheWholePrefillsLogits) {
     const auto slots = static_cast<int64_t>(chunks.size());
     m.arch->allocate_kv_cache(0, m.arch->num_blocks(), slots, 96, torch::TensorOptions().dtype(torch::kFloat32));
     torch::NoGradGuard no_grad;
-    auto step = [&](const torch::Tensor& ids, const std::vector<int64_t>& rows) {
-      const torch::Tensor r = torch::tensor(rows, torch::kInt64).view({ids.size(0), 2});
-      Activation act = m.arch->prologue(m.prologue, {ids, r}, torch::TensorOptions());
-      for (int b = 0; b < m.arch->num_blocks(); ++b)
-        for (int p = 0; p < static_cast<int>(m.blocks[b].size()); ++p) m.arch->phase_forward(b, p, m.blocks[b][p], act);
-      return m.arch->epilogue(m.epilogue, act);  // [rows, 1, vocab]
-    };
+    auto step = [&](const torch::Tensor& ids, const std::vector<int64_t>& rows) { return forward_rows(m, ids, rows); };
     const auto len = static_cast<int64_t>(prompt.size());
     std::vector<torch::Tensor> last;
     for (int64_t s = 0; s < slots; ++s) {

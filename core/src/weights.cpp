@@ -1,5 +1,7 @@
 #include "pipeswap/core/weights.h"
 
+#include <set>
+
 #include "pipeswap/core/error.h"
 
 namespace pipeswap {
@@ -44,6 +46,20 @@ std::vector<PartSpec> block_parts(const ModelParts& model, int block) {
 int64_t part_bytes(const PartSpec& part, c10::ScalarType dtype) {
   int64_t bytes = 0;
   for (const auto& t : part.tensors) bytes += tensor_bytes(t.shape, dtype);
+  return bytes;
+}
+
+int64_t model_bytes(const ModelParts& model, c10::ScalarType dtype) {
+  std::set<std::string> seen;
+  int64_t bytes = 0;
+  auto add = [&](const std::vector<PartSpec>& parts) {
+    for (const auto& part : parts)
+      for (const auto& t : part.tensors)
+        if (seen.insert(t.checkpoint).second) bytes += tensor_bytes(t.shape, dtype);
+  };
+  add(model.prologue_parts());
+  for (int b = 0; b < model.num_blocks(); ++b) add(block_parts(model, b));
+  add(model.epilogue_parts());
   return bytes;
 }
 

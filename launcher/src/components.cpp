@@ -25,9 +25,6 @@ int64_t elements(const std::string& dir, bool (*keep)(const std::string&)) {
   return n;
 }
 
-bool text_encoder_tensor(const std::string& name) {
-  return name != "encoder.embed_tokens.weight";  // tied to shared.weight: one tensor in memory
-}
 bool vae_decoder_tensor(const std::string& name) {
   return name.rfind("decoder.", 0) == 0 || name.rfind("post_quant_conv.", 0) == 0;
 }
@@ -41,22 +38,23 @@ ComponentPlan plan_components(const models::WanRepo& repo, int64_t batch, const 
   using pipeline::TextEncoderPlacement;
   const std::string te_device = te.device.str();
   const c10::ScalarType te_dtype = te.dtype;
-  const nlohmann::json te_config = Checkpoint::open(repo.text_encoder)->config();
+  // Opened and checked as the encode phase opens it (no weight read): the declared tensors give its bytes.
+  const models::UMT5Checkpoint te_ckpt = models::open_umt5(repo.text_encoder, te_dtype);
+  const models::UMT5Config& te_config = te_ckpt.config;
   const int64_t te_elsize = static_cast<int64_t>(c10::elementSize(te_dtype));
-  const int64_t te_weights = elements(repo.text_encoder, text_encoder_tensor) * te_elsize;
+  const int64_t te_weights = model_bytes(*te_ckpt.arch, te_dtype);
   // One batch of prompts at 512 tokens: the layer's hidden states, the FFN's two gates, one head's worth of
   // attention scores per head (float32 softmax), a few copies each.
-  const int64_t d_model = te_config.value("d_model", int64_t{4096}), d_ff = te_config.value("d_ff", int64_t{10240}),
-                heads = te_config.value("num_heads", int64_t{64});
+  const int64_t d_model = te_config.d_model, d_ff = te_config.d_ff, heads = te_config.num_heads;
   const int64_t te_act = batch * (512 * (4 * d_model + 3 * d_ff) * te_elsize + 2 * heads * 512 * 512 * 4);
-  const int64_t context_host = batch * (cfg ? 2 : 1) * 512 * te_config.value("d_model", int64_t{4096}) * 4;
+  const int64_t context_host = batch * (cfg ? 2 : 1) * 512 * d_model * 4;
   // Swapped: the device holds the store's resident layers and slots and, while the prologue runs, the
   // embedding moved in from the host; the host holds the swapped layers and the embedding.
   int64_t te_device_weights = te_weights, te_host = 0;
   offload::SwapLayout l;
   if (te.placement == TextEncoderPlacement::kSwapped) {
-    l = pipeline::text_encoder_swap_layout(repo.text_encoder, te);
-    const int64_t embedding = te_config.value("vocab_size", int64_t{250112}) * d_model * te_elsize;
+    l = pipeline::text_encoder_swap_layout(te_ckpt, te);
+    const int64_t embedding = te_config.vocab_size * d_model * te_elsize;
     te_device_weights = l.resident_bytes + l.slot_bytes * l.num_slots + embedding;
     te_host = l.host_bytes + embedding;
   }

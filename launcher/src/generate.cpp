@@ -249,9 +249,10 @@ int cmd_generate_video(const Options& o, const World& world, std::unique_ptr<com
   std::vector<PhaseMemory> phases;
   std::shared_ptr<const void> text_encoder_kept;  // --text-encoder resident: held until the job ends
   pipeline::DenoiseInputs in;
+  pipeline::TextEncoderSettings te;  // rank 0's: the encode phase and the components' plan
   if (world.rank == 0) {
     const torch::Device te_device = component_device(o.text_encoder_device, "--text-encoder-device", job.chain);
-    const pipeline::TextEncoderSettings te = text_encoder_settings(o, te_device.str());
+    te = text_encoder_settings(o, te_device.str());
     PhaseMeter meter(te_device);
     pipeline::EncodedPrompts enc;
     pipeline::rank0_alone(
@@ -309,11 +310,8 @@ int cmd_generate_video(const Options& o, const World& world, std::unique_ptr<com
                            settings.cfg);
   if (world.rank == 0) {
     const std::string first = job.chain.at(0).device.str();
-    const std::string te = o.text_encoder_device.empty() ? first : o.text_encoder_device;
     const std::string vae = o.vae_device.empty() ? first : o.vae_device;
-    log().info("\n{}", plan_components(repo, shape.batch, size, cfg, text_encoder_settings(o, te), vae, o.vae_tiling,
-                                       job.plan)
-                           .text);
+    log().info("\n{}", plan_components(repo, shape.batch, size, cfg, te, vae, o.vae_tiling, job.plan).text);
   }
 
   // Rank 0 holds the prompts' embeddings and the float32 latents with the sampler's copies of them.

@@ -150,12 +150,6 @@ void check_ids(const models::PromptTokens& t, int64_t vocab) {
            t.input_ids.max().item<int64_t>(), vocab);
 }
 
-int64_t umt5_weight_bytes(const models::UMT5Config& c, c10::ScalarType dtype) {
-  const int64_t per_layer =
-      4 * c.d_model * c.inner_dim() + 3 * c.d_model * c.d_ff + 2 * c.d_model + c.num_buckets * c.num_heads;
-  return (c.vocab_size * c.d_model + c.num_layers * per_layer + c.d_model) * static_cast<int64_t>(c10::elementSize(dtype));
-}
-
 // The encoder's layers through the offload store: the same prologue, phases and epilogue as
 // UMT5Encoder::forward, each unit acquired just before its use and released after it.
 EncodedPrompts encode_swapped(const std::string& dir, const models::PromptTokens& cond,
@@ -188,15 +182,14 @@ EncodedPrompts encode_swapped(const std::string& dir, const models::PromptTokens
   EncodedPrompts out;
   out.context = run(cond);
   if (uncond) out.context_null = run(*uncond);
-  out.weight_bytes = umt5_weight_bytes(u.config, s.dtype);
+  out.weight_bytes = model_bytes(arch, s.dtype);
   out.fills = weights->stats().copies;
   return out;  // the store, its slots and host copies freed here
 }
 
 }  // namespace
 
-offload::SwapLayout text_encoder_swap_layout(const std::string& text_encoder_dir, const TextEncoderSettings& s) {
-  models::UMT5Checkpoint u = models::open_umt5(text_encoder_dir, s.dtype);
+offload::SwapLayout text_encoder_swap_layout(const models::UMT5Checkpoint& u, const TextEncoderSettings& s) {
   return offload::plan_swapping(*u.arch, 0, u.arch->num_blocks(), s.dtype, swapped_options(*u.arch, s));
 }
 
@@ -210,7 +203,7 @@ EncodedPrompts encode_prompts(const std::string& text_encoder_dir, const models:
   if (uncond) check_ids(*uncond, encoder->config().vocab_size);
   out.context = encoder->encode(cond).to(torch::kCPU, torch::kFloat32).contiguous();
   if (uncond) out.context_null = encoder->encode(*uncond).to(torch::kCPU, torch::kFloat32).contiguous();
-  out.weight_bytes = umt5_weight_bytes(encoder->config(), s.dtype);
+  out.weight_bytes = encoder->weight_bytes();
   // Resident: the caller holds it for the job; on demand: freed here, before the DiT loads.
   if (s.placement == TextEncoderPlacement::kResident) out.kept = std::move(encoder);
   return out;

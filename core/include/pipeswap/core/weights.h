@@ -87,6 +87,9 @@ std::vector<PartSpec> block_parts(const ModelParts& model, int block);
 
 // Bytes of every declared tensor of a part in `dtype` (no slab alignment).
 int64_t part_bytes(const PartSpec& part, c10::ScalarType dtype);
+// Bytes of every tensor the model declares (prologue, blocks, epilogue) in `dtype`, each checkpoint tensor once
+// (a tied embedding counts once): the weights as one device would hold them.
+int64_t model_bytes(const ModelParts& model, c10::ScalarType dtype);
 // Bytes of the data of defined tensors, summed (what a message or a transfer moves).
 int64_t total_nbytes(const std::vector<torch::Tensor>& tensors);
 

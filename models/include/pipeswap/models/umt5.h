@@ -98,6 +98,7 @@ class UMT5Encoder {
   torch::Tensor encode(const PromptTokens& tokens) const;
 
   const UMT5Config& config() const { return config_; }
+  int64_t weight_bytes() const { return model_bytes(*arch_, dtype_); }  // as held (device, dtype)
   const Architecture& architecture() const { return *arch_; }
   torch::Device device() const { return device_; }
   c10::ScalarType dtype() const { return dtype_; }

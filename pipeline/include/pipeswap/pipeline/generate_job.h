@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "pipeswap/models/tokenizer.h"
+#include "pipeswap/models/umt5.h"
 #include "pipeswap/offload/residency.h"
 #include "pipeswap/models/wan_vae.h"
 
@@ -86,7 +87,7 @@ struct TextEncoderSettings {
 EncodedPrompts encode_prompts(const std::string& text_encoder_dir, const models::PromptTokens& cond,
                               const std::optional<models::PromptTokens>& uncond, const TextEncoderSettings& s);
 // The swapped placement's store as the plan sees it: slot bytes x slots, the moved-in embedding.
-offload::SwapLayout text_encoder_swap_layout(const std::string& text_encoder_dir, const TextEncoderSettings& s);
+offload::SwapLayout text_encoder_swap_layout(const models::UMT5Checkpoint& text_encoder, const TextEncoderSettings& s);
 
 struct DecodeSettings {
   torch::Device device{torch::kCPU};
