@@ -37,7 +37,9 @@ The tolerance (default 0.05 on a GPU in bf16, 0.02 in float32): diffusers' own b
 float32 run of 12 Wan2.1-14B-sized blocks over 6 steps is 6.4e-3 (docs/benchmarks.md, measured on the GPU
 machine); a whole pipeline also runs umT5-XXL's 24 layers and 40 blocks in bf16, so its own bf16 error is
 taken as 1.5e-2 (not measured: a float32 run of the 14B DiT at 32k tokens would take most of a device call),
-and the bound is 3x that, as pipeswap_rows.py's (max(0.02, 3 x the framework's bf16 error)). A different
+and the bound is 3x that, as pipeswap_rows.py's (max(0.02, 3 x the framework's bf16 error)). One known
+difference is inside it: transformers keeps umT5's FFN output projections (`wo`) in float32 when loading in
+bf16 (UMT5's _keep_in_fp32_modules), while pipeswap computes them in the stored bf16. A different
 initial noise or one scaled DiT weight gives a relative error of tens of percent (bench/test-generate-peers.sh
 checks that such rows FAIL). The tolerance is recorded in every row; the measured error too.
 """
