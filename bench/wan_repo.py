@@ -47,6 +47,8 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--spiece", type=Path, help="a spiece.model for tokenizer/ (default: none)")
     ap.add_argument("--prompts", type=int, default=1, help="rows of prompt_ids.safetensors")
+    ap.add_argument("--blocks", type=int, default=40,
+                    help="the DiT's blocks at the real sizes (40: the 14B; fewer where a device call cannot hold 40)")
     ap.add_argument("--dit-from", type=Path, help="a wan_stack.py directory of the same config: its files are "
                     "hard-linked (or copied) as transformer/ instead of writing the DiT")
     a = ap.parse_args()
@@ -62,7 +64,7 @@ def main():
     te = dict(UMT5_XXL)
     if a.tiny:
         te.update(vocab_size=512, d_kv=8, d_ff=64, num_layers=2, num_heads=4)  # d_model 4096: wan_stack's text_dim
-    dit = (2, 64, 128, 4) if a.tiny else (40, 5120, 13824, 40)  # blocks, dim, ffn, heads
+    dit = (2, 64, 128, 4) if a.tiny else (a.blocks, 5120, 13824, 40)  # blocks, dim, ffn, heads
     link = None
     if a.dit_from and (a.dit_from / "config.json").exists():
         have = json.loads((a.dit_from / "config.json").read_text())
