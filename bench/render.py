@@ -475,6 +475,7 @@ def generate_section(peers, rows, findings):
     by_peer = {r.get("name"): r for r in peers}
     by_row = {r.get("name"): r for r in rows}
     names = list(dict.fromkeys([r.get("name") for r in rows] + [r.get("name") for r in peers])) or ["resident", "24GB"]
+    names.sort(key=lambda n: {"resident": 0, "24GB": 1}.get(n, 2))
     first = (rows or peers or [{}])[0]
     steps, target = first.get("steps", 3), first.get("extrapolate_steps", 30)
     L = ["\n## 12. Prompt in, video out: `pipeswap generate` against diffusers' WanPipeline\n",
