@@ -7,6 +7,7 @@ the real sizes, or --tiny), the same token ids, the same initial noise, size, st
     generate_rows.py peer     --repo R --offload group --name 24GB     --out gen_peers.json   # group offloading
     generate_rows.py pipeswap --exe build-gpu/pipeswap --repo R --name resident --peers gen_peers.json --out generate.json
     generate_rows.py pipeswap --exe ... --name 24GB --flags "--vram-budget 24GB" --peers gen_peers.json --out generate.json
+    generate_rows.py yardstick --repo R --frames 17 --height 240 --width 416 --out gen_yardstick.json  # the tolerance
 
 Rows are paired by --name: the pipeswap row NAME is checked and timed against the peer row NAME of the
 same results file (the same device call). Each command replaces its own row in --out and keeps the others.
@@ -33,7 +34,11 @@ Checks (a row FAILS, status and exit status 1, unless all hold):
   * dtype: pipeswap's plan line's compute dtype equals the peer's (bfloat16 on a GPU, float32 on the CPU);
   * latents: run A's final latents against the peer's, relative L2 error <= --tolerance;
   * frames: run B's PNG frames / 255 against the peer's frames, relative L2 error <= --tolerance.
-The tolerance (default 0.05 on a GPU in bf16, 0.02 in float32): diffusers' own bf16 error against its
+The tolerance: max(0.02, 3 x diffusers' own bf16 error against its float32 run of the same pipeline,
+measured in the same results folder by `generate_rows.py yardstick` (both dtypes at a small video size, the
+same repo, ids and noise: a float32 run at 480p x 81 frames would not fit a device call; the Wan rows' bf16
+error hardly changed from 1k to 16k tokens), as pipeswap_rows.py's rule. Without a yardstick: 0.05 on a GPU
+in bf16, 0.02 in float32, chosen so: diffusers' own bf16 error against its
 float32 run of 12 Wan2.1-14B-sized blocks over 6 steps is 6.4e-3 (docs/benchmarks.md, measured on the GPU
 machine); a whole pipeline also runs umT5-XXL's 24 layers and 40 blocks in bf16, so its own bf16 error is
 taken as 1.5e-2 (not measured: a float32 run of the 14B DiT at 32k tokens would take most of a device call),
@@ -165,6 +170,8 @@ def peer_cmd(a):
            "--latents-out", ref + "_latents.safetensors", "--frames-out", ref + "_frames.safetensors"]
     if a.device:
         cmd += ["--device", a.device]
+    if getattr(a, "dtype", ""):
+        cmd += ["--dtype", a.dtype]
     if a.perturb:
         cmd += ["--perturb", a.perturb]
     return cmd, ref
@@ -193,6 +200,31 @@ def peer_row(a):
     replace_row(a.out, r)
     print(json.dumps(r), flush=True)
     return 1 if r.get("error") else 0
+
+
+def yardstick(a):
+    """diffusers' own bf16 error against its float32 run of the same pipeline (the same repo, ids and noise) at
+    --frames/--height/--width: the yardstick of the pipeswap rows' tolerance (pipeswap --yardstick)."""
+    from safetensors.torch import load_file
+    out = {"workload": "generate", "what": "diffusers WanPipeline bf16 vs float32", **common(a), "seed": a.seed}
+    lat = {}
+    for dtype in ("bf16", "fp32"):
+        a.dtype, a.name, a.perturb = dtype, f"yardstick_{dtype}", ""
+        cmd, ref = peer_cmd(a)
+        rc, text, wall, rss = run_measured(cmd, a.timeout)
+        out[f"{dtype}_command"], out[f"{dtype}_rc"], out[f"{dtype}_wall_seconds"] = " ".join(cmd), rc, wall
+        if rc != 0:
+            out["error"] = text[-2000:]
+            break
+        lat[dtype] = (load_file(ref + "_latents.safetensors")["latents"], load_file(ref + "_frames.safetensors")["frames"])
+    if "error" not in out:
+        out["bf16_error_vs_fp32"] = round(pc.rel_err(lat["bf16"][0], lat["fp32"][0])["rel_l2"], 6)
+        out["frames_bf16_error_vs_fp32"] = round(pc.rel_err(lat["bf16"][1], lat["fp32"][1])["rel_l2"], 6)
+        out["tolerance"] = round(pc.tolerance(out["bf16_error_vs_fp32"]), 6)
+    with open(a.out, "w") as f:
+        json.dump([out], f, indent=1)
+    print(json.dumps(out), flush=True)
+    return 1 if "error" in out else 0
 
 
 def pipeswap_run(a, noise, output, tag):
@@ -295,7 +327,10 @@ def build_row(a, base, runs, peer, latents_path, frames_dir):
 
 def pipeswap_row(a):
     peer = next((r for r in load_rows(a.peers) if r.get("name") == a.name), None)
-    tol = a.tolerance or (TOL_FP32 if peer and peer.get("dtype") == "float32" else TOL_BF16)
+    ys = load_rows(a.yardstick)
+    ys = ys[0] if ys and peer and peer.get("dtype") == "bfloat16" and ys[0].get("bf16_error_vs_fp32") else None
+    tol = a.tolerance or (ys["tolerance"] if ys else TOL_FP32 if peer and peer.get("dtype") == "float32"
+                          else TOL_BF16)
     noise = noise_file(a, a.seed)
     out_dir = os.path.join(a.scratch, f"gen_{a.name}")
     os.makedirs(out_dir, exist_ok=True)
@@ -305,6 +340,9 @@ def pipeswap_row(a):
             os.remove(f)
     base = {"workload": "generate", "name": a.name, "mode": f"pipeswap {a.name}", "flags": a.flags, **common(a),
             "seed": a.seed, "noise": noise, "tolerance": tol, "check_required": True,
+            "tolerance_from": "--tolerance" if a.tolerance else (
+                f"3 x diffusers' bf16 error {ys['bf16_error_vs_fp32']} at {ys['frames']} frames, "
+                f"{ys['width']}x{ys['height']} (generate_rows.py yardstick)" if ys else "the fixed default"),
             "peer": {k: peer.get(k) for k in ("mode", "offload", "command", "status", "noise", "perturb")} if peer
             else None}
     # Run A's row is saved before run B starts: a call cut short during run B keeps it (no decode phase).
@@ -327,10 +365,11 @@ def pipeswap_row(a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("peer", "pipeswap"):
+    for name in ("peer", "pipeswap", "yardstick"):
         p = sub.add_parser(name)
         p.add_argument("--repo", required=True, help="a repo of bench/wan_repo.py (prompt_ids.safetensors in it)")
-        p.add_argument("--name", required=True, help="the row's name (resident, 24GB): pairs pipeswap with the peer")
+        p.add_argument("--name", required=name != "yardstick",
+                       help="the row's name (resident, 24GB): pairs pipeswap with the peer")
         p.add_argument("--frames", type=int, default=81)
         p.add_argument("--height", type=int, default=480)
         p.add_argument("--width", type=int, default=832)
@@ -342,11 +381,13 @@ def main():
         p.add_argument("--scratch", default="/tmp/pipeswap-bench-gen")
         p.add_argument("--timeout", type=int, default=300, help="seconds for each process")
         p.add_argument("--out", required=True)
-    pe = sub.choices["peer"]
-    pe.add_argument("--offload", choices=["none", "model", "group"], default="none")
-    pe.add_argument("--device", default="", help="the peer's device (default: cuda where there is one)")
-    pe.add_argument("--perturb", default="", help="NAME:FACTOR: scale one DiT weight (a negative check)")
-    pe.add_argument("--python", default=sys.executable)
+    for pe in (sub.choices["peer"], sub.choices["yardstick"]):
+        pe.add_argument("--offload", choices=["none", "model", "group"], default="none")
+        pe.add_argument("--device", default="", help="the peer's device (default: cuda where there is one)")
+        pe.add_argument("--perturb", default="", help="NAME:FACTOR: scale one DiT weight (a negative check)")
+        pe.add_argument("--python", default=sys.executable)
+    sub.choices["peer"].add_argument("--dtype", default="", choices=["", "bf16", "fp32"],
+                                     help="the peer's dtype (default: bf16 on a GPU, float32 on the CPU)")
     ps = sub.choices["pipeswap"]
     ps.add_argument("--exe", required=True)
     ps.add_argument("--flags", default="", help="more pipeswap flags, e.g. '--vram-budget 24GB'")
@@ -355,9 +396,10 @@ def main():
     ps.add_argument("--tolerance", type=float, default=0,
                     help=f"relative L2 bound (0: {TOL_BF16} against a bf16 peer, {TOL_FP32} against float32)")
     ps.add_argument("--no-decode", action="store_true", help="run A only (no decode phase, no frames check)")
+    ps.add_argument("--yardstick", default="", help="generate_rows.py yardstick's JSON (the tolerance's yardstick)")
     a = ap.parse_args()
     os.makedirs(a.scratch, exist_ok=True)
-    sys.exit(peer_row(a) if a.cmd == "peer" else pipeswap_row(a))
+    sys.exit({"peer": peer_row, "pipeswap": pipeswap_row, "yardstick": yardstick}[a.cmd](a))
 
 
 if __name__ == "__main__":

@@ -470,7 +470,7 @@ def cpu_disk_section(rows, findings):
     return "\n".join(L)
 
 
-def generate_section(peers, rows, findings):
+def generate_section(peers, rows, findings, yard=()):
     """Issue 18: prompt in, video out, end to end against diffusers' WanPipeline (bench/generate_rows.py)."""
     by_peer = {r.get("name"): r for r in peers}
     by_row = {r.get("name"): r for r in rows}
@@ -496,7 +496,14 @@ def generate_section(peers, rows, findings):
          "| setting | measure | diffusers | pipeswap | pipeswap / diffusers |",
          "| --- | --- | --- | --- | --- |"]
     checks = ["\n**Checks** (a failed check makes the row **FAILED**): pipeswap's final latents and decoded frames "
-              "against diffusers' (relative L2 error), the compute dtype against diffusers'.\n",
+              "against diffusers' (relative L2 error), the compute dtype against diffusers'. Tolerance: max(0.02, "
+              "3 x diffusers' own bf16 error against its float32 run of the same pipeline, measured at a small "
+              "size in the same results; 0.05 where it is missing, 0.02 against a float32 peer).\n",
+              "- diffusers' own bf16 error against float32: " + (
+                  f"{y['bf16_error_vs_fp32']:.2e} (latents), {y['frames_bf16_error_vs_fp32']:.2e} (frames) at "
+                  f"{y['frames']} frames of {y['width']}x{y['height']}, {y['steps']} steps; tolerance {y['tolerance']}"
+                  if (y := next((x for x in yard if x.get("bf16_error_vs_fp32") is not None), None)) else NOT_RUN)
+              + "\n",
               "| setting | latents error | frames error | tolerance | dtype (pipeswap / diffusers) | status | finding |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     mem = ["\n**Memory**: device peak per phase (both: the CUDA caching allocator's peak allocated bytes, encode / "
@@ -884,7 +891,8 @@ def render(results, doc, command=None):
     L.append(cfg_section(cfg, findings))
     L.append(cfg_parallel_cpu_section(load(os.path.join(HERE, "cpu-results"), "cfg_parallel_cpu.jsonl")))
     L.append(textgen_section(textgen_peers, textgen))
-    L.append(generate_section(load(results, "gen_peers.json"), load(results, "generate.json"), findings))
+    L.append(generate_section(load(results, "gen_peers.json"), load(results, "generate.json"), findings,
+                              load(results, "gen_yardstick.json")))
     L.append("\n## Reading a trace\n")
     L.append("Every pipeswap row writes a `--trace` timeline (`$OUT/traces/*.json.gz`; open in "
              "https://ui.perfetto.dev). One process per rank, one row per lane: `compute` (each block's phases, "

@@ -48,6 +48,9 @@ def main():
     ap.add_argument("--repo", required=True)
     ap.add_argument("--ids", help="prompt ids (default: REPO/prompt_ids.safetensors)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="the text encoder's and DiT's dtype (auto: bf16 on a GPU, float32 on the CPU; the VAE: "
+                    "float32)")
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)
@@ -67,7 +70,8 @@ def main():
     from transformers import UMT5EncoderModel
 
     dev = a.device
-    dt = torch.bfloat16 if dev.startswith("cuda") else torch.float32
+    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
+        a.dtype, torch.bfloat16 if dev.startswith("cuda") else torch.float32)
     ids = load_file(a.ids or f"{a.repo}/prompt_ids.safetensors")
     phases = {}
     cfg = a.guidance > 1.0
