@@ -470,6 +470,92 @@ def cpu_disk_section(rows, findings):
     return "\n".join(L)
 
 
+def generate_section(peers, rows, findings, yard=()):
+    """Issue 18: prompt in, video out, end to end against diffusers' WanPipeline (bench/generate_rows.py)."""
+    by_peer = {r.get("name"): r for r in peers}
+    by_row = {r.get("name"): r for r in rows}
+    names = list(dict.fromkeys([r.get("name") for r in rows] + [r.get("name") for r in peers])) or ["resident", "24GB"]
+    names.sort(key=lambda n: {"resident": 0, "24GB": 1}.get(n, 2))
+    first = (rows or peers or [{}])[0]
+    steps, target = first.get("steps", 3), first.get("extrapolate_steps", 30)
+    L = ["\n## 12. Prompt in, video out: `pipeswap generate` against diffusers' WanPipeline\n",
+         "A Wan2.1 T2V repo in diffusers' layout with random weights (`bench/wan_repo.py`: umT5-XXL encoder, the "
+         "14B DiT's 40 blocks, the Wan2.1 VAE; SECTIONS=genrepo), the same prompt token ids, the same initial noise "
+         "(a file made from the seed as `torch.Generator(\"cpu\")` draws it, given to both), "
+         f"{first.get('frames', 81)} frames at {first.get('width', 832)}x{first.get('height', 480)} "
+         f"({first.get('tokens', 32760)} tokens), guidance {first.get('guidance', 5)}, UniPC, **{steps} steps**: "
+         f"{target} steps do not fit a device call at these sizes, so the {target}-step totals are **extrapolated** "
+         f"(the measured total - the {steps} steps + step 1 + the median of steps 2..{steps} x {target - 1}). "
+         "`bench/generate_rows.py` (SECTIONS=generate: resident; SECTIONS=generate24: a 24 GB device budget). "
+         "Settings: *resident*: diffusers `pipe.to(\"cuda\")`, pipeswap's defaults; *24GB*: diffusers' "
+         "`enable_group_offload(block_level, use_stream=True)` on the DiT (the text encoder and VAE on the device "
+         "when used), pipeswap `--vram-budget 24GB` (the plan picks the swapped blocks). Phases: encode (read the "
+         "text encoder, encode the prompt and the negative prompt), denoise (read the DiT, then the loop), decode "
+         "(the VAE, frames in [0, 1] / 8-bit); pipeswap's decode comes from a second run with the same flags and "
+         "`--output frames/`. Ratio: pipeswap / diffusers in the same call (below 1: pipeswap faster).\n",
+         "| setting | measure | diffusers | pipeswap | pipeswap / diffusers |",
+         "| --- | --- | --- | --- | --- |"]
+    checks = ["\n**Checks** (a failed check makes the row **FAILED**): pipeswap's final latents and decoded frames "
+              "against diffusers' (relative L2 error), the compute dtype against diffusers'. Tolerance: max(0.02, "
+              "3 x diffusers' own bf16 error against its float32 run of the same pipeline, measured at a small "
+              "size in the same results; 0.05 where it is missing, 0.02 against a float32 peer).\n",
+              "- diffusers' own bf16 error against float32: " + (
+                  f"{y['bf16_error_vs_fp32']:.2e} (latents), {y['frames_bf16_error_vs_fp32']:.2e} (frames) at "
+                  f"{y['frames']} frames of {y['width']}x{y['height']}, {y['steps']} steps; tolerance {y['tolerance']}"
+                  if (y := next((x for x in yard if x.get("bf16_error_vs_fp32") is not None), None)) else NOT_RUN)
+              + "\n",
+              "| setting | latents error | frames error | tolerance | dtype (pipeswap / diffusers) | status | finding |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    mem = ["\n**Memory**: device peak per phase (both: the CUDA caching allocator's peak allocated bytes, encode / "
+           "denoise / decode) and the host peak (each process's peak resident set, VmHWM).\n",
+           "| setting | diffusers device peak | pipeswap device peak | diffusers host peak | pipeswap host peak | "
+           "pipeswap swapped blocks |",
+           "| --- | --- | --- | --- | --- | --- |"]
+
+    def gb(x):
+        return f"{x / 1e9:.2f} GB" if x else "-"
+
+    def peaks(r):
+        ph = (r or {}).get("phases") or {}
+        return " / ".join(gb((ph.get(p) or {}).get("device_peak")) for p in ("encode", "denoise", "decode"))
+
+    def step(r):
+        s = (r or {}).get("step_seconds") or []
+        return _median(s[1:] or s) if s else None
+
+    for name in names:
+        p, r = by_peer.get(name) or {}, by_row.get(name) or {}
+        label = f"{name} **FAILED**" if failed(r) else name
+        pp, rp = p.get("phases") or {}, r.get("phases") or {}
+        rat = r.get("ratios") or {}
+        measures = [("encode", (pp.get("encode") or {}).get("seconds"), (rp.get("encode") or {}).get("seconds"),
+                     rat.get("encode")),
+                    (f"denoise ({steps} steps, with the DiT's load)", (pp.get("denoise") or {}).get("seconds"),
+                     (rp.get("denoise") or {}).get("seconds"), rat.get("denoise")),
+                    (f"per step (median of steps 2..{steps})", step(p), step(r), rat.get("per_step")),
+                    ("decode", (pp.get("decode") or {}).get("seconds"), (rp.get("decode") or {}).get("seconds"),
+                     rat.get("decode")),
+                    (f"total, {steps} steps", p.get("total_seconds"), r.get("total_seconds"), rat.get("total")),
+                    (f"total, {target} steps (extrapolated)", p.get("extrapolated_total_seconds"),
+                     r.get("extrapolated_total_seconds"), rat.get("extrapolated_total"))]
+        for m, a, b, x in measures:
+            L.append(f"| {label} | {m} | {fmt_s(a)} | {fmt_s(b)} | {fmt_x(x)} |")
+        c, fc, d = r.get("check") or {}, r.get("frames_check") or {}, r.get("dtype_check") or {}
+        checks.append(f"| {label} | {c.get('rel_l2', NOT_RUN)} | {fc.get('rel_l2', NOT_RUN)} | "
+                      f"{c.get('tolerance', r.get('tolerance', NOT_RUN))} | {d.get('row') or NOT_RUN} / "
+                      f"{d.get('expected') or NOT_RUN} | {r.get('status', NOT_RUN)}"
+                      f"{' (' + r['partial'] + ')' if r.get('partial') else ''} | "
+                      f"{findings.get(f'generate/{name}', '')} |")
+        mem.append(f"| {label} | {peaks(p) if p else NOT_RUN} | {peaks(r) if r else NOT_RUN} | "
+                   f"{gb(p.get('host_peak_rss')) if p else NOT_RUN} | {gb(r.get('host_peak_rss')) if r else NOT_RUN} | "
+                   f"{r.get('swapped_blocks', NOT_RUN)} |")
+    cmds = [f"- {n}: `{x.get('command')}`" for n in names for x in (by_peer.get(n) or {},)
+            if x.get("command")]
+    cmds += [f"- {n}: `{run.get('command')}`" for n in names
+             for run in ((by_row.get(n) or {}).get("runs") or {}).values() if run.get("command")]
+    return "\n".join(L + checks + mem + (["\nCommands:\n"] + cmds if cmds else []))
+
+
 def text_of(results, name):
     """A text file's distinct lines over the results folders, in order."""
     lines = []
@@ -805,6 +891,8 @@ def render(results, doc, command=None):
     L.append(cfg_section(cfg, findings))
     L.append(cfg_parallel_cpu_section(load(os.path.join(HERE, "cpu-results"), "cfg_parallel_cpu.jsonl")))
     L.append(textgen_section(textgen_peers, textgen))
+    L.append(generate_section(load(results, "gen_peers.json"), load(results, "generate.json"), findings,
+                              load(results, "gen_yardstick.json")))
     L.append("\n## Reading a trace\n")
     L.append("Every pipeswap row writes a `--trace` timeline (`$OUT/traces/*.json.gz`; open in "
              "https://ui.perfetto.dev). One process per rank, one row per lane: `compute` (each block's phases, "

@@ -8,9 +8,16 @@ tokenizer/ left empty unless --spiece gives a spiece.model (random weights need 
 
     python3 bench/wan_repo.py --out /scratch/wan14b-repo                      # real sizes, bf16
     python3 bench/wan_repo.py --out /tmp/tiny-repo --tiny --device cpu        # a check of the layout
+    python3 bench/wan_repo.py --out /scratch/wan14b-repo --dit-from /scratch/wan40   # link that DiT's files
+
+Sizes at the real config (bf16): the DiT 28.6 GB, umT5-XXL 11.4 GB (5.7 B parameters), the VAE 0.5 GB (float32).
+--dit-from DIR hard-links (or copies, across file systems) the files of a wan_stack.py directory with the
+same config.json instead of writing the DiT again (bench/run-all's 40-block stack: one copy on the disk).
+Before writing, the free space under --out is checked against what is still to be written.
 """
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,9 +47,15 @@ def main():
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--spiece", type=Path, help="a spiece.model for tokenizer/ (default: none)")
     ap.add_argument("--prompts", type=int, default=1, help="rows of prompt_ids.safetensors")
+    ap.add_argument("--blocks", type=int, default=40,
+                    help="the DiT's blocks at the real sizes (40: the 14B; fewer where a device call cannot hold 40)")
+    ap.add_argument("--dit-from", type=Path, help="a wan_stack.py directory of the same config: its files are "
+                    "hard-linked (or copied) as transformer/ instead of writing the DiT")
     a = ap.parse_args()
     from diffusers import AutoencoderKLWan
     from transformers import UMT5Config, UMT5EncoderModel
+    sys.path.insert(0, str(HERE))
+    import wan_stack
     dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     out = a.out
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +64,25 @@ def main():
     te = dict(UMT5_XXL)
     if a.tiny:
         te.update(vocab_size=512, d_kv=8, d_ff=64, num_layers=2, num_heads=4)  # d_model 4096: wan_stack's text_dim
+    dit = (2, 64, 128, 4) if a.tiny else (a.blocks, 5120, 13824, 40)  # blocks, dim, ffn, heads
+    link = None
+    if a.dit_from and (a.dit_from / "config.json").exists():
+        have = json.loads((a.dit_from / "config.json").read_text())
+        if have == wan_stack.config(dit[1], dit[2], dit[3], dit[0]):
+            link = a.dit_from
+        else:
+            print(f"wan_repo: {a.dit_from} has another config: writing the DiT", flush=True)
+    # Bytes still to write: the text encoder (parameters x dtype), the VAE (about 0.5 GB at the real size) and,
+    # unless linked, the DiT; 2% to spare.
+    d, f = dit[1], dit[2]
+    te_params = te["vocab_size"] * te["d_model"] + te["num_layers"] * (
+        4 * te["d_model"] * te["num_heads"] * te["d_kv"] + 3 * te["d_model"] * te["d_ff"])
+    need = te_params * torch.tensor([], dtype=dtype).element_size() + (0 if a.tiny else 510_000_000)
+    if link is None:
+        need += dit[0] * wan_stack.block_bytes(d, f) + 2 * (d * 4096 + 7 * d * d)
+    free = shutil.disk_usage(out).free
+    if free < need * 1.02:
+        sys.exit(f"wan_repo: {need / 1e9:.1f} GB to write under {out}, {free / 1e9:.1f} GB free")
     with torch.device(a.device):
         encoder = UMT5EncoderModel(UMT5Config(**te)).eval()
     with torch.no_grad():
@@ -65,12 +97,22 @@ def main():
     z_dim = vae.config.z_dim
     del vae
 
-    dit_args = ["--out", str(out / "transformer"), "--device", a.device]
-    if a.tiny:
-        dit_args += ["--blocks", "2", "--dim", "64", "--ffn", "128", "--heads", "4"]
+    if link is not None:
+        dst = out / "transformer"
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir(parents=True)
+        for src in sorted(link.iterdir()):
+            if src.is_file():
+                try:
+                    os.link(src, dst / src.name)
+                except OSError:
+                    shutil.copy2(src, dst / src.name)
+        print(f"wan_repo: transformer/ linked from {link}", flush=True)
     else:
-        dit_args += ["--blocks", "40"]
-    subprocess.run([sys.executable, str(HERE / "wan_stack.py")] + dit_args, check=True)
+        dit_args = ["--out", str(out / "transformer"), "--device", a.device, "--blocks", str(dit[0])]
+        if a.tiny:
+            dit_args += ["--dim", "64", "--ffn", "128", "--heads", "4"]
+        subprocess.run([sys.executable, str(HERE / "wan_stack.py")] + dit_args, check=True)
 
     (out / "scheduler").mkdir(exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(UNIPC, indent=2))
