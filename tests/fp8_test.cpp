@@ -124,6 +124,26 @@ TEST(Fp8Checkpoint, FindsScalesInEveryLayout) {
   EXPECT_EQ(f.storage.scale, Fp8Scale::kNone) << "no scale in the file: scale 1";
 }
 
+// dequantize_fp8_into (the dequantise ahead's entry: into a fixed workspace) gives dequantize_fp8's bits on
+// the CPU for every format, output dtype and scale kind, on sizes that are not multiples of 16.
+TEST(Fp8Values, DequantiseIntoMatchesDequantise) {
+  torch::manual_seed(5);
+  const torch::Tensor bytes = torch::randint(0, 256, {37, 23}, torch::kInt32).to(torch::kUInt8);
+  const std::vector<torch::Tensor> scales = {torch::Tensor(), torch::tensor({0.37f}), torch::rand({37, 1}) + 0.01};
+  for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+    for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+      for (const auto& scale : scales) {
+        torch::Tensor out = torch::full({37 * 23 + 256}, 7.0, dt).narrow(0, 128, 37 * 23);
+        dequantize_fp8_into(bytes, f, scale, out);
+        EXPECT_TRUE(same_floats(out.view(bytes.sizes()), dequantize_fp8(bytes, f, scale, dt)))
+            << to_string(f) << " " << c10::toString(dt);
+        EXPECT_TRUE(same_floats(dequantize_fp8_by_aten(bytes, f, scale, dt), dequantize_fp8(bytes, f, scale, dt)));
+      }
+    }
+  }
+  EXPECT_FALSE(fp8_fused_kernel() && !compat::kHasNativeStream);
+}
+
 // The slab of a block holds fp8 bytes and float32 scales (not the compute dtype), its views dequantise
 // to what torch's dequantised copy holds, and the unit's disk bytes are those of the fp8 file.
 TEST(Fp8Checkpoint, SlabKeepsFp8BytesAndViewsDequantise) {
@@ -333,3 +353,85 @@ TEST_F(Fp8Run, UnsupportedVariantsNameTensorDtypeAndKeys) {
 }
 
 }  // namespace
+
+// --fp8-dequantise ahead (offload/src/fp8_ahead.h: each phase's fp8 weights in one go into one of two fixed
+// workspaces, the next phase's ahead; auto turns it on for CUDA ranks only) gives the per-use run's bits on
+// the CPU, resident, swapped by block and by phase, lazily loaded, with synchronous copies and split. The
+// summary counts the phases made ahead: resident, only the run's very first phase is dequantised at its
+// acquire, every later one (the next sweep's first included) was made ahead.
+TEST_F(Fp8Run, DequantiseAheadBitIdenticalToPerUse) {
+  const std::string ref = path("per-use.safetensors");
+  ASSERT_EQ(sh(denoise("wan21-scaled-e4m3") + " --fp8-dequantise per-use --output " + ref).code, 0);
+  const std::regex counts(R"(fp8 dequantise ahead: (\d+) phases dequantised ahead of their compute, (\d+) at)");
+  struct Case {
+    std::string launch, flags;
+    bool resident;
+  };
+  const Case cases[] = {
+      {"", "", true},
+      {"", " --blocks-to-swap 2", false},
+      {"", " --blocks-to-swap 3 --offload-granularity phase --prefetch-depth 2", false},
+      {"", " --blocks-to-swap 2 --lazy-load --max-memory 40KB --num-disk-workers 1", false},
+      {"", " --blocks-to-swap 2 --use-non-blocking=false", false},
+      {"mpirun -np 2 ", " --device-chain cpu=1,cpu=1 --blocks-to-swap 1", false},
+  };
+  int i = 0;
+  for (const Case& c : cases) {
+    const std::string out = path("ahead" + std::to_string(i++) + ".safetensors");
+    Result r = sh(c.launch + denoise("wan21-scaled-e4m3") + c.flags +
+                  " --fp8-dequantise ahead --log-level info --output " + out);
+    ASSERT_EQ(r.code, 0) << c.launch << c.flags << "\n" << r.output;
+    EXPECT_TRUE(same_bytes(out, ref)) << c.launch << c.flags;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(r.output, m, counts)) << c.flags << "\n" << r.output;
+    EXPECT_GT(std::stoll(m[1].str()), 0) << c.flags;
+    if (c.resident) EXPECT_EQ(m[2].str(), "1") << r.output;
+  }
+  // auto on a CPU rank is per use: no workspaces, no counts.
+  Result r = sh(denoise("wan21-scaled-e4m3") + " --log-level info --output " + path("auto.safetensors"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(std::regex_search(r.output, counts)) << r.output;
+
+  // Llama (e5m2, per-tensor scales), resident and swapped by phase.
+  const std::string lref = path("lref-per-use.safetensors");
+  ASSERT_EQ(sh(llama("fp8/llama-e5m2") + " --output " + lref).code, 0);
+  for (const std::string& flags : {std::string(""), std::string(" --blocks-to-swap 1 --offload-granularity phase")}) {
+    const std::string out = path("lahead.safetensors");
+    Result q = sh(llama("fp8/llama-e5m2") + flags + " --fp8-dequantise ahead --output " + out);
+    ASSERT_EQ(q.code, 0) << flags << "\n" << q.output;
+    EXPECT_TRUE(same_bytes(out, lref)) << flags;
+  }
+}
+
+// The plan counts the ahead's two workspaces (the largest phase's fp8 tensors in the compute dtype, each
+// 256-byte aligned) in place of per use's one-tensor temporary.
+TEST_F(Fp8Run, PlanCountsDequantiseAheadWorkspaces) {
+  auto plan = [&](const std::string& flags) {
+    const std::string json = path("plan-ahead.json");
+    Result r = sh(exe() + " plan --model " + fixture("fp8/wan21-scaled-e4m3") + flags + " --json " + json +
+                  " --log-level warn");
+    EXPECT_EQ(r.code, 0) << r.output;
+    return nlohmann::json::parse(file_bytes(json))["ranks"][0]["workspace_bytes"].get<int64_t>();
+  };
+  auto ckpt = Checkpoint::open(fp8_fixture("wan21-scaled-e4m3"));
+  auto arch = models::make_architecture(ckpt->config());
+  int64_t largest = 0, phase_most = 0;
+  for (int p = 0; p < static_cast<int>(arch->phase_names().size()); ++p) {
+    int64_t n = 0;
+    for (const auto& t : arch->phase_tensors(0, p)) {
+      if (!is_fp8(ckpt->locate(t.checkpoint).info->dtype)) continue;
+      const int64_t bytes = 4 * ckpt->locate(t.checkpoint).info->numel();  // float32 compute
+      largest = std::max(largest, bytes);
+      n += (bytes + 255) / 256 * 256;
+    }
+    phase_most = std::max(phase_most, n);
+  }
+  ASSERT_GT(phase_most, 0);
+  const int64_t per_use_temp = compat::kHasFloat8 ? largest : 2 * largest;
+  for (const std::string& swap : {std::string(""), std::string(" --blocks-to-swap 2")}) {
+    const int64_t ahead = plan(swap + " --fp8-dequantise ahead");
+    const int64_t per_use = plan(swap + " --fp8-dequantise per-use");
+    EXPECT_EQ(per_use, plan(swap)) << "auto on a CPU rank is per use";
+    EXPECT_EQ(ahead - per_use, 2 * phase_most - per_use_temp) << swap;
+  }
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU code that only PyTorch's CUDA LibTorch compiles (PIPESWAP_TORCH_CUDA: the NCCL transport's
 # receive buffers from the comm stream's allocator pool and its traced kernels, the CUDA allocator's
-# peak in device_memory.cpp; PIPESWAP_FUSED_CUDA: the models' fused kernels and their dispatch),
+# peak in device_memory.cpp; PIPESWAP_FUSED_CUDA: the models' fused kernels, core's fp8 dequantise kernel
+# and their dispatch),
 # compiled here against the torch of scripts/pyenv (2.11+cu130, the GPU machine's) and the CUDA
 # toolkit, so it cannot rot between GPU sessions (ctest: gpu_build_pytorch, label unit). Debian's
 # LibTorch 1.13 builds the rest of the CUDA/NCCL code in the main build.
@@ -33,6 +34,8 @@ grep -o "pipeswap: LibTorch [0-9.]*" "$dir/configure.log" | head -1
 grep -q PIPESWAP_FUSED_CUDA "$dir/build.ninja" || { echo "nvcc was not found for the fused kernels"; exit 1; }
 objects=(comm/CMakeFiles/pipeswap_comm.dir/src/nccl_transport.cpp.o
          core/CMakeFiles/pipeswap_core.dir/src/device_memory.cpp.o
+         core/CMakeFiles/pipeswap_fp8_cuda.dir/src/fp8_kernels.cu.o
+         core/CMakeFiles/pipeswap_core.dir/src/fp8.cpp.o
          models/CMakeFiles/pipeswap_fused_cuda.dir/src/fused_kernels.cu.o
          models/CMakeFiles/pipeswap_models.dir/src/fused.cpp.o)
 t0=$(date +%s)

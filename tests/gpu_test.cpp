@@ -351,6 +351,74 @@ TEST_F(GpuTest, Fp8DequantiseOnCudaMatchesTableAndCpu) {
   }
 }
 
+// The fused dequantise kernel (core/src/fp8_kernels.cu) gives the ATen path's bits (the float8 view's .to
+// then mul_ by the float32 scale, and the 256-entry table) for every format x output dtype x scale kind, on
+// sizes that are not multiples of its 16-element vector, on a large tensor (grid-stride loops, rows
+// crossing vectors) and on misaligned bytes (its one-element path). NaN: at the same places (their payloads
+// in float32 are the device's, as ATen's).
+TEST_F(GpuTest, Fp8FusedDequantiseMatchesAtenBits) {
+  SKIP_WITHOUT_GPU(1);
+  if (!fp8_fused_kernel()) GTEST_SKIP() << "this build has no fused fp8 kernel (needs PyTorch's LibTorch and nvcc)";
+  const torch::Device cuda(torch::kCUDA, 0);
+  torch::manual_seed(23);
+  auto bits_equal = [](const torch::Tensor& a, const torch::Tensor& b) -> ::testing::AssertionResult {
+    if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type())
+      return ::testing::AssertionFailure() << "shape or dtype differ";
+    const auto an = a.isnan(), bn = b.isnan();
+    if (!torch::equal(an, bn)) return ::testing::AssertionFailure() << "NaN at other places";
+    const auto int_type = a.element_size() == 4 ? torch::kInt32 : torch::kInt16;
+    const auto ai = a.masked_fill(an, 0).contiguous().view(int_type), bi = b.masked_fill(bn, 0).contiguous().view(int_type);
+    const auto diff = ai.ne(bi);
+    if (diff.any().item<bool>()) {
+      const int64_t i = diff.reshape({-1}).nonzero()[0][0].item<int64_t>();
+      return ::testing::AssertionFailure() << diff.sum().item<int64_t>() << " elements differ, first at " << i << ": "
+                                           << a.reshape({-1})[i].item<double>() << " vs "
+                                           << b.reshape({-1})[i].item<double>();
+    }
+    return ::testing::AssertionSuccess();
+  };
+  struct Shape {
+    std::vector<int64_t> sizes;
+    int64_t offset;  // bytes before the tensor in its buffer: 1 takes the kernel's unaligned path
+  };
+  const Shape shapes[] = {{{37, 23}, 0}, {{1001}, 0}, {{3, 5, 7}, 0}, {{515, 1023}, 0}, {{33, 17}, 1}, {{7, 3}, 0}};
+  for (const Shape& sh : shapes) {
+    int64_t n = 1;
+    for (int64_t d : sh.sizes) n *= d;
+    const auto all = torch::randint(0, 256, {n + sh.offset}, torch::kInt32).to(torch::kUInt8).to(cuda);
+    // Every byte value at least once where the tensor is large enough.
+    if (n >= 256) all.narrow(0, sh.offset, 256).copy_(torch::arange(256, torch::kInt32).to(torch::kUInt8));
+    const torch::Tensor bytes = all.narrow(0, sh.offset, n).view(sh.sizes);
+    const int64_t rows = sh.sizes[0];
+    std::vector<int64_t> row_shape(sh.sizes.size(), 1);
+    row_shape[0] = rows;
+    const std::vector<std::pair<std::string, torch::Tensor>> scales = {
+        {"none", torch::Tensor()},
+        {"tensor 0-dim", torch::tensor(0.37f).to(cuda)},
+        {"tensor [1]", torch::tensor({1.7f}).to(cuda)},
+        {"per row", (torch::rand(row_shape) * 3 + 0.01).to(cuda)},
+        {"per row tiny", (torch::rand(row_shape) * 1e-30 + 1e-38).to(cuda)},  // products below the normal range
+    };
+    for (Fp8Format f : {Fp8Format::kE4M3, Fp8Format::kE5M2}) {
+      for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kFloat16}) {
+        for (const auto& [kind, scale] : scales) {
+          const std::string what = std::string(to_string(f)) + " " + c10::toString(dt) + " scale " + kind +
+                                   " shape " + shape_str(bytes.sizes()) + " offset " + std::to_string(sh.offset);
+          const auto fused = dequantize_fp8(bytes, f, scale, dt);
+          const auto aten = dequantize_fp8_by_aten(bytes, f, scale, dt);
+          const auto table = dequantize_fp8_by_table(bytes, f, scale, dt);
+          EXPECT_TRUE(bits_equal(fused.cpu(), aten.cpu())) << what;
+          EXPECT_TRUE(bits_equal(fused.cpu(), table.cpu())) << what;
+          // Into a workspace slice, as the dequantise ahead writes.
+          torch::Tensor ws = torch::zeros({n + 64}, bytes.options().dtype(dt)).narrow(0, 8, n);
+          dequantize_fp8_into(bytes, f, scale, ws);
+          EXPECT_TRUE(bits_equal(ws.view(bytes.sizes()).cpu(), aten.cpu())) << what << " (into)";
+        }
+      }
+    }
+  }
+}
+
 // An fp8 checkpoint on the GPU (bf16 compute) equals the run on torch's dequantised copy (float32, rounded
 // to bf16 at load: the same values the device dequantise gives), resident and swapped.
 TEST_F(GpuTest, Fp8WanOnGpuMatchesDequantisedWeights) {
@@ -361,8 +429,12 @@ TEST_F(GpuTest, Fp8WanOnGpuMatchesDequantisedWeights) {
   };
   Result r = sh(args("wan21-scaled-e4m3-ref") + " --output " + ref);
   ASSERT_EQ(r.code, 0) << r.output;
-  for (const std::string& extra : {std::string(""), std::string(" --blocks-to-swap 2"),
-                                   std::string(" --blocks-to-swap 2 --lazy-load --offload-granularity phase")}) {
+  // auto: the dequantise ahead on CUDA (offload/src/fp8_ahead.h); per-use: each weight at its lookup.
+  for (const std::string& extra :
+       {std::string(""), std::string(" --blocks-to-swap 2"),
+        std::string(" --blocks-to-swap 2 --lazy-load --offload-granularity phase"),
+        std::string(" --fp8-dequantise per-use"), std::string(" --blocks-to-swap 2 --fp8-dequantise per-use"),
+        std::string(" --blocks-to-swap 3 --offload-granularity phase --prefetch-depth 2 --use-non-blocking=false")}) {
     const std::string out = path("fp8_out.safetensors");
     Result s = sh(args("wan21-scaled-e4m3") + extra + " --output " + out);
     ASSERT_EQ(s.code, 0) << extra << "\n" << s.output;

@@ -2,6 +2,13 @@
 
 #include <ATen/Parallel.h>
 
+#ifdef PIPESWAP_FUSED_CUDA
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include "fp8_kernels.h"
+#endif
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -67,6 +74,70 @@ torch::Tensor device_table(Fp8Format f, const torch::Device& device) {
 torch::Tensor finish(torch::Tensor v, const torch::Tensor& scale, c10::ScalarType out) {
   if (scale.defined()) v = v.mul_(scale.dim() == 0 ? scale.reshape({1}) : scale);
   return v.to(out);
+}
+
+#ifdef PIPESWAP_FUSED_CUDA
+// The fused kernel's arguments for (bytes, scale, out), or false where it does not take them (a scale that
+// broadcasts other than per tensor or per row of dim 0, not float32, not contiguous; no stream handle in
+// this LibTorch): the ATen path runs there.
+struct FusedArgs {
+  fp8_cuda::ScaleKind kind = fp8_cuda::ScaleKind::kNone;
+  int64_t row_elems = 1;
+  fp8_cuda::Out out = fp8_cuda::Out::kFloat;
+};
+
+bool fused_args(const torch::Tensor& bytes, const torch::Tensor& scale, c10::ScalarType out, FusedArgs* a) {
+  if (!compat::kHasNativeStream || !bytes.is_cuda() || !bytes.is_contiguous()) return false;
+  switch (out) {
+    case c10::ScalarType::Float: a->out = fp8_cuda::Out::kFloat; break;
+    case c10::ScalarType::BFloat16: a->out = fp8_cuda::Out::kBFloat16; break;
+    case c10::ScalarType::Half: a->out = fp8_cuda::Out::kHalf; break;
+    default: return false;
+  }
+  if (!scale.defined()) return true;
+  if (scale.scalar_type() != torch::kFloat32 || !scale.is_contiguous() || scale.device() != bytes.device())
+    return false;
+  if (scale.numel() == 1 && scale.dim() <= bytes.dim()) {
+    a->kind = fp8_cuda::ScaleKind::kPerTensor;
+    return true;
+  }
+  // Per output channel: [rows] against a 1-dim weight, or [rows, 1, ...] of the weight's rank.
+  if (bytes.dim() < 1 || scale.dim() != bytes.dim() || scale.size(0) != bytes.size(0) ||
+      scale.numel() != bytes.size(0) || bytes.size(0) == 0)
+    return false;
+  a->kind = fp8_cuda::ScaleKind::kPerRow;
+  a->row_elems = bytes.numel() / bytes.size(0);
+  return a->row_elems > 0;
+}
+
+cudaStream_t current_stream(const torch::Device& device) {
+  const c10::Stream s = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(device);
+  return static_cast<cudaStream_t>(compat::native_stream(s).value_or(nullptr));
+}
+
+// The fused kernel into `out` (contiguous, bytes' numel), on the device's current stream.
+void launch_fused(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale, const FusedArgs& a,
+                  torch::Tensor& out) {
+  const c10::DeviceGuard guard(bytes.device());
+  const cudaError_t err = fp8_cuda::dequantize(
+      f == Fp8Format::kE4M3 ? fp8_cuda::Format::kE4M3 : fp8_cuda::Format::kE5M2, bytes.data_ptr<uint8_t>(), a.kind,
+      scale.defined() ? scale.data_ptr<float>() : nullptr, a.row_elems, bytes.numel(), a.out, out.data_ptr(),
+      current_stream(bytes.device()));
+  PS_CHECK(err == cudaSuccess, Error, "CUDA kernel fp8 dequantise failed: {}", cudaGetErrorString(err));
+}
+#endif
+
+// Today's ATen path: the float8 view converted to `out` then scaled (LibTorch >= 2.1), or the table.
+torch::Tensor dequantize_aten(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale,
+                              c10::ScalarType out) {
+  // Converted straight to `out`: the device's temporary per use is the weight in the compute dtype only.
+  if (auto v = compat::fp8_to(bytes, f == Fp8Format::kE4M3, out)) return finish(std::move(*v), scale, out);
+  return dequantize_fp8_by_table(bytes, f, scale, out);
+}
+
+void check_bytes(const torch::Tensor& bytes, Fp8Format f) {
+  PS_CHECK(bytes.scalar_type() == torch::kUInt8 && f != Fp8Format::kNone, Error,
+           "dequantize_fp8 takes uint8 fp8 bytes, got {}", c10::toString(bytes.scalar_type()));
 }
 
 std::string keys_list(const std::vector<std::string>& keys) {
@@ -172,11 +243,45 @@ torch::Tensor dequantize_fp8_by_table(const torch::Tensor& bytes, Fp8Format f, c
 
 torch::Tensor dequantize_fp8(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale,
                              c10::ScalarType out) {
-  PS_CHECK(bytes.scalar_type() == torch::kUInt8 && f != Fp8Format::kNone, Error,
-           "dequantize_fp8 takes uint8 fp8 bytes, got {}", c10::toString(bytes.scalar_type()));
-  // Converted straight to `out`: the device's temporary per use is the weight in the compute dtype only.
-  if (auto v = compat::fp8_to(bytes, f == Fp8Format::kE4M3, out)) return finish(std::move(*v), scale, out);
-  return dequantize_fp8_by_table(bytes, f, scale, out);
+  check_bytes(bytes, f);
+#ifdef PIPESWAP_FUSED_CUDA
+  FusedArgs a;
+  if (fused_args(bytes, scale, out, &a)) {
+    torch::Tensor v = torch::empty(bytes.sizes(), bytes.options().dtype(out));
+    launch_fused(bytes, f, scale, a, v);
+    return v;
+  }
+#endif
+  return dequantize_aten(bytes, f, scale, out);
+}
+
+torch::Tensor dequantize_fp8_by_aten(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale,
+                                     c10::ScalarType out) {
+  check_bytes(bytes, f);
+  return dequantize_aten(bytes, f, scale, out);
+}
+
+void dequantize_fp8_into(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale, torch::Tensor& out) {
+  check_bytes(bytes, f);
+  PS_CHECK(out.is_contiguous() && out.numel() == bytes.numel() && out.device() == bytes.device(), Error,
+           "dequantize_fp8_into: out must be contiguous with the bytes' {} elements on {}, got {} on {}",
+           bytes.numel(), bytes.device().str(), shape_str(out.sizes()), out.device().str());
+#ifdef PIPESWAP_FUSED_CUDA
+  FusedArgs a;
+  if (fused_args(bytes, scale, out.scalar_type(), &a)) {
+    launch_fused(bytes, f, scale, a, out);
+    return;
+  }
+#endif
+  out.view(bytes.sizes()).copy_(dequantize_aten(bytes, f, scale, out.scalar_type()));
+}
+
+bool fp8_fused_kernel() {
+#ifdef PIPESWAP_FUSED_CUDA
+  return compat::kHasNativeStream;
+#else
+  return false;
+#endif
 }
 
 std::optional<std::string> fp8_aux_owner(const std::string& name) {

@@ -31,7 +31,27 @@ torch::Tensor WeightView::operator[](const std::string& local) const {
   const Item* it = find(local);
   PS_CHECK(it != nullptr, Error, "weight '{}' is not in this part's view (architecture declaration bug)", local);
   if (it->fp8.format == Fp8Format::kNone) return it->tensor;
+  if (it->fp8.dequantised.defined()) return it->fp8.dequantised;
   return dequantize_fp8(it->fp8.bytes, it->fp8.format, it->fp8.scale, it->fp8.dtype);
+}
+
+std::vector<std::string> WeightView::fp8_names() const {
+  std::vector<std::string> names;
+  for (const auto& it : items_)
+    if (it.fp8.format != Fp8Format::kNone) names.push_back(it.local);
+  return names;
+}
+
+void WeightView::set_dequantised(const std::string& local, torch::Tensor value) {
+  for (auto& it : items_) {
+    if (it.local != local || it.fp8.format == Fp8Format::kNone) continue;
+    PS_CHECK(value.sizes() == it.fp8.bytes.sizes() && value.scalar_type() == it.fp8.dtype, Error,
+             "dequantised copy of '{}' is {} {}, the weight is {} {}", local, c10::toString(value.scalar_type()),
+             shape_str(value), c10::toString(it.fp8.dtype), shape_str(it.fp8.bytes));
+    it.fp8.dequantised = std::move(value);
+    return;
+  }
+  PS_THROW(Error, "'{}' is not an fp8 weight of this view", local);
 }
 
 std::vector<PartSpec> block_parts(const ModelParts& model, int block) {

@@ -156,6 +156,7 @@ std::vector<SharedSetting> shared_settings(const Options& o, const Checkpoint& c
   add("--dtype", o.dtype);
   add("--weight-dtype", o.weight_dtype);
   add("--fp8-gemm", o.fp8_gemm);
+  add("--fp8-dequantise", o.fp8_dequantise);
   add("--micro-batches", std::to_string(o.micro_batches));
   add("--transport", o.transport);
   add("--repeat", std::to_string(o.repeat));

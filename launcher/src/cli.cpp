@@ -53,6 +53,13 @@ void add_common(CLI::App* cmd, Options& o, std::string& chain_text) {
                   "through torch._scaled_mm, activations quantised per token; CUDA with LibTorch >= 2.5)")
       ->check(CLI::IsMember({"off", "scaled-mm"}))
       ->default_str("off");
+  cmd->add_option("--fp8-dequantise", o.fp8_dequantise,
+                  "fp8 block weights without --fp8-gemm: ahead (each phase's weights dequantised in one go into a "
+                  "fixed workspace, the next phase's on a side stream while the current one computes; two "
+                  "phases' worth of device memory), per-use (each weight just before its use, a one-tensor "
+                  "temporary) or auto (ahead on CUDA, per-use on CPU ranks)")
+      ->check(CLI::IsMember({"auto", "ahead", "per-use"}))
+      ->default_str("auto");
   cmd->add_option("--micro-batches", o.micro_batches, "micro-batches flowing through the pipeline")
       ->transform(flags::integer(1, flags::kMaxCount, "a count"))
       ->default_str("1");

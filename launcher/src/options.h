@@ -26,6 +26,7 @@ struct Options {
   bool auto_vram_balance = false;
   std::string dtype = "auto";
   std::string weight_dtype = "auto";  // auto: as stored (fp8 files stay fp8); fp8: quantise block matrices at load
+  std::string fp8_dequantise = "auto";  // auto | ahead | per-use (offload::Fp8Dequantise)
   std::string fp8_gemm = "off";  // off: dequantise fp8 weights per use; scaled-mm: torch._scaled_mm (Hopper)
   int micro_batches = 1;
   // Guidance groups (CFG-parallel, issue 21): "auto" (the plan picks the fastest arrangement), "1" (one

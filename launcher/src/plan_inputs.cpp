@@ -87,6 +87,10 @@ offload::OffloadOptions offload_options(const Options& o) {
   off.offload_img_emb = o.offload_img_emb;
   off.offload_components = o.offload_components;
   off.on_demand_components = o.on_demand_components;
+  off.fp8_dequantise = offload::parse_fp8_dequantise(o.fp8_dequantise);
+  // auto: scaled-mm GEMMs read the fp8 bytes as they rest; a copy made ahead would go unused.
+  if (o.fp8_gemm == "scaled-mm" && off.fp8_dequantise == offload::Fp8Dequantise::kAuto)
+    off.fp8_dequantise = offload::Fp8Dequantise::kPerUse;
   return off;
 }
 

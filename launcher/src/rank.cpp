@@ -193,6 +193,10 @@ void log_memory(const pipeline::RankPlan& me, const offload::BlockWeights& weigh
                               st.copies / std::max(1, passes), me.fills_per_pass,
                               me.shared_fills ? "shared" : "per-micro-batch")
                 : "");
+  if (st.fp8_ahead_hits + st.fp8_ahead_misses > 0) {
+    log().info("fp8 dequantise ahead: {} phases dequantised ahead of their compute, {} at their acquire",
+               st.fp8_ahead_hits, st.fp8_ahead_misses);
+  }
 }
 
 }  // namespace pipeswap::launcher

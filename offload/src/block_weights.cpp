@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "component_weights.h"
+#include "fp8_ahead.h"
 #include "host_source.h"
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/trace.h"
@@ -26,6 +27,7 @@ class BlockStore final : public BlockWeights {
              const SwapLayout& layout, torch::Device device, const OffloadOptions& opts)
       : ckpt_(ckpt),
         first_block_(owned.first_block),
+        end_block_(owned.end_block),
         opts_(opts),
         layout_(layout),
         components_(model, ckpt, owned, layout.dtype, device, opts) {
@@ -54,6 +56,12 @@ class BlockStore final : public BlockWeights {
         unit_of_phase_[static_cast<size_t>(b * nphases_ + p)] = static_cast<int>(units_.size());
       units_.push_back(&u);
     }
+    // fp8 block weights: each phase's dequantised in one go, the next one's on a side stream (fp8_ahead.h).
+    // Its workspaces are the plan's workspace (dequantise_ahead there too), not weight bytes.
+    if (n > 0 && dequantise_ahead(opts, device.is_cuda())) {
+      const int64_t ws = fp8_workspace_bytes(model, opts.storage, layout.dtype);
+      if (ws > 0) ahead_ = std::make_unique<Fp8Ahead>(device, ws);
+    }
     if (units_.empty()) return;
 
     backend_ = device.is_cpu() ? make_cpu_backend() : make_device_backend(device, layout_.num_slots);
@@ -78,6 +86,15 @@ class BlockStore final : public BlockWeights {
   }
 
   const WeightView& acquire(int block, int phase) override {
+    const WeightView& w = acquire_bytes(block, phase);
+    if (!ahead_) return w;
+    const WeightView& out = ahead_->take(w);
+    prepare_next(block, phase);
+    return out;
+  }
+
+  // The phase's weights as they rest (fp8 as bytes), in the slot once its fill is waited for.
+  const WeightView& acquire_bytes(int block, int phase) {
     const size_t idx = index(block, phase);
     const int u = unit_of_phase_[idx];
     if (u < 0) return views_[idx];
@@ -111,6 +128,7 @@ class BlockStore final : public BlockWeights {
   }
 
   void release(int block, int phase) override {
+    if (ahead_) ahead_->release();
     const size_t idx = index(block, phase);
     const int u = unit_of_phase_[idx];
     if (u < 0 || phase != units_[static_cast<size_t>(u)]->end_phase - 1) return;
@@ -145,6 +163,10 @@ class BlockStore final : public BlockWeights {
     }
     std::lock_guard<std::mutex> lock(mu_);
     s.copies += copies_;
+    if (ahead_) {
+      s.fp8_ahead_hits = ahead_->hits();
+      s.fp8_ahead_misses = ahead_->misses();
+    }
     return s;
   }
 
@@ -154,6 +176,31 @@ class BlockStore final : public BlockWeights {
     PS_CHECK(b >= 0 && static_cast<size_t>(b * nphases_ + phase) < unit_of_phase_.size(), Error,
              "block {} is not owned by this rank", block);
     return static_cast<size_t>(b * nphases_ + phase);
+  }
+
+  // The fp8 dequantise ahead of the phase that follows (block, phase) in compute order (the next sweep's
+  // first after the last), where its bytes are in place or their fill is issued: resident, a later phase
+  // of the unit in use, or the next swapped position once the copy thread has issued its fill. Else
+  // nothing: take() dequantises it at its acquire.
+  void prepare_next(int block, int phase) {
+    int nb = block, np = phase + 1;
+    if (np == nphases_) {
+      np = 0;
+      nb = block + 1 < end_block_ ? block + 1 : first_block_;
+    }
+    const size_t idx = index(nb, np);
+    const int u = unit_of_phase_[idx];
+    if (u < 0) return ahead_->prepare(views_[idx], {});
+    const Unit& unit = *units_[static_cast<size_t>(u)];
+    const bool same_unit = unit_of_phase_[index(block, phase)] == u && np != unit.first_phase;
+    const int64_t g = same_unit ? current_ : next_;
+    if (!same_unit) {
+      if (g % static_cast<int64_t>(units_.size()) != u || !opts_.use_non_blocking) return;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (g >= limit_ || filled_ <= g) return;  // no fill of g issued yet (or none to come)
+    }
+    const int slot = static_cast<int>(g % static_cast<int64_t>(slots_.size()));
+    ahead_->prepare(slot_view(slot, u, np), [this, slot](const c10::Stream& side) { backend_->stream_waits_for(slot, side); });
   }
 
   // Views of unit u's tensors in a slot, built once per (slot, unit).
@@ -209,6 +256,7 @@ class BlockStore final : public BlockWeights {
   std::shared_ptr<const Checkpoint> ckpt_;
   int64_t startup_read_ = 0;  // checkpoint bytes read before the first sweep
   int first_block_;
+  int end_block_;
   OffloadOptions opts_;
   int nphases_ = 1;
   const SwapLayout layout_;
@@ -221,6 +269,7 @@ class BlockStore final : public BlockWeights {
   std::unique_ptr<HostSource> source_;
   std::vector<torch::Tensor> slots_;
   std::vector<std::vector<WeightView>> slot_views_;
+  std::unique_ptr<Fp8Ahead> ahead_;  // fp8 block weights dequantised ahead; null: per use
   int64_t device_bytes_ = 0;
   OffloadStats stats_;
 

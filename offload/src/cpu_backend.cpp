@@ -20,6 +20,7 @@ class CpuBackend final : public SwapBackend {
   void wait_filled(int) override {}
   void compute_waits_for(int) override {}
   void compute_releases(int) override {}
+  void stream_waits_for(int, const c10::Stream&) override {}
   void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
                  const trace::Args& what) override {
     trace::Range traced(trace::Kind::kCopy, "copy (sync)", what);

@@ -78,6 +78,8 @@ class DeviceBackend final : public SwapBackend {
 
   void compute_releases(int slot) override { free_[slot].record(guard_impl_.getStream(device_)); }
 
+  void stream_waits_for(int slot, const c10::Stream& stream) override { ready_[slot].block(stream); }
+
   void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
                  const trace::Args& what) override {
     // use_non_blocking=false: a blocking copy on the compute stream, as the naive swap does.

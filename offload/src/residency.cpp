@@ -46,6 +46,43 @@ const char* to_string(SwapOrder o) {
   }
 }
 
+Fp8Dequantise parse_fp8_dequantise(const std::string& s) {
+  if (s == "auto") return Fp8Dequantise::kAuto;
+  if (s == "ahead") return Fp8Dequantise::kAhead;
+  if (s == "per-use") return Fp8Dequantise::kPerUse;
+  PS_THROW(ConfigError, "unknown --fp8-dequantise '{}': use auto, ahead or per-use", s);
+}
+
+const char* to_string(Fp8Dequantise d) {
+  switch (d) {
+    case Fp8Dequantise::kAhead: return "ahead";
+    case Fp8Dequantise::kPerUse: return "per-use";
+    default: return "auto";
+  }
+}
+
+bool dequantise_ahead(const OffloadOptions& o, bool cuda) {
+  if (o.storage.block.empty() || !o.storage.any_fp8()) return false;
+  return o.fp8_dequantise == Fp8Dequantise::kAhead || (o.fp8_dequantise == Fp8Dequantise::kAuto && cuda);
+}
+
+int64_t fp8_workspace_bytes(const ModelParts& model, const WeightStorage& storage, c10::ScalarType dtype) {
+  if (model.num_blocks() == 0 || storage.block.empty()) return 0;
+  int64_t most = 0;
+  const int nphases = static_cast<int>(model.phase_names().size());
+  for (int p = 0; p < nphases; ++p) {
+    const std::vector<Fp8Storage> st = storage.phase(model, p);
+    const std::vector<TensorRef> tensors = model.phase_tensors(0, p);
+    int64_t n = 0;
+    for (size_t i = 0; i < st.size() && i < tensors.size(); ++i) {
+      if (!st[i].fp8()) continue;
+      n += (tensor_bytes(tensors[i].shape, dtype) + kFp8WorkspaceAlign - 1) / kFp8WorkspaceAlign * kFp8WorkspaceAlign;
+    }
+    most = std::max(most, n);
+  }
+  return most;
+}
+
 void check_offload_options(const OffloadOptions& o) {
   if (o.blocks_to_swap) {
     PS_CHECK(*o.blocks_to_swap >= 0, ConfigError,

@@ -27,6 +27,9 @@ class SwapBackend {
   virtual void compute_waits_for(int slot) = 0;
   // Stage thread (release): the slot is free once the compute issued so far has finished.
   virtual void compute_releases(int slot) = 0;
+  // Stage thread: work issued on `stream` from now on waits for the slot's fill (the fp8 dequantise
+  // ahead reading a slot on its side stream, fp8_ahead.h).
+  virtual void stream_waits_for(int slot, const c10::Stream& stream) = 0;
   // use_non_blocking=false: a synchronous copy on the stage thread.
   virtual void copy_sync(torch::Tensor& slot_slab, const torch::Tensor& host, int64_t bytes,
                          const trace::Args& what) = 0;

@@ -388,12 +388,17 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
       rp.weight_bytes += rest_bytes(part, in.dtype, in.offload.storage.part(part));
       dequantise = std::max(dequantise, dequantise_temporary_bytes(part, in.dtype, in.offload.storage.part(part)));
     }
+    // fp8 block weights dequantised ahead (offload/src/fp8_ahead.h): two fixed workspaces of the largest
+    // phase's fp8 tensors in the compute dtype (the phase in use and the one ahead) instead of per-use
+    // temporaries; components are still dequantised per use.
+    const bool ahead = rp.num_blocks() > 0 && offload::dequantise_ahead(in.offload, rp.device.is_cuda());
+    const int64_t ahead_bytes = ahead ? 2 * offload::fp8_workspace_bytes(arch, in.offload.storage, in.dtype) : 0;
     for (int b = rp.first_block; b < rp.end_block; ++b) {
       const auto parts = block_parts(arch, b);
       for (size_t ph = 0; ph < parts.size(); ++ph) {
         const auto& storage = in.offload.storage.phase(arch, static_cast<int>(ph));
         rp.weight_bytes += rest_bytes(parts[ph], in.dtype, storage);
-        dequantise = std::max(dequantise, dequantise_temporary_bytes(parts[ph], in.dtype, storage));
+        if (!ahead) dequantise = std::max(dequantise, dequantise_temporary_bytes(parts[ph], in.dtype, storage));
       }
     }
     if (!rp.idle() && act > 0) {
@@ -409,7 +414,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
     // H100 with LibTorch 2.11, docs/gpu-runs.md 2026-11-22).
     if (!rp.idle() && rp.device.is_cuda()) rp.workspace_bytes += kLibraryWorkspaceBytes;
     // An fp8 weight's dequantised copy lives beside the block's activations while its layer runs.
-    if (!rp.idle()) rp.workspace_bytes += dequantise;
+    if (!rp.idle()) rp.workspace_bytes += dequantise + ahead_bytes;
     if (!rp.idle() && in.kv_batch > 0 && in.kv_seq > 0)
       rp.kv_cache_bytes = arch.kv_cache_bytes(rp.num_blocks(), in.kv_batch, in.kv_seq, in.dtype);
     plan_residency(arch, in, held, rp);

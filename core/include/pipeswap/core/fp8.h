@@ -70,9 +70,21 @@ uint8_t e4m3_from_float(float v);
 std::pair<torch::Tensor, torch::Tensor> quantize_e4m3_per_channel(const torch::Tensor& w);
 
 // fp8 bytes (uint8, any device) -> `out` dtype on the same device: float32(fp8) * scale, rounded once.
-// `scale`: undefined (1), one element, or broadcastable float32 per output channel.
+// `scale`: undefined (1), one element, or broadcastable float32 per output channel. On CUDA (builds with
+// the fused kernels: PyTorch's LibTorch and nvcc) one fused pass, fp8_kernels.cu, on the current stream;
+// elsewhere, or for a layout the kernel does not take, the ATen path (dequantize_fp8_by_aten). Both give
+// the same bits (NaN: NaN).
 torch::Tensor dequantize_fp8(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale,
                              c10::ScalarType out);
+// The same into `out` (contiguous, bytes' element count, a float dtype, bytes' device): the dequantise
+// ahead (offload/src/fp8_ahead.h) writes into fixed workspaces with it.
+void dequantize_fp8_into(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale, torch::Tensor& out);
+// The ATen path on every device: the float8 view's .to(out) then mul_ by the scale in float32 (LibTorch
+// >= 2.1), or the table (1.13). The reference the fused kernel is held to.
+torch::Tensor dequantize_fp8_by_aten(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale,
+                                     c10::ScalarType out);
+// Whether this build dequantises CUDA tensors with the fused kernel.
+bool fp8_fused_kernel();
 // The same through the 256-entry table on every version (tests compare it with LibTorch's float8 path).
 torch::Tensor dequantize_fp8_by_table(const torch::Tensor& bytes, Fp8Format f, const torch::Tensor& scale,
                                       c10::ScalarType out);

@@ -72,6 +72,7 @@ inline std::string torch_version() { return TORCH_VERSION; }
 // The CUDA stream handle (cudaStream_t) behind a LibTorch stream, for libraries that take one
 // (NCCL); nullptr is a valid handle (the default stream). LibTorch 1.13 does not expose it through
 // the device-generic API: nullopt there.
+inline constexpr bool kHasNativeStream = PIPESWAP_TORCH_AT_LEAST(2, 2);
 inline std::optional<void*> native_stream(const c10::Stream& stream) {
 #if PIPESWAP_TORCH_AT_LEAST(2, 2)
   return stream.native_handle();

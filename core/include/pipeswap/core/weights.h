@@ -36,8 +36,9 @@ struct PartSpec {
 //
 // An fp8 weight (fp8.h) rests as bytes plus a float32 scale; operator[] dequantises it to the compute
 // dtype on the device it rests on, at each lookup: the compute-dtype tensor is a temporary of one weight
-// that lives while the layer uses it, never a second resident copy. Model code looks each weight up
-// once per use and never learns which kind it got.
+// that lives while the layer uses it, never a second resident copy. Where the block store dequantised the
+// phase ahead (offload/src/fp8_ahead.h), operator[] returns that copy in the store's workspace instead.
+// Model code looks each weight up once per use and never learns which kind it got.
 class WeightView {
  public:
   struct Fp8Weight {
@@ -45,6 +46,7 @@ class WeightView {
     torch::Tensor scale;  // float32, broadcastable to the weight; undefined: 1
     Fp8Format format = Fp8Format::kNone;
     c10::ScalarType dtype = c10::ScalarType::Float;  // what operator[] gives
+    torch::Tensor dequantised;  // set by the dequantise ahead: operator[] returns it as it is
   };
   void add(const std::string& local, torch::Tensor t);
   void add_fp8(const std::string& local, Fp8Weight w);
@@ -55,6 +57,10 @@ class WeightView {
   // The fp8 form of a weight (for fp8 GEMMs); nullptr where the weight is not fp8.
   const Fp8Weight* fp8(const std::string& local) const;
   size_t size() const { return items_.size(); }
+  // The fp8 weights' local names, in the order they were added.
+  std::vector<std::string> fp8_names() const;
+  // Gives the fp8 weight `local` its dequantised copy (the weight's shape, its Fp8Weight::dtype).
+  void set_dequantised(const std::string& local, torch::Tensor value);
 
  private:
   struct Item {

@@ -38,6 +38,9 @@ struct OffloadStats {
   int64_t disk_bytes_read = 0;  // tensor bytes read from the checkpoint after start-up
   int64_t copies = 0;           // slot fills
   bool pinned = false;          // host memory is page-locked
+  // fp8 dequantise ahead (fp8_ahead.h): phases whose copy was made ahead, and made at their acquire.
+  int64_t fp8_ahead_hits = 0;
+  int64_t fp8_ahead_misses = 0;
 };
 
 class BlockWeights {

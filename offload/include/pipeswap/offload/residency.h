@@ -28,11 +28,18 @@ enum class Granularity { kBlock, kPhase };
 // fill serving every micro-batch of the group before it is released (a swapped block crosses the link
 // once per step). auto: the plan's cost model picks per rank.
 enum class SwapOrder { kAuto, kPerMicroBatch, kShared };
+// How a rank's block fp8 weights become the compute dtype (issue 17): per use (each weight at its lookup,
+// a temporary of one tensor), or ahead (each phase's fp8 weights in one go into one of two fixed
+// workspaces, the next phase's on a side stream while the current one computes: fp8_ahead.h). auto: ahead
+// on CUDA, per use on CPU ranks and where --fp8-gemm scaled-mm uses the bytes as they rest.
+enum class Fp8Dequantise { kAuto, kAhead, kPerUse };
 
 ResidentPolicy parse_resident_policy(const std::string& s);  // suffix|prefix|interleaved
 Granularity parse_granularity(const std::string& s);         // block|phase
 SwapOrder parse_swap_order(const std::string& s);            // auto|per-micro-batch|shared
 const char* to_string(SwapOrder o);
+Fp8Dequantise parse_fp8_dequantise(const std::string& s);  // auto|ahead|per-use
+const char* to_string(Fp8Dequantise d);
 const char* to_string(ResidentPolicy p);
 const char* to_string(Granularity g);
 
@@ -66,6 +73,7 @@ struct OffloadOptions {
   // reads half its slab bytes); unset: the compute dtype.
   std::optional<c10::ScalarType> stored_dtype;
   WeightStorage storage;  // fp8 weights
+  Fp8Dequantise fp8_dequantise = Fp8Dequantise::kAuto;
   // Non-block components (embeddings, head): kept on the host and moved in when used
   // (offload_txt_emb, offload_img_emb, or by name), or kept nowhere and read from disk when used.
   bool offload_txt_emb = false;
@@ -79,6 +87,16 @@ struct OffloadOptions {
 // the flag for a negative --blocks-to-swap, both it and --offload-ratio, a ratio outside [0, 1], or
 // --prefetch-depth / --num-disk-workers below 1.
 void check_offload_options(const OffloadOptions& o);
+
+// Whether a rank on a CUDA device (`cuda`) or a CPU dequantises its blocks' fp8 weights ahead: never
+// without fp8 block weights; `ahead` on any device (CPU ranks too: the tests check its bookkeeping there);
+// `auto` on CUDA.
+bool dequantise_ahead(const OffloadOptions& o, bool cuda);
+// One workspace of the dequantise ahead: the largest phase's fp8 tensors in `dtype`, each aligned to
+// kFp8WorkspaceAlign bytes (0 without fp8 block weights). The store holds two (the phase in use and the
+// one ahead); the plan counts the same.
+inline constexpr int64_t kFp8WorkspaceAlign = 256;
+int64_t fp8_workspace_bytes(const ModelParts& model, const WeightStorage& storage, c10::ScalarType dtype);
 
 // Number of this rank's `n` blocks to swap: blocks_to_swap, or round(offload_ratio * n). Throws
 // ConfigError as check_offload_options does, and for a count above n.
