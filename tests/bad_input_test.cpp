@@ -687,6 +687,7 @@ const Row kRows[] = {
         .as("plan"),
     {"weight-dtype-unknown", Launch::kAlone, "--weight-dtype fp4", "--weight-dtype"},
     {"fp8-gemm-unknown", Launch::kMpi2, "--fp8-gemm always", "--fp8-gemm"},
+    {"fp8-dequantise-unknown", Launch::kAlone, "--fp8-dequantise later", "--fp8-dequantise"},
     {"swap-order-unknown", Launch::kAlone, "--blocks-to-swap 2 --swap-order sometimes",
      "unknown --swap-order 'sometimes'"},
     // --- the plan guards the machine (ulimit -v keeps a failure of the guard from taking the machine) ---

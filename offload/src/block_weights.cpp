@@ -200,7 +200,8 @@ class BlockStore final : public BlockWeights {
       if (g >= limit_ || filled_ <= g) return;  // no fill of g issued yet (or none to come)
     }
     const int slot = static_cast<int>(g % static_cast<int64_t>(slots_.size()));
-    ahead_->prepare(slot_view(slot, u, np), [this, slot](const c10::Stream& side) { backend_->stream_waits_for(slot, side); });
+    ahead_->prepare(slot_view(slot, u, np),
+                    [this, slot](const c10::Stream& side) { backend_->stream_waits_for(slot, side); });
   }
 
   // Views of unit u's tensors in a slot, built once per (slot, unit).

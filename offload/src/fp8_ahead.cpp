@@ -5,6 +5,7 @@
 #include "pipeswap/core/error.h"
 #include "pipeswap/core/fp8.h"
 #include "pipeswap/core/torch_compat.h"
+#include "pipeswap/offload/residency.h"
 
 namespace pipeswap::offload {
 

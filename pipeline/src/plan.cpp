@@ -110,7 +110,8 @@ int64_t dequantise_temporary_bytes(const PartSpec& part, c10::ScalarType dtype, 
 
 // One line on how the weights rest, for the plan and the run's summary ("" when nothing is fp8).
 std::string describe_storage(const models::Architecture& arch, const offload::WeightStorage& s,
-                             const std::string& weight_dtype) {
+                             const std::string& weight_dtype, const offload::OffloadOptions& o,
+                             const std::vector<ChainEntry>& chain) {
   if (!s.any_fp8()) return weight_dtype == "fp8" ? "--weight-dtype fp8: no block matrix to quantise" : "";
   std::map<std::string, int> kinds;
   int n = 0, total = 0;
@@ -135,7 +136,17 @@ std::string describe_storage(const models::Architecture& arch, const offload::We
                                             "(--weight-dtype fp8)"
                                           : ", as stored");
   out += fmt::format("; {} non-block tensor(s) stored in fp8", s.components.size());
-  out += "; kept as fp8 bytes on the host, on disk reads and in device slots, dequantised on the device per use";
+  out += "; kept as fp8 bytes on the host, on disk reads and in device slots, dequantised on the device ";
+  const bool cuda = std::any_of(chain.begin(), chain.end(), [](const auto& e) { return e.device.is_cuda(); });
+  const bool cpu = std::any_of(chain.begin(), chain.end(), [](const auto& e) { return !e.device.is_cuda(); });
+  const bool ahead_cuda = offload::dequantise_ahead(o, true), ahead_cpu = offload::dequantise_ahead(o, false);
+  if ((!cuda || ahead_cuda) && (!cpu || ahead_cpu)) {
+    out += "a phase ahead of its compute (blocks; non-block tensors per use)";
+  } else if ((!cuda || !ahead_cuda) && (!cpu || !ahead_cpu)) {
+    out += "per use";
+  } else {
+    out += "a phase ahead on CUDA ranks, per use on CPU ranks";
+  }
   return out;
 }
 
@@ -335,7 +346,7 @@ Plan make_plan(const models::Architecture& arch, const PlanInputs& in) {
   plan.num_blocks = arch.num_blocks();
   plan.dtype = in.dtype;
   plan.dtype_source = in.dtype_source;
-  plan.weight_storage = describe_storage(arch, in.offload.storage, in.weight_dtype);
+  plan.weight_storage = describe_storage(arch, in.offload.storage, in.weight_dtype, in.offload, in.chain);
   plan.micro_batches = in.micro_batches;
   plan.offload = in.offload;
 

@@ -35,8 +35,8 @@ const char* const kFlags[] = {
     // Appended, so that the kept corpus keeps its meaning (a record names a flag by its index).
     "--swap-order",
     // generate's and fp8's flags (plan takes the video size for a Wan repo).
-    "--weight-dtype", "--fp8-gemm", "--prompt", "--negative-prompt", "--prompts", "--prompt-ids", "--frames",
-    "--height", "--width", "--seed", "--sampler", "--flow-shift", "--text-encoder", "--text-encoder-device",
+    "--weight-dtype", "--fp8-gemm", "--fp8-dequantise", "--prompt", "--negative-prompt", "--prompts", "--prompt-ids",
+    "--frames", "--height", "--width", "--seed", "--sampler", "--flow-shift", "--text-encoder", "--text-encoder-device",
     "--vae-device", "--vae-tiling", "--fps",
     // the text encoder's placement and CFG-parallel ranks
     "--text-encoder-blocks-to-swap", "--cfg-parallel",
