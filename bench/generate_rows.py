@@ -17,9 +17,9 @@ torch.randn([1, 16, (F-1)/4+1, H/8, W/8]) from torch.Generator("cpu").manual_see
 is what WanPipeline.prepare_latents draws for generator=torch.Generator("cpu").manual_seed(seed) (and what
 `generate --seed` draws); the peer gets it as --latents-in, pipeswap as --latents.
 
-A pipeswap row is two runs with the same flags: run A writes the final latents (`--output
-latents.safetensors`: the encode and denoise phases, and the latents check), run B decodes (`--output
-frames/`: the decode phase, and the frames check); --no-decode leaves run B out. Times per phase come from
+A pipeswap row is one run: `--output frames/ --save-latents latents.safetensors` writes the decoded frames
+(the frames check) and the final latents before the decode (the latents check), with every phase's time;
+--no-decode runs `--output latents.safetensors` alone (no decode phase). Times per phase come from
 the runs' summaries ("phase encode 1.234 s  host tensors peak ... , cuda:0 peak ..."), the peer's from its
 JSON line (encode: read the text encoder and encode both prompts; denoise: read the DiT and VAE, set up,
 and the sampling loop; decode: the VAE decode and the frames in [0, 1]). Total: encode + denoise +
@@ -32,8 +32,8 @@ pipeswap's per-phase CPU tensor peaks are kept beside it, the peer's own ru_maxr
 
 Checks (a row FAILS, status and exit status 1, unless all hold):
   * dtype: pipeswap's plan line's compute dtype equals the peer's (bfloat16 on a GPU, float32 on the CPU);
-  * latents: run A's final latents against the peer's, relative L2 error <= --tolerance;
-  * frames: run B's PNG frames / 255 against the peer's frames, relative L2 error <= --tolerance.
+  * latents: the run's final latents against the peer's, relative L2 error <= --tolerance;
+  * frames: the run's PNG frames / 255 against the peer's frames, relative L2 error <= --tolerance.
 The tolerance: max(0.02, 3 x diffusers' own bf16 error against its float32 run of the same pipeline), as
 pipeswap_rows.py's rule, the yardstick measured in the same results folder by `generate_rows.py yardstick`
 (both dtypes at a small video size on the same repo, ids and noise: a float32 run at 480p x 81 frames would
@@ -227,10 +227,10 @@ def yardstick(a):
     return 1 if "error" in out else 0
 
 
-def pipeswap_run(a, noise, output, tag):
+def pipeswap_run(a, noise, output, tag, extra=()):
     cmd = [a.exe, "generate", "--model", a.repo, "--prompt-ids", os.path.join(a.repo, "prompt_ids.safetensors"),
            "--frames", str(a.frames), "--height", str(a.height), "--width", str(a.width), "--steps", str(a.steps),
-           "--guidance", str(a.guidance), "--latents", noise, "--output", output] + a.flags.split()
+           "--guidance", str(a.guidance), "--latents", noise, "--output", output] + list(extra) + a.flags.split()
     if a.device_chain:
         cmd += ["--device-chain", a.device_chain]
     rc, text, wall, rss = run_measured(cmd, a.timeout)
@@ -256,7 +256,7 @@ def ratio(x, y):
 
 
 def build_row(a, base, runs, peer, latents_path, frames_dir):
-    """The row of runs A (and B, when it ran) against the peer row `peer`: phases, ratios, checks, status."""
+    """The row of the run (runs["run"]) against the peer row `peer`: phases, ratios, checks, status."""
     from safetensors.torch import load_file
     import torch
     tol = base["tolerance"]
@@ -266,7 +266,8 @@ def build_row(a, base, runs, peer, latents_path, frames_dir):
     if errors:
         r["error"] = "\n".join(errors)[-3000:]
         r["rc"] = next(v["rc"] for v in runs.values() if v.get("error"))
-    A, B = runs["latents"], runs.get("frames") or {}
+    A = runs["run"]
+    B = A if not a.no_decode else {}  # the decoded frames (and the decode phase) come from the same run
     phases = {p: (A["phases"].get(p)) for p in ("encode", "denoise")}
     phases["decode"] = (B.get("phases") or {}).get("decode")
     r["phases"] = phases
@@ -345,13 +346,11 @@ def pipeswap_row(a):
                 f"{ys['width']}x{ys['height']} (generate_rows.py yardstick)" if ys else "the fixed default"),
             "peer": {k: peer.get(k) for k in ("mode", "offload", "command", "status", "noise", "perturb")} if peer
             else None}
-    # Run A's row is saved before run B starts: a call cut short during run B keeps it (no decode phase).
-    runs = {"latents": pipeswap_run(a, noise, latents_path, "A (latents)")}
-    if not a.no_decode:
-        partial = build_row(a, base, runs, peer, latents_path, frames_dir)
-        partial["partial"] = "run B (frames) did not finish: no decode phase, no frames check"
-        replace_row(a.out, partial)
-        runs["frames"] = pipeswap_run(a, noise, frames_dir + "/", "B (frames)")
+    if a.no_decode:
+        runs = {"run": pipeswap_run(a, noise, latents_path, "(latents)")}
+    else:
+        runs = {"run": pipeswap_run(a, noise, frames_dir + "/", "(frames and latents)",
+                                    ["--save-latents", latents_path])}
     r = build_row(a, base, runs, peer, latents_path, frames_dir)
     st = r["status"]
     replace_row(a.out, r)
@@ -395,7 +394,7 @@ def main():
     ps.add_argument("--peers", required=True, help="the peer rows of this call (generate_rows.py peer --out)")
     ps.add_argument("--tolerance", type=float, default=0,
                     help=f"relative L2 bound (0: {TOL_BF16} against a bf16 peer, {TOL_FP32} against float32)")
-    ps.add_argument("--no-decode", action="store_true", help="run A only (no decode phase, no frames check)")
+    ps.add_argument("--no-decode", action="store_true", help="--output latents.safetensors only (no decode phase, no frames check)")
     ps.add_argument("--yardstick", default="", help="generate_rows.py yardstick's JSON (the tolerance's yardstick)")
     a = ap.parse_args()
     os.makedirs(a.scratch, exist_ok=True)

@@ -174,16 +174,9 @@ def main():
     if a.out and os.path.dirname(a.out):
         os.makedirs(os.path.dirname(a.out), exist_ok=True)
     import transformers
-    from transformers import LlamaForCausalLM
     device = torch.device(a.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-    model = LlamaForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="sdpa")
-    model.eval().requires_grad_(False)
-    if a.perturb:
-        name, _, factor = a.perturb.partition(":")
-        with torch.no_grad():
-            model.get_parameter(name).mul_(float(factor or 1.5))
-        print(f"llama_generate_peers: --perturb scaled {name} by {float(factor or 1.5)} for the peers only", flush=True)
+    model = pc.load_llama(a.model, dtype, a.perturb, "llama_generate_peers")
     model.to(device)
     # Every sequence generates exactly max_new_tokens (pipeswap generate --ignore-eos): no stop at EOS.
     model.generation_config.eos_token_id = None

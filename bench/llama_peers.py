@@ -63,18 +63,10 @@ def make(a):
 def time_peers(a):
     import transformers
     from safetensors.torch import save_file
-    from transformers import LlamaForCausalLM
     device = torch.device(a.device)
 
     def load(dtype):
-        m = LlamaForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="sdpa")
-        m.eval().requires_grad_(False)
-        if a.perturb:
-            name, _, factor = a.perturb.partition(":")
-            with torch.no_grad():
-                m.get_parameter(name).mul_(float(factor or 1.5))
-            print(f"llama_peers: --perturb scaled {name} by {float(factor or 1.5)} for the peers only", flush=True)
-        return m
+        return pc.load_llama(a.model, dtype, a.perturb, "llama_peers")
     model = load(torch.bfloat16)
     fw = f"transformers {transformers.__version__} LlamaForCausalLM (sdpa)"
     peer_dtype = pc.params_dtype(model)

@@ -261,6 +261,20 @@ def peak_bytes(device):
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
+def load_llama(path, dtype, perturb=None, who="peers"):
+    """transformers' LlamaForCausalLM (sdpa) from `path` in `dtype`, for inference; perturb "NAME[:FACTOR]"
+    scales one parameter (by 1.5 without a factor) for the peers only: the bench's negative checks."""
+    from transformers import LlamaForCausalLM
+    m = LlamaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    m.eval().requires_grad_(False)
+    if perturb:
+        name, _, factor = perturb.partition(":")
+        with torch.no_grad():
+            m.get_parameter(name).mul_(float(factor or 1.5))
+        print(f"{who}: --perturb scaled {name} by {float(factor or 1.5)} for the peers only", flush=True)
+    return m
+
+
 def llama_ids(tokens, vocab):
     """The token ids of the Llama rows (one sequence), the same for pipeswap and transformers."""
     return [(i * 7919) % vocab for i in range(tokens)]

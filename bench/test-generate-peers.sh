@@ -14,26 +14,9 @@
 # Timings here mean nothing (2 cores, tiny sizes). Skipped (77) where the Python at $PIPESWAP_PYTHON
 # (default python3) lacks torch, safetensors, transformers, diffusers or PIL, or no pipeswap is given.
 set -euo pipefail
-py=${PIPESWAP_PYTHON:-python3}
-here=$(cd "$(dirname "$0")" && pwd)
-if ! "$py" -c 'import torch, safetensors, transformers, diffusers, PIL' 2>/dev/null; then
-  echo "skipped: $py lacks torch, safetensors, transformers, diffusers or PIL (set PIPESWAP_PYTHON)"
-  exit 77
-fi
-exe=${1:-${PIPESWAP_EXE:-}}
-if [ -z "$exe" ] || [ ! -x "$exe" ]; then
-  echo "skipped: no pipeswap executable given"
-  exit 77
-fi
-tmp=$(mktemp -d /tmp/pipeswap-gen-test-XXXXXX)
-trap '[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+. "$(dirname "$0")/test-lib.sh"
+bench_test_setup gen-test "torch safetensors transformers diffusers PIL" needs-exe "${1:-}"
 t0=$(date +%s)
-quiet() { "$@" > "$tmp/last.log" 2>&1 || { local rc=$?; tail -30 "$tmp/last.log"; return $rc; }; }
-expect_fail() {
-  local log=$1; shift
-  if "$@" > "$log" 2>&1; then tail -30 "$log"; echo "expected a FAILED row: $*"; exit 1; fi
-}
 quiet "$py" "$here/wan_repo.py" --out "$tmp/repo" --tiny --device cpu --dtype fp32
 size=(--repo "$tmp/repo" --frames 5 --height 32 --width 32 --steps 3 --scratch "$tmp/scratch")
 rows=(--exe "$exe" --device-chain "" --flags "--dtype fp32" --peers "$tmp/gen_peers.json")

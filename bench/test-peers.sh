@@ -17,21 +17,8 @@
 # Timings here use --iters 1 (the docs need >= 5: render.py marks fewer). Skipped (77) where the Python at
 # $PIPESWAP_PYTHON (default python3) lacks torch, safetensors, transformers, accelerate or diffusers.
 set -euo pipefail
-py=${PIPESWAP_PYTHON:-python3}
-here=$(cd "$(dirname "$0")" && pwd)
-if ! "$py" -c 'import torch, safetensors, transformers, accelerate, diffusers' 2>/dev/null; then
-  echo "skipped: $py lacks torch, safetensors, transformers, accelerate or diffusers (set PIPESWAP_PYTHON)"
-  exit 77
-fi
-tmp=$(mktemp -d /tmp/pipeswap-bench-test-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-quiet() { "$@" > "$tmp/last.log" 2>&1 || { local rc=$?; tail -30 "$tmp/last.log"; return $rc; }; }
-# expect_fail LOG command...: the command must exit 1 (a FAILED row), its log kept in LOG.
-expect_fail() {
-  local log=$1; shift
-  if "$@" > "$log" 2>&1; then tail -30 "$log"; echo "expected a FAILED row: $*"; exit 1; fi
-}
+. "$(dirname "$0")/test-lib.sh"
+bench_test_setup bench-test "torch safetensors transformers accelerate diffusers" "" "${1:-}"
 "$py" "$here/wan_stack.py" --out "$tmp/wan" --blocks 3 --dim 64 --ffn 128 --heads 4 --shard-gb 0.0002 --device cpu
 test -f "$tmp/wan/diffusion_pytorch_model.safetensors.index.json"
 "$py" "$here/pipeswap_rows.py" inputs --out "$tmp/inputs" --tokens 16,32 --grid-hw 4
@@ -56,7 +43,6 @@ quiet "${torchrun[@]}" "$here/wan_gpipe.py" --model "$tmp/wan" --device cpu --to
   --settings 1:cfg,2:nocfg --steps 3 --iters 1 --check --out "$tmp/gpipe.json"
 quiet "${torchrun[@]}" "$here/nccl_p2p.py" --device cpu --dim 64 --tokens 16,32 --iters 2 --warmup 1 \
   --out "$tmp/nccl_p2p.json"
-exe=${1:-${PIPESWAP_EXE:-}}
 if [ -n "$exe" ] && [ -x "$exe" ]; then
   rows=(--exe "$exe" --one-chain cpu --scratch "$tmp/scratch" --trace-dir "$tmp/traces")
   echo "pipeswap rows against the frameworks"

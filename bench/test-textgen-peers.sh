@@ -12,25 +12,8 @@
 # Timings here mean nothing (2 cores, --iters 1). Skipped (77) where the Python at $PIPESWAP_PYTHON (default
 # python3) lacks torch, safetensors, transformers or accelerate, or no pipeswap executable is given.
 set -euo pipefail
-py=${PIPESWAP_PYTHON:-python3}
-here=$(cd "$(dirname "$0")" && pwd)
-if ! "$py" -c 'import torch, safetensors, transformers, accelerate' 2>/dev/null; then
-  echo "skipped: $py lacks torch, safetensors, transformers or accelerate (set PIPESWAP_PYTHON)"
-  exit 77
-fi
-exe=${1:-${PIPESWAP_EXE:-}}
-if [ -z "$exe" ] || [ ! -x "$exe" ]; then
-  echo "skipped: no pipeswap executable given"
-  exit 77
-fi
-tmp=$(mktemp -d /tmp/pipeswap-textgen-test-XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-quiet() { "$@" > "$tmp/last.log" 2>&1 || { local rc=$?; tail -30 "$tmp/last.log"; return $rc; }; }
-expect_fail() {
-  local log=$1; shift
-  if "$@" > "$log" 2>&1; then tail -30 "$log"; echo "expected a FAILED row: $*"; exit 1; fi
-}
+. "$(dirname "$0")/test-lib.sh"
+bench_test_setup textgen-test "torch safetensors transformers accelerate" needs-exe "${1:-}"
 "$py" "$here/llama_peers.py" make --out "$tmp/llama" --layers 2 --hidden 64 --ffn 128 --heads 4 --vocab 128 \
   --device cpu > /dev/null 2>&1
 peer=(--model "$tmp/llama" --device cpu --dtype fp32 --prompt-tokens 8 --new-tokens 6 --iters 1)

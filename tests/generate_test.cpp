@@ -159,9 +159,11 @@ TEST_F(GenerateTest, MatchesWanPipelineEndToEnd) {
   EXPECT_THAT(r.output, HasSubstr("4 steps of unipc"));
   EXPECT_LT(rel_error(latents(out), expected("latents_single")), 1e-4);
 
-  const std::string frames = path("single-frames");
-  r = sh(single("--steps 4 --guidance 5 --output " + frames + "/"));
+  // Decoded, with --save-latents: the same latents as the latents-only run, written beside the frames.
+  const std::string frames = path("single-frames"), saved = path("single-saved.safetensors");
+  r = sh(single("--steps 4 --guidance 5 --output " + frames + "/ --save-latents " + saved));
   ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(torch::equal(latents(saved), latents(out)));
   const torch::Tensor want = (expected("frames_single")[0] * 255).round().to(torch::kInt32);
   const torch::Tensor got = png_frames(frames, 9).to(torch::kInt32);
   ASSERT_EQ(got.sizes(), want.sizes());
@@ -351,6 +353,9 @@ TEST_F(GenerateTest, BadInput) {
       {base + "--frames 9 --height 40 --width 48", "multiple of 16"},
       {base + "--frames 9 --height 32 --width 50", "multiple of 16"},
       {base + "--frames 9 --height 32 --width 48 --output out.avi", "--output"},
+      {base + "--frames 9 --height 32 --width 48 --output " + path("o.safetensors") + " --save-latents " +
+           path("s.safetensors"),
+       "the output is the latents already"},
       {" generate --model " + repo() + " --frames 9", "exactly one of --prompt"},
       {" generate --model " + repo() + " --prompts " + path("missing.jsonl"), "--prompts"},
       {base + "--frames 9 --height 32 --width 48 --latents " + fixture("wan-t2v-pipeline/expected.safetensors") +

@@ -443,8 +443,12 @@ TEST_F(GpuTest, Fp8WanOnGpuMatchesDequantisedWeights) {
 }
 
 // --fp8-gemm scaled-mm (torch._scaled_mm, LibTorch >= 2.5 on Hopper): the tiny Llama's matrices (64, 128
-// wide: multiples of 16) run as fp8 GEMMs with activations quantised per token; the logits stay close to
-// the dequantise-per-use run.
+// wide: multiples of 16) run as fp8 GEMMs with activations quantised per token. Both fp8 runs are measured
+// against transformers' float32 logits. Dequantise-per-use carries the weights' e4m3 rounding (0.184 relative
+// L2 on this random tiny model, on the CPU too); scaled-mm adds the activations' e4m3 rounding, an error of
+// about the same size and independent of it, so about 1.4x that. The bound is 2x. A wrong scale, layout or
+// transposition gives errors near 1. (The first H100 run, 2026-12-08, measured 0.144 between the two fp8 runs
+// and failed the old bound of 0.1 on that pair, which was below the weights' own rounding error.)
 TEST_F(GpuTest, Fp8ScaledMmCloseToDequantisePerUse) {
   SKIP_WITHOUT_GPU(1);
   if (!compat::kHasScaledMm) GTEST_SKIP() << "LibTorch " << compat::torch_version() << " has no row-wise _scaled_mm";
@@ -457,12 +461,16 @@ TEST_F(GpuTest, Fp8ScaledMmCloseToDequantisePerUse) {
   Result s = sh(base + " --fp8-gemm scaled-mm --output " + b);
   ASSERT_EQ(s.code, 0) << s.output;
   EXPECT_THAT(s.output, ::testing::Not(HasSubstr("dequantised per use instead")));
+  const auto ref = SafetensorsFile::open(fixture("llama_bias/expected.safetensors"))->read("logits").to(torch::kFloat32);
   const auto x = SafetensorsFile::open(a)->read("logits").to(torch::kFloat32);
   const auto y = SafetensorsFile::open(b)->read("logits").to(torch::kFloat32);
-  const double rel = ((x - y).norm() / x.norm()).item<double>();
-  std::cout << "[ fp8      ] llama logits, _scaled_mm vs dequantise per use: relative L2 " << rel << "\n";
-  EXPECT_GT(rel, 0.0) << "the fp8 GEMM path did not run";
-  EXPECT_LT(rel, 0.1);
+  auto rel = [](const torch::Tensor& u, const torch::Tensor& v) { return ((u - v).norm() / v.norm()).item<double>(); };
+  const double deq = rel(x, ref), smm = rel(y, ref), between = rel(y, x);
+  std::cout << "[ fp8      ] llama logits against transformers' float32, relative L2: dequantise per use " << deq
+            << ", _scaled_mm " << smm << " (between the two: " << between << ")\n";
+  EXPECT_GT(between, 0.0) << "the fp8 GEMM path did not run";
+  EXPECT_LT(smm, 2.0 * deq);
+  EXPECT_LT(deq, 0.3);
 }
 
 }  // namespace

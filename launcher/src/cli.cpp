@@ -240,6 +240,10 @@ void add_generate(CLI::App* cmd, Options& o) {
       ->group(v);
   cmd->add_option("--latents", o.latents, "safetensors with the initial noise [B, z, f, h, w] instead of --seed")
       ->group(v);
+  cmd->add_option("--save-latents", o.save_latents,
+                  "also write the final latents to this .safetensors before the VAE decodes them (as diffusers' "
+                  "output_type=\"latent\"): to compare, or to decode again without denoising")
+      ->group(v);
   cmd->add_option("--fps", o.fps, "frames a second of the MP4")
       ->transform(flags::real(0, flags::kMaxFps, "frames a second", /*lo_open=*/true))
       ->default_str("16")

@@ -201,6 +201,13 @@ int cmd_generate_video(const Options& o, const World& world, std::unique_ptr<com
   pipeline::check_video_size(size);
   const bool cfg = o.guidance > 1.0;  // WanPipeline's do_classifier_free_guidance
   if (world.rank == 0) pipeline::check_output(o.output, out_kind);
+  if (world.rank == 0 && !o.save_latents.empty()) {
+    PS_CHECK(out_kind != pipeline::OutputKind::kLatents, ConfigError,
+             "--save-latents {} with --output {}: the output is the latents already; drop --save-latents, or give "
+             "--output video.mp4 or frames/ to decode them too",
+             o.save_latents, o.output);
+    pipeline::check_output(o.save_latents, pipeline::OutputKind::kLatents);
+  }
   PS_CHECK(!o.model.empty(), ConfigError,
            "generate needs --model DIR: a Wan2.1 text-to-video repo in the diffusers layout (e.g. "
            "Wan-AI/Wan2.1-T2V-1.3B-Diffusers)");
@@ -362,11 +369,14 @@ int cmd_generate_video(const Options& o, const World& world, std::unique_ptr<com
               {"producer", "pipeswap generate"},      {"steps", std::to_string(settings.steps)},
               {"guidance", fmt::format("{}", settings.guidance)}, {"shift", fmt::format("{}", shift)},
               {"sampler", sampler->name()},           {"seed", std::to_string(o.seed)}};
-          if (out_kind == pipeline::OutputKind::kLatents) {
-            write_safetensors(o.output, {{"latents", result.latents}}, meta);
-            written.push_back(o.output);
-            phases.push_back(meter.stop("write"));
-            return;
+          if (out_kind == pipeline::OutputKind::kLatents || !o.save_latents.empty()) {
+            const std::string& path = out_kind == pipeline::OutputKind::kLatents ? o.output : o.save_latents;
+            write_safetensors(path, {{"latents", result.latents}}, meta);
+            written.push_back(path);
+            if (out_kind == pipeline::OutputKind::kLatents) {
+              phases.push_back(meter.stop("write"));
+              return;
+            }
           }
           pipeline::DecodeSettings ds;
           ds.device = vae_device;

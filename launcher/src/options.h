@@ -43,6 +43,7 @@ struct Options {
   std::string config;  // --config FILE as given (empty: none; an input of the job: no output may overwrite it)
   // denoise
   std::string latents, context, context_null, image_cond, clip_fea;
+  std::string save_latents;  // generate (video): the final latents too, beside a decoded --output
   int steps = 50;
   double guidance = 5.0;
   double shift = 5.0;

@@ -58,6 +58,7 @@ std::vector<JobFile> job_outputs(const Options& o) {
     return out;
   }
   out.push_back({"--output", o.output});
+  if (!o.save_latents.empty()) out.push_back({"--save-latents", o.save_latents});
   if (!o.trace.empty()) out.push_back({"--trace", o.trace});
   return out;
 }
@@ -103,6 +104,7 @@ void check_job_files(const Options& o, const std::string& model_dir) {
     // generate's --output names its format by its extension (video_output.h checks it).
     if (f.what == "--output" && o.command != "generate") warn_unexpected_extension(f, ".safetensors", "safetensors");
     if (f.what == "--trace") warn_unexpected_extension(f, ".json", "a JSON timeline");
+    if (f.what == "--save-latents") warn_unexpected_extension(f, ".safetensors", "safetensors");
     if (f.what == "--json") warn_unexpected_extension(f, ".json", "the plan as JSON");
   }
 }

@@ -41,7 +41,9 @@ const char* const kFlags[] = {
     // the text encoder's placement and CFG-parallel ranks
     "--text-encoder-blocks-to-swap", "--cfg-parallel",
     // generate's text flags
-    "--max-new-tokens", "--max-seq-len", "--max-batch", "--prefill-chunk", "--top-k"};
+    "--max-new-tokens", "--max-seq-len", "--max-batch", "--prefill-chunk", "--top-k",
+    // generate's final latents beside a decoded output
+    "--save-latents"};
 constexpr size_t kNumFlags = sizeof(kFlags) / sizeof(kFlags[0]);
 static_assert(kNumFlags == kFuzzFlagCount, "flags_fuzz.h's count");
 
