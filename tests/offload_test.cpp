@@ -10,9 +10,11 @@
 
 #include "pipeswap/core/checkpoint.h"
 #include "pipeswap/core/error.h"
+#include "pipeswap/core/fp8.h"
 #include "pipeswap/core/safetensors.h"
 #include "pipeswap/offload/block_weights.h"
 #include "pipeswap/offload/residency.h"
+#include "fp8_ahead.h"
 #include "tiny_arch.h"
 
 using namespace pipeswap;
@@ -244,3 +246,77 @@ TEST_F(OffloadTest, FileTruncatedMidRunIsANamedError) {
 }
 
 }  // namespace
+
+// The fp8 dequantise ahead's bookkeeping on the CPU (offload/src/fp8_ahead.h; on CUDA the same calls add the
+// side stream and its events): a phase prepared ahead is taken from its workspace (a hit), one that was not
+// (the first, or after an unexpected order) is dequantised at take (a miss); either way its weights are
+// dequantize_fp8's bits, plain weights and views without fp8 weights pass through, and a second phase taken
+// before the first's release is an error.
+TEST(Fp8Ahead, TakesWhatWasPreparedAndDequantisesTheRest) {
+  torch::manual_seed(3);
+  auto fp8_view = [](int64_t rows, int64_t cols) {
+    WeightView v;
+    v.add("norm", torch::rand({cols}));
+    WeightView::Fp8Weight a;
+    a.bytes = torch::randint(0, 256, {rows, cols}, torch::kInt32).to(torch::kUInt8);
+    a.scale = torch::rand({rows, 1}) + 0.1;
+    a.format = Fp8Format::kE4M3;
+    a.dtype = torch::kBFloat16;
+    v.add_fp8("a.weight", a);
+    WeightView::Fp8Weight b;
+    b.bytes = torch::randint(0, 256, {cols + 3}, torch::kInt32).to(torch::kUInt8);
+    b.scale = torch::tensor({0.5f});
+    b.format = Fp8Format::kE5M2;
+    b.dtype = torch::kBFloat16;
+    v.add_fp8("b.weight", b);
+    return v;
+  };
+  const WeightView p0 = fp8_view(7, 5), p1 = fp8_view(9, 3), p2 = fp8_view(4, 11);
+  WeightView plain;
+  plain.add("x", torch::ones({3}));
+  // Each tensor 256-aligned in bf16: the largest phase is p2 (4*11*2 -> 256, 14*2 -> 256).
+  Fp8Ahead ahead(torch::kCPU, 512);
+  EXPECT_EQ(ahead.device_bytes(), 1024);
+  auto check = [](const WeightView& got, const WeightView& src) {
+    for (const auto& name : src.fp8_names()) {
+      const WeightView::Fp8Weight& w = *src.fp8(name);
+      const torch::Tensor want = dequantize_fp8(w.bytes, w.format, w.scale, w.dtype);
+      EXPECT_TRUE(torch::equal(got[name], want)) << name;
+      EXPECT_NE(got.fp8(name), nullptr) << "the fp8 form stays (fp8 GEMMs read the bytes)";
+    }
+    EXPECT_TRUE(torch::equal(got["norm"], src["norm"]));
+  };
+  // Two sweeps over p0, p1, plain, p2, each phase preparing the next (the last the next sweep's first).
+  const std::vector<const WeightView*> order = {&p0, &p1, &plain, &p2};
+  for (int sweep = 0; sweep < 2; ++sweep) {
+    for (size_t i = 0; i < order.size(); ++i) {
+      const WeightView& got = ahead.take(*order[i]);
+      ahead.prepare(*order[(i + 1) % order.size()], {});
+      if (order[i] == &plain) {
+        EXPECT_EQ(&got, &plain) << "a view without fp8 weights passes through";
+      } else {
+        check(got, *order[i]);
+      }
+      ahead.release();
+    }
+  }
+  // Only the very first phase was dequantised at take (plain counts neither way).
+  EXPECT_EQ(ahead.misses(), 1);
+  EXPECT_EQ(ahead.hits(), 5);
+  // An unexpected order: p1 was prepared, p2 is taken. A miss with p2's values, and p1's stale copy does
+  // not leak into the next take of p1.
+  ahead.take(p0);
+  ahead.prepare(p1, {});
+  ahead.release();
+  check(ahead.take(p2), p2);
+  ahead.prepare(p0, {});
+  ahead.release();
+  EXPECT_EQ(ahead.misses(), 2);
+  check(ahead.take(p0), p0);  // prepared: a hit
+  EXPECT_EQ(ahead.hits(), 7);
+  // One phase at a time.
+  EXPECT_THROW(ahead.take(p1), Error);
+  ahead.release();
+  check(ahead.take(p1), p1);
+  ahead.release();
+}
