@@ -177,8 +177,10 @@ TEST_F(GpuTest, PeakDeviceMemoryMatchesThePlan) {
   for (const std::string& args : {std::string(""), std::string("--blocks-to-swap 3"),
                                   std::string("--blocks-to-swap 4 --offload-granularity phase --prefetch-depth 2"),
                                   std::string("--vram-budget 1GB"),
-                                  // issue 17: fp8 bytes in slots, and the dequantised copy per use
-                                  std::string("--weight-dtype fp8 --blocks-to-swap 3")}) {
+                                  // issue 17: fp8 bytes in slots, and the two workspaces of the
+                                  // dequantise ahead (auto on CUDA), or the dequantised copy per use
+                                  std::string("--weight-dtype fp8 --blocks-to-swap 3"),
+                                  std::string("--weight-dtype fp8 --blocks-to-swap 3 --fp8-dequantise per-use")}) {
     Result r = sh(exe() + " run --model " + m + " --input " + path("big.json") + " --device-chain cuda:0 " +
                       "--micro-batches 2 --output " + path("big.safetensors") + " " + args,
                   300);

@@ -562,7 +562,8 @@ nlohmann::json Plan::to_json() const {
                   {"use_non_blocking", offload.use_non_blocking},
                   {"lazy_load", offload.lazy_load},
                   {"num_disk_workers", offload.num_disk_workers},
-                  {"max_memory", offload.max_memory}};
+                  {"max_memory", offload.max_memory},
+                  {"fp8_dequantise", offload::to_string(offload.fp8_dequantise)}};
   j["ranks"] = nlohmann::json::array();
   for (const auto& r : ranks) {
     nlohmann::json jr;
