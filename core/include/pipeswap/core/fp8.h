@@ -4,10 +4,11 @@
 // fp8 travels as bytes. LibTorch 1.13 has no float8 type, so a weight stored as F8_E4M3 / F8_E5M2 is
 // kept as uint8 everywhere it rests (host memory, the lazy tier's cache, device slots) with its scale
 // in float32 beside it, and is dequantised on the device, per tensor, just before use
-// (WeightView::operator[]): value = float32(fp8) * scale, rounded once to the compute dtype. The fp8 ->
-// float32 step is exact in every format, so the result is the same whichever way it is computed: the
-// 256-entry table indexed on the device (every version), or LibTorch's own float8 types where it has
-// them (compat::fp8_to).
+// (WeightView::operator[]), or on CUDA a phase ahead of its compute (offload/src/fp8_ahead.h): value =
+// float32(fp8) * scale, rounded once to the compute dtype. The fp8 -> float32 step is exact in every
+// format, so the result is the same whichever way it is computed: the 256-entry table indexed on the
+// device (every version), LibTorch's own float8 types where it has them (compat::fp8_to), or on CUDA one
+// fused kernel (fp8_kernels.cu) in builds with PyTorch's LibTorch and nvcc.
 //
 // Scales, as the files users have spell them (for a weight named "<m>.weight"):
 //   "<m>.scale_weight"  ComfyUI's "scaled" fp8 files (a "scaled_fp8" marker tensor in the file)
