@@ -19,6 +19,11 @@
 //    running ahead of the copy thread as far as the cache budget allows; a unit that fits in the
 //    budget is read once and kept, the rest stream through staging buffers every sweep.
 //  - With use_non_blocking=false, acquire copies synchronously on the stage thread, one slot.
+//  - fp8 block weights dequantised ahead (OffloadOptions::fp8_dequantise; auto: on CUDA): acquire returns
+//    the phase's fp8 weights in the compute dtype from one of two fixed workspaces and issues the next
+//    phase's dequantise on a side stream of its own, which waits on that phase's slot `ready` event when it
+//    is swapped (only once its fill was issued); compute waits on the workspace's `written` event, and
+//    release frees the workspace (an event). offload/src/fp8_ahead.h has the details; no host waits.
 #pragma once
 
 #include <torch/types.h>
