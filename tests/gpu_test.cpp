@@ -369,7 +369,8 @@ TEST_F(GpuTest, Fp8FusedDequantiseMatchesAtenBits) {
     const auto an = a.isnan(), bn = b.isnan();
     if (!torch::equal(an, bn)) return ::testing::AssertionFailure() << "NaN at other places";
     const auto int_type = a.element_size() == 4 ? torch::kInt32 : torch::kInt16;
-    const auto ai = a.masked_fill(an, 0).contiguous().view(int_type), bi = b.masked_fill(bn, 0).contiguous().view(int_type);
+    const auto ai = a.masked_fill(an, 0).contiguous().view(int_type);
+    const auto bi = b.masked_fill(bn, 0).contiguous().view(int_type);
     const auto diff = ai.ne(bi);
     if (diff.any().item<bool>()) {
       const int64_t i = diff.reshape({-1}).nonzero()[0][0].item<int64_t>();

@@ -33,9 +33,9 @@ __device__ __forceinline__ float e4m3fn_to_float(uint32_t b) {
   renorm_shift = renorm_shift > 4 ? renorm_shift - 4 : 0;
   const int32_t inf_nan_mask = (static_cast<int32_t>(nonsign + 0x01000000u) >> 8) & 0x7F800000;
   const int32_t zero_mask = static_cast<int32_t>(nonsign - 1) >> 31;
+  const uint32_t magnitude = (nonsign << renorm_shift >> 4) + ((0x78u - renorm_shift) << 23);
   const uint32_t result =
-      sign | ((((nonsign << renorm_shift >> 4) + ((0x78u - renorm_shift) << 23)) | static_cast<uint32_t>(inf_nan_mask)) &
-              ~static_cast<uint32_t>(zero_mask));
+      sign | ((magnitude | static_cast<uint32_t>(inf_nan_mask)) & ~static_cast<uint32_t>(zero_mask));
   return __uint_as_float(result);
 }
 

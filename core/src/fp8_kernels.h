@@ -16,7 +16,7 @@ enum class ScaleKind { kNone, kPerTensor, kPerRow };
 // out[i] = round_to_out(float(fp8 byte i) * scale), one pass: `scale` is ignored (kNone), scale[0]
 // (kPerTensor) or scale[i / row_elems] (kPerRow). `n` elements; `out` of the Out type. Returns the
 // launch's cudaError_t.
-cudaError_t dequantize(Format f, const uint8_t* bytes, ScaleKind kind, const float* scale, int64_t row_elems,
-                       int64_t n, Out t, void* out, cudaStream_t stream);
+cudaError_t dequantize(Format f, const uint8_t* bytes, ScaleKind kind, const float* scale, int64_t row_elems, int64_t n,
+                       Out t, void* out, cudaStream_t stream);
 
 }  // namespace pipeswap::fp8_cuda

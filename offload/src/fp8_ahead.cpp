@@ -9,8 +9,7 @@
 
 namespace pipeswap::offload {
 
-Fp8Ahead::Fp8Ahead(torch::Device device, int64_t workspace_bytes)
-    : device_(device), workspace_bytes_(workspace_bytes) {
+Fp8Ahead::Fp8Ahead(torch::Device device, int64_t workspace_bytes) : device_(device), workspace_bytes_(workspace_bytes) {
   for (auto& w : workspace_)
     w = torch::empty({workspace_bytes}, torch::TensorOptions().dtype(torch::kUInt8).device(device));
   if (device.is_cuda()) {
@@ -48,8 +47,7 @@ Fp8Ahead::Prepared& Fp8Ahead::prepared(const WeightView& src, int i) {
              "the fp8 workspace ({} bytes) is smaller than this phase's fp8 weights in the compute dtype (bug: "
              "fp8_workspace_bytes and the store disagree)",
              workspace_bytes_);
-    torch::Tensor out =
-        workspace_[static_cast<size_t>(i)].narrow(0, offset, n).view(w.dtype).view(w.bytes.sizes());
+    torch::Tensor out = workspace_[static_cast<size_t>(i)].narrow(0, offset, n).view(w.dtype).view(w.bytes.sizes());
     p.view->set_dequantised(name, out);
     p.outs.push_back(out);
     offset += (n + kFp8WorkspaceAlign - 1) / kFp8WorkspaceAlign * kFp8WorkspaceAlign;

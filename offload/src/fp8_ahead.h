@@ -70,9 +70,9 @@ class Fp8Ahead {
 
  private:
   struct Prepared {
-    std::unique_ptr<WeightView> view;      // src with `dequantised` set into this workspace
-    std::vector<std::string> names;        // its fp8 weights
-    std::vector<torch::Tensor> outs;       // their copies in the workspace
+    std::unique_ptr<WeightView> view;  // src with `dequantised` set into this workspace
+    std::vector<std::string> names;    // its fp8 weights
+    std::vector<torch::Tensor> outs;   // their copies in the workspace
   };
   // The view of `src` whose copies lie in workspace i, built once per (src, i).
   Prepared& prepared(const WeightView& src, int i);
@@ -86,9 +86,9 @@ class Fp8Ahead {
   std::optional<c10::impl::VirtualGuardImpl> guard_impl_;  // CUDA only
   std::optional<c10::Stream> side_;
   std::vector<c10::Event> written_, free_;
-  int current_ = -1;                     // workspace of the phase taken, -1: none
-  int last_ = 1;                         // workspace of the phase taken last
-  const WeightView* ahead_ = nullptr;    // what prepare() issued, into workspace ahead_ws_
+  int current_ = -1;                   // workspace of the phase taken, -1: none
+  int last_ = 1;                       // workspace of the phase taken last
+  const WeightView* ahead_ = nullptr;  // what prepare() issued, into workspace ahead_ws_
   int ahead_ws_ = -1;
   int64_t hits_ = 0, misses_ = 0;
 };
