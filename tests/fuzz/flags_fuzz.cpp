@@ -35,15 +35,15 @@ const char* const kFlags[] = {
     // Appended, so that the kept corpus keeps its meaning (a record names a flag by its index).
     "--swap-order",
     // generate's and fp8's flags (plan takes the video size for a Wan repo).
-    "--weight-dtype", "--fp8-gemm", "--fp8-dequantise", "--prompt", "--negative-prompt", "--prompts", "--prompt-ids",
+    "--weight-dtype", "--fp8-gemm", "--prompt", "--negative-prompt", "--prompts", "--prompt-ids",
     "--frames", "--height", "--width", "--seed", "--sampler", "--flow-shift", "--text-encoder", "--text-encoder-device",
     "--vae-device", "--vae-tiling", "--fps",
     // the text encoder's placement and CFG-parallel ranks
     "--text-encoder-blocks-to-swap", "--cfg-parallel",
     // generate's text flags
     "--max-new-tokens", "--max-seq-len", "--max-batch", "--prefill-chunk", "--top-k",
-    // generate's final latents beside a decoded output
-    "--save-latents"};
+    // generate's final latents beside a decoded output; where fp8 weights are dequantised
+    "--save-latents", "--fp8-dequantise"};
 constexpr size_t kNumFlags = sizeof(kFlags) / sizeof(kFlags[0]);
 static_assert(kNumFlags == kFuzzFlagCount, "flags_fuzz.h's count");
 
