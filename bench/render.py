@@ -382,7 +382,9 @@ def fp8_section(bf16_rows, fp8_rows, disk_rows):
          "row `pipeswap denoise --dtype bf16` (bf16 compute). \"fp8 at load\" quantises the bf16 files at load "
          "(`--weight-dtype fp8`). A swapped row's bound is the bf16 rows' (max(diffusers' resident forward, bf16 "
          "block bytes / pinned GB/s)), so its ratio is its time against today's bf16 transfer bound. Output check: "
-         "the final latents against diffusers' bf16 loop, tolerance 0.08 (fp8 weights are not bf16's).\n",
+         "the final latents against diffusers' bf16 loop, tolerance 0.08 (fp8 weights are not bf16's). The rows of "
+         "calls before the dequantise-ahead (`--fp8-dequantise`, merged 2026-12-08; the 2026-12-08 H100 call's rows "
+         "among them) dequantised per use in every column.\n",
          FP8_TARGETS + "\n",
          "\"per-use\" dequantises each fp8 weight at its use on the compute stream (`--fp8-dequantise per-use`); the "
          "other fp8 rows dequantise a phase ahead on a side stream (the default on CUDA).\n",
