@@ -267,12 +267,19 @@ def load_llama(path, dtype, perturb=None, who="peers"):
     from transformers import LlamaForCausalLM
     m = LlamaForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
     m.eval().requires_grad_(False)
-    if perturb:
-        name, _, factor = perturb.partition(":")
-        with torch.no_grad():
-            m.get_parameter(name).mul_(float(factor or 1.5))
-        print(f"{who}: --perturb scaled {name} by {float(factor or 1.5)} for the peers only", flush=True)
+    perturb_parameter(m, perturb, who)
     return m
+
+
+def perturb_parameter(model, perturb, who):
+    """--perturb "NAME[:FACTOR]": scales one parameter of the peer's model (by 1.5 without a factor), so that a
+    pipeswap row on the unchanged files must FAIL (the bench's negative checks); nothing for an empty spec."""
+    if not perturb:
+        return
+    name, _, factor = perturb.partition(":")
+    with torch.no_grad():
+        model.get_parameter(name).mul_(float(factor or 1.5))
+    print(f"{who}: --perturb scaled {name} by {float(factor or 1.5)} for the peers only", flush=True)
 
 
 def llama_ids(tokens, vocab):

@@ -74,11 +74,7 @@ def load_master(model_dir, perturb=""):
     if bad:
         sys.exit(f"wan_peers: diffusers loaded {model_dir} with {bad}: not the layout it saves")
     model.eval().requires_grad_(False)
-    if perturb:
-        name, _, factor = perturb.partition(":")
-        with torch.no_grad():
-            model.get_parameter(name).mul_(float(factor or 1.5))
-        print(f"wan_peers: --perturb scaled {name} by {float(factor or 1.5)} for the peers only", flush=True)
+    pc.perturb_parameter(model, perturb, "wan_peers")
     return model
 
 
